@@ -1,0 +1,1 @@
+"""attnbench: decode-time cost of attention configurations, per hardware target."""

@@ -1,0 +1,161 @@
+"""Read a scenario file, validate it, and resolve its variants.
+
+Every problem becomes a :class:`~harness.errors.UserError` naming the file, the dotted field
+(``variant[2].n_kv_heads``; list indices count from 0) and the reason, in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from harness.errors import UserError
+from harness.scenario.schema import ModelSpec, Scenario, VariantSpec
+from harness.variants import PAPER_NAME_SPELLING, Variant, kv_map_problem, parse_paper_name, sharing_map
+
+
+@dataclass(frozen=True)
+class LoadedScenario:
+    """A validated scenario with its resolved variants and where it came from."""
+
+    scenario: Scenario
+    variants: tuple[Variant, ...]
+    source: str  # the path as given
+    content_sha256: str  # hash of the file's bytes, recorded in results
+
+
+def dotted(loc: tuple[int | str, ...]) -> str:
+    """``('variant', 2, 'n_kv_heads')`` -> ``'variant[2].n_kv_heads'``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _first_error(exc: ValidationError, source: str) -> UserError:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    reason = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        reason = "unknown key"
+    elif err["type"] == "missing":
+        reason = "required field is missing"
+    extra = len(exc.errors()) - 1
+    if extra:
+        reason += f" (and {extra} more problem{'s' if extra > 1 else ''})"
+    return UserError(reason, source=source, field=dotted(loc) or None)
+
+
+def resolve_variant(spec: VariantSpec, model: ModelSpec) -> Variant:
+    """Turn a variant as written into a :class:`Variant`; ValueError(field, reason) on a bad one."""
+    implied = parse_paper_name(spec.name) if spec.attention is None else None
+    if spec.attention is None and implied is None:
+        raise _FieldError(
+            "name",
+            f"{spec.name!r} is not a CLA-paper name ({PAPER_NAME_SPELLING}) and no 'attention' field backs it",
+        )
+    attention = spec.attention or (implied.attention if implied else "mha")
+
+    head_dim = spec.head_dim or (implied.head_dim if implied else None)
+    if head_dim is None:
+        if spec.n_heads is None:
+            raise _FieldError("head_dim", "give head_dim or n_heads")
+        if model.d_model % spec.n_heads:
+            raise _FieldError("n_heads", f"d_model ({model.d_model}) is not divisible by n_heads ({spec.n_heads}); give head_dim")
+        head_dim = model.d_model // spec.n_heads
+    n_heads = spec.n_heads or model.d_model // head_dim
+    if n_heads < 1:
+        raise _FieldError("head_dim", f"head_dim ({head_dim}) is larger than d_model ({model.d_model})")
+
+    if spec.n_kv_heads is not None:
+        n_kv_heads = spec.n_kv_heads
+    elif attention == "mha":
+        n_kv_heads = n_heads
+    elif attention == "mqa":
+        n_kv_heads = 1
+    elif implied is not None and implied.n_kv_heads is not None:
+        n_kv_heads = implied.n_kv_heads
+    else:
+        raise _FieldError("n_kv_heads", "attention 'gqa' needs n_kv_heads")
+    if spec.attention == "mha" and n_kv_heads != n_heads:
+        raise _FieldError("n_kv_heads", f"attention 'mha' needs n_kv_heads == n_heads ({n_heads}), got {n_kv_heads}")
+    if spec.attention == "mqa" and n_kv_heads != 1:
+        raise _FieldError("n_kv_heads", f"attention 'mqa' needs n_kv_heads == 1, got {n_kv_heads}")
+    if n_kv_heads > n_heads:
+        raise _FieldError("n_kv_heads", f"more KV heads ({n_kv_heads}) than query heads ({n_heads})")
+    if n_heads % n_kv_heads:
+        raise _FieldError("n_kv_heads", f"n_heads ({n_heads}) is not divisible by n_kv_heads ({n_kv_heads})")
+
+    if spec.kv_layers is not None and spec.kv_sharing is not None:
+        raise _FieldError("kv_layers", "give kv_sharing or kv_layers, not both")
+    if spec.kv_layers is not None:
+        kv_layers = tuple(spec.kv_layers)
+        if len(kv_layers) != model.n_layers:
+            raise _FieldError("kv_layers", f"has {len(kv_layers)} entries; model.n_layers is {model.n_layers}")
+        problem = kv_map_problem(kv_layers)
+        if problem is not None:
+            raise _FieldError(f"kv_layers[{problem[0]}]", problem[1])
+    else:
+        sharing = spec.kv_sharing or (implied.kv_sharing if implied else 1)
+        if sharing > model.n_layers:
+            field = "kv_sharing" if spec.kv_sharing else "name"
+            raise _FieldError(field, f"sharing factor {sharing} is larger than model.n_layers ({model.n_layers})")
+        kv_layers = sharing_map(model.n_layers, sharing)
+
+    return Variant(name=spec.name, head_dim=head_dim, n_heads=n_heads, n_kv_heads=n_kv_heads, kv_layers=kv_layers)
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, reason: str):
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def parse_scenario(data: dict[str, Any], source: str) -> tuple[Scenario, tuple[Variant, ...]]:
+    """Validate parsed TOML and resolve its variants; UserError on the first problem."""
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, source) from None
+    variants = []
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(scenario.variant):
+        if spec.name in seen:
+            raise UserError(
+                f"duplicate variant name {spec.name!r} (also variant[{seen[spec.name]}])",
+                source=source,
+                field=f"variant[{index}].name",
+            )
+        seen[spec.name] = index
+        try:
+            variants.append(resolve_variant(spec, scenario.model))
+        except _FieldError as exc:
+            raise UserError(exc.reason, source=source, field=f"variant[{index}].{exc.field}") from None
+    return scenario, tuple(variants)
+
+
+def load_scenario(path: str | Path) -> LoadedScenario:
+    """Load and validate one scenario file."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError("no such file", source=source) from None
+    except IsADirectoryError:
+        raise UserError("is a directory, not a scenario file", source=source) from None
+    except OSError as exc:
+        raise UserError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("not UTF-8 text", source=source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"TOML syntax error: {exc}", source=source) from None
+    scenario, variants = parse_scenario(data, source)
+    return LoadedScenario(scenario, variants, source, hashlib.sha256(raw).hexdigest())

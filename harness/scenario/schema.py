@@ -1,0 +1,112 @@
+"""The scenario file format as typed models (pydantic v2).
+
+These models are the single definition of the format: ``attnbench schema`` prints their JSON
+Schema and ``docs/scenarios.md`` documents the same fields. Unknown keys are rejected everywhere.
+Checks that need more than one field (a variant's heads against ``d_model``, a sharing factor
+against ``n_layers``) live in :mod:`harness.scenario.load`, which resolves variants.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, WithJsonSchema, model_validator
+
+from harness.units import parse_bytes
+
+DType = Literal["float32", "bfloat16", "float16"]
+# Attention implementations a cell can be timed with (see harness/model/attention.py).
+Backend = Literal["eager", "sdpa", "grouped", "flex", "auto"]
+Metric = Literal["decode", "attention", "memory", "max_batch"]
+ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch")
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_bytes),
+    WithJsonSchema({"anyOf": [{"type": "string", "examples": ["40GiB", "512MB"]}, {"type": "integer", "minimum": 1}]}),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Shape of the Llama-style decoder stack every variant of the scenario shares."""
+
+    d_model: PositiveInt = Field(description="residual stream width")
+    n_layers: PositiveInt = Field(description="decoder layers")
+    d_ff: PositiveInt = Field(description="SwiGLU hidden width")
+    vocab_size: PositiveInt = Field(description="embedding and LM-head rows")
+    dtype: DType = Field("bfloat16", description="parameter and KV-cache dtype, unless the sweep sets dtype")
+    norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
+    rope_theta: float = Field(10000.0, gt=0, description="rotary embedding base")
+
+
+class VariantSpec(_Strict):
+    """One attention configuration, by CLA-paper name or by explicit fields."""
+
+    name: str = Field(min_length=1, description="H<head_dim>-{MHA|MQA|GQA<g>}[-CLA<s>], or a label if 'attention' is set")
+    attention: Literal["mha", "gqa", "mqa"] | None = Field(None, description="set to specify the variant by fields")
+    head_dim: PositiveInt | None = Field(None, description="width of one head")
+    n_heads: PositiveInt | None = Field(None, description="query heads; default d_model // head_dim")
+    n_kv_heads: PositiveInt | None = Field(None, description="key/value heads per producer layer")
+    kv_sharing: PositiveInt | None = Field(None, description="CLA sharing factor: adjacent layers per K/V projection")
+    kv_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="explicit map: entry i is the layer whose KV layer i reads"
+    )
+
+
+class SweepSpec(_Strict):
+    """Axes crossed with every variant: one cell per combination."""
+
+    batch_size: list[PositiveInt] = Field(min_length=1, description="sequences decoded together")
+    context_len: list[PositiveInt] = Field(min_length=1, description="tokens already in the cache")
+    backend: list[Backend] = Field(["sdpa"], min_length=1, description="attention implementations")
+    dtype: list[DType] | None = Field(None, min_length=1, description="default: [model.dtype]")
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> SweepSpec:
+        for axis in ("batch_size", "context_len", "backend", "dtype"):
+            values = getattr(self, axis)
+            if values is not None and len(set(values)) != len(values):
+                raise ValueError(f"sweep.{axis} repeats a value: {values}")
+        return self
+
+
+class MeasureSpec(_Strict):
+    """How cells are measured."""
+
+    memory_budget: ByteSize | None = Field(None, description="device memory the max-batch search may use, e.g. '40GiB'")
+    metrics: list[Metric] | None = Field(None, description="default: all (max_batch only with a memory_budget)")
+    warmup_s: float = Field(0.5, gt=0, description="warm-up time before each timed window")
+    min_time_s: float = Field(1.0, gt=0, description="timed window per metric and cell")
+    min_samples: int = Field(15, ge=5, description="fewest timed samples per metric")
+    max_samples: int = Field(200, ge=5, description="most timed samples per metric")
+    cold: bool = Field(True, description="also time with caches flushed between samples")
+    seed: int = Field(0, description="seed for weights and synthetic cache contents")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MeasureSpec:
+        if self.max_samples < self.min_samples:
+            raise ValueError(f"max_samples ({self.max_samples}) is below min_samples ({self.min_samples})")
+        if self.metrics is not None and "max_batch" in self.metrics and self.memory_budget is None:
+            raise ValueError("metric 'max_batch' needs measure.memory_budget")
+        return self
+
+    @property
+    def selected_metrics(self) -> tuple[Metric, ...]:
+        if self.metrics is not None:
+            return tuple(self.metrics)
+        return tuple(m for m in ALL_METRICS if m != "max_batch" or self.memory_budget is not None)
+
+
+class Scenario(_Strict):
+    """A whole scenario file."""
+
+    name: str = Field(min_length=1, description="short identifier, used in result files")
+    description: str = Field("", description="what the scenario is for")
+    model: ModelSpec
+    variant: list[VariantSpec] = Field(min_length=1, description="attention configurations to compare")
+    sweep: SweepSpec
+    measure: MeasureSpec = MeasureSpec()
