@@ -1,0 +1,112 @@
+"""Reading and writing result files: atomic writes, validated loads, finding the newest per target."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from harness.errors import UserError
+from harness.results.schema import SCHEMA_VERSION, RunResult
+from harness.scenario.load import dotted
+
+RESULT_SUFFIX = ".json"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a half.
+
+    The text goes to a temporary file in the same folder, is flushed to disk, then renamed over
+    the target (``os.replace`` is atomic within one file system).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_result(result: RunResult, path: Path) -> None:
+    """Write a result file atomically."""
+    write_text_atomic(path, result.model_dump_json(indent=1) + "\n")
+
+
+def parse_result(text: str, source: str) -> RunResult:
+    """Validate a result file's text; UserError naming the field on a bad one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"not valid JSON: {exc}", source=source) from None
+    if not isinstance(data, dict):
+        raise UserError("not a result file (expected a JSON object)", source=source)
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(
+            f"schema_version {version!r} is not supported (this attnbench reads {SCHEMA_VERSION})",
+            source=source,
+            field="schema_version",
+        )
+    try:
+        return RunResult.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise UserError(err["msg"], source=source, field=dotted(tuple(err["loc"])) or None) from None
+
+
+def load_result(path: str | Path) -> RunResult:
+    """Load and validate one result file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError("no such file", source=str(path)) from None
+    except OSError as exc:
+        raise UserError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    return parse_result(text, str(path))
+
+
+def result_filename(started: datetime, short_commit: str | None) -> str:
+    """``20261124T061500Z_ab12cd3.json``: sortable by time, with the commit that produced it."""
+    return f"{started.strftime('%Y%m%dT%H%M%SZ')}_{short_commit or 'nogit'}{RESULT_SUFFIX}"
+
+
+def result_files(path: str | Path) -> list[Path]:
+    """Result files at ``path``: the file itself, or every ``*.json`` below a folder, sorted."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise UserError("no such file or folder", source=str(path))
+    return sorted(p for p in root.rglob(f"*{RESULT_SUFFIX}") if not p.name.startswith(".") and _is_result(p))
+
+
+def _is_result(path: Path) -> bool:
+    """Cheap check that a JSON file is a result file (not a cached probe or an export)."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return '"schema_version"' in head and '"cells"' in path.read_text(encoding="utf-8")
+
+
+def newest_results(root: str | Path) -> dict[tuple[str, str], Path]:
+    """The newest result file per (target, scenario name) under ``root``; file names sort by time."""
+    newest: dict[tuple[str, str], Path] = {}
+    for path in result_files(root):
+        result = load_result(path)
+        key = (result.target, result.scenario.name)
+        if key not in newest or path.name > newest[key].name:
+            newest[key] = path
+    return newest
