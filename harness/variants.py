@@ -67,7 +67,10 @@ def kv_map_problem(kv_layers: tuple[int, ...] | list[int]) -> tuple[int, str] | 
         if source > layer:
             return layer, f"layer {layer} reads KV of later layer {source}; a consumer must read an earlier producer"
         if kv_layers[source] != source:
-            return layer, f"layer {layer} reads KV of layer {source}, which is itself a consumer (of layer {kv_layers[source]})"
+            return (
+                layer,
+                f"layer {layer} reads KV of layer {source}, which is itself a consumer (of layer {kv_layers[source]})",
+            )
     return None
 
 

@@ -66,7 +66,9 @@ def resolve_variant(spec: VariantSpec, model: ModelSpec) -> Variant:
         if spec.n_heads is None:
             raise _FieldError("head_dim", "give head_dim or n_heads")
         if model.d_model % spec.n_heads:
-            raise _FieldError("n_heads", f"d_model ({model.d_model}) is not divisible by n_heads ({spec.n_heads}); give head_dim")
+            raise _FieldError(
+                "n_heads", f"d_model ({model.d_model}) is not divisible by n_heads ({spec.n_heads}); give head_dim"
+            )
         head_dim = model.d_model // spec.n_heads
     n_heads = spec.n_heads or model.d_model // head_dim
     if n_heads < 1:

@@ -46,7 +46,9 @@ class ModelSpec(_Strict):
 class VariantSpec(_Strict):
     """One attention configuration, by CLA-paper name or by explicit fields."""
 
-    name: str = Field(min_length=1, description="H<head_dim>-{MHA|MQA|GQA<g>}[-CLA<s>], or a label if 'attention' is set")
+    name: str = Field(
+        min_length=1, description="H<head_dim>-{MHA|MQA|GQA<g>}[-CLA<s>], or a label if 'attention' is set"
+    )
     attention: Literal["mha", "gqa", "mqa"] | None = Field(None, description="set to specify the variant by fields")
     head_dim: PositiveInt | None = Field(None, description="width of one head")
     n_heads: PositiveInt | None = Field(None, description="query heads; default d_model // head_dim")

@@ -1,0 +1,21 @@
+"""``attnbench schema``: print the JSON Schema of the scenario format (for editors)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from harness.scenario.schema import Scenario
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("schema", help="print the scenario format's JSON Schema", description=__doc__)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    schema = Scenario.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "attnbench scenario"
+    print(json.dumps(schema, indent=2))
+    return 0

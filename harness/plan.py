@@ -1,0 +1,61 @@
+"""The accounting of a scenario, per variant and per cell, as plain data (``attnbench plan``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness import accounting
+from harness.scenario import LoadedScenario, expand_cells
+
+
+def plan(loaded: LoadedScenario) -> dict[str, Any]:
+    """``{"scenario", "variants": [...], "cells": [...]}`` with every accounted figure."""
+    scenario = loaded.scenario
+    model = scenario.model
+    budget = scenario.measure.memory_budget
+    variants = []
+    for v in loaded.variants:
+        params = accounting.param_counts(model, v)
+        variants.append(
+            {
+                "name": v.name,
+                "spelling": v.describe(),
+                "n_heads": v.n_heads,
+                "n_kv_heads": v.n_kv_heads,
+                "head_dim": v.head_dim,
+                "n_kv_layers": v.n_kv_layers,
+                "kv_layers": list(v.kv_layers),
+                "kv_bytes_per_token": accounting.kv_bytes_per_token(v, model.dtype),
+                "params_total": params.total,
+                "params_attention": params.attention,
+                "params_kv_projection": params.kv_projection,
+            }
+        )
+    cells = []
+    for cell in expand_cells(scenario, loaded.variants):
+        v, b, ctx, dt = cell.variant, cell.batch_size, cell.context_len, cell.dtype
+        cells.append(
+            {
+                "variant": v.name,
+                "batch_size": b,
+                "context_len": ctx,
+                "dtype": dt,
+                "backend": cell.backend,
+                "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dt),
+                "kv_cache_bytes": accounting.kv_cache_bytes(v, dt, b, ctx),
+                "weight_bytes": accounting.weight_bytes(model, v, dt),
+                "bytes_per_step": accounting.bytes_per_step(model, v, dt, b, ctx),
+                "attention_bytes_per_step": accounting.attention_bytes_per_step(v, dt, b, ctx),
+                "flops_per_step": accounting.flops_per_step(model, v, b, ctx),
+                "predicted_max_batch": (
+                    accounting.predicted_max_batch(model, v, dt, ctx, budget) if budget is not None else None
+                ),
+            }
+        )
+    return {
+        "scenario": scenario.name,
+        "memory_budget_bytes": budget,
+        "model": scenario.model.model_dump(),
+        "variants": variants,
+        "cells": cells,
+    }

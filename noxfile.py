@@ -1,0 +1,81 @@
+"""nox sessions for attnbench. ``nox -l`` lists them; pyproject.toml is the one source of dependencies.
+
+On a machine without a GPU the sessions install the CPU build of PyTorch pinned below, which never
+pulls CUDA packages. The ``gpu`` session instead uses the CUDA PyTorch already on the machine.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+DEV = PYPROJECT["project"]["optional-dependencies"]["dev"]
+# The CPU build; an unpinned torch would pull the CUDA build and its gigabytes of packages.
+CPU_TORCH = "torch==2.13.0"
+
+
+def install_project(session: nox.Session, *extras: str) -> None:
+    session.install(CPU_TORCH)
+    session.install("-e", f".[{','.join(extras)}]" if extras else ".")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite on the CPU (CUDA tests skip without a GPU)."""
+    install_project(session, "dev")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and common mistakes with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", "harness", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "harness", "tests", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy."""
+    install_project(session, "dev")
+    session.run("mypy")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Measure the default scenario on this machine and write its report under results/."""
+    install_project(session)
+    session.run("attnbench", "run", *session.posargs)
+    session.run("attnbench", "report")
+
+
+@nox.session(default=False)
+def report(session: nox.Session) -> None:
+    """Render REPORT.md and plots from the newest results of each target."""
+    install_project(session)
+    session.run("attnbench", "report", *session.posargs)
+
+
+@nox.session(default=False)
+def compare(session: nox.Session) -> None:
+    """Compare two results (files, folders or git revisions): nox -s compare -- BASE HEAD."""
+    if len(session.posargs) < 2:
+        session.error("usage: nox -s compare -- BASE HEAD [attnbench compare options]")
+    install_project(session)
+    session.run("attnbench", "compare", *session.posargs)
+
+
+@nox.session(default=False, venv_params=["--system-site-packages"])
+def gpu(session: nox.Session) -> None:
+    """On a GPU machine: use its CUDA PyTorch, run the CUDA tests and the GPU scenarios, write reports."""
+    session.run("python", "-c", "import torch; assert torch.cuda.is_available(), 'no CUDA device'", silent=True)
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "cuda", "-q")
+    scenarios = session.posargs or ["scenarios/default.toml", "scenarios/cla-1b.toml"]
+    for scenario in scenarios:
+        session.run("attnbench", "run", scenario, "--device", "cuda")
+    session.run("attnbench", "report")
