@@ -1,0 +1,172 @@
+"""The core attention operation over a static KV cache, with interchangeable backends.
+
+Every backend computes the same thing: softmax(q kᵀ / sqrt(head_dim)) v (Vaswani et al. 2017, eq. 1)
+for ``T`` new query positions ``start_pos .. start_pos + T - 1`` against the first
+``start_pos + T`` cache positions, causal within the new tokens. Query head ``h`` reads KV head
+``h // group_size`` (Ainslie et al. 2023, GQA), so MHA, GQA and MQA differ only in ``n_kv_heads``.
+
+- ``eager``: the textbook reference: K/V repeated to every query head, matmul, mask, softmax, matmul.
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with ``enable_gqa``.
+- ``grouped``: no copy of K/V: the queries sharing a KV head are stacked and multiplied against it.
+- ``flex``: ``torch.nn.attention.flex_attention``, compiled; CUDA only.
+
+The decode step (``T == 1``) needs no mask: its one query sees every valid position.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS: tuple[str, ...] = ("eager", "sdpa", "grouped", "flex")
+# Backends that need a CUDA device.
+CUDA_ONLY_BACKENDS: tuple[str, ...] = ("flex",)
+# What a scenario's backend "auto" means: the library kernel, on every device.
+AUTO_BACKEND = "sdpa"
+
+# scaled_dot_product_attention gained enable_gqa in torch 2.5; older versions get K/V expanded.
+_SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def available_backends(device_type: str) -> tuple[str, ...]:
+    """Backends that run on a device of this type (``"cpu"``, ``"cuda"``, ...)."""
+    if device_type == "cuda":
+        return BACKENDS
+    return tuple(backend for backend in BACKENDS if backend not in CUDA_ONLY_BACKENDS)
+
+
+def resolve_backend(backend: str, device_type: str) -> str:
+    """The concrete backend a scenario's ``backend`` names on this device; ValueError if it cannot run."""
+    if backend == "auto":
+        return AUTO_BACKEND
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)} or 'auto'")
+    if backend not in available_backends(device_type):
+        raise ValueError(
+            f"attention backend {backend!r} needs CUDA; on {device_type!r} use one of {available_backends(device_type)}"
+        )
+    return backend
+
+
+def causal_mask(start_pos: int, n_new: int, device: torch.device) -> Tensor:
+    """Boolean [n_new, start_pos + n_new] mask: query i (position start_pos + i) sees keys 0 .. start_pos + i."""
+    query_pos = torch.arange(start_pos, start_pos + n_new, device=device)
+    key_pos = torch.arange(start_pos + n_new, device=device)
+    return key_pos[None, :] <= query_pos[:, None]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, backend: str) -> Tensor:
+    """Attention of new queries over a static cache.
+
+    q: [B, n_heads, T, head_dim] for positions start_pos .. start_pos + T - 1.
+    k, v: [B, n_kv_heads, S, head_dim] with S >= start_pos + T; positions past start_pos + T are not read.
+    Returns [B, n_heads, T, head_dim] in q's dtype.
+    """
+    n_heads, n_new = q.shape[1], q.shape[2]
+    n_kv_heads, max_len = k.shape[1], k.shape[2]
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+    n_valid = start_pos + n_new
+    if start_pos < 0 or n_valid > max_len:
+        raise ValueError(f"positions {start_pos}..{n_valid - 1} do not fit a cache of {max_len} positions")
+    k, v = k[:, :, :n_valid], v[:, :, :n_valid]  # [B, n_kv_heads, L, head_dim], L = start_pos + T
+    if backend == "eager":
+        return _eager(q, k, v, start_pos)
+    if backend == "sdpa":
+        return _sdpa(q, k, v, start_pos)
+    if backend == "grouped":
+        return _grouped(q, k, v, start_pos)
+    if backend == "flex":
+        if q.device.type != "cuda":
+            raise ValueError(f"attention backend 'flex' needs CUDA; tensors are on {q.device.type!r}")
+        return _flex(q, k, v, start_pos)
+    raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def _softmax_f32(scores: Tensor, dtype: torch.dtype) -> Tensor:
+    """Softmax over the last dim, accumulated in float32, returned in ``dtype``."""
+    return torch.softmax(scores.float(), dim=-1).to(dtype)
+
+
+def _eager(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
+    v = v.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.matmul(q * scale, k.transpose(-2, -1)).float()  # [B, n_heads, T, L]
+    if q.shape[2] > 1:
+        scores = scores.masked_fill(~causal_mask(start_pos, q.shape[2], q.device), float("-inf"))
+    return torch.matmul(_softmax_f32(scores, v.dtype), v).to(q.dtype)  # [B, n_heads, T, head_dim]
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+    n_new = q.shape[2]
+    mask: Tensor | None = None
+    is_causal = False
+    if n_new > 1 and start_pos == 0:
+        is_causal = True  # T == L: the usual lower triangle
+    elif n_new > 1:
+        mask = causal_mask(start_pos, n_new, q.device)  # [T, L]: the triangle is offset by start_pos
+    if _SDPA_HAS_GQA:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
+    v = v.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+def _grouped(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+    batch_size, n_heads, n_new, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    group = n_heads // n_kv_heads
+    scale = 1.0 / math.sqrt(head_dim)
+    # query head h = kv_head * group + g, so the heads sharing a KV head are adjacent
+    q = (q * scale).reshape(batch_size, n_kv_heads, group * n_new, head_dim)  # [B, n_kv_heads, group*T, head_dim]
+    scores = torch.matmul(q, k.transpose(-2, -1)).float()  # [B, n_kv_heads, group*T, L]
+    if n_new > 1:
+        scores = scores.view(batch_size, n_kv_heads, group, n_new, -1)  # [B, n_kv_heads, group, T, L]
+        scores = scores.masked_fill(~causal_mask(start_pos, n_new, q.device), float("-inf"))
+        scores = scores.view(batch_size, n_kv_heads, group * n_new, -1)  # [B, n_kv_heads, group*T, L]
+    out = torch.matmul(_softmax_f32(scores, v.dtype), v)  # [B, n_kv_heads, group*T, head_dim]
+    return out.view(batch_size, n_heads, n_new, head_dim).to(q.dtype)  # [B, n_heads, T, head_dim]
+
+
+class FlexKernel:
+    """``flex_attention`` compiled once; torch.compile re-specialises it per shape family.
+
+    Decode (one query) runs without a block mask: the cache slice holds exactly the valid keys.
+    Several new queries get a causal block mask shifted by ``start_pos``.
+    """
+
+    def __init__(self) -> None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self._attention: Callable[..., Tensor] = torch.compile(flex_attention)
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        n_new, n_valid = q.shape[2], k.shape[2]
+        block_mask = None
+        if n_new > 1:
+
+            def shifted_causal(batch: Tensor, head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+                return kv_idx <= q_idx + start_pos
+
+            block_mask = create_block_mask(shifted_causal, None, None, n_new, n_valid, device=q.device)
+        return self._attention(q, k, v, block_mask=block_mask, enable_gqa=True)
+
+
+@functools.cache
+def flex_kernel() -> FlexKernel:
+    """The one compiled flex kernel of this process, built on first use."""
+    return FlexKernel()
+
+
+def _flex(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+    return flex_kernel()(q, k, v, start_pos).to(q.dtype)

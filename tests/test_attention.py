@@ -1,0 +1,126 @@
+"""The attention op: the eager reference against a per-query loop, every backend against eager."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from harness.model.attention import BACKENDS, attend, available_backends, resolve_backend
+
+CPU_BACKENDS = available_backends("cpu")
+FAST_BACKENDS = tuple(b for b in CPU_BACKENDS if b != "eager")
+HEADS = {"mha": (4, 4), "gqa": (4, 2), "mqa": (4, 1)}  # (n_heads, n_kv_heads)
+# (new tokens T, start_pos): a decode step, a prompt, and a chunk appended after earlier tokens
+STEPS = {"decode": (1, 9), "prefill": (5, 0), "chunk": (4, 6)}
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+HEAD_DIM = 16
+CACHE_LEN = 16
+
+
+def make_qkv(n_heads: int, n_kv_heads: int, n_new: int, dtype: torch.dtype, seed: int = 0) -> tuple[Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, n_heads, n_new, HEAD_DIM, generator=generator).to(dtype)
+    k = torch.randn(2, n_kv_heads, CACHE_LEN, HEAD_DIM, generator=generator).to(dtype)
+    v = torch.randn(2, n_kv_heads, CACHE_LEN, HEAD_DIM, generator=generator).to(dtype)
+    return q, k, v
+
+
+def loop_reference(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+    """One query at a time in float64: head h reads KV head h // group, query t sees keys 0 .. start_pos + t."""
+    q, k, v = q.double(), k.double(), v.double()
+    batch_size, n_heads, n_new, head_dim = q.shape
+    group = n_heads // k.shape[1]
+    out = torch.empty_like(q)
+    for b in range(batch_size):
+        for h in range(n_heads):
+            for t in range(n_new):
+                keys = k[b, h // group, : start_pos + t + 1]  # [start_pos + t + 1, head_dim]
+                values = v[b, h // group, : start_pos + t + 1]  # [start_pos + t + 1, head_dim]
+                weights = torch.softmax(keys @ q[b, h, t] / math.sqrt(head_dim), dim=0)
+                out[b, h, t] = weights @ values
+    return out
+
+
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("heads", HEADS)
+def test_eager_attention_equals_a_per_query_softmax_reference(heads: str, step: str) -> None:
+    n_new, start_pos = STEPS[step]
+    q, k, v = make_qkv(*HEADS[heads], n_new, torch.float32)
+    out = attend(q, k, v, start_pos=start_pos, backend="eager")
+    torch.testing.assert_close(out.double(), loop_reference(q, k, v, start_pos), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_every_backend_agrees_with_eager(backend: str, heads: str, step: str, dtype: torch.dtype) -> None:
+    n_new, start_pos = STEPS[step]
+    q, k, v = make_qkv(*HEADS[heads], n_new, dtype)
+    expected = attend(q, k, v, start_pos=start_pos, backend="eager")
+    out = attend(q, k, v, start_pos=start_pos, backend=backend)
+    assert out.shape == q.shape and out.dtype == dtype
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_attention_reads_no_cache_position_past_the_new_tokens(backend: str, step: str) -> None:
+    n_new, start_pos = STEPS[step]
+    q, k, v = make_qkv(4, 2, n_new, torch.float32)
+    expected = attend(q, k, v, start_pos=start_pos, backend=backend)
+    k[:, :, start_pos + n_new :] = float("nan")
+    v[:, :, start_pos + n_new :] = float("nan")
+    torch.testing.assert_close(attend(q, k, v, start_pos=start_pos, backend=backend), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_attention_rejects_new_tokens_that_do_not_fit_the_cache(backend: str) -> None:
+    q, k, v = make_qkv(4, 2, 3, torch.float32)
+    with pytest.raises(ValueError, match="do not fit"):
+        attend(q, k, v, start_pos=CACHE_LEN - 2, backend=backend)
+
+
+def test_flex_backend_on_cpu_raises_an_error_saying_it_needs_cuda() -> None:
+    q, k, v = make_qkv(4, 2, 1, torch.float32)
+    with pytest.raises(ValueError, match="needs CUDA"):
+        attend(q, k, v, start_pos=3, backend="flex")
+
+
+def test_unknown_backend_is_rejected_with_the_known_ones_named() -> None:
+    q, k, v = make_qkv(4, 2, 1, torch.float32)
+    with pytest.raises(ValueError, match="eager, sdpa, grouped, flex"):
+        attend(q, k, v, start_pos=3, backend="fused")
+
+
+def test_available_backends_leave_out_flex_on_cpu_only() -> None:
+    assert "flex" not in available_backends("cpu")
+    assert set(available_backends("cpu")) == {"eager", "sdpa", "grouped"}
+    assert available_backends("cuda") == BACKENDS
+
+
+def test_resolve_backend_maps_auto_to_sdpa_and_refuses_flex_on_cpu() -> None:
+    assert resolve_backend("auto", "cpu") == "sdpa"
+    assert resolve_backend("grouped", "cpu") == "grouped"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        resolve_backend("flex", "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("backend", ("sdpa", "grouped", "flex"))
+def test_every_backend_agrees_with_eager_on_cuda(backend: str, heads: str, step: str, dtype: torch.dtype) -> None:
+    n_new, start_pos = STEPS[step]
+    q, k, v = (t.cuda() for t in make_qkv(*HEADS[heads], n_new, dtype))
+    expected = attend(q, k, v, start_pos=start_pos, backend="eager")
+    out = attend(q, k, v, start_pos=start_pos, backend=backend)
+    # TF32 matmuls on CUDA make float32 looser than on CPU
+    tol = max(TOLERANCE[dtype], 1e-3)
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
