@@ -1,0 +1,390 @@
+"""Which machine a result comes from: a stable target id and a fingerprint of the hardware and software.
+
+Results are compared only within one target (docs/design.md, "Timing"), so the id must stay the
+same across driver, torch and kernel updates on the same hardware: it is built from the device
+name alone (CUDA) or the CPU model and the number of cores this process may use (CPU). Everything
+that may change under the same id (driver, CUDA, torch, clocks, power limit) goes in the
+fingerprint, which every result file keeps beside its numbers.
+
+NVML (``pynvml``) is optional: without the library, without an NVIDIA GPU, or when one call fails,
+the fields it would fill are None and nothing raises. torch is imported inside the functions that
+need it, so that importing this module (and the ``hw`` command's parser) stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+CPUINFO_PATH = Path("/proc/cpuinfo")
+CPU_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
+
+# Marketing words that carry no model information in a /proc/cpuinfo model name.
+_CPU_NAME_NOISE = re.compile(
+    r"\((?:r|tm|c)\)|\bcpu\b|\bprocessor\b|\b\d+-core\b|\b\d+(?:st|nd|rd|th) gen\b|@.*$",
+    re.IGNORECASE,
+)
+_VENDOR_ALIASES = {"genuineintel": "intel", "authenticamd": "amd"}
+
+
+def slug(text: str) -> str:
+    """Lowercase, every run of non-alphanumerics turned into one '-', no '-' at either end."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+# ---------------------------------------------------------------------------------------------
+# Device names and target ids
+
+
+def resolve_device(name: str) -> str:
+    """Turn a ``--device`` value into ``"cpu"`` or ``"cuda[:N]"``; ``"auto"`` picks CUDA when present.
+
+    Asking for CUDA on a machine without it is the user's mistake and raises :class:`UserError`.
+    """
+    if name == "cpu":
+        return "cpu"
+    if name not in ("auto", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N", field="device")
+    import torch
+
+    available = torch.cuda.is_available()
+    if name == "auto":
+        return "cuda" if available else "cpu"
+    if not available:
+        raise UserError(f"{name} was asked for but torch finds no CUDA device", field="device")
+    index = _cuda_index(name)
+    if index >= torch.cuda.device_count():
+        raise UserError(
+            f"{name} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist", field="device"
+        )
+    return name
+
+
+def is_cuda(device: str) -> bool:
+    return device == "cuda" or device.startswith("cuda:")
+
+
+def _cuda_index(device: str) -> int:
+    """The CUDA ordinal of ``"cuda:N"``; plain ``"cuda"`` means torch's current device."""
+    if ":" in device:
+        return int(device.split(":", 1)[1])
+    import torch
+
+    return int(torch.cuda.current_device()) if torch.cuda.is_available() else 0
+
+
+def cuda_target_id(device_name: str) -> str:
+    """Target id of a GPU from its name: ``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``.
+
+    Vendors put the memory size and type in the name where one model ships in several
+    (A100 40GB/80GB, H100 PCIe/SXM), so the name alone tells targets apart; the total memory
+    reported at run time is not used because it moves with the driver's reservations.
+    """
+    target = slug(device_name)
+    return target if target.startswith("nvidia") or not target else f"gpu-{target}"
+
+
+def cpu_model_family(model_name: str) -> str:
+    """The vendor and model of a CPU name, without marketing words, clock or core count.
+
+    ``"Intel(R) Xeon(R) Platinum 8480+"`` -> ``"intel-xeon-platinum-8480"``,
+    ``"AMD EPYC 7763 64-Core Processor"`` -> ``"amd-epyc-7763"``.
+    """
+    family = slug(_CPU_NAME_NOISE.sub(" ", model_name))
+    return _VENDOR_ALIASES.get(family, family) or "unknown"
+
+
+def cpu_target_id(model_name: str, n_cores: int) -> str:
+    """``cpu-<vendor>-<model family>-<N>c``, N the logical cores this process may run on."""
+    return f"cpu-{cpu_model_family(model_name)}-{n_cores}c"
+
+
+def detect_target(device: str) -> str:
+    """The stable, filesystem-safe target id of ``device`` (``"cpu"`` or ``"cuda[:N]"``)."""
+    if is_cuda(device):
+        import torch
+
+        return cuda_target_id(torch.cuda.get_device_name(_cuda_index(device)))
+    return cpu_target_id(cpu_model_name(), logical_cores())
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU facts
+
+
+def cpu_model_name(cpuinfo: Path = CPUINFO_PATH) -> str:
+    """The CPU's model name from /proc/cpuinfo; ``platform.processor()`` or the machine where absent."""
+    with contextlib.suppress(OSError):
+        fields: dict[str, str] = {}
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and value.strip():
+                fields.setdefault(key.strip().lower(), value.strip())
+        for key in ("model name", "hardware", "vendor_id", "cpu model"):
+            if key in fields:
+                return fields[key]
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def logical_cores() -> int:
+    """Logical cores this process may run on (its affinity mask), which is what torch can use."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def parse_cache_size(text: str) -> int | None:
+    """Sizes as /sys writes them: ``"32K"`` -> 32768, ``"1M"`` -> 1048576, ``"512"`` -> 512."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, re.IGNORECASE)
+    if not match:
+        return None
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2).upper()]
+    return int(match.group(1)) * scale
+
+
+def cpu_cache_bytes(cache_dir: Path = CPU_CACHE_DIR) -> dict[str, int]:
+    """Cache sizes seen by cpu0, keyed ``l1d``, ``l1i``, ``l2``, ``l3``; empty where /sys has none.
+
+    A cache shared by several cores (usually L3) is reported at its full size per instance.
+    """
+    sizes: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for index in sorted(cache_dir.glob("index*")):
+            with contextlib.suppress(OSError, ValueError):
+                level = int((index / "level").read_text())
+                kind = (index / "type").read_text().strip().lower()
+                size = parse_cache_size((index / "size").read_text())
+                if size is None:
+                    continue
+                suffix = {"data": "d", "instruction": "i"}.get(kind, "")
+                sizes[f"l{level}{suffix}"] = size
+    return sizes
+
+
+def last_level_cache_bytes(cache_dir: Path = CPU_CACHE_DIR) -> int | None:
+    """Size of the highest-level data or unified cache, or None when unknown."""
+    sizes = {k: v for k, v in cpu_cache_bytes(cache_dir).items() if not k.endswith("i")}
+    if not sizes:
+        return None
+    return sizes[max(sizes, key=lambda k: int(re.sub(r"\D", "", k)))]
+
+
+def total_memory_bytes() -> int | None:
+    with contextlib.suppress(Exception):
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# NVML, every call guarded
+
+
+def nvml_call(pynvml: Any, function: str, *args: Any) -> Any | None:
+    """``pynvml.<function>(*args)``, or None when the function is missing or the call fails."""
+    try:
+        value = getattr(pynvml, function)(*args)
+    except Exception:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@contextlib.contextmanager
+def nvml_session(device: str) -> Iterator[tuple[Any, Any] | None]:
+    """Yield ``(pynvml, handle)`` for a CUDA device, or None without NVML or a matching GPU.
+
+    NVML is initialised on entry and shut down on exit (NVML counts nested initialisations).
+    """
+    pynvml = _nvml_init()
+    if pynvml is None:
+        yield None
+        return
+    try:
+        handle = _nvml_handle(pynvml, device) if is_cuda(device) else None
+        yield None if handle is None else (pynvml, handle)
+    finally:
+        nvml_call(pynvml, "nvmlShutdown")
+
+
+def _nvml_init() -> Any | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    return pynvml
+
+
+def _nvml_handle(pynvml: Any, device: str) -> Any | None:
+    """NVML's handle for the CUDA device, matched by UUID, then PCI bus id, then ordinal.
+
+    NVML numbers all GPUs of the machine while CUDA numbers only the visible ones (and may order
+    them differently), so the ordinal is the last resort.
+    """
+    index = _cuda_index(device)
+    props = _cuda_properties(index)
+    uuid = getattr(props, "uuid", None)
+    if uuid is not None:
+        text = str(uuid)
+        handle = nvml_call(
+            pynvml, "nvmlDeviceGetHandleByUUID", text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+        )
+        if handle is not None:
+            return handle
+    if props is not None and hasattr(props, "pci_bus_id"):
+        domain, device_id = getattr(props, "pci_domain_id", 0), getattr(props, "pci_device_id", 0)
+        bus_id = f"{domain:08x}:{props.pci_bus_id:02x}:{device_id:02x}.0"  # NVML's "domain:bus:device.function"
+        handle = nvml_call(pynvml, "nvmlDeviceGetHandleByPciBusId", bus_id)
+        if handle is not None:
+            return handle
+    return nvml_call(pynvml, "nvmlDeviceGetHandleByIndex", index)
+
+
+def _cuda_properties(index: int) -> Any | None:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return torch.cuda.get_device_properties(index)
+    except Exception:
+        return None
+
+
+def vendor_peak_bandwidth_gbps(memory_clock_mhz: float | None, bus_width_bits: float | None) -> float | None:
+    """The vendor's theoretical memory bandwidth in GB/s (1e9 bytes/s), or None without both inputs.
+
+    ``2 · memory clock · bus width / 8``: two transfers per clock (double data rate) of
+    ``bus width`` bits each, with NVML's maximum memory clock and memory bus width
+    (nvmlDeviceGetMaxClockInfo(NVML_CLOCK_MEM), nvmlDeviceGetMemoryBusWidth). An H100 SXM
+    (2619 MHz, 5120 bit) gives 3352 GB/s, its data-sheet 3.35 TB/s.
+    """
+    if not memory_clock_mhz or not bus_width_bits:
+        return None
+    return 2 * memory_clock_mhz * 1e6 * bus_width_bits / 8 / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprint
+
+
+def fingerprint(device: str) -> dict[str, Any]:
+    """Everything about this machine a result depends on, as a JSON-serialisable dict.
+
+    Always: target, device, torch/Python versions, OS, CPU model, logical cores, total memory,
+    CPU cache sizes. On CUDA also the GPU's name, memory, SM count, L2 size, and from NVML
+    driver/CUDA versions, bus width, max clocks, power limit, ECC and MIG modes and the vendor's
+    peak bandwidth (None where NVML cannot tell).
+    """
+    import torch
+
+    caches = cpu_cache_bytes()
+    info: dict[str, Any] = {
+        "target": detect_target(device),
+        "device": "cuda" if is_cuda(device) else "cpu",
+        "device_name": cpu_model_name(),
+        "python_version": platform.python_version(),
+        "torch_version": str(torch.__version__),
+        "torch_cuda_version": torch.version.cuda,  # CUDA runtime torch was built with
+        "os": platform.platform(),
+        "cpu_model": cpu_model_name(),
+        "logical_cores": logical_cores(),
+        "torch_num_threads": torch.get_num_threads(),
+        "memory_total_bytes": total_memory_bytes(),
+        "cpu_l1d_cache_bytes": caches.get("l1d"),
+        "cpu_l2_cache_bytes": caches.get("l2"),
+        "cpu_l3_cache_bytes": caches.get("l3"),
+    }
+    if is_cuda(device):
+        info.update(_gpu_fingerprint(device))
+    return info
+
+
+def _gpu_fingerprint(device: str) -> dict[str, Any]:
+    import torch
+
+    index = _cuda_index(device)
+    props = _cuda_properties(index)
+    info: dict[str, Any] = {
+        "device_name": getattr(props, "name", None),
+        "gpu_memory_total_bytes": getattr(props, "total_memory", None),
+        "sm_count": getattr(props, "multi_processor_count", None),
+        "compute_capability": f"{props.major}.{props.minor}" if props is not None else None,
+        "l2_cache_bytes": getattr(props, "L2_cache_size", None),
+        "cudnn_version": _guarded(torch.backends.cudnn.version),
+    }
+    info.update(_nvml_fingerprint(device))
+    return info
+
+
+def _nvml_fingerprint(device: str) -> dict[str, Any]:
+    fields: dict[str, Any] = dict.fromkeys(
+        (
+            "driver_version",
+            "cuda_driver_version",
+            "gpu_uuid",
+            "pci_bus_id",
+            "nvml_memory_total_bytes",
+            "memory_bus_width_bits",
+            "max_sm_clock_mhz",
+            "max_memory_clock_mhz",
+            "power_limit_w",
+            "ecc_enabled",
+            "mig_enabled",
+            "vendor_peak_bandwidth_gbps",
+        )
+    )
+    fields["vendor_peak_bandwidth_source"] = None
+    with nvml_session(device) as session:
+        if session is None:
+            return fields
+        nv, handle = session
+        fields["driver_version"] = nvml_call(nv, "nvmlSystemGetDriverVersion")
+        cuda_driver = nvml_call(nv, "nvmlSystemGetCudaDriverVersion")  # e.g. 12040 for 12.4
+        fields["cuda_driver_version"] = f"{cuda_driver // 1000}.{cuda_driver % 1000 // 10}" if cuda_driver else None
+        fields["gpu_uuid"] = nvml_call(nv, "nvmlDeviceGetUUID", handle)
+        pci = nvml_call(nv, "nvmlDeviceGetPciInfo", handle)
+        bus_id = getattr(pci, "busId", None)
+        fields["pci_bus_id"] = bus_id.decode() if isinstance(bus_id, bytes) else bus_id
+        memory = nvml_call(nv, "nvmlDeviceGetMemoryInfo", handle)
+        fields["nvml_memory_total_bytes"] = getattr(memory, "total", None)
+        fields["memory_bus_width_bits"] = nvml_call(nv, "nvmlDeviceGetMemoryBusWidth", handle)
+        fields["max_sm_clock_mhz"] = nvml_call(nv, "nvmlDeviceGetMaxClockInfo", handle, getattr(nv, "NVML_CLOCK_SM", 1))
+        fields["max_memory_clock_mhz"] = nvml_call(
+            nv, "nvmlDeviceGetMaxClockInfo", handle, getattr(nv, "NVML_CLOCK_MEM", 2)
+        )
+        power_mw = nvml_call(nv, "nvmlDeviceGetEnforcedPowerLimit", handle)
+        fields["power_limit_w"] = power_mw / 1000 if power_mw is not None else None
+        fields["ecc_enabled"] = _current_mode(nvml_call(nv, "nvmlDeviceGetEccMode", handle))
+        fields["mig_enabled"] = _current_mode(nvml_call(nv, "nvmlDeviceGetMigMode", handle))
+    peak = vendor_peak_bandwidth_gbps(fields["max_memory_clock_mhz"], fields["memory_bus_width_bits"])
+    fields["vendor_peak_bandwidth_gbps"] = peak
+    if peak is not None:
+        fields["vendor_peak_bandwidth_source"] = (
+            "2 * max memory clock * bus width / 8 (DDR), from NVML nvmlDeviceGetMaxClockInfo(NVML_CLOCK_MEM) "
+            "and nvmlDeviceGetMemoryBusWidth"
+        )
+    return fields
+
+
+def _current_mode(modes: Any) -> bool | None:
+    """NVML returns ECC and MIG modes as ``[current, pending]``; 1 means enabled."""
+    if isinstance(modes, list | tuple) and modes:
+        return bool(modes[0])
+    return None
+
+
+def _guarded(function: Callable[[], Any]) -> Any | None:
+    try:
+        return function()
+    except Exception:
+        return None

@@ -1,0 +1,249 @@
+"""The target's peak memory bandwidth, measured by a read probe and a copy probe, cached per target.
+
+Achieved bandwidth is reported as a fraction of this peak (docs/design.md, "What is measured").
+Both probes stream buffers far larger than the last-level cache (CPU) or L2 (GPU), so they read
+DRAM / HBM. Bytes are counted as STREAM does: a read of N bytes moves N, a copy of N bytes moves
+2N (read + write; write-allocate traffic is not counted). GB/s means 1e9 bytes per second. The
+peak is the best of a few repeats: it is a ceiling, so the fastest repeat is the one least
+disturbed by other work.
+
+The result is cached in ``<cache dir>/<target>/peak.json`` (cache dir ``$ATTNBENCH_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/attnbench``, else ``~/.cache/attnbench``) and reused while the
+fingerprint fields in :data:`PEAK_CACHE_KEYS` are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from harness.hardware import fingerprint, is_cuda, last_level_cache_bytes
+from harness.results.store import write_text_atomic
+
+CPU_MIN_BUFFER_BYTES = 256 * 2**20
+CPU_LLC_MULTIPLE = 8
+CPU_MEMORY_FRACTION = 0.25  # both CPU buffers together take at most this share of available memory
+CUDA_BUFFER_BYTES = 2**30
+CPU_REPEATS = 5
+CUDA_REPEATS = 10
+
+# Fingerprint fields whose change invalidates a cached peak.
+PEAK_CACHE_KEYS = (
+    "target",
+    "device_name",
+    "cpu_model",
+    "logical_cores",
+    "memory_total_bytes",
+    "torch_version",
+    "gpu_memory_total_bytes",
+    "driver_version",
+    "max_memory_clock_mhz",
+    "memory_bus_width_bits",
+)
+
+
+class PeakBandwidth(BaseModel):
+    """Measured peak bandwidth of one target, GB/s (1e9 bytes/s)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    read_gbps: float  # read probe: bytes read / best time
+    copy_gbps: float  # copy probe: (bytes read + bytes written) / best time
+    vendor_gbps: float | None  # vendor's theoretical figure (GPUs, from NVML), see harness.hardware
+    buffer_bytes: int  # size of one probe buffer
+    method: str  # how it was measured, in words
+
+    @property
+    def measured_gbps(self) -> float:
+        """The higher of the two probes: the peak that achieved bandwidth is a fraction of."""
+        return max(self.read_gbps, self.copy_gbps)
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("ATTNBENCH_CACHE_DIR"):
+        return Path(os.environ["ATTNBENCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "attnbench"
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU
+
+
+def cpu_probe_bytes(llc_bytes: int | None, available_bytes: int | None) -> int:
+    """One CPU probe buffer: max(256 MiB, 8x the LLC), bounded by a share of available memory."""
+    size = max(CPU_MIN_BUFFER_BYTES, CPU_LLC_MULTIPLE * (llc_bytes or 0))
+    if available_bytes:
+        size = min(size, int(available_bytes * CPU_MEMORY_FRACTION / 2))
+    return max(size // 4096 * 4096, 4096)
+
+
+@contextlib.contextmanager
+def _all_cores() -> Iterator[None]:
+    """Let torch use every core this process may run on, for the duration of the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(_available_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _available_cores() -> int:
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_peak_cpu(buffer_bytes: int | None = None, repeats: int = CPU_REPEATS) -> PeakBandwidth:
+    """Read probe (float32 sum) and copy probe (``copy_``) over two buffers far beyond the LLC."""
+    if buffer_bytes is None:
+        import psutil
+
+        buffer_bytes = cpu_probe_bytes(last_level_cache_bytes(), int(psutil.virtual_memory().available))
+    n = buffer_bytes // 4  # float32 elements
+    with _all_cores():
+        src = torch.ones(n, dtype=torch.float32)  # ones, not empty: every page is touched before timing
+        dst = torch.zeros(n, dtype=torch.float32)
+        dst.copy_(src)  # first touch of the copy path out of the timed region
+        read_s = _best_seconds(lambda: src.sum(), repeats)
+        copy_s = _best_seconds(lambda: dst.copy_(src), repeats)
+        threads = torch.get_num_threads()
+    nbytes = n * 4
+    return PeakBandwidth(
+        read_gbps=nbytes / read_s / 1e9,
+        copy_gbps=2 * nbytes / copy_s / 1e9,
+        vendor_gbps=None,
+        buffer_bytes=nbytes,
+        method=(
+            f"cpu: torch float32 sum (read) and copy_ (read+write counted) over {nbytes}-byte buffers, "
+            f"perf_counter, best of {repeats}, {threads} threads"
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+
+def measure_peak_cuda(
+    device: str = "cuda",
+    vendor_gbps: float | None = None,
+    buffer_bytes: int = CUDA_BUFFER_BYTES,
+    repeats: int = CUDA_REPEATS,
+) -> PeakBandwidth:
+    """Device-to-device copy and a sum reduction over a >= 1 GiB buffer, timed with CUDA events."""
+    dev = torch.device(device)
+    free_bytes, _ = torch.cuda.mem_get_info(dev)
+    n = min(buffer_bytes, int(free_bytes * 0.4)) // 4  # float32 elements; two buffers, with headroom
+    with torch.cuda.device(dev):
+        read_s, copy_s = _cuda_probe_seconds(dev, n, repeats)
+    torch.cuda.empty_cache()  # the probe's buffers are gone; hand their memory back
+    nbytes = n * 4
+    return PeakBandwidth(
+        read_gbps=nbytes / read_s / 1e9,
+        copy_gbps=2 * nbytes / copy_s / 1e9,
+        vendor_gbps=vendor_gbps,
+        buffer_bytes=nbytes,
+        method=(
+            f"cuda: float32 sum (read) and device-to-device copy_ (read+write counted) over {nbytes}-byte "
+            f"buffers, CUDA events, best of {repeats}"
+        ),
+    )
+
+
+def _cuda_probe_seconds(dev: torch.device, n: int, repeats: int) -> tuple[float, float]:
+    """Best read (sum) and copy seconds over two float32 buffers of ``n`` elements on ``dev``."""
+    src = torch.ones(n, dtype=torch.float32, device=dev)
+    dst = torch.empty_like(src)
+    read_s = _best_event_seconds(lambda: src.sum(), repeats)
+    copy_s = _best_event_seconds(lambda: dst.copy_(src), repeats)
+    return read_s, copy_s
+
+
+def _best_event_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Best of ``repeats`` event-timed calls after two warm-up calls; one synchronisation at read-out."""
+    for _ in range(2):
+        fn()
+    pairs = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        pairs.append((start, end))
+    pairs[-1][1].synchronize()
+    return min(start.elapsed_time(end) for start, end in pairs) / 1e3  # milliseconds -> seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def measure_peak(device: str, env: dict[str, Any]) -> PeakBandwidth:
+    """Run the probe for ``device``; ``env`` is its fingerprint (for the vendor figure)."""
+    if is_cuda(device):
+        return measure_peak_cuda(device, vendor_gbps=env.get("vendor_peak_bandwidth_gbps"))
+    return measure_peak_cpu()
+
+
+def peak_cache_path(target: str, cache_dir: Path) -> Path:
+    return cache_dir / target / "peak.json"
+
+
+def load_or_measure_peak(
+    target: str,
+    device: str,
+    cache_dir: Path | None = None,
+    *,
+    env: dict[str, Any] | None = None,
+    force: bool = False,
+    measure: Callable[[str, dict[str, Any]], PeakBandwidth] = measure_peak,
+) -> PeakBandwidth:
+    """The cached peak of ``target`` when its fingerprint still matches; otherwise measure and cache it.
+
+    ``env`` is the fingerprint of ``device`` (computed when not given); ``force`` measures anew.
+    """
+    env = fingerprint(device) if env is None else env
+    path = peak_cache_path(target, default_cache_dir() if cache_dir is None else cache_dir)
+    key = {name: env.get(name) for name in PEAK_CACHE_KEYS}
+    if not force:
+        cached = _read_cached(path, key)
+        if cached is not None:
+            return cached
+    peak = measure(device, env)
+    record = {
+        "fingerprint": key,
+        "peak": peak.model_dump(),
+        "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+    return peak
+
+
+def _read_cached(path: Path, key: dict[str, Any]) -> PeakBandwidth | None:
+    """The peak stored at ``path`` if it was measured under the same fingerprint; None otherwise."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("fingerprint") != key:
+            return None
+        return PeakBandwidth.model_validate(record["peak"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
+        return None

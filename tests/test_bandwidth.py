@@ -1,0 +1,96 @@
+"""Peak bandwidth: CPU probe sizing and numbers, the per-target cache; CUDA probe on GPUs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from harness.measure.bandwidth import (
+    PeakBandwidth,
+    cpu_probe_bytes,
+    default_cache_dir,
+    load_or_measure_peak,
+    measure_peak_cpu,
+    measure_peak_cuda,
+    peak_cache_path,
+)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+MiB = 2**20
+
+ENV: dict[str, Any] = {"target": "cpu-test-2c", "cpu_model": "Test", "logical_cores": 2, "torch_version": "2.13"}
+
+
+class CountingProbe:
+    """Stands in for the real probe: returns a fixed peak and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, device: str, env: dict[str, Any]) -> PeakBandwidth:
+        self.calls += 1
+        return PeakBandwidth(read_gbps=20.0, copy_gbps=15.0, vendor_gbps=None, buffer_bytes=4096, method="fake")
+
+
+def test_cpu_probe_buffer_is_at_least_256_mib_or_8x_the_llc() -> None:
+    assert cpu_probe_bytes(32 * MiB, None) == 256 * MiB
+    assert cpu_probe_bytes(64 * MiB, None) == 512 * MiB
+    assert cpu_probe_bytes(None, None) == 256 * MiB
+
+
+def test_cpu_probe_buffer_is_bounded_by_available_memory() -> None:
+    assert cpu_probe_bytes(32 * MiB, 400 * MiB) == 50 * MiB  # two buffers in a quarter of what is free
+
+
+def test_cpu_probe_reports_positive_read_and_copy_bandwidth() -> None:
+    peak = measure_peak_cpu(buffer_bytes=16 * MiB, repeats=2)
+    assert peak.read_gbps > 0 and peak.copy_gbps > 0
+    assert peak.buffer_bytes == 16 * MiB
+    assert peak.vendor_gbps is None
+
+
+def test_measured_peak_is_the_higher_of_read_and_copy() -> None:
+    assert CountingProbe()("cpu", ENV).measured_gbps == 20.0
+
+
+def test_load_or_measure_peak_reuses_the_cached_peak_while_the_fingerprint_matches(tmp_path: Path) -> None:
+    probe = CountingProbe()
+    first = load_or_measure_peak("cpu-test-2c", "cpu", tmp_path, env=ENV, measure=probe)
+    second = load_or_measure_peak("cpu-test-2c", "cpu", tmp_path, env=ENV, measure=probe)
+    assert probe.calls == 1
+    assert first == second
+    assert json.loads(peak_cache_path("cpu-test-2c", tmp_path).read_text())["peak"]["read_gbps"] == 20.0
+
+
+def test_load_or_measure_peak_measures_again_when_the_fingerprint_changes(tmp_path: Path) -> None:
+    probe = CountingProbe()
+    load_or_measure_peak("cpu-test-2c", "cpu", tmp_path, env=ENV, measure=probe)
+    load_or_measure_peak("cpu-test-2c", "cpu", tmp_path, env={**ENV, "torch_version": "2.14"}, measure=probe)
+    assert probe.calls == 2
+
+
+def test_load_or_measure_peak_measures_again_over_a_corrupt_cache_file(tmp_path: Path) -> None:
+    path = peak_cache_path("cpu-test-2c", tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    probe = CountingProbe()
+    load_or_measure_peak("cpu-test-2c", "cpu", tmp_path, env=ENV, measure=probe)
+    assert probe.calls == 1
+    assert json.loads(path.read_text())["fingerprint"]["target"] == "cpu-test-2c"
+
+
+def test_cache_dir_follows_attnbench_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_probe_reports_copy_and_read_bandwidth_over_a_gib() -> None:
+    peak = measure_peak_cuda("cuda")
+    assert peak.buffer_bytes >= 2**29
+    assert peak.copy_gbps > 100 and peak.read_gbps > 100

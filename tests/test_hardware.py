@@ -1,0 +1,118 @@
+"""Target ids, CPU facts from /proc and /sys, the vendor bandwidth formula, device resolution, ``attnbench hw``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.cli import hw_cmd
+from harness.errors import UserError
+from harness.hardware import (
+    cpu_cache_bytes,
+    cpu_model_name,
+    cpu_target_id,
+    cuda_target_id,
+    detect_target,
+    fingerprint,
+    last_level_cache_bytes,
+    resolve_device,
+    vendor_peak_bandwidth_gbps,
+)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_cuda_target_id_is_the_lowercased_device_name_with_dashes() -> None:
+    assert cuda_target_id("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert cuda_target_id("NVIDIA H200") == "nvidia-h200"
+    assert cuda_target_id("NVIDIA A100-SXM4-40GB") == "nvidia-a100-sxm4-40gb"
+
+
+@pytest.mark.parametrize(
+    ("model_name", "expected"),
+    [
+        ("AMD EPYC", "cpu-amd-epyc-2c"),
+        ("Intel(R) Xeon(R) Platinum 8480+", "cpu-intel-xeon-platinum-8480-2c"),
+        ("AMD EPYC 7763 64-Core Processor", "cpu-amd-epyc-7763-2c"),
+        ("Intel(R) Xeon(R) CPU E5-2690 v4 @ 2.60GHz", "cpu-intel-xeon-e5-2690-v4-2c"),
+        ("12th Gen Intel(R) Core(TM) i7-12700H", "cpu-intel-core-i7-12700h-2c"),
+    ],
+)
+def test_cpu_target_id_keeps_vendor_and_model_and_drops_marketing_words(model_name: str, expected: str) -> None:
+    assert cpu_target_id(model_name, 2) == expected
+
+
+def test_cpu_model_name_reads_the_first_model_name_line(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert cpu_model_name(cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+
+
+def test_cpu_model_name_falls_back_without_cpuinfo(tmp_path: Path) -> None:
+    assert cpu_model_name(tmp_path / "missing")  # platform.processor() or the machine, never empty
+
+
+def _write_cache(root: Path, index: int, level: int, kind: str, size: str) -> None:
+    folder = root / f"index{index}"
+    folder.mkdir(parents=True)
+    (folder / "level").write_text(f"{level}\n")
+    (folder / "type").write_text(f"{kind}\n")
+    (folder / "size").write_text(f"{size}\n")
+
+
+def test_cpu_cache_sizes_are_read_from_sys_cache_folders(tmp_path: Path) -> None:
+    _write_cache(tmp_path, 0, 1, "Data", "32K")
+    _write_cache(tmp_path, 1, 1, "Instruction", "32K")
+    _write_cache(tmp_path, 2, 2, "Unified", "1024K")
+    _write_cache(tmp_path, 3, 3, "Unified", "32M")
+    assert cpu_cache_bytes(tmp_path) == {"l1d": 32768, "l1i": 32768, "l2": 2**20, "l3": 32 * 2**20}
+    assert last_level_cache_bytes(tmp_path) == 32 * 2**20
+
+
+def test_last_level_cache_is_none_without_sys_cache_info(tmp_path: Path) -> None:
+    assert last_level_cache_bytes(tmp_path / "missing") is None
+
+
+def test_vendor_peak_bandwidth_is_double_data_rate_times_bus_width() -> None:
+    # H100 SXM: 2619 MHz memory clock, 5120-bit bus -> 2 * 2619e6 * 640 bytes/s.
+    assert vendor_peak_bandwidth_gbps(2619, 5120) == pytest.approx(3352.32)
+    assert vendor_peak_bandwidth_gbps(None, 5120) is None
+
+
+def test_resolve_device_auto_picks_cuda_only_when_available() -> None:
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_resolve_device_rejects_cuda_without_a_cuda_device() -> None:
+    with pytest.raises(UserError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_cpu_fingerprint_is_json_serialisable_and_names_its_target() -> None:
+    info = fingerprint("cpu")
+    assert json.loads(json.dumps(info))["target"] == detect_target("cpu")
+    assert info["logical_cores"] >= 1
+
+
+def test_hw_command_prints_target_and_fingerprint_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    hw_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["hw", "--device", "cpu", "--json"])
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["target"] == detect_target("cpu")
+    assert "cpu_model" in printed["fingerprint"]
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_fingerprint_has_gpu_fields_and_a_vendor_peak() -> None:
+    info = fingerprint("cuda")
+    assert info["target"].startswith("nvidia-")
+    assert info["sm_count"] > 0
+    assert info["vendor_peak_bandwidth_gbps"] is None or info["vendor_peak_bandwidth_gbps"] > 100
