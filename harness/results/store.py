@@ -18,24 +18,37 @@ from harness.scenario.load import dotted
 RESULT_SUFFIX = ".json"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a half.
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a half.
 
-    The text goes to a temporary file in the same folder, is flushed to disk, then renamed over
-    the target (``os.replace`` is atomic within one file system).
+    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over
+    the target (``os.replace`` is atomic within one file system). The file gets the permissions
+    a plain ``open`` would give it (0666 less the umask), not the temporary file's 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """:func:`write_bytes_atomic` for UTF-8 text."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def save_result(result: RunResult, path: Path) -> None:
@@ -51,7 +64,9 @@ def parse_result(text: str, source: str) -> RunResult:
         raise UserError(f"not valid JSON: {exc}", source=source) from None
     if not isinstance(data, dict):
         raise UserError("not a result file (expected a JSON object)", source=source)
-    version = data.get("schema_version")
+    if "schema_version" not in data or "cells" not in data:
+        raise UserError("not an attnbench result file (no schema_version or cells)", source=source)
+    version = data["schema_version"]
     if version != SCHEMA_VERSION:
         raise UserError(
             f"schema_version {version!r} is not supported (this attnbench reads {SCHEMA_VERSION})",
