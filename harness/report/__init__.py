@@ -1,0 +1,70 @@
+"""Reports from result files: ``<out>/<target>/REPORT.md`` with PNG plots beside it, and CROSS_TARGET.md.
+
+:func:`build_reports` loads every result first (a bad file stops everything before anything is
+written), renders each target's report in memory, then writes each file atomically, plots before
+the markdown that links them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.report.render import CROSS_TARGET_NAME, LoadedResult, render_cross_target, render_target
+from harness.results.store import load_result, newest_results, write_bytes_atomic, write_text_atomic
+
+__all__ = ["LoadedResult", "build_reports", "load_results"]
+
+
+def load_results(paths: Sequence[str | Path]) -> list[LoadedResult]:
+    """Results named by files or folders; a folder gives its newest result per (target, scenario).
+
+    When several results share a target and scenario, the one started last is kept.
+    """
+    chosen: dict[tuple[str, str], LoadedResult] = {}
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise UserError("no such file or folder", source=str(path))
+        files = list(newest_results(path).values()) if path.is_dir() else [path]
+        for file in files:
+            result = load_result(file)
+            key = (result.target, result.scenario.name)
+            if key not in chosen or result.started_utc > chosen[key].result.started_utc:
+                chosen[key] = LoadedResult(file, result)
+    if not chosen:
+        raise UserError("no result files found", source=", ".join(str(p) for p in paths))
+    return list(chosen.values())
+
+
+def _write(path: Path, content: str | bytes) -> None:
+    if isinstance(content, bytes):
+        write_bytes_atomic(path, content)
+    else:
+        write_text_atomic(path, content)
+
+
+def build_reports(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
+    """Write one report per target (and CROSS_TARGET.md when targets share a scenario); the paths written."""
+    out_dir = Path(out)
+    loaded = load_results(paths)
+    by_target: dict[str, list[LoadedResult]] = {}
+    for item in loaded:
+        by_target.setdefault(item.result.target, []).append(item)
+
+    rendered: list[tuple[Path, str | bytes]] = []
+    for target, items in sorted(by_target.items()):
+        report_dir = out_dir / target
+        files = render_target(items, report_dir)
+        # Plots first, then the markdown that links them.
+        rendered += sorted(
+            ((report_dir / name, data) for name, data in files.items()), key=lambda f: f[0].suffix == ".md"
+        )
+    cross = render_cross_target(loaded)
+    if cross is not None:
+        rendered.append((out_dir / CROSS_TARGET_NAME, cross))
+
+    for path, content in rendered:
+        _write(path, content)
+    return [path for path, _ in rendered]

@@ -1,0 +1,347 @@
+"""PNG plots of one result: latency, bandwidth, memory, max batch, and the KV-bytes/latency front.
+
+Figures are built as plain :class:`matplotlib.figure.Figure` objects drawn by the Agg renderer,
+never through pyplot, so no display is needed and no figure outlives the call that rendered it.
+Each plot function returns PNG bytes, or None when the result has nothing to plot; the report
+writes them to disk.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+from harness.results.schema import RunResult
+from harness.units import format_bytes
+
+DPI = 110
+MIB = 2**20
+FACET_SIZE = (4.6, 3.4)  # inches per facet
+SINGLE_SIZE = (7.0, 4.4)  # inches for a one-panel figure
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")  # tell overlapping lines apart
+
+
+def _series_names(result: RunResult) -> dict[int, str]:
+    """Legend name of each cell (by index): the variant, with dtype and backend when those vary."""
+    several = len({(c.dtype, c.backend) for c in result.cells}) > 1
+    return {i: f"{c.variant} ({c.dtype}, {c.backend})" if several else c.variant for i, c in enumerate(result.cells)}
+
+
+def cell_frame(result: RunResult) -> pd.DataFrame:
+    """One row per cell that ran, with the plotted quantities in plotting units (ms, MiB, fraction)."""
+    names = _series_names(result)
+    rows: list[dict[str, Any]] = []
+    for index, cell in enumerate(result.cells):
+        if cell.status != "ok" or cell.metrics is None:
+            continue
+        m = cell.metrics
+        decode, attention = m.decode_latency_s, m.attention_latency_s
+        rows.append(
+            {
+                "series": names[index],
+                "batch_size": cell.batch_size,
+                "context_len": cell.context_len,
+                "kv_bytes_per_token": cell.kv_bytes_per_token,
+                "decode_ms": None if decode is None else decode.median * 1e3,
+                "decode_p10_ms": None if decode is None else decode.p10 * 1e3,
+                "decode_p90_ms": None if decode is None else decode.p90 * 1e3,
+                "attention_ms": None if attention is None else attention.median * 1e3,
+                "bandwidth_fraction": m.bandwidth_fraction,
+                "attention_bandwidth_fraction": m.attention_bandwidth_fraction,
+                "kv_cache_mib": None if m.kv_cache_bytes is None else m.kv_cache_bytes / MIB,
+                "peak_memory_mib": None if m.peak_memory_bytes is None else m.peak_memory_bytes / MIB,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def series_palette(result: RunResult) -> dict[str, Any]:
+    """A fixed colour per plotted series, in the order the variants appear, shared by every plot."""
+    names = list(dict.fromkeys(_series_names(result).values()))
+    return dict(zip(names, sns.color_palette("tab10", max(len(names), 1)), strict=False))
+
+
+def _markers(palette: dict[str, Any]) -> dict[str, str]:
+    """A marker per series, in palette order, so lines that coincide stay distinguishable."""
+    return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(palette)}
+
+
+def _figure(n_rows: int, n_cols: int, sharey: bool = False) -> tuple[Figure, list[list[Axes]]]:
+    size = SINGLE_SIZE if n_rows == n_cols == 1 else (FACET_SIZE[0] * n_cols + 1.8, FACET_SIZE[1] * n_rows + 0.6)
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
+        fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        grid = fig.subplots(n_rows, n_cols, squeeze=False, sharey=sharey)
+    return fig, [list(row) for row in grid]
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.clear()
+    return buffer.getvalue()
+
+
+def _series_legend(fig: Figure, palette: dict[str, Any], names: Sequence[str], extra: Sequence[Line2D] = ()) -> None:
+    markers = _markers(palette)
+    handles = [Line2D([0], [0], color=palette[n], marker=markers[n], label=n) for n in names]
+    fig.legend(handles=[*handles, *extra], title="variant", loc="outside right center")
+
+
+def _context_axis(ax: Axes, contexts: Sequence[int]) -> None:
+    """Context length on a log2 axis when it spans a factor of 4 or more, ticks at the measured values."""
+    if len(contexts) > 1 and max(contexts) >= 4 * min(contexts):
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(list(contexts))
+    ax.set_xticklabels([str(c) for c in contexts])
+    ax.minorticks_off()
+    ax.set_xlabel("context length (tokens)")
+
+
+def latency_vs_context(result: RunResult, palette: dict[str, Any]) -> bytes | None:
+    """Decode step latency against context length, a line per variant, a panel per batch size."""
+    frame = cell_frame(result)
+    if frame.empty or frame["decode_ms"].isna().all():
+        return None
+    frame = frame.dropna(subset=["decode_ms"])
+    batches = sorted(frame["batch_size"].unique())
+    contexts = sorted(frame["context_len"].unique())
+    fig, grid = _figure(1, len(batches))
+    for ax, batch in zip(grid[0], batches, strict=True):
+        panel = frame[frame["batch_size"] == batch].sort_values("context_len")
+        sns.lineplot(
+            panel,
+            x="context_len",
+            y="decode_ms",
+            hue="series",
+            palette=palette,
+            style="series",
+            markers=_markers(palette),
+            dashes=False,
+            legend=False,
+            ax=ax,
+        )
+        for name, group in panel.groupby("series", sort=False):
+            ax.fill_between(
+                group["context_len"],
+                group["decode_p10_ms"],
+                group["decode_p90_ms"],
+                color=palette[str(name)],
+                alpha=0.15,
+            )
+        _context_axis(ax, contexts)
+        ax.set_ylabel("decode step latency (ms)")
+        ax.set_title(f"batch size {batch}")
+    fig.suptitle(f"{result.scenario.name} on {result.target}: decode latency (median, band p10–p90)")
+    _series_legend(fig, palette, list(dict.fromkeys(frame["series"])))
+    return _png(fig)
+
+
+def bandwidth_fraction(result: RunResult, palette: dict[str, Any]) -> bytes | None:
+    """Achieved bandwidth as a fraction of the measured peak: whole decode step and core attention."""
+    frame = cell_frame(result)
+    metrics = [
+        (col, title)
+        for col, title in (
+            ("bandwidth_fraction", "decode step"),
+            ("attention_bandwidth_fraction", "core attention"),
+        )
+        if not frame.empty and frame[col].notna().any()
+    ]
+    if not metrics:
+        return None
+    batches = sorted(frame["batch_size"].unique())
+    contexts = sorted(frame["context_len"].unique())
+    fig, grid = _figure(len(metrics), len(batches))
+    for row, (col, title) in zip(grid, metrics, strict=True):
+        for ax, batch in zip(row, batches, strict=True):
+            panel = frame[(frame["batch_size"] == batch) & frame[col].notna()].sort_values("context_len")
+            sns.lineplot(
+                panel,
+                x="context_len",
+                y=col,
+                hue="series",
+                palette=palette,
+                style="series",
+                markers=_markers(palette),
+                dashes=False,
+                legend=False,
+                ax=ax,
+            )
+            _context_axis(ax, contexts)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0%}"))
+            ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+            ax.set_ylim(0, max(1.05, float(frame[col].max()) * 1.05))
+            ax.set_ylabel(f"{title}: % of peak")
+            ax.set_title(f"{title}, batch size {batch}")
+    peak = f"{result.peak_bandwidth_gbps:.1f} GB/s" if result.peak_bandwidth_gbps else "unknown"
+    fig.suptitle(f"{result.scenario.name} on {result.target}: achieved bandwidth, fraction of measured peak ({peak})")
+    _series_legend(fig, palette, list(dict.fromkeys(frame["series"])))
+    return _png(fig)
+
+
+def memory_vs_batch(result: RunResult, palette: dict[str, Any]) -> bytes | None:
+    """KV cache bytes and peak memory against batch size, a panel per context length."""
+    frame = cell_frame(result)
+    metrics = [
+        (col, label)
+        for col, label in (("kv_cache_mib", "KV cache (MiB)"), ("peak_memory_mib", "peak memory (MiB)"))
+        if not frame.empty and frame[col].notna().any()
+    ]
+    if not metrics:
+        return None
+    contexts = sorted(frame["context_len"].unique())
+    batches = sorted(frame["batch_size"].unique())
+    fig, grid = _figure(len(metrics), len(contexts))
+    for row, (col, label) in zip(grid, metrics, strict=True):
+        for ax, context in zip(row, contexts, strict=True):
+            panel = frame[(frame["context_len"] == context) & frame[col].notna()].sort_values("batch_size")
+            sns.lineplot(
+                panel,
+                x="batch_size",
+                y=col,
+                hue="series",
+                palette=palette,
+                style="series",
+                markers=_markers(palette),
+                dashes=False,
+                legend=False,
+                ax=ax,
+            )
+            ax.set_xticks(batches)
+            ax.set_xlabel("batch size (sequences)")
+            ax.set_ylabel(label)
+            ax.set_ylim(bottom=0)
+            ax.set_title(f"{label.split(' (')[0]}, context {context}")
+    fig.suptitle(f"{result.scenario.name} on {result.target}: memory against batch size")
+    _series_legend(fig, palette, list(dict.fromkeys(frame["series"])))
+    return _png(fig)
+
+
+def max_batch_frame(result: RunResult) -> pd.DataFrame:
+    """Predicted and measured max batch per series and context (first cell that carries it)."""
+    names = _series_names(result)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for index, cell in enumerate(result.cells):
+        if cell.metrics is None or cell.metrics.max_batch is None:
+            continue
+        series = names[index]
+        mb = cell.metrics.max_batch
+        key = (series, cell.context_len)
+        if key not in rows or rows[key]["measured"] is None:
+            rows[key] = {
+                "series": series,
+                "context_len": cell.context_len,
+                "budget_bytes": mb.budget_bytes,
+                "predicted": mb.predicted,
+                "measured": mb.measured,
+            }
+    return pd.DataFrame(list(rows.values()))
+
+
+def max_batch_vs_context(result: RunResult, palette: dict[str, Any]) -> bytes | None:
+    """Max batch under the budget against context length: predicted dashed, measured solid."""
+    frame = max_batch_frame(result)
+    if frame.empty:
+        return None
+    contexts = sorted(frame["context_len"].unique())
+    fig, grid = _figure(1, 1)
+    ax = grid[0][0]
+    for name, group in frame.groupby("series", sort=False):
+        group = group.sort_values("context_len")
+        color, marker = palette.get(str(name), "black"), _markers(palette).get(str(name), "o")
+        ax.plot(
+            group["context_len"], group["predicted"], linestyle="--", marker=marker, markerfacecolor="none", color=color
+        )
+        measured = group.dropna(subset=["measured"])
+        ax.plot(measured["context_len"], measured["measured"], linestyle="-", marker=marker, color=color)
+    _context_axis(ax, contexts)
+    values = pd.concat([frame["predicted"], frame["measured"].dropna()])
+    if values.min() > 0 and values.max() >= 20 * values.min():
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.set_ylabel("max batch (sequences)")
+    budgets = sorted({format_bytes(b) for b in frame["budget_bytes"]})
+    ax.set_title(f"budget {', '.join(budgets)}")
+    fig.suptitle(f"{result.scenario.name} on {result.target}: max batch under the memory budget")
+    styles = [
+        Line2D([0], [0], color="grey", linestyle="--", marker="o", markerfacecolor="none", label="predicted"),
+        Line2D([0], [0], color="grey", linestyle="-", marker="o", label="measured"),
+    ]
+    _series_legend(fig, palette, list(dict.fromkeys(frame["series"])), styles)
+    return _png(fig)
+
+
+def reference_cell(frame: pd.DataFrame) -> tuple[int, int] | None:
+    """(batch, context) where the most variants have a decode latency; ties go to the largest context, then batch."""
+    timed = frame.dropna(subset=["decode_ms"]) if not frame.empty else frame
+    if timed.empty:
+        return None
+    counts = timed.groupby(["batch_size", "context_len"]).size()
+    best = max(counts.index, key=lambda k: (counts[k], k[1], k[0]))
+    return int(best[0]), int(best[1])
+
+
+def _label_points(ax: Axes, panel: pd.DataFrame, x: str, y: str) -> None:
+    """Name each point beside it, moving a label down while it would overlap one already placed."""
+    placed: list[tuple[float, float]] = []  # label anchors in display pixels
+    points = sorted(zip(panel[x], panel[y], panel["series"], strict=True), key=lambda p: -p[1])
+    for px, py, name in points:
+        sx, sy = ax.transData.transform((px, py))
+        offset = 4.0
+        while any(abs(sx - qx) < 110 and abs(sy + offset - qy) < 11 for qx, qy in placed):
+            offset -= 11
+        placed.append((sx, sy + offset))
+        ax.annotate(str(name), (px, py), textcoords="offset pixels", xytext=(7, offset), fontsize=8, va="center")
+
+
+def kv_bytes_vs_latency(result: RunResult, palette: dict[str, Any]) -> bytes | None:
+    """The memory/latency front: KV bytes per token against decode latency at one reference cell."""
+    frame = cell_frame(result)
+    ref = reference_cell(frame)
+    if ref is None:
+        return None
+    batch, context = ref
+    panel = frame[(frame["batch_size"] == batch) & (frame["context_len"] == context)].dropna(subset=["decode_ms"])
+    panel = panel.assign(kv_kib_per_token=panel["kv_bytes_per_token"] / 1024)
+    fig, grid = _figure(1, 1)
+    ax = grid[0][0]
+    sns.scatterplot(
+        panel,
+        x="kv_kib_per_token",
+        y="decode_ms",
+        hue="series",
+        palette=palette,
+        style="series",
+        markers=_markers(palette),
+        s=70,
+        legend=False,
+        ax=ax,
+    )
+    ax.set_xlabel("KV cache per token (KiB)")
+    ax.set_ylabel("decode step latency (ms, median)")
+    ax.set_xlim(left=0, right=float(panel["kv_kib_per_token"].max()) * 1.25)
+    _label_points(ax, panel, "kv_kib_per_token", "decode_ms")
+    ax.set_title(f"batch size {batch}, context {context}")
+    fig.suptitle(f"{result.scenario.name} on {result.target}: KV bytes per token against decode latency")
+    _series_legend(fig, palette, list(dict.fromkeys(panel["series"])))
+    return _png(fig)
+
+
+# File name suffix, alt text and function of each plot, in report order.
+PLOTS = (
+    ("latency-vs-context", "Decode latency against context length", latency_vs_context),
+    ("bandwidth-fraction", "Achieved bandwidth as a fraction of peak", bandwidth_fraction),
+    ("memory-vs-batch", "KV cache and peak memory against batch size", memory_vs_batch),
+    ("max-batch-vs-context", "Max batch under the budget against context length", max_batch_vs_context),
+    ("kv-bytes-vs-latency", "KV bytes per token against decode latency", kv_bytes_vs_latency),
+)

@@ -1,0 +1,345 @@
+"""Assemble REPORT.md per target and CROSS_TARGET.md from results: text and PNG bytes, no disk writes.
+
+:func:`render_target` returns every file of one target's report folder as data (file name ->
+markdown text or PNG bytes), so that the caller writes nothing until the whole report rendered.
+Image links are relative to the report, so the folder reads the same on a code-hosting site.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.report import plots, tables
+from harness.report.claims import TOLERANCE_NOTES, check_claims
+from harness.results.schema import CellResult, RunResult, Summary
+
+REPORT_NAME = "REPORT.md"
+CROSS_TARGET_NAME = "CROSS_TARGET.md"
+MISSING_PEAK = "not measured"
+
+# Summary fields of CellMetrics with their section title and what the numbers are.
+LATENCY_SECTIONS = (
+    ("decode_latency_s", "Decode latency", "One decode step of the whole stack, warm"),
+    ("decode_latency_cold_s", "Decode latency, cold caches", "One decode step with caches flushed between samples"),
+    ("decode_latency_host_s", "Decode latency, host-inclusive", "One eager decode step including host overhead"),
+    (
+        "attention_latency_s",
+        "Core attention latency",
+        "The attention operation alone over the cache, all L layers, warm",
+    ),
+    ("attention_latency_cold_s", "Core attention latency, cold caches", "Core attention with caches flushed"),
+)
+
+
+@dataclass(frozen=True)
+class LoadedResult:
+    """A validated result and the file it came from."""
+
+    path: Path
+    result: RunResult
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a scenario name: ``cla small/v2`` -> ``cla-small-v2``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "scenario"
+
+
+def _link(path: Path, report_dir: Path) -> str:
+    """A markdown link to ``path`` relative to the report's folder (POSIX separators)."""
+    try:
+        rel = Path(os.path.relpath(path.resolve(), report_dir.resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        rel = path.as_posix()
+    return f"[`{path.name}`]({rel})"
+
+
+def _sample_counts(result: RunResult) -> tuple[int, int] | None:
+    counts = [
+        len(summary.samples)
+        for cell in result.cells
+        if cell.metrics is not None
+        for field, _, _ in LATENCY_SECTIONS
+        if (summary := getattr(cell.metrics, field)) is not None
+    ]
+    return (min(counts), max(counts)) if counts else None
+
+
+def how_measured(result: RunResult) -> str:
+    """A paragraph on timing, statistics, bandwidth and memory for this result."""
+    measure = result.scenario.measure
+    metrics = [c.metrics for c in result.cells if c.metrics is not None]
+    parts = []
+    if result.device == "cuda":
+        parts.append(
+            "Decode steps were timed with CUDA events around many steps and one synchronisation at read-out; "
+            "the warm decode latency is device time from CUDA-graph replay, and the host-inclusive eager step is "
+            "shown beside it where it was measured."
+        )
+    else:
+        parts.append(
+            "Decode steps were timed on the host with `time.perf_counter`, each sample calibrated to span many "
+            "timer ticks, with garbage collection off while timing."
+        )
+    if any(m.decode_latency_cold_s is not None or m.attention_latency_cold_s is not None for m in metrics):
+        parts.append("Warm samples run back to back; cold samples flush the caches between samples.")
+    else:
+        parts.append("Only warm latencies (caches hot, samples back to back) were measured.")
+    counts = _sample_counts(result)
+    window = []
+    if "warmup_s" in measure:
+        window.append(f"after {measure['warmup_s']} s of warm-up")
+    if "min_time_s" in measure:
+        window.append(f"for at least {measure['min_time_s']} s")
+    if counts is not None:
+        low, high = counts
+        window.append(f"{low} samples" if low == high else f"{low}–{high} samples")
+    if window:
+        parts.append("Each metric was timed " + ", ".join(window) + " per cell.")
+    parts.append(
+        "Tables show the median with the 10th–90th percentile range; the claims check also uses the 95% "
+        "confidence interval of the median (from order statistics)."
+    )
+    bases = sorted({m.bandwidth_basis for m in metrics if m.bandwidth_basis is not None})
+    basis = " or ".join(bases) if bases else "warm"
+    peak = (
+        f"the target's measured peak of {result.peak_bandwidth_gbps:.1f} GB/s"
+        if result.peak_bandwidth_gbps is not None
+        else "the target's peak (not measured in this run, so no fractions are shown)"
+    )
+    parts.append(
+        "Achieved bandwidth is the ideal traffic of one step (every weight once, the KV cache read by each of the "
+        "L attention layers, the new K/V written by the producer layers) divided by the "
+        f"{basis} median latency, in GB/s (10⁹ bytes/s) and as a fraction of {peak}."
+    )
+    if result.device == "cuda":
+        parts.append("Peak memory is the CUDA allocator's peak allocated bytes after a reset (reserved beside it).")
+    else:
+        parts.append("Peak memory is the peak resident set of the isolated worker process above its baseline.")
+    return " ".join(parts)
+
+
+def _plot_link(name: str, alt: str) -> str:
+    return f"![{alt}]({name})"
+
+
+def _section(title: str, lead: str, table: str | None, images: Sequence[str] = ()) -> list[str]:
+    if table is None and not images:
+        return []
+    out = [f"### {title}", "", lead, ""]
+    if table is not None:
+        out += [table, ""]
+    for image in images:
+        out += [image, ""]
+    return out
+
+
+def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str | bytes], show_env: bool) -> list[str]:
+    """The markdown lines of one scenario's section; adds its PNGs to ``files``."""
+    result = loaded.result
+    palette = plots.series_palette(result)
+    images: dict[str, str] = {}
+    for suffix, alt, plot in plots.PLOTS:
+        png = plot(result, palette)
+        if png is not None:
+            name = f"{slug(result.scenario.name)}-{suffix}.png"
+            files[name] = png
+            images[suffix] = _plot_link(name, f"{alt}, {result.scenario.name} on {result.target}")
+
+    lines = [f"## Scenario `{result.scenario.name}`", ""]
+    lines += [tables.key_value_table(tables.scenario_rows(result, _link(loaded.path, report_dir))), ""]
+    if show_env:
+        lines += ["### Environment of this run", "", tables.key_value_table(tables.environment_rows(result)), ""]
+    lines += ["### How it was measured", "", how_measured(result), ""]
+    lines += [
+        "### Claims check",
+        "",
+        "The system claims of Brandon et al. 2024, *Reducing Transformer Key-Value Cache Size with Cross-Layer "
+        "Attention* (arXiv 2405.12981), tested on this run's numbers.",
+        "",
+        tables.claims_table(check_claims(result)),
+        "",
+        TOLERANCE_NOTES,
+        "",
+    ]
+    for field, title, what in LATENCY_SECTIONS:
+        image = [images["latency-vs-context"]] if field == "decode_latency_s" and "latency-vs-context" in images else []
+        lines += _section(
+            title,
+            f"{what}: median (p10–p90) in ms, per variant and batch size (rows) and context length (columns).",
+            tables.latency_table(result, field),
+            image,
+        )
+    lines += _section(
+        "Achieved bandwidth",
+        "Bytes moved per decode step over the median latency, GB/s (fraction of the measured peak).",
+        tables.bandwidth_table(result),
+        [images["bandwidth-fraction"]] if "bandwidth-fraction" in images else [],
+    )
+    lines += _section(
+        "Core attention bandwidth",
+        "Core attention's bytes (the cache read by all L layers) over its median latency, GB/s (fraction of peak).",
+        tables.bandwidth_table(result, attention=True),
+    )
+    lines += _section("Peak memory", "Peak memory of one cell (build plus decode).", tables.peak_memory_table(result))
+    lines += _section(
+        "KV cache",
+        "Bytes held by the built model's cache tensors, against the accounting "
+        "(kv_bytes_per_token · batch_size · (context_len + 1)).",
+        tables.kv_cache_table(result),
+        [images["memory-vs-batch"]] if "memory-vs-batch" in images else [],
+    )
+    lines += _section(
+        "Max batch under the budget",
+        "Predicted: floor((budget − weights) / (KV bytes per sequence + activations)); measured: the largest batch "
+        "whose build plus one decode step fit; error = (predicted − measured) / measured.",
+        tables.max_batch_table(result),
+        [images["max-batch-vs-context"]] if "max-batch-vs-context" in images else [],
+    )
+    if "kv-bytes-vs-latency" in images:
+        lines += _section(
+            "Memory against latency",
+            "KV cache bytes per token against decode latency: variants toward the lower left are on the front.",
+            None,
+            [images["kv-bytes-vs-latency"]],
+        )
+    lines += _section(
+        "Cells that did not run", "Cells that ran out of memory or failed.", tables.failed_cells_table(result)
+    )
+    return lines
+
+
+def render_target(loaded: Sequence[LoadedResult], report_dir: Path) -> dict[str, str | bytes]:
+    """Every file of one target's report folder: REPORT.md and its PNGs, by file name."""
+    ordered = sorted(loaded, key=lambda item: item.result.scenario.name)
+    first = ordered[0].result
+    files: dict[str, str | bytes] = {}
+    scenarios = ", ".join(f"`{item.result.scenario.name}`" for item in ordered)
+    lines = [
+        f"# attnbench report: `{first.target}`",
+        "",
+        f"Newest result per scenario for this hardware target: {scenarios}. Written by `attnbench report`.",
+        "",
+        "## Environment",
+        "",
+        tables.key_value_table(tables.environment_rows(first)),
+        "",
+    ]
+    for item in ordered:
+        result = item.result
+        same_env = result.environment == first.environment and result.peak_bandwidth_gbps == first.peak_bandwidth_gbps
+        lines += render_scenario(item, report_dir, files, show_env=not same_env)
+    files[REPORT_NAME] = "\n".join(lines).rstrip() + "\n"
+    return files
+
+
+def device_label(result: RunResult) -> str:
+    """The most specific device name the environment gives."""
+    env = result.environment
+    for key in ("device_name", "gpu_name", "cpu_model"):
+        if env.get(key):
+            return str(env[key])
+    return result.device
+
+
+def _cell_key(cell: CellResult) -> tuple[str, int, int, str, str]:
+    return cell.key
+
+
+def _median(cell: CellResult | None) -> Summary | None:
+    return None if cell is None or cell.metrics is None else cell.metrics.decode_latency_s
+
+
+def _cross_scenario(name: str, items: Sequence[LoadedResult]) -> list[str]:
+    results = [item.result for item in items]
+    targets = [r.target for r in results]
+    by_target = [{_cell_key(c): c for c in r.cells} for r in results]
+    keys = list(dict.fromkeys(k for r in results for k in (_cell_key(c) for c in r.cells)))
+    several = len({(k[3], k[4]) for k in keys}) > 1
+    lines = [f"## Scenario `{name}`", ""]
+    if len({r.scenario.sha256 for r in results}) > 1:
+        lines += ["Note: the targets ran different versions of this scenario file (sha256 differs).", ""]
+    overview = [
+        [
+            f"`{r.target}`",
+            device_label(r),
+            MISSING_PEAK if r.peak_bandwidth_gbps is None else f"{r.peak_bandwidth_gbps:.1f}",
+            r.git.short or "unknown",
+            r.started_utc,
+        ]
+        for r in results
+    ]
+    headers = ["target", "device", "peak GB/s", "commit", "started (UTC)"]
+    lines += [tabulate(overview, headers=headers, tablefmt=tables.TABLEFMT, disable_numparse=True), ""]
+
+    def coords(key: tuple[str, int, int, str, str]) -> list[str]:
+        return [key[0], *([key[3], key[4]] if several else []), str(key[1]), str(key[2])]
+
+    coord_headers = ["variant", *(["dtype", "backend"] if several else []), "batch", "context"]
+    latency_rows, fraction_rows = [], []
+    for key in keys:
+        cells = [cells_of.get(key) for cells_of in by_target]
+        latency: list[str] = []
+        for cell in cells:
+            summary = _median(cell)
+            if cell is not None and cell.status != "ok":
+                latency.append(cell.status)
+            else:
+                latency.append(tables.MISSING if summary is None else tables.fmt_ms(summary.median))
+        first = _median(cells[0])
+        ratios = []
+        for cell in cells[1:]:
+            other = _median(cell)
+            ratios.append(tables.MISSING if first is None or other is None else f"×{other.median / first.median:.2f}")
+        latency_rows.append([*coords(key), *latency, *ratios])
+        fractions = []
+        for cell in cells:
+            fraction = None if cell is None or cell.metrics is None else cell.metrics.bandwidth_fraction
+            fractions.append(tables.MISSING if fraction is None else f"{fraction:.0%}")
+        fraction_rows.append([*coords(key), *fractions])
+    ratio_headers = [f"{t} / {targets[0]}" for t in targets[1:]]
+    lines += [
+        "### Decode latency",
+        "",
+        "Median ms per decode step (warm); the ratio columns divide by the first target.",
+        "",
+        tabulate(
+            latency_rows,
+            headers=[*coord_headers, *targets, *ratio_headers],
+            tablefmt=tables.TABLEFMT,
+            disable_numparse=True,
+        ),
+        "",
+        "### Bandwidth fraction",
+        "",
+        "Achieved bandwidth of the decode step as a fraction of each target's own measured peak.",
+        "",
+        tabulate(fraction_rows, headers=[*coord_headers, *targets], tablefmt=tables.TABLEFMT, disable_numparse=True),
+        "",
+    ]
+    return lines
+
+
+def render_cross_target(loaded: Sequence[LoadedResult]) -> str | None:
+    """CROSS_TARGET.md: per scenario run on two or more targets, latency and bandwidth side by side."""
+    by_scenario: dict[str, list[LoadedResult]] = {}
+    for item in sorted(loaded, key=lambda i: i.result.target):
+        by_scenario.setdefault(item.result.scenario.name, []).append(item)
+    shared = {name: items for name, items in sorted(by_scenario.items()) if len(items) > 1}
+    if not shared:
+        return None
+    lines = [
+        "# attnbench: cross-target comparison",
+        "",
+        "The same scenario on different hardware targets. Absolute numbers differ by design; compare the shape "
+        "(which variant wins, how close each runs to its own peak) rather than single values.",
+        "",
+    ]
+    for name, items in shared.items():
+        lines += _cross_scenario(name, items)
+    return "\n".join(lines).rstrip() + "\n"

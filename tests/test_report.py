@@ -1,0 +1,232 @@
+"""attnbench report: REPORT.md tables and plots per target, CROSS_TARGET.md, and errors on bad input.
+
+The inputs are golden result files in tests/data/report/: one 'cla-small' run on each of two CPU
+targets (H64-MHA, GQA4, MQA, MHA-CLA2, MQA-CLA2 x batch 1, 8 x context 1024, 4096; one oom cell on
+the 2-core target). The reports are rendered once per module, through the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from harness.cli import report_cmd
+from harness.errors import UserError
+from harness.report import build_reports, load_results
+from harness.report.render import LoadedResult, render_cross_target, render_target
+from harness.results.schema import RunResult
+from harness.results.store import load_result, save_result
+
+DATA = Path(__file__).parent / "data" / "report"
+TWO_CORE = DATA / "cpu-amd-epyc-2c.json"
+FOUR_CORE = DATA / "cpu-intel-xeon-4c.json"
+NOT_A_RESULT = DATA / "not-a-result.json"
+PLOT_SUFFIXES = (
+    "latency-vs-context",
+    "bandwidth-fraction",
+    "memory-vs-batch",
+    "max-batch-vs-context",
+    "kv-bytes-vs-latency",
+)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="attnbench")
+    report_cmd.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("reports")
+    assert report_cmd.run(_parse(["report", str(TWO_CORE), str(FOUR_CORE), "--out", str(folder)])) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(out: Path) -> str:
+    return (out / "cpu-amd-epyc-2c" / "REPORT.md").read_text(encoding="utf-8")
+
+
+def _section(report: str, title: str) -> str:
+    """The text of one '### title' section, up to the next heading."""
+    match = re.search(rf"^### {re.escape(title)}\n(.*?)(?=^#|\Z)", report, flags=re.S | re.M)
+    assert match is not None, f"no section {title!r}"
+    return match.group(1)
+
+
+def _row(section: str, *cells: str) -> bool:
+    """Whether a table row holds these cell texts in this order (tabulate pads with spaces)."""
+    pattern = r"^\|\s*" + r"\s*\|\s*".join(re.escape(c) for c in cells) + r"\s*\|"
+    return re.search(pattern, section, flags=re.M) is not None
+
+
+def _without_metrics(path: Path) -> RunResult:
+    """The golden result with its first two cells failed and the rest dropped: nothing to plot, fast to render."""
+    result = load_result(path)
+    failed = [c.model_copy(update={"status": "error", "error": "boom", "metrics": None}) for c in result.cells[:2]]
+    return result.model_copy(update={"cells": failed})
+
+
+def test_cli_prints_each_file_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "result.json"
+    save_result(_without_metrics(TWO_CORE), source)
+    assert report_cmd.run(_parse(["report", str(source), "--out", str(tmp_path / "out")])) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'out' / 'cpu-amd-epyc-2c' / 'REPORT.md'}"]
+
+
+def test_report_shows_the_environment_with_measured_peak_bandwidth(report: str) -> None:
+    environment = report.split("## Scenario")[0]
+    assert _row(environment, "CPU", "AMD EPYC 7B13")
+    assert _row(environment, "CPU cores (logical)", "2")
+    assert _row(environment, "Memory", "8.00 GiB")
+    assert _row(environment, "torch", "2.13.0+cpu")
+    assert _row(environment, "Measured peak bandwidth", "18.5 GB/s")
+    assert _row(environment, "cpu_l3_cache_bytes", "32.00 MiB")
+
+
+def test_report_shows_scenario_hash_commit_and_quick_flag(report: str) -> None:
+    assert _row(report, "sha256", "`9b1e6d3c2a5f4e7d8c9b0a1f2e3d4c5b6a7f8e9d0c1b2a3f4e5d6c7b8a9f0e1d`")
+    assert _row(report, "Git commit", "`3f2a9c1d0b8e7f6a5c4d3e2f1a0b9c8d7e6f5a4b` on main")
+    assert _row(report, "Quick run", "no")
+    assert "d_model 512, n_layers 4, d_ff 1376" in report
+
+
+def test_report_explains_how_it_was_measured(report: str) -> None:
+    text = _section(report, "How it was measured")
+    assert "`time.perf_counter`" in text
+    assert "cold samples flush the caches" in text
+    assert "10 samples per cell" in text
+    assert "divided by the warm median latency" in text
+    assert "measured peak of 18.5 GB/s" in text
+
+
+def test_decode_latency_table_shows_median_with_p10_p90_and_oom_cells(report: str) -> None:
+    table = _section(report, "Decode latency")
+    assert _row(table, "variant", "batch", "ctx 1024", "ctx 4096")
+    assert _row(table, "H64-MHA", "1", "7.57 (7.39–7.72)", "12.0 (11.7–12.2)")
+    assert _row(table, "H64-MHA", "8", "18.1 (17.7–18.3)", "oom")
+
+
+def test_cold_latency_table_appears_when_cold_samples_exist(report: str) -> None:
+    assert _row(_section(report, "Decode latency, cold caches"), "H64-MHA", "1", "8.88 (8.68–8.97)", "14.4 (14.1–14.5)")
+
+
+def test_core_attention_latency_table_shows_sub_millisecond_medians(report: str) -> None:
+    table = _section(report, "Core attention latency")
+    assert _row(table, "H64-MQA", "1", "0.269 (0.263–0.273)", "0.882 (0.874–0.910)")
+
+
+def test_bandwidth_table_shows_gbps_with_fraction_of_peak(report: str) -> None:
+    assert _row(_section(report, "Achieved bandwidth"), "H64-MHA", "1", "11.1 (60%)", "11.2 (61%)")
+    assert _row(_section(report, "Core attention bandwidth"), "H64-MQA", "1", "7.9 (42%)", "9.5 (52%)")
+
+
+def test_peak_memory_table_shows_bytes_per_cell(report: str) -> None:
+    assert _row(_section(report, "Peak memory"), "H64-MHA", "1", "108.75 MiB", "156.54 MiB")
+
+
+def test_kv_cache_table_compares_measured_with_expected(report: str) -> None:
+    assert _row(_section(report, "KV cache"), "H64-MQA-CLA2", "8", "8.01 MiB (= expected)", "32.01 MiB (= expected)")
+
+
+def test_max_batch_table_shows_predicted_measured_and_error(report: str) -> None:
+    table = _section(report, "Max batch under the budget")
+    assert _row(table, "H64-MHA", "4096", "1.00 GiB", "14", "13", "+7.7%")
+    assert _row(table, "H64-MQA-CLA2", "1024", "1.00 GiB", "871", "869", "+0.2%")
+
+
+def test_failed_cells_are_listed_with_their_error(report: str) -> None:
+    table = _section(report, "Cells that did not run")
+    assert _row(
+        table, "H64-MHA", "8", "4096", "float32", "sdpa", "oom",
+        "CPU worker ran out of memory (RLIMIT_AS 1 GiB) while building the cache",
+    )  # fmt: skip
+
+
+def test_claims_section_shows_a_verdict_per_claim(report: str) -> None:
+    table = _section(report, "Claims check")
+    assert _row(
+        table,
+        "KV cache shrinks by the sharing factor",
+        "H64-MQA-CLA2 vs H64-MQA",
+        "✅ holds",
+        "expected 4/2 producer layers = 2.000 (s=2); measured 2.000 in 4 cells",
+    )
+    assert "❌" not in table
+
+
+def test_report_writes_every_plot_as_a_valid_png(out: Path) -> None:
+    for suffix in PLOT_SUFFIXES:
+        path = out / "cpu-amd-epyc-2c" / f"cla-small-{suffix}.png"
+        assert path.read_bytes().startswith(PNG_SIGNATURE), path
+        with Image.open(path) as image:
+            image.verify()
+
+
+def test_report_links_each_plot_relative_to_itself(report: str, out: Path) -> None:
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert sorted(links) == sorted(f"cla-small-{suffix}.png" for suffix in PLOT_SUFFIXES)
+    assert all((out / "cpu-amd-epyc-2c" / link).is_file() for link in links)
+
+
+def test_report_leaves_no_temporary_files(out: Path) -> None:
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_cross_target_file_shows_latency_and_bandwidth_side_by_side(out: Path) -> None:
+    text = (out / "CROSS_TARGET.md").read_text(encoding="utf-8")
+    assert _row(text, "variant", "batch", "context", "cpu-amd-epyc-2c", "cpu-intel-xeon-4c")
+    assert _row(text, "H64-MHA", "1", "1024", "7.57", "4.66", "×0.62")
+    assert _row(text, "H64-MHA", "8", "4096", "oom", "31.3", "—")
+    assert _row(text, "H64-MHA", "1", "1024", "60%", "58%")
+
+
+def test_cross_target_file_is_not_rendered_for_a_single_target() -> None:
+    assert render_cross_target([LoadedResult(TWO_CORE, load_result(TWO_CORE))]) is None
+
+
+def test_one_target_with_two_scenarios_gets_one_report_with_a_section_each(tmp_path: Path) -> None:
+    first = _without_metrics(TWO_CORE)
+    second = first.model_copy(update={"scenario": first.scenario.model_copy(update={"name": "cla-long"})})
+    files = render_target([LoadedResult(TWO_CORE, first), LoadedResult(TWO_CORE, second)], tmp_path)
+    text = files["REPORT.md"]
+    assert isinstance(text, str)
+    assert text.count("## Scenario `cla-long`") == 1
+    assert text.count("## Scenario `cla-small`") == 1
+    assert list(files) == ["REPORT.md"]
+
+
+def test_a_non_result_file_is_a_user_error_naming_the_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=re.escape(str(NOT_A_RESULT))):
+        build_reports([TWO_CORE, NOT_A_RESULT], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_gives_its_newest_result_per_target_and_scenario(tmp_path: Path) -> None:
+    folder = tmp_path / "results" / "cpu-amd-epyc-2c"
+    folder.mkdir(parents=True)
+    shutil.copy(TWO_CORE, folder / "20261123T061500Z_0000000.json")
+    shutil.copy(TWO_CORE, folder / "20261124T061500Z_3f2a9c1.json")
+    shutil.copy(FOUR_CORE, tmp_path / "results" / "20261124T071500Z_3f2a9c1.json")
+    loaded = load_results([tmp_path / "results"])
+    assert sorted(item.path.name for item in loaded) == [
+        "20261124T061500Z_3f2a9c1.json",
+        "20261124T071500Z_3f2a9c1.json",
+    ]
+
+
+def test_an_empty_folder_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no result files found"):
+        load_results([tmp_path])
+
+
+def test_a_missing_path_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'nowhere'}: no such file or folder")):
+        load_results([tmp_path / "nowhere"])
