@@ -4,10 +4,11 @@ Each tracker has a ``track()`` context manager and a ``result()`` read after the
 
 - CUDA: the caching allocator's peak allocated and reserved bytes since a reset at entry, and the
   device memory NVML attributes to this process at exit.
-- CPU: the peak resident set of this process during the block. A background thread samples RSS
-  about every millisecond; ``ru_maxrss`` (the process's lifetime maximum) catches a spike between
-  two samples, but only counts when it rose during the block; a lower lifetime maximum from
-  before the block says nothing about it. The numbers are therefore exact only in a fresh worker
+- CPU: the peak resident set of this process during the block. On Linux the kernel's high-water
+  mark (``VmHWM`` in /proc/self/status) is reset at entry by writing 5 to /proc/self/clear_refs
+  and read at exit, which is exact. Beside it a background thread samples RSS about every
+  millisecond and ``ru_maxrss`` (the lifetime maximum) is read, counting only when it rose during
+  the block; where the reset is not allowed these are what remains, exact only in a fresh worker
   process whose biggest moment is the measured block, which is how the runner uses it.
 """
 
@@ -49,6 +50,32 @@ def max_rss_bytes() -> int:
     return int(max_rss) if sys.platform == "darwin" else int(max_rss) * 1024
 
 
+PROC_STATUS = "/proc/self/status"
+PROC_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def reset_rss_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter of this process to its current RSS (Linux >= 4.0)."""
+    try:
+        with open(PROC_CLEAR_REFS, "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_high_water_mark_bytes() -> int | None:
+    """``VmHWM``: the peak resident set since start or since the last reset; None off Linux."""
+    try:
+        with open(PROC_STATUS) as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class CpuMemoryTracker:
     """Peak resident set of this process while ``track()`` is open."""
 
@@ -63,6 +90,7 @@ class CpuMemoryTracker:
         entry_rss = int(process.memory_info().rss)
         self.entry_rss_bytes = entry_rss
         entry_max_rss = max_rss_bytes()
+        hwm_reset = reset_rss_high_water_mark()
         peak_box = [entry_rss]
         stop = threading.Event()
 
@@ -82,6 +110,9 @@ class CpuMemoryTracker:
             exit_max_rss = max_rss_bytes()
             if exit_max_rss > entry_max_rss:  # the lifetime peak rose, so it happened inside the block
                 peak = max(peak, exit_max_rss)
+            high_water = rss_high_water_mark_bytes() if hwm_reset else None
+            if high_water is not None:
+                peak = max(peak, high_water)
             self._peak = MemoryPeak(
                 peak_allocated_bytes=max(0, peak - entry_rss),
                 peak_reserved_bytes=None,

@@ -74,6 +74,8 @@ class CellMetrics(_Model):
     kv_cache_bytes_expected: int  # harness.accounting.kv_cache_bytes
     max_batch: MaxBatch | None = None
     telemetry: Telemetry | None = None
+    timer: str | None = None  # how latencies were timed: "perf_counter", "cuda-graph+events" or "cuda-events"
+    auto_latencies_s: dict[str, float] | None = None  # backend 'auto': core-attention median per candidate
 
 
 class CellResult(_Model):

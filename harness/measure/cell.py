@@ -1,0 +1,194 @@
+"""What runs inside a worker process: measuring one cell, probing one batch size, probing the peak.
+
+Each function takes and returns plain dicts (they cross a process boundary). The parent,
+harness/runner.py, decides what to run; these functions only measure. Definitions of every
+figure are in docs/design.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from harness import accounting
+from harness.hardware import is_cuda
+from harness.measure.bandwidth import load_or_measure_peak
+from harness.measure.flush import CpuCacheFlusher, CudaL2Flusher
+from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
+from harness.measure.stats import summarize
+from harness.measure.telemetry import NvmlSampler
+from harness.measure.timing import time_cpu, time_cuda
+from harness.model import build_decoder
+from harness.model.attention import resolve_backend
+from harness.model.decoder import Decoder, KVCache
+from harness.results.schema import Summary, Telemetry
+from harness.scenario.schema import ModelSpec
+from harness.variants import Variant
+
+# Seconds of steady decoding over which NVML's energy counter is read on CUDA.
+ENERGY_WINDOW_S = 1.0
+
+
+def variant_payload(variant: Variant) -> dict[str, Any]:
+    return {
+        "name": variant.name,
+        "head_dim": variant.head_dim,
+        "n_heads": variant.n_heads,
+        "n_kv_heads": variant.n_kv_heads,
+        "kv_layers": list(variant.kv_layers),
+    }
+
+
+def _variant(payload: dict[str, Any]) -> Variant:
+    v = payload["variant"]
+    return Variant(v["name"], v["head_dim"], v["n_heads"], v["n_kv_heads"], tuple(v["kv_layers"]))
+
+
+def _sync(device: str) -> None:
+    if is_cuda(device):
+        torch.cuda.synchronize(device)
+
+
+def _tracker(device: str) -> CpuMemoryTracker | CudaMemoryTracker:
+    return CudaMemoryTracker(device) if is_cuda(device) else CpuMemoryTracker()
+
+
+def _build_and_step(
+    payload: dict[str, Any], backend: str, fill: bool
+) -> tuple[Decoder, KVCache, torch.Tensor, MemoryPeak]:
+    """Build the model and its cache, run one decode step; the memory peak of all of it."""
+    device, dtype = payload["device"], payload["dtype"]
+    model = ModelSpec(**payload["model"])
+    variant = _variant(payload)
+    batch_size, context_len = payload["batch_size"], payload["context_len"]
+    tracker = _tracker(device)
+    with tracker.track():
+        decoder = build_decoder(model, variant, dtype=dtype, device=device, backend=backend, seed=payload["seed"])
+        cache = decoder.allocate_cache(batch_size, accounting.cache_len(context_len))
+        if fill:
+            generator = torch.Generator(device=device).manual_seed(payload["seed"])
+            decoder.fill_cache_synthetic(cache, context_len, generator)
+        tokens = torch.randint(0, model.vocab_size, (batch_size, 1), device=device)
+        decoder.decode_step(tokens, cache, context_len)
+        _sync(device)
+    return decoder, cache, tokens, tracker.result()
+
+
+def _time(fn: Callable[[], object], device: str, timing: dict[str, Any], cold: bool) -> dict[str, Any]:
+    """Warm (and cold) samples of ``fn``; on CUDA device time by graph replay and host time beside it."""
+    if is_cuda(device):
+        warm = time_cuda(fn, **timing)
+        out: dict[str, Any] = {"warm": warm.device_s, "host": warm.host_s}
+        out["timer"] = "cuda-graph+events" if warm.graph_used else f"cuda-events ({warm.graph_error})"
+        if cold:
+            out["cold"] = time_cuda(fn, flush=CudaL2Flusher(device), **timing).device_s
+        return out
+    out = {"warm": time_cpu(fn, **timing), "timer": "perf_counter"}
+    if cold:
+        out["cold"] = time_cpu(fn, flush=CpuCacheFlusher(), **timing)
+    return out
+
+
+def _energy(step: Callable[[], object], device: str, batch_size: int) -> Telemetry | None:
+    """NVML telemetry over a steady decode loop of known length (CUDA only)."""
+    if not is_cuda(device):
+        return None
+    steps = 0
+    with NvmlSampler(device) as sampler:
+        start = time.perf_counter()
+        while time.perf_counter() - start < ENERGY_WINDOW_S:
+            for _ in range(10):
+                step()
+            torch.cuda.synchronize(device)
+            steps += 10
+    return sampler.result(tokens=steps * batch_size)
+
+
+def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
+    """Build one cell's model, measure its memory, then time its decode step and core attention.
+
+    Returns the measured part of CellMetrics (as a dict) plus ``backend_used``.
+    """
+    device, metrics = payload["device"], set(payload["metrics"])
+    device_type = "cuda" if is_cuda(device) else "cpu"
+    asked = payload["backend"]
+    start_backend = resolve_backend(asked, device_type)  # "auto" starts from the default, then tunes
+    torch.manual_seed(payload["seed"])
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        decoder, cache, tokens, memory = _build_and_step(payload, start_backend, fill=True)
+        out["kv_cache_bytes"] = cache.nbytes
+        if "memory" in metrics:
+            out["peak_memory_bytes"] = memory.peak_allocated_bytes
+            out["peak_reserved_bytes"] = memory.peak_reserved_bytes
+            out["nvml_process_bytes"] = memory.process_bytes if is_cuda(device) else None
+        context_len, batch_size = payload["context_len"], payload["batch_size"]
+        if asked == "auto":
+            from harness.measure.autotune import choose_backend
+
+            choice = choose_backend(decoder, cache, context_len)
+            decoder.backend = choice.backend
+            out["auto_latencies_s"] = choice.latencies_s
+        out["backend_used"] = decoder.backend
+
+        timing = payload["timing"]
+        cold = payload["cold"]
+
+        def step() -> object:
+            return decoder.decode_step(tokens, cache, context_len)
+
+        if "decode" in metrics:
+            samples = _time(step, device, timing, cold)
+            out["decode_latency_s"] = _summary(samples["warm"])
+            out["decode_latency_cold_s"] = _summary(samples.get("cold"))
+            out["decode_latency_host_s"] = _summary(samples.get("host"))
+            out["timer"] = samples["timer"]
+            telemetry = _energy(step, device, batch_size)
+            out["telemetry"] = telemetry.model_dump() if telemetry is not None else None
+        if "attention" in metrics:
+            variant = decoder.variant
+            q = torch.randn(batch_size, variant.n_heads, 1, variant.head_dim, device=device, dtype=decoder.dtype)
+
+            def attention() -> object:
+                return decoder.core_attention(q, cache, context_len)
+
+            samples = _time(attention, device, timing, cold)
+            out["attention_latency_s"] = _summary(samples["warm"])
+            out["attention_latency_cold_s"] = _summary(samples.get("cold"))
+            out.setdefault("timer", samples["timer"])
+    return out
+
+
+def _summary(samples: list[float] | None) -> dict[str, Any] | None:
+    if not samples:
+        return None
+    summary: Summary = summarize(samples)
+    return summary.model_dump()
+
+
+def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
+    """Does this batch size fit the budget? Build the model and cache, run one decode step.
+
+    On CUDA the allocator is capped at the budget (so going over raises out-of-memory) and the
+    allocator's peak is compared with it; on CPU the peak resident set above this worker's
+    baseline is. The cache is left zeroed: zeroing already touches every page, and values do
+    not change memory use.
+    """
+    device, budget = payload["device"], payload["budget_bytes"]
+    if is_cuda(device):
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    device_type = "cuda" if is_cuda(device) else "cpu"
+    with torch.inference_mode():
+        _, _, _, memory = _build_and_step(payload, resolve_backend(payload["backend"], device_type), fill=False)
+    peak = memory.peak_allocated_bytes
+    return {"batch_size": payload["batch_size"], "peak_bytes": peak, "fits": peak <= budget}
+
+
+def probe_peak(payload: dict[str, Any]) -> dict[str, Any]:
+    """The target's peak bandwidth (cached per target); see harness/measure/bandwidth.py."""
+    peak = load_or_measure_peak(payload["target"], payload["device"], env=payload["environment"])
+    return peak.model_dump()

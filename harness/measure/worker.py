@@ -1,0 +1,116 @@
+"""Isolated worker processes: each cell and each max-batch probe runs in a fresh child process.
+
+Isolation makes the numbers trustworthy and the run robust: a peak resident set or allocator
+peak belongs to that cell alone, an out-of-memory or a crash in one cell leaves nothing behind
+for the next, and a CUDA error cannot poison the rest of the run. Children come from a
+``forkserver`` that imported torch once, so starting one costs milliseconds, not an import; the
+server itself never touches CUDA, so every child starts with a clean device.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Literal
+
+# Modules the forkserver imports once, so that children start warm.
+# torch._dynamo is imported lazily by the meta-device build and costs over a second in every child.
+PRELOAD = ("torch", "torch._dynamo", "harness.model", "harness.measure.cell")
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    """What a child returned, or why it returned nothing."""
+
+    status: Literal["ok", "oom", "error"]
+    value: dict[str, Any] | None
+    error: str | None
+    elapsed_s: float
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line: the exception and where it was raised (file:line in function)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    text = " ".join(traceback.format_exception_only(type(exc), exc)).strip().replace("\n", " ")
+    return text + where
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA), MemoryError, or an allocator error that says it ran out."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    # CUDA: torch.OutOfMemoryError; CPU: the allocator's "can't allocate memory" RuntimeError
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
+
+
+def _child_main(conn: Connection, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> None:
+    # The parent handles Ctrl-C and ends its children; a child must not die half-way on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Objects inherited from the forkserver (torch's modules) are never garbage: keep them out of
+    # the collections that the timing loops run before each timed window.
+    gc.freeze()
+    try:
+        value = fn(payload)
+        conn.send(("ok", value, None))
+    except BaseException as exc:  # report everything, including MemoryError, to the parent
+        conn.send(("oom" if is_out_of_memory(exc) else "error", None, describe_exception(exc)))
+    finally:
+        conn.close()
+
+
+class IsolatedRunner:
+    """Runs module-level functions ``fn(payload) -> dict`` in fresh child processes."""
+
+    def __init__(self, preload: Sequence[str] = PRELOAD) -> None:
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(list(preload))
+
+    def call(
+        self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any], timeout_s: float | None = None
+    ) -> WorkerOutcome:
+        """Run ``fn(payload)`` in a child and wait for it; never raises for what the child does."""
+        start = time.perf_counter()
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=_child_main, args=(sender, fn, payload), daemon=True)
+        process.start()
+        sender.close()
+        try:
+            while not receiver.poll(POLL_S):
+                if not process.is_alive() and not receiver.poll(0):
+                    return self._died(process, start)
+                if timeout_s is not None and time.perf_counter() - start > timeout_s:
+                    return WorkerOutcome(
+                        "error", None, f"timed out after {timeout_s:.0f} s", time.perf_counter() - start
+                    )
+            try:
+                status, value, error = receiver.recv()
+            except EOFError:
+                return self._died(process, start)
+            process.join()
+            return WorkerOutcome(status, value, error, time.perf_counter() - start)
+        finally:
+            receiver.close()
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    @staticmethod
+    def _died(process: multiprocessing.process.BaseProcess, start: float) -> WorkerOutcome:
+        process.join()
+        code = process.exitcode
+        elapsed = time.perf_counter() - start
+        if code is not None and code == -signal.SIGKILL:
+            return WorkerOutcome(
+                "oom", None, "worker killed by SIGKILL (most likely the system ran out of memory)", elapsed
+            )
+        reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return WorkerOutcome("error", None, f"worker died with {reason} before reporting", elapsed)

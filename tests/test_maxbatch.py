@@ -1,0 +1,79 @@
+"""The max-batch search: proven both ways (fits, one more does not) in a few probes."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.measure.maxbatch import Probe, search_max_batch
+
+GiB = 2**30
+
+
+def linear_memory(weights: int, per_sequence: int, budget: int, noise: int = 0):
+    """A fake probe whose peak is weights + batch x per_sequence (+ a deterministic wobble)."""
+    calls: list[int] = []
+
+    def probe(batch: int) -> Probe:
+        calls.append(batch)
+        peak = weights + batch * per_sequence + (noise if batch % 2 else -noise)
+        return Probe(batch, peak <= budget, peak, "ok")
+
+    return probe, calls
+
+
+def true_max(weights: int, per_sequence: int, budget: int) -> int:
+    return (budget - weights) // per_sequence
+
+
+@pytest.mark.parametrize("predicted", [1, 50, 99, 100, 101, 140, 400, 5000])
+def test_search_finds_the_largest_fitting_batch_from_any_prediction(predicted: int):
+    probe, calls = linear_memory(weights=2 * GiB, per_sequence=80 * 2**20, budget=10 * GiB)
+    result = search_max_batch(probe, predicted, 10 * GiB, prior_bytes_per_sequence=80 * 2**20)
+    expected = true_max(2 * GiB, 80 * 2**20, 10 * GiB)
+    assert result.measured == expected
+    assert expected in calls and expected + 1 in calls  # proven: it fits and one more does not
+    assert len(calls) <= 6
+
+
+def test_an_exact_prediction_is_confirmed_in_two_probes():
+    probe, calls = linear_memory(weights=GiB, per_sequence=2**20, budget=2 * GiB)
+    expected = true_max(GiB, 2**20, 2 * GiB)
+    result = search_max_batch(probe, expected, 2 * GiB, prior_bytes_per_sequence=2**20)
+    assert (result.measured, calls) == (expected, [expected, expected + 1])
+
+
+def test_a_wrong_prior_slope_still_converges_within_the_probe_limit():
+    probe, calls = linear_memory(weights=GiB, per_sequence=3 * 2**20, budget=4 * GiB, noise=2**19)
+    result = search_max_batch(probe, 10, 4 * GiB, prior_bytes_per_sequence=2**20)
+    assert result.measured is not None
+    assert probe(result.measured).fits and not probe(result.measured + 1).fits
+    assert len(calls) <= 24 + 2
+
+
+def test_nothing_fits_gives_zero():
+    probe, _ = linear_memory(weights=5 * GiB, per_sequence=2**20, budget=4 * GiB)
+    assert search_max_batch(probe, 0, 4 * GiB, prior_bytes_per_sequence=2**20).measured == 0
+
+
+def test_out_of_memory_probes_without_a_peak_are_bisected():
+    def probe(batch: int) -> Probe:
+        return Probe(batch, True, 1000, "ok") if batch <= 37 else Probe(batch, False, None, "oom")
+
+    result = search_max_batch(probe, 100, 2000, prior_bytes_per_sequence=10)
+    assert result.measured == 37
+
+
+def test_a_failing_probe_ends_the_search_with_its_reason():
+    def probe(batch: int) -> Probe:
+        return Probe(batch, False, None, "error: RuntimeError: boom")
+
+    result = search_max_batch(probe, 4, GiB, prior_bytes_per_sequence=2**20)
+    assert result.measured is None
+    assert result.note is not None and "boom" in result.note
+
+
+def test_a_prior_that_underestimates_memory_by_a_third_still_needs_few_probes():
+    probe, calls = linear_memory(weights=100 * 2**20, per_sequence=110_000, budget=256 * 2**20)
+    result = search_max_batch(probe, 21537, 256 * 2**20, prior_bytes_per_sequence=70_000)
+    assert result.measured == true_max(100 * 2**20, 110_000, 256 * 2**20)
+    assert len(calls) <= 5

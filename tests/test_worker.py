@@ -1,0 +1,79 @@
+"""Isolated workers: every way a child can end is reported, none raises in the parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import pytest
+
+from harness.measure.worker import IsolatedRunner, describe_exception, is_out_of_memory
+
+
+def returns_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"echo": payload["x"], "pid": os.getpid()}
+
+
+def raises_value_error(payload: dict[str, Any]) -> dict[str, Any]:
+    raise ValueError("bad shape")
+
+
+def raises_memory_error(payload: dict[str, Any]) -> dict[str, Any]:
+    raise MemoryError()
+
+
+def kills_itself(payload: dict[str, Any]) -> dict[str, Any]:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def exits_quietly(payload: dict[str, Any]) -> dict[str, Any]:
+    os._exit(3)
+
+
+@pytest.fixture(scope="module")
+def workers() -> IsolatedRunner:
+    return IsolatedRunner(preload=())
+
+
+def test_a_child_returns_its_value_from_another_process(workers: IsolatedRunner):
+    outcome = workers.call(returns_payload, {"x": 41})
+    assert outcome.status == "ok"
+    assert outcome.value is not None and outcome.value["echo"] == 41
+    assert outcome.value["pid"] != os.getpid()
+
+
+def test_an_exception_in_the_child_is_an_error_naming_it_and_where(workers: IsolatedRunner):
+    outcome = workers.call(raises_value_error, {})
+    assert outcome.status == "error"
+    assert outcome.error is not None
+    assert outcome.error.startswith("ValueError: bad shape (at test_worker.py:")
+
+
+def test_a_memory_error_in_the_child_is_an_out_of_memory(workers: IsolatedRunner):
+    assert workers.call(raises_memory_error, {}).status == "oom"
+
+
+def test_a_child_killed_by_sigkill_is_reported_as_out_of_memory(workers: IsolatedRunner):
+    outcome = workers.call(kills_itself, {})
+    assert outcome.status == "oom"
+    assert outcome.error is not None and "SIGKILL" in outcome.error
+
+
+def test_a_child_that_exits_without_reporting_is_an_error_with_its_exit_code(workers: IsolatedRunner):
+    outcome = workers.call(exits_quietly, {})
+    assert (outcome.status, outcome.error) == ("error", "worker died with exit code 3 before reporting")
+
+
+def test_allocator_messages_count_as_out_of_memory():
+    cpu = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes")
+    assert is_out_of_memory(cpu)
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_describe_exception_is_one_line():
+    try:
+        raise KeyError("a\nb")
+    except KeyError as exc:
+        assert "\n" not in describe_exception(exc)
