@@ -11,7 +11,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.results.schema import RunResult
 from harness.results.store import load_result
-from harness.runner import RunOptions, Runner, RunProgress
+from harness.runner import Runner, RunOptions, RunProgress
 
 TINY = """
 name = "tiny"
