@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from helpers_results import DEFAULT_SCENARIO, DEFAULT_TARGET, lognormal_samples, make_cell, make_run
 
-from harness import compare
-from harness.cli import compare_cmd
+from harness import cli, compare
 from harness.errors import UserError
 from harness.measure.stats import summarize
 from harness.results import gitrev
@@ -23,25 +20,8 @@ DATA = Path(__file__).parent / "data" / "compare"
 
 
 def attnbench(argv: list[str]) -> int:
-    """``harness.cli.main``; while another subcommand module is missing, a parser with ``compare`` alone."""
-    from harness import cli
-
-    try:
-        cli.build_parser()
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("harness.cli."):
-            raise
-    else:
-        return cli.main(argv)
-    parser = argparse.ArgumentParser(prog="attnbench")
-    compare_cmd.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except UserError as err:
-        print(f"attnbench {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    return code
+    """The ``attnbench`` command line, in-process."""
+    return cli.main(argv)
 
 
 def side(*results: RunResult, spec: str = "side") -> compare.Side:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -13,8 +12,7 @@ from pathlib import Path
 import pytest
 from helpers_results import lognormal_samples, make_cell, make_run
 
-from harness import export
-from harness.cli import export_cmd
+from harness import cli, export
 from harness.errors import UserError
 from harness.results.schema import RunResult
 
@@ -22,25 +20,8 @@ DATA = Path(__file__).parent / "data" / "compare"
 
 
 def attnbench(argv: list[str]) -> int:
-    """``harness.cli.main``; while another subcommand module is missing, a parser with ``export`` alone."""
-    from harness import cli
-
-    try:
-        cli.build_parser()
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("harness.cli."):
-            raise
-    else:
-        return cli.main(argv)
-    parser = argparse.ArgumentParser(prog="attnbench")
-    export_cmd.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except UserError as err:
-        print(f"attnbench {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    return code
+    """The ``attnbench`` command line, in-process."""
+    return cli.main(argv)
 
 
 def pytest_benchmark_executable() -> str | None:

@@ -7,7 +7,6 @@ the 2-core target). The reports are rendered once per module, through the comman
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.cli import report_cmd
+from harness.cli import main
 from harness.errors import UserError
 from harness.report import build_reports, load_results
 from harness.report.render import LoadedResult, render_cross_target, render_target
@@ -36,16 +35,10 @@ PLOT_SUFFIXES = (
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="attnbench")
-    report_cmd.register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("reports")
-    assert report_cmd.run(_parse(["report", str(TWO_CORE), str(FOUR_CORE), "--out", str(folder)])) == 0
+    assert main(["report", str(TWO_CORE), str(FOUR_CORE), "--out", str(folder)]) == 0
     return folder
 
 
@@ -77,7 +70,7 @@ def _without_metrics(path: Path) -> RunResult:
 def test_cli_prints_each_file_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "result.json"
     save_result(_without_metrics(TWO_CORE), source)
-    assert report_cmd.run(_parse(["report", str(source), "--out", str(tmp_path / "out")])) == 0
+    assert main(["report", str(source), "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'out' / 'cpu-amd-epyc-2c' / 'REPORT.md'}"]
 
 
