@@ -32,7 +32,8 @@ CPU_MIN_BUFFER_BYTES = 256 * 2**20
 CPU_LLC_MULTIPLE = 8
 CPU_MEMORY_FRACTION = 0.25  # both CPU buffers together take at most this share of available memory
 CUDA_BUFFER_BYTES = 2**30
-CPU_REPEATS = 5
+CPU_REPEATS = 10
+READ_PROBE_ROW = 4096  # row length of the matrix view the matrix-vector read probe streams
 CUDA_REPEATS = 10
 
 # Fingerprint fields whose change invalidates a cached peak.
@@ -112,18 +113,27 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def _read_probes(src: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Two ways to stream ``src`` once: a sum reduction, and a matrix-vector product over it viewed
+    as a [rows, 4096] matrix (the access pattern of decode attention and of weight reads)."""
+    matrix = src.view(-1, READ_PROBE_ROW)  # [n / 4096, 4096]
+    vector = torch.ones(READ_PROBE_ROW, dtype=src.dtype, device=src.device)
+    return {"sum": src.sum, "mv": lambda: torch.mv(matrix, vector)}
+
+
 def measure_peak_cpu(buffer_bytes: int | None = None, repeats: int = CPU_REPEATS) -> PeakBandwidth:
-    """Read probe (float32 sum) and copy probe (``copy_``) over two buffers far beyond the LLC."""
+    """Read probes (float32 sum and matrix-vector product, the faster counts) and a copy probe
+    (``copy_``) over two buffers far beyond the LLC."""
     if buffer_bytes is None:
         import psutil
 
         buffer_bytes = cpu_probe_bytes(last_level_cache_bytes(), int(psutil.virtual_memory().available))
-    n = buffer_bytes // 4  # float32 elements
+    n = buffer_bytes // 4 // READ_PROBE_ROW * READ_PROBE_ROW  # float32 elements, whole rows
     with _all_cores():
         src = torch.ones(n, dtype=torch.float32)  # ones, not empty: every page is touched before timing
         dst = torch.zeros(n, dtype=torch.float32)
         dst.copy_(src)  # first touch of the copy path out of the timed region
-        read_s = _best_seconds(lambda: src.sum(), repeats)
+        read_s = min(_best_seconds(probe, repeats) for probe in _read_probes(src).values())
         copy_s = _best_seconds(lambda: dst.copy_(src), repeats)
         threads = torch.get_num_threads()
     nbytes = n * 4
@@ -133,8 +143,8 @@ def measure_peak_cpu(buffer_bytes: int | None = None, repeats: int = CPU_REPEATS
         vendor_gbps=None,
         buffer_bytes=nbytes,
         method=(
-            f"cpu: torch float32 sum (read) and copy_ (read+write counted) over {nbytes}-byte buffers, "
-            f"perf_counter, best of {repeats}, {threads} threads"
+            f"cpu: torch float32 sum and mv, the faster (read), and copy_ (read+write counted) "
+            f"over {nbytes}-byte buffers, perf_counter, best of {repeats}, {threads} threads"
         ),
     )
 
@@ -156,24 +166,25 @@ def measure_peak_cuda(
     with torch.cuda.device(dev):
         read_s, copy_s = _cuda_probe_seconds(dev, n, repeats)
     torch.cuda.empty_cache()  # the probe's buffers are gone; hand their memory back
-    nbytes = n * 4
+    nbytes = n // READ_PROBE_ROW * READ_PROBE_ROW * 4
     return PeakBandwidth(
         read_gbps=nbytes / read_s / 1e9,
         copy_gbps=2 * nbytes / copy_s / 1e9,
         vendor_gbps=vendor_gbps,
         buffer_bytes=nbytes,
         method=(
-            f"cuda: float32 sum (read) and device-to-device copy_ (read+write counted) over {nbytes}-byte "
-            f"buffers, CUDA events, best of {repeats}"
+            f"cuda: float32 sum and mv, the faster (read), and device-to-device copy_ (read+write counted) "
+            f"over {nbytes}-byte buffers, CUDA events, best of {repeats}"
         ),
     )
 
 
 def _cuda_probe_seconds(dev: torch.device, n: int, repeats: int) -> tuple[float, float]:
     """Best read (sum) and copy seconds over two float32 buffers of ``n`` elements on ``dev``."""
+    n = n // READ_PROBE_ROW * READ_PROBE_ROW
     src = torch.ones(n, dtype=torch.float32, device=dev)
     dst = torch.empty_like(src)
-    read_s = _best_event_seconds(lambda: src.sum(), repeats)
+    read_s = min(_best_event_seconds(probe, repeats) for probe in _read_probes(src).values())
     copy_s = _best_event_seconds(lambda: dst.copy_(src), repeats)
     return read_s, copy_s
 
