@@ -36,6 +36,8 @@ CPU_REPEATS = 10
 READ_PROBE_ROW = 4096  # row length of the matrix view the matrix-vector read probe streams
 CUDA_REPEATS = 10
 
+# Bumped whenever the probes change, so that peaks cached by an older probe are measured anew.
+PROBE_VERSION = 2
 # Fingerprint fields whose change invalidates a cached peak.
 PEAK_CACHE_KEYS = (
     "target",
@@ -234,7 +236,7 @@ def load_or_measure_peak(
     """
     env = fingerprint(device) if env is None else env
     path = peak_cache_path(target, default_cache_dir() if cache_dir is None else cache_dir)
-    key = {name: env.get(name) for name in PEAK_CACHE_KEYS}
+    key = {name: env.get(name) for name in PEAK_CACHE_KEYS} | {"probe_version": PROBE_VERSION}
     if not force:
         cached = _read_cached(path, key)
         if cached is not None:
