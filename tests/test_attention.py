@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from harness.model.attention import BACKENDS, attend, available_backends, resolve_backend
+from harness.model.decode_kernels import split_kv_decode
 
 CPU_BACKENDS = available_backends("cpu")
 FAST_BACKENDS = tuple(b for b in CPU_BACKENDS if b != "eager")
@@ -103,11 +104,50 @@ def test_available_backends_leave_out_flex_on_cpu_only() -> None:
     assert available_backends("cuda") == BACKENDS
 
 
-def test_resolve_backend_maps_auto_to_sdpa_and_refuses_flex_on_cpu() -> None:
-    assert resolve_backend("auto", "cpu") == "sdpa"
+def test_resolve_backend_maps_auto_to_grouped_on_cpu_and_sdpa_on_cuda_and_refuses_flex_on_cpu() -> None:
+    assert resolve_backend("auto", "cpu") == "grouped"
+    assert resolve_backend("auto", "cuda") == "sdpa"
     assert resolve_backend("grouped", "cpu") == "grouped"
     with pytest.raises(ValueError, match="needs CUDA"):
         resolve_backend("flex", "cpu")
+
+
+# (batch_size, n_heads, n_kv_heads): few rows (cut into parts, one row at a time in float32) and many rows
+KERNEL_SHAPES = {"mqa-b1": (1, 4, 1), "gqa-b2": (2, 4, 2), "mha-b3": (3, 6, 6)}
+
+
+@pytest.mark.parametrize("n_valid", (1, 7, 8, 9, 40))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES)
+def test_split_kv_decode_agrees_with_eager_across_chunk_and_part_boundaries(
+    shape: str, dtype: torch.dtype, n_valid: int
+) -> None:
+    batch_size, n_heads, n_kv_heads = KERNEL_SHAPES[shape]
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(batch_size, n_heads, 1, HEAD_DIM, generator=generator).to(dtype)
+    k = torch.randn(batch_size, n_kv_heads, 48, HEAD_DIM, generator=generator).to(dtype)
+    v = torch.randn(batch_size, n_kv_heads, 48, HEAD_DIM, generator=generator).to(dtype)
+    expected = attend(q, k, v, start_pos=n_valid - 1, backend="eager")
+    # parts of 4 positions and float32 staging chunks of 8 positions per row: many boundaries, a ragged tail
+    chunk_bytes = 8 * 4 * HEAD_DIM * batch_size * n_kv_heads
+    out = split_kv_decode(
+        q,
+        k[:, :, :n_valid],
+        v[:, :, :n_valid],
+        upcast_chunk_bytes=chunk_bytes,
+        part_len=4,
+        rows_per_call=8,
+        direct_bytes=0,
+    )
+    assert out.shape == q.shape and out.dtype == dtype
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+def test_split_kv_decode_refuses_more_than_one_new_query() -> None:
+    q, k, v = make_qkv(4, 2, 2, torch.float32)
+    with pytest.raises(ValueError, match="one new query"):
+        split_kv_decode(q, k, v)
 
 
 @pytest.mark.cuda

@@ -8,7 +8,10 @@ for ``T`` new query positions ``start_pos .. start_pos + T - 1`` against the fir
 - ``eager``: the textbook reference: K/V repeated to every query head, matmul, mask, softmax, matmul.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with ``enable_gqa``.
 - ``grouped``: no copy of K/V: the queries sharing a KV head are stacked and multiplied against it.
-- ``flex``: ``torch.nn.attention.flex_attention``, compiled; CUDA only.
+  On CPU a decode step runs the split-KV kernel of :mod:`harness.model.decode_kernels`, which reads
+  the cache once, in streaming order, close to the memory-bandwidth limit.
+- ``flex``: ``torch.nn.attention.flex_attention``, compiled; CUDA only. With one query per sequence
+  it runs FlexAttention's split-KV decoding kernel (flash-decoding).
 
 The decode step (``T == 1``) needs no mask: its one query sees every valid position.
 """
@@ -23,11 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness.model.decode_kernels import split_kv_decode
+
 BACKENDS: tuple[str, ...] = ("eager", "sdpa", "grouped", "flex")
 # Backends that need a CUDA device.
 CUDA_ONLY_BACKENDS: tuple[str, ...] = ("flex",)
-# What a scenario's backend "auto" means: the library kernel, on every device.
-AUTO_BACKEND = "sdpa"
+# What a scenario's backend "auto" resolves to without measuring, per device type: the backend that
+# measured fastest there (benchmarks/attention_bandwidth.py). harness.measure.autotune.choose_backend
+# picks by measuring the actual shape instead.
+AUTO_BACKENDS: dict[str, str] = {"cpu": "grouped", "cuda": "sdpa"}
+AUTO_BACKEND = "sdpa"  # any other device type
 
 # scaled_dot_product_attention gained enable_gqa in torch 2.5; older versions get K/V expanded.
 _SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -43,7 +51,7 @@ def available_backends(device_type: str) -> tuple[str, ...]:
 def resolve_backend(backend: str, device_type: str) -> str:
     """The concrete backend a scenario's ``backend`` names on this device; ValueError if it cannot run."""
     if backend == "auto":
-        return AUTO_BACKEND
+        return AUTO_BACKENDS.get(device_type, AUTO_BACKEND)
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)} or 'auto'")
     if backend not in available_backends(device_type):
@@ -122,6 +130,8 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
 
 def _grouped(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
     batch_size, n_heads, n_new, head_dim = q.shape
+    if n_new == 1 and q.device.type == "cpu":
+        return split_kv_decode(q, k, v)
     n_kv_heads = k.shape[1]
     group = n_heads // n_kv_heads
     scale = 1.0 / math.sqrt(head_dim)
@@ -139,7 +149,11 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
 class FlexKernel:
     """``flex_attention`` compiled once; torch.compile re-specialises it per shape family.
 
-    Decode (one query) runs without a block mask: the cache slice holds exactly the valid keys.
+    The cache length grows by one every decode step: after the second length torch.compile's
+    automatic dynamic shapes make it symbolic, so one compiled kernel serves a whole decode run per
+    (batch, heads, head_dim, dtype). ``enable_gqa`` lets query heads share KV heads without a copy.
+    Decode (one query) runs without a block mask: the cache slice holds exactly the valid keys, and
+    FlexAttention picks its split-KV decoding kernel for short query lengths.
     Several new queries get a causal block mask shifted by ``start_pos``.
     """
 
