@@ -231,3 +231,13 @@ def test_core_attention_reads_every_layers_producer_cache(
     out = decoder.core_attention(q, cache, 8)
     assert read == [(0, "grouped", 8), (0, "grouped", 8), (1, "grouped", 8), (2, "grouped", 8)]
     torch.testing.assert_close(out, real_attend(q, cache.k[2], cache.v[2], start_pos=8, backend="eager"))
+
+
+def test_zeroed_weights_take_the_same_memory_as_random_ones() -> None:
+    spec = ModelSpec(d_model=64, n_layers=2, d_ff=128, vocab_size=97, dtype="float32")
+    variant = Variant("H16-MQA", 16, 4, 1, sharing_map(2, 1))
+    random = build_decoder(spec, variant, dtype="float32", device="cpu")
+    zeroed = build_decoder(spec, variant, dtype="float32", device="cpu", random_weights=False)
+    assert [p.shape for p in random.parameters()] == [p.shape for p in zeroed.parameters()]
+    assert all(p.count_nonzero() == 0 for p in zeroed.parameters())
+    assert any(p.count_nonzero() > 0 for p in random.parameters())

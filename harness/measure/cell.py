@@ -59,14 +59,19 @@ def _tracker(device: str) -> CpuMemoryTracker | CudaMemoryTracker:
 def _build_and_step(
     payload: dict[str, Any], backend: str, fill: bool
 ) -> tuple[Decoder, KVCache, torch.Tensor, MemoryPeak]:
-    """Build the model and its cache, run one decode step; the memory peak of all of it."""
+    """Build the model and its cache, run one decode step; the memory peak of all of it.
+
+    ``fill=False`` (memory probes) leaves weights and cache zeroed: the same bytes, written faster.
+    """
     device, dtype = payload["device"], payload["dtype"]
     model = ModelSpec(**payload["model"])
     variant = _variant(payload)
     batch_size, context_len = payload["batch_size"], payload["context_len"]
     tracker = _tracker(device)
     with tracker.track():
-        decoder = build_decoder(model, variant, dtype=dtype, device=device, backend=backend, seed=payload["seed"])
+        decoder = build_decoder(
+            model, variant, dtype=dtype, device=device, backend=backend, seed=payload["seed"], random_weights=fill
+        )
         cache = decoder.allocate_cache(batch_size, accounting.cache_len(context_len))
         if fill:
             generator = torch.Generator(device=device).manual_seed(payload["seed"])
@@ -175,7 +180,7 @@ def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
     On CUDA the allocator is capped at the budget (so going over raises out-of-memory) and the
     allocator's peak is compared with it; on CPU the peak resident set above this worker's
     baseline is. The cache is left zeroed: zeroing already touches every page, and values do
-    not change memory use.
+    not change memory use; the weights are zeroed rather than drawn at random, for the same reason.
     """
     device, budget = payload["device"], payload["budget_bytes"]
     if is_cuda(device):
