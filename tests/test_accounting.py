@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from harness import accounting as acc
+from harness.cli import main
 from harness.scenario.schema import ModelSpec
 from harness.units import parse_bytes
 from harness.variants import Variant, sharing_map
 
 TINY = ModelSpec(d_model=8, n_layers=2, d_ff=16, vocab_size=10, dtype="float32")
+DEFAULT_SCENARIO = str(Path(__file__).resolve().parent.parent / "scenarios" / "default.toml")
 PAPER_1B = ModelSpec(d_model=2048, n_layers=20, d_ff=5472, vocab_size=50304, dtype="bfloat16")
 
 
@@ -106,3 +111,35 @@ def test_sizes_parse_in_binary_and_decimal_units(text: str | int, size: int):
 def test_sizes_that_are_not_positive_sizes_are_rejected(text: str):
     with pytest.raises(ValueError):
         parse_bytes(text)
+
+
+def test_plan_json_lists_variants_and_cells_with_their_accounting(capsys: pytest.CaptureFixture[str]):
+    assert main(["plan", DEFAULT_SCENARIO, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    variants = {v["name"]: v for v in plan["variants"]}
+    for field in (
+        "n_heads",
+        "n_kv_heads",
+        "head_dim",
+        "n_kv_layers",
+        "kv_layers",
+        "kv_bytes_per_token",
+        "params_total",
+    ):
+        assert field in variants["H64-MHA"]
+    assert variants["H64-MHA-CLA2"]["n_kv_layers"] == 4
+    assert variants["H64-MHA-CLA2"]["kv_bytes_per_token"] * 2 == variants["H64-MHA"]["kv_bytes_per_token"]
+    cell = plan["cells"][0]
+    assert {"variant", "batch_size", "context_len", "kv_cache_bytes", "bytes_per_step", "predicted_max_batch"} <= set(
+        cell
+    )
+    assert len(plan["cells"]) == 5 * 2 * 2
+    assert cell["kv_cache_bytes"] == variants[cell["variant"]]["kv_bytes_per_token"] * cell["batch_size"] * (
+        cell["context_len"] + 1
+    )
+
+
+def test_plan_prints_a_table_per_variant_and_per_cell(capsys: pytest.CaptureFixture[str]):
+    assert main(["plan", DEFAULT_SCENARIO]) == 0
+    out = capsys.readouterr().out
+    assert "H64-MQA-CLA2" in out and "KV B/token" in out and "bytes/step" in out
