@@ -65,6 +65,20 @@ def run(args: argparse.Namespace) -> int:
     result = outcome.result
     counts = {status: sum(1 for c in result.cells if c.status == status) for status in ("ok", "oom", "error")}
     print(f"{outcome.path}  ({counts['ok']} ok, {counts['oom']} oom, {counts['error']} error; target {result.target})")
+    above_peak = [
+        c
+        for c in result.cells
+        if c.metrics is not None
+        and max(c.metrics.bandwidth_fraction or 0.0, c.metrics.attention_bandwidth_fraction or 0.0) > 1.0
+    ]
+    if above_peak:
+        # Traffic is counted as the least a step must move, so beating the probe means the probe or
+        # the timing is wrong (a peak measured while the machine was busy, or data left in cache).
+        print(
+            f"warning: {len(above_peak)} cell(s) report more than the measured peak bandwidth "
+            f"({result.peak_bandwidth_gbps:.1f} GB/s); distrust this run's fractions",
+            file=sys.stderr,
+        )
     for failed in outcome.failed_cells:
         print(
             f"error in {failed.variant} b{failed.batch_size} ctx{failed.context_len}: {failed.error}", file=sys.stderr
