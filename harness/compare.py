@@ -21,6 +21,7 @@ not ``ok`` on either side, are listed rather than dropped. A cell that ran at BA
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,7 @@ class MetricChange:
     p_value: float | None  # Mann-Whitney U on the raw samples; None for metrics without samples
     threshold: Threshold
     verdict: Verdict
+    noise: float | None = None  # run-to-run noise the change had to exceed (relative); None if unknown
 
     @property
     def change(self) -> float | None:
@@ -161,10 +163,64 @@ def _verdict(worse: bool, significant: bool, exceeded: bool) -> Verdict:
     return "regression" if worse else "improvement"
 
 
-def _latency_change(metric: str, base: Summary, head: Summary, threshold: Threshold, alpha: float) -> MetricChange:
+def run_to_run_noise(*summaries: Summary) -> float | None:
+    """The largest relative spread of process medians, (max - min) / median, over the summaries.
+
+    A cell measured in several rounds (``measure.rounds``) has one median per worker process,
+    taken at different times of its run: how far they disagree is how much identical code moves
+    between runs on this machine, which the samples of one process cannot show (they share its
+    memory placement and the machine's state of the moment). None when no side has two rounds.
+    """
+    spreads = [
+        (max(s.process_medians) - min(s.process_medians)) / statistics.median(s.process_medians)
+        for s in summaries
+        if len(s.process_medians) >= 2
+    ]
+    return max(spreads) if spreads else None
+
+
+# A single cell's two or three rounds say little about the spread; the run's typical spread across
+# all its cells says more. A latency change must exceed this many times the typical spread too
+# (measured here on a shared 2-core VM: typical spread 4.9%, identical runs differing by up to 18%).
+MACHINE_NOISE_FACTOR = 3.0
+
+
+def machine_noise(results: Sequence[RunResult]) -> float | None:
+    """Median over every latency summary with several rounds of its relative process-median spread."""
+    spreads = [
+        noise
+        for result in results
+        for cell in result.cells
+        if cell.metrics is not None
+        for metric in LATENCY_METRICS
+        if (summary := getattr(cell.metrics, metric)) is not None and (noise := run_to_run_noise(summary)) is not None
+    ]
+    return statistics.median(spreads) if spreads else None
+
+
+def _noise_floor(cell_noise: float | None, machine: float | None) -> float | None:
+    if machine is None:
+        return cell_noise
+    return max(cell_noise or 0.0, MACHINE_NOISE_FACTOR * machine)
+
+
+def _beyond_noise(base: float, head: float, noise: float | None) -> bool:
+    return noise is None or base == 0 or abs(head - base) / abs(base) > noise
+
+
+def _latency_change(
+    metric: str, base: Summary, head: Summary, threshold: Threshold, alpha: float, machine: float | None = None
+) -> MetricChange:
     p = mann_whitney_p(base.samples, head.samples)
-    verdict = _verdict(head.median > base.median, p < alpha, threshold.exceeded_by(base.median, head.median))
-    return MetricChange(metric, base.median, head.median, p, threshold, verdict)
+    noise = _noise_floor(run_to_run_noise(base, head), machine)
+    exceeded = threshold.exceeded_by(base.median, head.median) and _beyond_noise(base.median, head.median, noise)
+    verdict = _verdict(head.median > base.median, p < alpha, exceeded)
+    return MetricChange(metric, base.median, head.median, p, threshold, verdict, noise)
+
+
+def _bandwidth_basis(metrics: CellMetrics) -> Summary | None:
+    """The latency that bandwidth_gbps was divided by (see harness.runner.apply_bandwidths)."""
+    return metrics.decode_latency_cold_s or metrics.decode_latency_s
 
 
 def _scalar(metrics: CellMetrics, metric: str) -> float | None:
@@ -175,16 +231,21 @@ def _scalar(metrics: CellMetrics, metric: str) -> float | None:
 
 
 def compare_cell(
-    scenario: str, base: CellResult, head: CellResult, thresholds: dict[str, Threshold], alpha: float
+    scenario: str,
+    base: CellResult,
+    head: CellResult,
+    thresholds: dict[str, Threshold],
+    alpha: float,
+    machine: float | None = None,
 ) -> CellComparison:
-    """Every metric both sides carry for one matched cell (both ``ok``)."""
+    """Every metric both sides carry for one matched cell (both ``ok``); ``machine``: see machine_noise."""
     assert base.metrics is not None and head.metrics is not None
     changes: list[MetricChange] = []
     for metric in LATENCY_METRICS:
         base_summary, head_summary = getattr(base.metrics, metric), getattr(head.metrics, metric)
         if base_summary is not None and head_summary is not None:
             changes.append(
-                _latency_change(metric, base_summary, head_summary, _threshold_for(metric, thresholds), alpha)
+                _latency_change(metric, base_summary, head_summary, _threshold_for(metric, thresholds), alpha, machine)
             )
     for metric, larger_is_worse in SCALAR_METRICS.items():
         base_value, head_value = _scalar(base.metrics, metric), _scalar(head.metrics, metric)
@@ -192,8 +253,14 @@ def compare_cell(
             continue
         threshold = thresholds[metric]
         worse = head_value > base_value if larger_is_worse else head_value < base_value
-        verdict = _verdict(worse, True, threshold.exceeded_by(base_value, head_value))
-        changes.append(MetricChange(metric, base_value, head_value, None, threshold, verdict))
+        exceeded = threshold.exceeded_by(base_value, head_value)
+        noise = None
+        if metric == "bandwidth_gbps":  # derived from a latency median: as noisy as that latency
+            basis = [_bandwidth_basis(m) for m in (base.metrics, head.metrics)]
+            noise = _noise_floor(run_to_run_noise(*(b for b in basis if b is not None)), machine)
+            exceeded = exceeded and _beyond_noise(base_value, head_value, noise)
+        verdict = _verdict(worse, True, exceeded)
+        changes.append(MetricChange(metric, base_value, head_value, None, threshold, verdict, noise))
     return CellComparison(scenario, cell_label(base), tuple(changes))
 
 
@@ -326,6 +393,12 @@ def compare_sides(
             f"targets differ ({base.target} vs {head.target}); compared because --allow-cross-target was given"
         )
     thresholds = thresholds if thresholds is not None else parse_thresholds()
+    machine = machine_noise([*base.results, *head.results])
+    if machine is not None:
+        notes.append(
+            f"run-to-run noise: process medians of one cell spread {machine:.1%} (median over cells); "
+            f"a latency change must also exceed {MACHINE_NOISE_FACTOR:g}x that, or its own cell's spread if larger"
+        )
     base_cells, head_cells = _index(base.results, base.spec), _index(head.results, head.spec)
     compared: list[CellComparison] = []
     skipped: list[SkippedCell] = []
@@ -334,7 +407,7 @@ def compare_sides(
         base_cell = base_cells.get(key, (scenario, None))[1]
         head_cell = head_cells.get(key, (scenario, None))[1]
         if base_cell is not None and head_cell is not None and base_cell.status == head_cell.status == "ok":
-            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha))
+            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine))
         else:
             skipped.append(
                 SkippedCell(
@@ -400,10 +473,11 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
         "",
         _side_line("base", comparison.base),
         _side_line("head", comparison.head),
-        f"- gates: {thresholds}; latency also needs Mann-Whitney U p < {comparison.alpha:g} (two-sided)",
+        f"- gates: {thresholds}; latency also needs Mann-Whitney U p < {comparison.alpha:g} (two-sided)"
+        " and, where cells were measured in several rounds, a change beyond their run-to-run noise",
         *(f"- note: {note}" for note in comparison.notes),
     ]
-    headers = ["cell", "metric", "base", "head", "change", "p-value", "verdict"]
+    headers = ["cell", "metric", "base", "head", "change", "p-value", "noise", "verdict"]
     scenarios = dict.fromkeys(cell.scenario for cell in comparison.cells)
     for scenario in scenarios:
         rows: list[list[str]] = []
@@ -418,6 +492,7 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
                         format_value(change.metric, change.head),
                         _format_change(change),
                         "" if change.p_value is None else f"{change.p_value:.2g}",
+                        "" if change.noise is None else f"±{change.noise:.1%}",
                         change.verdict,
                     ]
                 )

@@ -10,6 +10,7 @@ same scenario and target. Nothing here imports torch: the workers do.
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,8 +24,9 @@ from harness.errors import UserError
 from harness.hardware import detect_target, fingerprint, is_cuda, resolve_device
 from harness.measure import cell as cell_worker
 from harness.measure.maxbatch import Probe, SearchResult, search_max_batch
+from harness.measure.stats import summarize
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
-from harness.results.schema import CellMetrics, CellResult, GitInfo, MaxBatch, RunResult, ScenarioRef
+from harness.results.schema import CellMetrics, CellResult, GitInfo, MaxBatch, RunResult, ScenarioRef, Summary
 from harness.results.store import load_result, result_filename, result_files, save_result
 from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
 from harness.scenario.schema import MeasureSpec
@@ -135,23 +137,35 @@ class Runner:
             result.environment["peak_bandwidth"] = peak
             result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
             save_result(result, path)
-        done = {c.key for c in result.cells}
         for c in result.cells:
             if c.metrics is not None and c.metrics.max_batch is not None:
                 self._max_batch[(c.variant, c.dtype, c.context_len, c.backend)] = c.metrics.max_batch
         cells = expand_cells(scenario, self.loaded.variants)
-        self.progress.start(len(cells), sum(1 for c in cells if c.key in done))
+        rounds = scenario.measure.rounds
+        index = {c.key: i for i, c in enumerate(result.cells)}
+        # a failed cell is not measured again in later rounds, so it counts as done for all of them
+        done = sum(min(c.rounds_done, rounds) if c.status == "ok" else rounds for c in result.cells)
+        self.progress.start(len(cells) * rounds, done)
         failed = [c for c in result.cells if c.status == "error"]
-        for cell in cells:
-            if cell.key in done:
-                continue
-            self.progress.cell_started(cell)
-            cell_result = self._measure(cell, result.peak_bandwidth_gbps)
-            result.cells.append(cell_result)
-            save_result(result, path)
-            if cell_result.status == "error":
-                failed.append(cell_result)
-            self.progress.cell_finished(cell, cell_result)
+        # Round after round over all cells, each time in a new process: the rounds of one cell are
+        # spread over the whole run, so their spread shows the machine's drift, not just its jitter.
+        for round_index in range(rounds):
+            for cell in cells:
+                existing = result.cells[index[cell.key]] if cell.key in index else None
+                if existing is not None and (existing.status != "ok" or existing.rounds_done > round_index):
+                    continue
+                self.progress.cell_started(cell)
+                if existing is None:
+                    cell_result = self._measure(cell, result.peak_bandwidth_gbps)
+                    index[cell.key] = len(result.cells)
+                    result.cells.append(cell_result)
+                else:
+                    cell_result = self._repeat(cell, existing, result.peak_bandwidth_gbps)
+                    result.cells[index[cell.key]] = cell_result
+                save_result(result, path)
+                if cell_result.status == "error":
+                    failed.append(cell_result)
+                self.progress.cell_finished(cell, cell_result)
         result.finished_utc = _now()
         save_result(result, path)
         return RunOutcome(path, result, failed)
@@ -214,6 +228,7 @@ class Runner:
             "metrics": list(scenario.measure.selected_metrics),
             "timing": timing_settings(scenario.measure, self.options.quick),
             "cold": scenario.measure.cold,
+            "repeat": False,
         }
 
     def _measure(self, cell: Cell, peak_gbps: float | None) -> CellResult:
@@ -224,7 +239,10 @@ class Runner:
         expected = accounting.kv_cache_bytes(v, dtype, batch, context)
         metrics = None
         if outcome.status == "ok" and outcome.value is not None:
-            metrics = derive_metrics(self.loaded, cell, outcome.value, peak_gbps)
+            measured = dict(outcome.value)
+            for metric, values in measured.pop("samples").items():
+                measured[metric] = pooled_summary(None, values)
+            metrics = derive_metrics(self.loaded, cell, measured, peak_gbps)
             if "max_batch" in self.loaded.scenario.measure.selected_metrics:
                 metrics.max_batch = self._max_batch_for(cell)
         elif outcome.status == "oom":
@@ -252,6 +270,27 @@ class Runner:
             error=outcome.error,
             elapsed_s=time.perf_counter() - start,
             metrics=metrics,
+        )
+
+    def _repeat(self, cell: Cell, previous: CellResult, peak_gbps: float | None) -> CellResult:
+        """A later round: time the cell again in a new process and pool the samples."""
+        start = time.perf_counter()
+        payload = self._payload(cell) | {"repeat": True, "backend": previous.backend_used or cell.backend}
+        outcome = self.workers.call(cell_worker.measure_cell, payload)
+        if outcome.status != "ok" or outcome.value is None or previous.metrics is None:
+            return previous.model_copy(
+                update={"status": outcome.status, "error": f"round {previous.rounds_done + 1}: {outcome.error}"}
+            )
+        metrics = previous.metrics.model_copy()
+        for metric, values in outcome.value["samples"].items():
+            setattr(metrics, metric, pooled_summary(getattr(metrics, metric), values))
+        apply_bandwidths(metrics, cell.batch_size, peak_gbps)
+        return previous.model_copy(
+            update={
+                "metrics": metrics,
+                "rounds_done": previous.rounds_done + 1,
+                "elapsed_s": previous.elapsed_s + time.perf_counter() - start,
+            }
         )
 
     def _max_batch_for(self, cell: Cell) -> MaxBatch:
@@ -323,14 +362,22 @@ def derive_metrics(
         flops_per_step=accounting.flops_per_step(model, v, batch, context),
         kv_cache_bytes_expected=accounting.kv_cache_bytes(v, dtype, batch, context),
     )
-    # Bandwidth divides by the cold latency where there is one: warm repeats can run partly from
-    # on-chip caches and report a bandwidth no DRAM gives (docs/design.md, "Timing").
+    apply_bandwidths(metrics, batch, peak_gbps)
+    return metrics
+
+
+def apply_bandwidths(metrics: CellMetrics, batch_size: int, peak_gbps: float | None) -> None:
+    """Set the bandwidth and throughput fields from the latency medians, in place.
+
+    Bandwidth divides by the cold latency where there is one: warm repeats can run partly from
+    on-chip caches and report a bandwidth no DRAM gives (docs/design.md, "Timing").
+    """
     decode = metrics.decode_latency_cold_s or metrics.decode_latency_s
     attention = metrics.attention_latency_cold_s or metrics.attention_latency_s
     metrics.bandwidth_basis = "cold" if metrics.decode_latency_cold_s or metrics.attention_latency_cold_s else "warm"
     if decode is not None:
         metrics.bandwidth_gbps = metrics.bytes_per_step / decode.median / 1e9
-        metrics.tokens_per_s = batch / decode.median
+        metrics.tokens_per_s = batch_size / decode.median
     if attention is not None:
         metrics.attention_bandwidth_gbps = metrics.attention_bytes_per_step / attention.median / 1e9
     if peak_gbps:
@@ -338,4 +385,13 @@ def derive_metrics(
             metrics.bandwidth_fraction = metrics.bandwidth_gbps / peak_gbps
         if metrics.attention_bandwidth_gbps is not None:
             metrics.attention_bandwidth_fraction = metrics.attention_bandwidth_gbps / peak_gbps
-    return metrics
+
+
+def pooled_summary(previous: Summary | None, samples: list[float]) -> Summary:
+    """``previous`` (earlier rounds) with one more process's ``samples`` pooled in.
+
+    The summary's statistics are over all samples; ``process_medians`` gains this process's median.
+    """
+    medians = [] if previous is None else previous.process_medians or [previous.median]
+    pooled = summarize(([] if previous is None else previous.samples) + samples)
+    return pooled.model_copy(update={"process_medians": [*medians, statistics.median(samples)]})

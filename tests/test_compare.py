@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers_results import DEFAULT_SCENARIO, DEFAULT_TARGET, lognormal_samples, make_cell, make_run
+from helpers_results import DEFAULT_SCENARIO, DEFAULT_TARGET, lognormal_samples, make_cell, make_metrics, make_run
 
 from harness import cli, compare
 from harness.errors import UserError
 from harness.measure.stats import summarize
 from harness.results import gitrev
-from harness.results.schema import CellResult, RunResult
+from harness.results.schema import CellResult, RunResult, Summary
 from harness.results.store import load_result, save_result
 
 DATA = Path(__file__).parent / "data" / "compare"
@@ -459,3 +459,66 @@ def test_cli_help_lists_the_default_gates(capsys: pytest.CaptureFixture[str]) ->
         attnbench(["compare", "--help"])
     assert info.value.code == 0
     assert "median:5% peak_memory_bytes:1%" in " ".join(capsys.readouterr().out.split())
+
+
+# --- run-to-run noise from measurement rounds ---------------------------------------------------
+
+
+def rounds_summary(process_medians: list[float], n: int = 20, seed: int = 0) -> Summary:
+    """Pooled samples of several worker processes, each tight around its own median."""
+    samples: list[float] = []
+    for i, median in enumerate(process_medians):
+        samples += lognormal_samples(median, sigma=0.01, n=n, seed=seed + i)
+    return summarize(samples).model_copy(update={"process_medians": process_medians})
+
+
+def test_run_to_run_noise_is_the_largest_relative_spread_of_process_medians() -> None:
+    a = rounds_summary([0.010, 0.011])
+    b = rounds_summary([0.020, 0.020, 0.021])
+    assert compare.run_to_run_noise(a, b) == pytest.approx(0.001 / 0.0105)
+    assert compare.run_to_run_noise(rounds_summary([0.010])) is None
+
+
+def test_a_change_inside_the_run_to_run_noise_is_not_a_regression() -> None:
+    # each side's rounds disagree by 20%; head is 10% slower, and its samples alone say "significant"
+    base = rounds_summary([0.010, 0.012], seed=0)
+    head = rounds_summary([0.011, 0.0132], seed=10)
+    change = compare._latency_change("decode_latency_s", base, head, compare.Threshold(0.05, True, "median:5%"), 0.01)
+    assert change.p_value is not None and change.p_value < 0.01
+    assert change.verdict == "~"
+
+
+def test_a_change_beyond_the_run_to_run_noise_is_a_regression() -> None:
+    base = rounds_summary([0.0100, 0.0101], seed=0)
+    head = rounds_summary([0.0110, 0.0111], seed=10)
+    change = compare._latency_change("decode_latency_s", base, head, compare.Threshold(0.05, True, "median:5%"), 0.01)
+    assert change.noise == pytest.approx(0.0001 / 0.01005)  # the noisier side, base
+    assert change.verdict == "regression"
+
+
+def test_a_cell_whose_own_rounds_agree_still_needs_to_beat_the_runs_typical_noise() -> None:
+    # the cell's two rounds agree to 1%, but across the run cells typically spread 5%: a 10% change
+    # is inside 3 x 5% and is not called a regression; a 20% change is
+    base = rounds_summary([0.0100, 0.0101], seed=0)
+    head = rounds_summary([0.0110, 0.0111], seed=10)
+    threshold = compare.Threshold(0.05, True, "median:5%")
+    assert compare._latency_change("decode_latency_s", base, head, threshold, 0.01, machine=0.05).verdict == "~"
+    slower = rounds_summary([0.0120, 0.0121], seed=20)
+    assert compare._latency_change("decode_latency_s", base, slower, threshold, 0.01, machine=0.05).verdict == (
+        "regression"
+    )
+
+
+def test_machine_noise_is_the_median_spread_over_cells_with_rounds() -> None:
+    metrics = make_metrics()
+    noisy = metrics.model_copy(update={"decode_latency_s": rounds_summary([0.010, 0.011])})
+    quiet = metrics.model_copy(update={"decode_latency_s": rounds_summary([0.010, 0.0101])})
+    run = make_run(
+        [
+            make_cell(variant="a").model_copy(update={"metrics": noisy}),
+            make_cell(variant="b").model_copy(update={"metrics": quiet}),
+            make_cell(variant="c").model_copy(update={"metrics": quiet}),
+        ]
+    )
+    assert compare.machine_noise([run]) == pytest.approx(0.0001 / 0.01005)
+    assert compare.machine_noise([make_run([make_cell()])]) is None

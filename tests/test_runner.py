@@ -200,3 +200,17 @@ def test_the_result_file_is_valid_json_of_the_documented_schema_version(finished
         assert key in metrics
     assert {"samples", "median", "p10", "p90", "ci_low", "ci_high"} <= metrics["decode_latency_s"].keys()
     assert {"predicted", "measured", "budget_bytes"} <= metrics["max_batch"].keys()
+
+
+def test_measurement_rounds_pool_samples_and_keep_one_median_per_process(tmp_path: Path):
+    text = TINY.replace('memory_budget = "{budget}"\n', 'metrics = ["decode"]\nrounds = 2\n')
+    text = text.replace("[1, 2]", "[1]")
+    code, result = run_cli(tmp_path, text)
+    assert code == 0
+    for cell in result.cells:
+        assert cell.rounds_done == 2
+        assert cell.metrics is not None and cell.metrics.decode_latency_s is not None
+        summary = cell.metrics.decode_latency_s
+        assert len(summary.process_medians) == 2
+        assert len(summary.samples) >= 2 * 5  # min_samples from each of the two processes
+        assert min(summary.process_medians) <= summary.median <= max(summary.process_medians)

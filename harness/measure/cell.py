@@ -18,13 +18,12 @@ from harness.hardware import is_cuda
 from harness.measure.bandwidth import load_or_measure_peak
 from harness.measure.flush import CpuCacheFlusher, CudaL2Flusher
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
-from harness.measure.stats import summarize
 from harness.measure.telemetry import NvmlSampler
 from harness.measure.timing import time_cpu, time_cuda
 from harness.model import build_decoder
 from harness.model.attention import resolve_backend
 from harness.model.decoder import Decoder, KVCache
-from harness.results.schema import Summary, Telemetry
+from harness.results.schema import Telemetry
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant
 
@@ -115,23 +114,27 @@ def _energy(step: Callable[[], object], device: str, batch_size: int) -> Telemet
 def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
     """Build one cell's model, measure its memory, then time its decode step and core attention.
 
-    Returns the measured part of CellMetrics (as a dict) plus ``backend_used``.
+    Returns the measured part of CellMetrics (as a dict), ``backend_used``, and under ``samples``
+    the raw latency samples per metric (the parent pools them across rounds and summarises).
+    With ``payload["repeat"]`` (a later measurement round) only the timing is done, with the
+    backend the first round used.
     """
-    device, metrics = payload["device"], set(payload["metrics"])
+    device, metrics, repeat = payload["device"], set(payload["metrics"]), payload.get("repeat", False)
     device_type = "cuda" if is_cuda(device) else "cpu"
     asked = payload["backend"]
     start_backend = resolve_backend(asked, device_type)  # "auto" starts from the default, then tunes
     torch.manual_seed(payload["seed"])
     out: dict[str, Any] = {}
+    samples: dict[str, list[float]] = {}
     with torch.inference_mode():
         decoder, cache, tokens, memory = _build_and_step(payload, start_backend, fill=True)
         out["kv_cache_bytes"] = cache.nbytes
-        if "memory" in metrics:
+        if "memory" in metrics and not repeat:
             out["peak_memory_bytes"] = memory.peak_allocated_bytes
             out["peak_reserved_bytes"] = memory.peak_reserved_bytes
             out["nvml_process_bytes"] = memory.process_bytes if is_cuda(device) else None
         context_len, batch_size = payload["context_len"], payload["batch_size"]
-        if asked == "auto":
+        if asked == "auto" and not repeat:
             from harness.measure.autotune import choose_backend
 
             choice = choose_backend(decoder, cache, context_len)
@@ -146,13 +149,14 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
             return decoder.decode_step(tokens, cache, context_len)
 
         if "decode" in metrics:
-            samples = _time(step, device, timing, cold)
-            out["decode_latency_s"] = _summary(samples["warm"])
-            out["decode_latency_cold_s"] = _summary(samples.get("cold"))
-            out["decode_latency_host_s"] = _summary(samples.get("host"))
-            out["timer"] = samples["timer"]
-            telemetry = _energy(step, device, batch_size)
-            out["telemetry"] = telemetry.model_dump() if telemetry is not None else None
+            timed = _time(step, device, timing, cold)
+            samples["decode_latency_s"] = timed["warm"]
+            samples["decode_latency_cold_s"] = timed.get("cold", [])
+            samples["decode_latency_host_s"] = timed.get("host", [])
+            out["timer"] = timed["timer"]
+            if not repeat:
+                telemetry = _energy(step, device, batch_size)
+                out["telemetry"] = telemetry.model_dump() if telemetry is not None else None
         if "attention" in metrics:
             variant = decoder.variant
             q = torch.randn(batch_size, variant.n_heads, 1, variant.head_dim, device=device, dtype=decoder.dtype)
@@ -160,18 +164,12 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
             def attention() -> object:
                 return decoder.core_attention(q, cache, context_len)
 
-            samples = _time(attention, device, timing, cold)
-            out["attention_latency_s"] = _summary(samples["warm"])
-            out["attention_latency_cold_s"] = _summary(samples.get("cold"))
-            out.setdefault("timer", samples["timer"])
+            timed = _time(attention, device, timing, cold)
+            samples["attention_latency_s"] = timed["warm"]
+            samples["attention_latency_cold_s"] = timed.get("cold", [])
+            out.setdefault("timer", timed["timer"])
+    out["samples"] = {metric: values for metric, values in samples.items() if values}
     return out
-
-
-def _summary(samples: list[float] | None) -> dict[str, Any] | None:
-    if not samples:
-        return None
-    summary: Summary = summarize(samples)
-    return summary.model_dump()
 
 
 def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:

@@ -99,13 +99,17 @@ class CpuMemoryTracker:
                 peak_box[0] = max(peak_box[0], int(process.memory_info().rss))
                 stop.wait(self.interval_s)
 
-        sampler = threading.Thread(target=sample, name="attnbench-rss-sampler", daemon=True)
-        sampler.start()
+        # The kernel's high-water mark is exact; the sampler (which competes with the measured code
+        # for a core every millisecond) is only the fallback where it cannot be reset.
+        sampler = None if hwm_reset else threading.Thread(target=sample, name="attnbench-rss-sampler", daemon=True)
+        if sampler is not None:
+            sampler.start()
         try:
             yield
         finally:
             stop.set()
-            sampler.join()
+            if sampler is not None:
+                sampler.join()
             peak = max(peak_box[0], int(process.memory_info().rss))
             exit_max_rss = max_rss_bytes()
             if exit_max_rss > entry_max_rss:  # the lifetime peak rose, so it happened inside the block

@@ -27,6 +27,9 @@ class Summary(_Model):
     p90: float
     ci_low: float  # 95% confidence interval of the median (distribution-free, order statistics)
     ci_high: float
+    # Median of each worker process's samples, one per measurement round: their spread is the
+    # run-to-run noise that compare requires a change to exceed (one entry: no such estimate).
+    process_medians: list[float] = []
 
 
 class MaxBatch(_Model):
@@ -97,6 +100,7 @@ class CellResult(_Model):
     status: Literal["ok", "oom", "error"]
     error: str | None = None
     elapsed_s: float
+    rounds_done: int = 1  # measurement rounds finished for this cell (see measure.rounds)
     metrics: CellMetrics | None = None
 
     @property

@@ -86,6 +86,9 @@ class MeasureSpec(_Strict):
     min_samples: int = Field(15, ge=5, description="fewest timed samples per metric")
     max_samples: int = Field(200, ge=5, description="most timed samples per metric")
     cold: bool = Field(True, description="also time with caches flushed between samples")
+    rounds: int = Field(
+        1, ge=1, description="passes over all cells, each timing every cell in a new process; their spread is the noise"
+    )
     seed: int = Field(0, description="seed for weights and synthetic cache contents")
 
     @model_validator(mode="after")
