@@ -483,7 +483,7 @@ def test_a_change_inside_the_run_to_run_noise_is_not_a_regression() -> None:
     # each side's rounds disagree by 20%; head is 10% slower, and its samples alone say "significant"
     base = rounds_summary([0.010, 0.012], seed=0)
     head = rounds_summary([0.011, 0.0132], seed=10)
-    change = compare._latency_change("decode_latency_s", base, head, compare.Threshold(0.05, True, "median:5%"), 0.01)
+    change = compare.latency_change("decode_latency_s", base, head, compare.Threshold(0.05, True, "median:5%"), 0.01)
     assert change.p_value is not None and change.p_value < 0.01
     assert change.verdict == "~"
 
@@ -491,7 +491,7 @@ def test_a_change_inside_the_run_to_run_noise_is_not_a_regression() -> None:
 def test_a_change_beyond_the_run_to_run_noise_is_a_regression() -> None:
     base = rounds_summary([0.0100, 0.0101], seed=0)
     head = rounds_summary([0.0110, 0.0111], seed=10)
-    change = compare._latency_change("decode_latency_s", base, head, compare.Threshold(0.05, True, "median:5%"), 0.01)
+    change = compare.latency_change("decode_latency_s", base, head, compare.Threshold(0.05, True, "median:5%"), 0.01)
     assert change.noise == pytest.approx(0.0001 / 0.01005)  # the noisier side, base
     assert change.verdict == "regression"
 
@@ -502,9 +502,9 @@ def test_a_cell_whose_own_rounds_agree_still_needs_to_beat_the_runs_typical_nois
     base = rounds_summary([0.0100, 0.0101], seed=0)
     head = rounds_summary([0.0110, 0.0111], seed=10)
     threshold = compare.Threshold(0.05, True, "median:5%")
-    assert compare._latency_change("decode_latency_s", base, head, threshold, 0.01, machine=0.05).verdict == "~"
+    assert compare.latency_change("decode_latency_s", base, head, threshold, 0.01, machine=0.05).verdict == "~"
     slower = rounds_summary([0.0120, 0.0121], seed=20)
-    assert compare._latency_change("decode_latency_s", base, slower, threshold, 0.01, machine=0.05).verdict == (
+    assert compare.latency_change("decode_latency_s", base, slower, threshold, 0.01, machine=0.05).verdict == (
         "regression"
     )
 

@@ -1,0 +1,176 @@
+"""Comparing one matched cell: significance, thresholds and run-to-run noise, metric by metric."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.compare.thresholds import LATENCY_METRICS, SCALAR_METRICS, Threshold, Verdict, threshold_for
+from harness.errors import UserError
+from harness.measure.stats import mann_whitney_p
+from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    """One metric of one cell at BASE and HEAD, and the verdict."""
+
+    metric: str
+    base: float
+    head: float
+    p_value: float | None  # Mann-Whitney U on the raw samples; None for metrics without samples
+    threshold: Threshold
+    verdict: Verdict
+    noise: float | None = None  # run-to-run noise the change had to exceed (relative); None if unknown
+
+    @property
+    def change(self) -> float | None:
+        """``(head - base) / base``; None when BASE is 0."""
+        return (self.head - self.base) / self.base if self.base else None
+
+
+@dataclass(frozen=True)
+class CellComparison:
+    scenario: str
+    label: str
+    changes: tuple[MetricChange, ...]
+
+
+@dataclass(frozen=True)
+class SkippedCell:
+    """A cell not compared: absent on one side (status None) or not ``ok`` on one side."""
+
+    scenario: str
+    label: str
+    base_status: str | None
+    head_status: str | None
+
+    @property
+    def is_regression(self) -> bool:
+        """It ran at BASE and failed at HEAD."""
+        return self.base_status == "ok" and self.head_status in ("oom", "error")
+
+
+def cell_label(cell: CellResult) -> str:
+    return f"{cell.variant} b{cell.batch_size} ctx{cell.context_len} {cell.dtype} {cell.backend}"
+
+
+def _verdict(worse: bool, significant: bool, exceeded: bool) -> Verdict:
+    if not (significant and exceeded):
+        return "~"
+    return "regression" if worse else "improvement"
+
+
+def run_to_run_noise(*summaries: Summary) -> float | None:
+    """The largest relative spread of process medians, (max - min) / median, over the summaries.
+
+    A cell measured in several rounds (``measure.rounds``) has one median per worker process,
+    taken at different times of its run: how far they disagree is how much identical code moves
+    between runs on this machine, which the samples of one process cannot show (they share its
+    memory placement and the machine's state of the moment). None when no side has two rounds.
+    """
+    spreads = [
+        (max(s.process_medians) - min(s.process_medians)) / statistics.median(s.process_medians)
+        for s in summaries
+        if len(s.process_medians) >= 2
+    ]
+    return max(spreads) if spreads else None
+
+
+# A single cell's two or three rounds say little about the spread; the run's typical spread across
+# all its cells says more. A latency change must exceed this many times the typical spread too
+# (measured here on a shared 2-core VM: typical spread 4.9%, identical runs differing by up to 18%).
+MACHINE_NOISE_FACTOR = 3.0
+
+
+def machine_noise(results: Sequence[RunResult]) -> float | None:
+    """Median over every latency summary with several rounds of its relative process-median spread."""
+    spreads = [
+        noise
+        for result in results
+        for cell in result.cells
+        if cell.metrics is not None
+        for metric in LATENCY_METRICS
+        if (summary := getattr(cell.metrics, metric)) is not None and (noise := run_to_run_noise(summary)) is not None
+    ]
+    return statistics.median(spreads) if spreads else None
+
+
+def _noise_floor(cell_noise: float | None, machine: float | None) -> float | None:
+    if machine is None:
+        return cell_noise
+    return max(cell_noise or 0.0, MACHINE_NOISE_FACTOR * machine)
+
+
+def _beyond_noise(base: float, head: float, noise: float | None) -> bool:
+    return noise is None or base == 0 or abs(head - base) / abs(base) > noise
+
+
+def latency_change(
+    metric: str, base: Summary, head: Summary, threshold: Threshold, alpha: float, machine: float | None = None
+) -> MetricChange:
+    p = mann_whitney_p(base.samples, head.samples)
+    noise = _noise_floor(run_to_run_noise(base, head), machine)
+    exceeded = threshold.exceeded_by(base.median, head.median) and _beyond_noise(base.median, head.median, noise)
+    verdict = _verdict(head.median > base.median, p < alpha, exceeded)
+    return MetricChange(metric, base.median, head.median, p, threshold, verdict, noise)
+
+
+def _bandwidth_basis(metrics: CellMetrics) -> Summary | None:
+    """The latency that bandwidth_gbps was divided by (see harness.runner.apply_bandwidths)."""
+    return metrics.decode_latency_cold_s or metrics.decode_latency_s
+
+
+def _scalar(metrics: CellMetrics, metric: str) -> float | None:
+    if metric == "max_batch":
+        return None if metrics.max_batch is None else metrics.max_batch.measured
+    value = getattr(metrics, metric)
+    return None if value is None else float(value)
+
+
+def compare_cell(
+    scenario: str,
+    base: CellResult,
+    head: CellResult,
+    thresholds: dict[str, Threshold],
+    alpha: float,
+    machine: float | None = None,
+) -> CellComparison:
+    """Every metric both sides carry for one matched cell (both ``ok``); ``machine``: see machine_noise."""
+    assert base.metrics is not None and head.metrics is not None
+    changes: list[MetricChange] = []
+    for metric in LATENCY_METRICS:
+        base_summary, head_summary = getattr(base.metrics, metric), getattr(head.metrics, metric)
+        if base_summary is not None and head_summary is not None:
+            changes.append(
+                latency_change(metric, base_summary, head_summary, threshold_for(metric, thresholds), alpha, machine)
+            )
+    for metric, larger_is_worse in SCALAR_METRICS.items():
+        base_value, head_value = _scalar(base.metrics, metric), _scalar(head.metrics, metric)
+        if base_value is None or head_value is None:
+            continue
+        threshold = thresholds[metric]
+        worse = head_value > base_value if larger_is_worse else head_value < base_value
+        exceeded = threshold.exceeded_by(base_value, head_value)
+        noise = None
+        if metric == "bandwidth_gbps":  # derived from a latency median: as noisy as that latency
+            basis = [_bandwidth_basis(m) for m in (base.metrics, head.metrics)]
+            noise = _noise_floor(run_to_run_noise(*(b for b in basis if b is not None)), machine)
+            exceeded = exceeded and _beyond_noise(base_value, head_value, noise)
+        verdict = _verdict(worse, True, exceeded)
+        changes.append(MetricChange(metric, base_value, head_value, None, threshold, verdict, noise))
+    return CellComparison(scenario, cell_label(base), tuple(changes))
+
+
+def index_cells(results: Sequence[RunResult], side: str) -> dict[tuple[object, ...], tuple[str, CellResult]]:
+    cells: dict[tuple[object, ...], tuple[str, CellResult]] = {}
+    for result in results:
+        for cell in result.cells:
+            key = (result.scenario.name, *cell.key)
+            if key in cells:
+                raise UserError(
+                    f"cell {cell_label(cell)} appears twice in scenario {result.scenario.name!r}", source=side
+                )
+            cells[key] = (result.scenario.name, cell)
+    return cells

@@ -1,0 +1,89 @@
+"""The whole comparison: match the cells of both sides, compare each pair, list the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.compare.cells import (
+    MACHINE_NOISE_FACTOR,
+    CellComparison,
+    SkippedCell,
+    index_cells,
+    cell_label,
+    compare_cell,
+    machine_noise,
+)
+from harness.compare.sides import Side
+from harness.compare.thresholds import DEFAULT_ALPHA, Threshold, Verdict, parse_thresholds
+from harness.errors import UserError
+
+
+@dataclass(frozen=True)
+class Comparison:
+    base: Side
+    head: Side
+    thresholds: dict[str, Threshold]
+    alpha: float
+    cells: tuple[CellComparison, ...]
+    skipped: tuple[SkippedCell, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def count(self, verdict: Verdict) -> int:
+        return sum(c.verdict == verdict for cell in self.cells for c in cell.changes)
+
+    @property
+    def regressions(self) -> int:
+        return self.count("regression") + sum(s.is_regression for s in self.skipped)
+
+    @property
+    def exit_code(self) -> int:
+        """1 when anything regressed, else 0."""
+        return 1 if self.regressions else 0
+
+
+def compare_sides(
+    base: Side,
+    head: Side,
+    thresholds: dict[str, Threshold] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    allow_cross_target: bool = False,
+) -> Comparison:
+    """Match cells of both sides and compare each matched pair; refuse different targets unless allowed."""
+    if not 0 < alpha < 1:
+        raise UserError(f"must lie between 0 and 1, got {alpha}", source="--alpha")
+    notes: list[str] = []
+    if base.target != head.target:
+        if not allow_cross_target:
+            raise UserError(
+                f"results come from different hardware targets (base: {base.target}, head: {head.target}); "
+                "timings and memory are only comparable on one target. Pass --allow-cross-target to compare anyway"
+            )
+        notes.append(
+            f"targets differ ({base.target} vs {head.target}); compared because --allow-cross-target was given"
+        )
+    thresholds = thresholds if thresholds is not None else parse_thresholds()
+    machine = machine_noise([*base.results, *head.results])
+    if machine is not None:
+        notes.append(
+            f"run-to-run noise: process medians of one cell spread {machine:.1%} (median over cells); "
+            f"a latency change must also exceed {MACHINE_NOISE_FACTOR:g}x that, or its own cell's spread if larger"
+        )
+    base_cells, head_cells = index_cells(base.results, base.spec), index_cells(head.results, head.spec)
+    compared: list[CellComparison] = []
+    skipped: list[SkippedCell] = []
+    for key in [*base_cells, *(k for k in head_cells if k not in base_cells)]:
+        scenario, some_cell = base_cells.get(key) or head_cells[key]
+        base_cell = base_cells.get(key, (scenario, None))[1]
+        head_cell = head_cells.get(key, (scenario, None))[1]
+        if base_cell is not None and head_cell is not None and base_cell.status == head_cell.status == "ok":
+            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine))
+        else:
+            skipped.append(
+                SkippedCell(
+                    scenario,
+                    cell_label(some_cell),
+                    None if base_cell is None else base_cell.status,
+                    None if head_cell is None else head_cell.status,
+                )
+            )
+    return Comparison(base, head, thresholds, alpha, tuple(compared), tuple(skipped), tuple(notes))
