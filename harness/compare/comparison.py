@@ -8,9 +8,9 @@ from harness.compare.cells import (
     MACHINE_NOISE_FACTOR,
     CellComparison,
     SkippedCell,
-    index_cells,
     cell_label,
     compare_cell,
+    index_cells,
     machine_noise,
 )
 from harness.compare.sides import Side
