@@ -221,3 +221,16 @@ def test_schema_prints_the_json_schema_of_the_format(capsys: pytest.CaptureFixtu
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["required"]) >= {"name", "model", "variant", "sweep"}
     assert schema["$defs"]["VariantSpec"]["additionalProperties"] is False
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    script = "import sys; sys.stdin.close()"
+    plan = subprocess.Popen(
+        [sys.executable, "-m", "harness", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    reader = subprocess.run([sys.executable, "-c", script], stdin=plan.stdout, check=False)
+    assert plan.stdout is not None
+    plan.stdout.close()
+    _, err = plan.communicate()
+    assert reader.returncode == 0
+    assert "Traceback" not in err
