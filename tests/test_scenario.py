@@ -225,8 +225,12 @@ def test_schema_prints_the_json_schema_of_the_format(capsys: pytest.CaptureFixtu
 
 def test_a_closed_pipe_ends_the_command_quietly():
     script = "import sys; sys.stdin.close()"
+    big = str(SCENARIOS[0].parent / "cla-1b.toml")  # the reader has exited long before this is printed
     plan = subprocess.Popen(
-        [sys.executable, "-m", "harness", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "harness", "plan", "--json", big],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     reader = subprocess.run([sys.executable, "-c", script], stdin=plan.stdout, check=False)
     assert plan.stdout is not None
