@@ -522,3 +522,12 @@ def test_machine_noise_is_the_median_spread_over_cells_with_rounds() -> None:
     )
     assert compare.machine_noise([run]) == pytest.approx(0.0001 / 0.01005)
     assert compare.machine_noise([make_run([make_cell()])]) is None
+
+
+def test_a_ten_percent_slowdown_is_caught_with_quick_sample_counts_on_a_quiet_machine() -> None:
+    # 2 rounds of 5 samples per side (the default scenario's counts), rounds 1% apart, run-wide 1%
+    base = rounds_summary([0.0100, 0.0101], n=5, seed=0)
+    head = rounds_summary([0.0110, 0.0111], n=5, seed=10)
+    threshold = compare.Threshold(0.05, True, "median:5%")
+    change = compare.latency_change("decode_latency_s", base, head, threshold, 0.01, machine=0.01)
+    assert change.verdict == "regression"
