@@ -75,6 +75,22 @@ def _markers(palette: dict[str, Any]) -> dict[str, str]:
     return {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(palette)}
 
 
+def _series_lines(ax: Axes, panel: pd.DataFrame, x: str, y: str, palette: dict[str, Any]) -> None:
+    """One line per variant series, in its colour and marker; the figure carries one shared legend."""
+    sns.lineplot(
+        panel,
+        x=x,
+        y=y,
+        hue="series",
+        palette=palette,
+        style="series",
+        markers=_markers(palette),
+        dashes=False,
+        legend=False,
+        ax=ax,
+    )
+
+
 def _figure(n_rows: int, n_cols: int, sharey: bool = False) -> tuple[Figure, list[list[Axes]]]:
     size = SINGLE_SIZE if n_rows == n_cols == 1 else (FACET_SIZE[0] * n_cols + 1.8, FACET_SIZE[1] * n_rows + 0.6)
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
@@ -118,18 +134,7 @@ def latency_vs_context(result: RunResult, palette: dict[str, Any]) -> bytes | No
     fig, grid = _figure(1, len(batches))
     for ax, batch in zip(grid[0], batches, strict=True):
         panel = frame[frame["batch_size"] == batch].sort_values("context_len")
-        sns.lineplot(
-            panel,
-            x="context_len",
-            y="decode_ms",
-            hue="series",
-            palette=palette,
-            style="series",
-            markers=_markers(palette),
-            dashes=False,
-            legend=False,
-            ax=ax,
-        )
+        _series_lines(ax, panel, "context_len", "decode_ms", palette)
         for name, group in panel.groupby("series", sort=False):
             ax.fill_between(
                 group["context_len"],
@@ -165,18 +170,7 @@ def bandwidth_fraction(result: RunResult, palette: dict[str, Any]) -> bytes | No
     for row, (col, title) in zip(grid, metrics, strict=True):
         for ax, batch in zip(row, batches, strict=True):
             panel = frame[(frame["batch_size"] == batch) & frame[col].notna()].sort_values("context_len")
-            sns.lineplot(
-                panel,
-                x="context_len",
-                y=col,
-                hue="series",
-                palette=palette,
-                style="series",
-                markers=_markers(palette),
-                dashes=False,
-                legend=False,
-                ax=ax,
-            )
+            _series_lines(ax, panel, "context_len", col, palette)
             _context_axis(ax, contexts)
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0%}"))
             ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
@@ -205,18 +199,7 @@ def memory_vs_batch(result: RunResult, palette: dict[str, Any]) -> bytes | None:
     for row, (col, label) in zip(grid, metrics, strict=True):
         for ax, context in zip(row, contexts, strict=True):
             panel = frame[(frame["context_len"] == context) & frame[col].notna()].sort_values("batch_size")
-            sns.lineplot(
-                panel,
-                x="batch_size",
-                y=col,
-                hue="series",
-                palette=palette,
-                style="series",
-                markers=_markers(palette),
-                dashes=False,
-                legend=False,
-                ax=ax,
-            )
+            _series_lines(ax, panel, "batch_size", col, palette)
             ax.set_xticks(batches)
             ax.set_xlabel("batch size (sequences)")
             ax.set_ylabel(label)
