@@ -113,7 +113,13 @@ def test_resolve_backend_maps_auto_to_grouped_on_cpu_and_sdpa_on_cuda_and_refuse
 
 
 # (batch_size, n_heads, n_kv_heads): few rows (cut into parts, one row at a time in float32) and many rows
-KERNEL_SHAPES = {"mqa-b1": (1, 4, 1), "gqa-b2": (2, 4, 2), "mha-b3": (3, 6, 6)}
+KERNEL_SHAPES = {
+    "mqa-b1": (1, 4, 1),
+    "gqa-b2": (2, 4, 2),
+    "gqa-b4": (4, 4, 2),  # grouped heads, as many rows as rows_per_call: still cut into parts
+    "gqa-b5": (5, 4, 2),  # grouped heads, more rows than rows_per_call: one matmul per pass
+    "mha-b3": (3, 6, 6),
+}
 
 
 @pytest.mark.parametrize("n_valid", (1, 7, 8, 9, 40))

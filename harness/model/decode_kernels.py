@@ -55,8 +55,9 @@ def split_kv_decode(
     every position is attended). Returns [B, n_heads, 1, head_dim] in q's dtype.
 
     A float32 cache with at least ``rows_per_call`` (sequence, KV head) rows (default: the number of
-    threads) is one matmul per pass with a row per batch entry; with fewer, each row is cut into parts
-    of ``part_len`` positions so that every thread has work. A slice of at most ``direct_bytes`` (K in
+    threads; more than that when several query heads share a KV head) is one matmul per pass with a
+    row per batch entry; with fewer, each row is cut into parts of ``part_len`` positions so that every
+    thread has work. A slice of at most ``direct_bytes`` (K in
     float32) is one matmul per pass.
     """
     batch_size, n_heads, n_new, head_dim = q.shape
@@ -74,7 +75,7 @@ def split_kv_decode(
     elif k.dtype != torch.float32:
         chunk_len = max(part_len, upcast_chunk_bytes // (4 * rows * head_dim) // part_len * part_len)
         out = _two_pass(q_rows, k_rows, v_rows, _segments(n_valid, chunk_len, part_len), upcast=True)
-    elif rows >= (rows_per_call if rows_per_call is not None else torch.get_num_threads()):
+    elif _one_call(rows, group, rows_per_call if rows_per_call is not None else torch.get_num_threads()):
         out = _two_pass(q_rows, k_rows, v_rows, [(0, n_valid, 1)], upcast=False)
     else:
         # A float32 slice is cut into parts without a copy only where its positions are contiguous:
@@ -87,6 +88,17 @@ def split_kv_decode(
             ]
         )  # [rows, group, head_dim]
     return out.view(batch_size, n_heads, 1, head_dim).to(q.dtype)  # [B, n_heads, 1, head_dim]
+
+
+def _one_call(rows: int, group: int, rows_per_call: int) -> bool:
+    """Whether a float32 slice of ``rows`` rows is one matmul per pass, a row per batch entry.
+
+    With a single query head per KV head (group 1), as soon as every thread has a row. With several,
+    only once there are more rows than threads: with exactly one row per thread, each thread's
+    weights-times-values matmul has ``group`` rows against the whole row's positions, a shape that BLAS
+    runs at a fraction of the bandwidth that the same work cut into parts reaches.
+    """
+    return rows >= rows_per_call if group == 1 else rows > rows_per_call
 
 
 def _direct(q_rows: Tensor, k_rows: Tensor, v_rows: Tensor) -> Tensor:
