@@ -236,7 +236,6 @@ class Runner:
         model = self.loaded.scenario.model
         v, dtype, batch, context = cell.variant, cell.dtype, cell.batch_size, cell.context_len
         outcome = self.workers.call(cell_worker.measure_cell, self._payload(cell))
-        expected = accounting.kv_cache_bytes(v, dtype, batch, context)
         metrics = None
         if outcome.status == "ok" and outcome.value is not None:
             measured = dict(outcome.value)
@@ -245,13 +244,8 @@ class Runner:
             metrics = derive_metrics(self.loaded, cell, measured, peak_gbps)
             if "max_batch" in self.loaded.scenario.measure.selected_metrics:
                 metrics.max_batch = self._max_batch_for(cell)
-        elif outcome.status == "oom":
-            metrics = CellMetrics(
-                bytes_per_step=accounting.bytes_per_step(model, v, dtype, batch, context),
-                attention_bytes_per_step=accounting.attention_bytes_per_step(v, dtype, batch, context),
-                flops_per_step=accounting.flops_per_step(model, v, batch, context),
-                kv_cache_bytes_expected=expected,
-            )
+        elif outcome.status == "oom":  # the accounting still says what the cell would have needed
+            metrics = derive_metrics(self.loaded, cell, {}, peak_gbps)
         return CellResult(
             variant=v.name,
             batch_size=batch,
@@ -374,7 +368,9 @@ def apply_bandwidths(metrics: CellMetrics, batch_size: int, peak_gbps: float | N
     """
     decode = metrics.decode_latency_cold_s or metrics.decode_latency_s
     attention = metrics.attention_latency_cold_s or metrics.attention_latency_s
-    metrics.bandwidth_basis = "cold" if metrics.decode_latency_cold_s or metrics.attention_latency_cold_s else "warm"
+    if decode is not None or attention is not None:
+        cold = metrics.decode_latency_cold_s or metrics.attention_latency_cold_s
+        metrics.bandwidth_basis = "cold" if cold else "warm"
     if decode is not None:
         metrics.bandwidth_gbps = metrics.bytes_per_step / decode.median / 1e9
         metrics.tokens_per_s = batch_size / decode.median
