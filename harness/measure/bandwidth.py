@@ -165,10 +165,11 @@ def measure_peak_cuda(
     dev = torch.device(device)
     free_bytes, _ = torch.cuda.mem_get_info(dev)
     n = min(buffer_bytes, int(free_bytes * 0.4)) // 4  # float32 elements; two buffers, with headroom
+    n = n // READ_PROBE_ROW * READ_PROBE_ROW  # whole rows for the matrix-vector probe
     with torch.cuda.device(dev):
         read_s, copy_s = _cuda_probe_seconds(dev, n, repeats)
     torch.cuda.empty_cache()  # the probe's buffers are gone; hand their memory back
-    nbytes = n // READ_PROBE_ROW * READ_PROBE_ROW * 4
+    nbytes = n * 4
     return PeakBandwidth(
         read_gbps=nbytes / read_s / 1e9,
         copy_gbps=2 * nbytes / copy_s / 1e9,
@@ -182,8 +183,7 @@ def measure_peak_cuda(
 
 
 def _cuda_probe_seconds(dev: torch.device, n: int, repeats: int) -> tuple[float, float]:
-    """Best read (sum) and copy seconds over two float32 buffers of ``n`` elements on ``dev``."""
-    n = n // READ_PROBE_ROW * READ_PROBE_ROW
+    """Best read (sum or mv) and copy seconds over two float32 buffers of ``n`` elements (whole rows) on ``dev``."""
     src = torch.ones(n, dtype=torch.float32, device=dev)
     dst = torch.empty_like(src)
     read_s = min(_best_event_seconds(probe, repeats) for probe in _read_probes(src).values())
