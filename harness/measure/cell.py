@@ -88,7 +88,7 @@ def _time(fn: Callable[[], object], device: str, timing: dict[str, Any], cold: b
         out: dict[str, Any] = {"warm": warm.device_s, "host": warm.host_s}
         out["timer"] = "cuda-graph+events" if warm.graph_used else f"cuda-events ({warm.graph_error})"
         if cold:
-            out["cold"] = time_cuda(fn, flush=CudaL2Flusher(device), **timing).device_s
+            out["cold"] = time_cuda(fn, flush=CudaL2Flusher(device), host=False, **timing).device_s
         return out
     out = {"warm": time_cpu(fn, **timing), "timer": "perf_counter"}
     if cold:

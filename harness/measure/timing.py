@@ -156,7 +156,7 @@ class CudaTimings:
     """Raw CUDA timing samples of one step, in seconds."""
 
     device_s: list[float]  # CUDA-event time per step (graph replay when graph_used)
-    host_s: list[float]  # perf_counter around one eager call plus torch.cuda.synchronize
+    host_s: list[float]  # perf_counter around one eager call plus torch.cuda.synchronize; empty with host=False
     graph_used: bool
     graph_error: str | None = None  # why capture failed, when a graph was asked for and not used
     inner_reps: int = 1  # steps between one event pair (1 when flushing)
@@ -171,11 +171,13 @@ def time_cuda(
     max_samples: int,
     flush: Callable[[], None] | None = None,
     graph: bool = True,
+    host: bool = True,
 ) -> CudaTimings:
     """Device time (CUDA events, graph replay when possible) and host-inclusive time of ``fn``.
 
     ``fn`` runs on the current stream and must be capturable for ``graph=True`` (static inputs);
     when capture fails the device time is taken from eager calls and ``graph_error`` says why.
+    ``host=False`` skips the host-inclusive samples where a caller has no use for them.
     """
     import torch
 
@@ -188,7 +190,7 @@ def time_cuda(
             step = captured.replay
         inner = 1 if flush is not None else _cuda_inner_reps(step)
         device_s = _device_samples(step, inner, flush, min_time_s, min_samples, max_samples)
-        host_s = _host_samples(fn, flush, min_time_s, min_samples, max_samples)
+        host_s = _host_samples(fn, flush, min_time_s, min_samples, max_samples) if host else []
     return CudaTimings(
         device_s=device_s,
         host_s=host_s,
