@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="compare two sets of results; exit 1 on a regression",
         description=(
             "Compare HEAD against BASE cell by cell. A latency change counts only when Mann-Whitney U on the "
-            "raw samples is significant and the median moved more than its threshold; memory, KV-cache bytes, "
+            "raw samples is significant, the median moved more than its threshold, and (for results measured "
+            "in several rounds) more than the run-to-run noise; memory, KV-cache bytes, "
             "measured max batch and bandwidth are gated on their threshold. A git revision side reads the "
             "results committed under results/<target>/ for the other side's target. "
             "Exit codes: 0 no regression, 1 regression, 2 bad input."
