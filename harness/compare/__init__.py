@@ -2,8 +2,10 @@
 
 A latency change counts only when it is both significant on the raw samples (two-sided
 Mann-Whitney U below ``alpha``, as asv does) and larger than its threshold (as pytest-benchmark's
-``--benchmark-compare-fail`` expresses it); otherwise it is shown as ``~``. Memory, KV-cache bytes,
-measured max batch and bandwidth carry no samples and are gated on their threshold alone.
+``--benchmark-compare-fail`` expresses it), and, for results measured in several rounds, larger
+than the run-to-run noise (see cells.run_to_run_noise); otherwise it is shown as ``~``. Memory,
+KV-cache bytes and measured max batch carry no samples and are gated on their threshold alone;
+bandwidth, derived from a latency median, also has to beat that latency's noise.
 
 Thresholds are strings ``METRIC:VALUE``: ``VALUE`` ending in ``%`` is relative to BASE, a plain
 number is absolute in the metric's unit (``max_batch:0`` flags any drop, ``kv_cache_bytes:0`` any
