@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from harness.model.attention import BACKENDS, attend, available_backends, resolve_backend
+from harness.model import native
+from harness.model.attention import attend, available_backends, resolve_backend
 from harness.model.decode_kernels import split_kv_decode
 
 CPU_BACKENDS = available_backends("cpu")
@@ -94,22 +95,33 @@ def test_flex_backend_on_cpu_raises_an_error_saying_it_needs_cuda() -> None:
 
 def test_unknown_backend_is_rejected_with_the_known_ones_named() -> None:
     q, k, v = make_qkv(4, 2, 1, torch.float32)
-    with pytest.raises(ValueError, match="eager, sdpa, grouped, flex"):
+    with pytest.raises(ValueError, match="eager, sdpa, grouped, native, flex"):
         attend(q, k, v, start_pos=3, backend="fused")
 
 
-def test_available_backends_leave_out_flex_on_cpu_only() -> None:
-    assert "flex" not in available_backends("cpu")
-    assert set(available_backends("cpu")) == {"eager", "sdpa", "grouped"}
-    assert available_backends("cuda") == BACKENDS
+def test_available_backends_leave_out_flex_on_cpu_and_native_on_cuda() -> None:
+    assert set(available_backends("cpu")) == {"eager", "sdpa", "grouped", "native"}
+    assert set(available_backends("cuda")) == {"eager", "sdpa", "grouped", "flex"}
 
 
-def test_resolve_backend_maps_auto_to_grouped_on_cpu_and_sdpa_on_cuda_and_refuses_flex_on_cpu() -> None:
-    assert resolve_backend("auto", "cpu") == "grouped"
+def test_resolve_backend_maps_auto_to_native_on_cpu_and_sdpa_on_cuda_and_refuses_the_wrong_device() -> None:
+    assert resolve_backend("auto", "cpu") == "native"
     assert resolve_backend("auto", "cuda") == "sdpa"
     assert resolve_backend("grouped", "cpu") == "grouped"
-    with pytest.raises(ValueError, match="needs CUDA"):
+    with pytest.raises(ValueError, match="'flex' needs CUDA"):
         resolve_backend("flex", "cpu")
+    with pytest.raises(ValueError, match="'native' runs on CPU only"):
+        resolve_backend("native", "cuda")
+
+
+def test_without_a_compiler_native_is_left_out_and_auto_falls_back_to_grouped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    assert "native" not in available_backends("cpu")
+    assert resolve_backend("auto", "cpu") == "grouped"
+    with pytest.raises(ValueError, match="'native' cannot be built here"):
+        resolve_backend("native", "cpu")
+    with pytest.raises(native.NativeUnavailable, match="no C\\+\\+ compiler"):
+        native.load.__wrapped__()
 
 
 # (batch_size, n_heads, n_kv_heads): few rows (cut into parts, one row at a time in float32) and many rows
@@ -170,3 +182,71 @@ def test_every_backend_agrees_with_eager_on_cuda(backend: str, heads: str, step:
     # TF32 matmuls on CUDA make float32 looser than on CPU
     tol = max(TOLERANCE[dtype], 1e-3)
     torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+
+
+# (batch_size, n_heads, n_kv_heads): every register tile of query heads (4, 2, 1) and their mixes
+NATIVE_SHAPES = {
+    "mha": (2, 3, 3),
+    "gqa2": (1, 4, 2),
+    "gqa3": (2, 6, 2),  # a tile of 2 and one of 1 per KV head
+    "mqa4": (1, 4, 1),
+    "mqa7": (1, 7, 1),  # tiles of 4, 2 and 1
+    "mqa8": (3, 8, 1),  # two tiles of 4
+}
+
+
+@pytest.mark.parametrize("n_splits", (0, 1, 3))
+@pytest.mark.parametrize("n_valid", (1, 31, 32, 33, 100, 300))
+@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("shape", NATIVE_SHAPES)
+def test_native_kernel_agrees_with_a_float64_reference_across_blocks_splits_and_tiles(
+    shape: str, dtype: torch.dtype, n_valid: int, n_splits: int
+) -> None:
+    batch_size, n_heads, n_kv_heads = NATIVE_SHAPES[shape]
+    generator = torch.Generator().manual_seed(2)
+    head_dim = 48  # three 16-element steps: the value tiles of 64 elements have a tail
+    q = torch.randn(batch_size, n_heads, 1, head_dim, generator=generator).to(dtype)
+    # a slice of a longer cache: batch and head strides are not those of a contiguous [.., n_valid, ..]
+    k = torch.randn(batch_size, n_kv_heads, 320, head_dim, generator=generator).to(dtype)[:, :, :n_valid]
+    v = torch.randn(batch_size, n_kv_heads, 320, head_dim, generator=generator).to(dtype)[:, :, :n_valid]
+    out = native.decode_attention(q, k, v, n_splits)
+    assert out.dtype == dtype and out.shape == q.shape
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(out.double(), loop_reference(q, k, v, n_valid - 1), atol=tolerance, rtol=tolerance)
+
+
+def test_native_kernel_rescales_when_a_later_block_holds_the_largest_score() -> None:
+    # Scores rise block after block by more than float32's exp range: every new block has a new running
+    # max, and a split that never rescaled its earlier sums would be off by orders of magnitude.
+    generator = torch.Generator().manual_seed(3)
+    n_valid, head_dim = 200, 16
+    q = torch.ones(1, 2, 1, head_dim)
+    k = torch.linspace(0, 120, n_valid)[None, None, :, None].expand(1, 1, n_valid, head_dim).contiguous()
+    v = torch.randn(1, 1, n_valid, head_dim, generator=generator)
+    for n_splits in (1, 2, 7):
+        out = native.decode_attention(q, k, v, n_splits)
+        torch.testing.assert_close(out.double(), loop_reference(q, k, v, n_valid - 1), atol=1e-5, rtol=1e-5)
+
+
+def test_native_kernel_refuses_what_it_does_not_take_with_the_reason() -> None:
+    q, k, v = make_qkv(4, 2, 1, torch.float32)
+    with pytest.raises(ValueError, match="head_dim a multiple of 16, got 8"):
+        native.decode_attention(q[..., :8], k[..., :8], v[..., :8])
+    with pytest.raises(ValueError, match="one new query per sequence, got 2"):
+        native.decode_attention(torch.cat([q, q], dim=2), k, v)
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        native.decode_attention(q.double(), k.double(), v.double())
+
+
+@pytest.mark.parametrize("n_new, head_dim", ((5, 16), (1, 8)), ids=("prefill", "head_dim-8"))
+def test_native_backend_runs_steps_the_kernel_does_not_take_through_grouped(
+    n_new: int, head_dim: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_kernel(*args: object) -> None:
+        raise AssertionError("the kernel was called")
+
+    monkeypatch.setattr(native, "decode_attention", no_kernel)
+    q, k, v = make_qkv(4, 2, n_new, torch.float32)
+    q, k, v = q[..., :head_dim], k[..., :head_dim], v[..., :head_dim]
+    out = attend(q, k, v, start_pos=CACHE_LEN - n_new, backend="native")
+    torch.testing.assert_close(out.double(), loop_reference(q, k, v, CACHE_LEN - n_new), atol=1e-5, rtol=1e-5)

@@ -41,9 +41,9 @@ def fake_timer(latencies_s: dict[str, float], decoder: Decoder) -> Callable[[Cal
 
 
 def test_choose_backend_picks_the_fastest_agreeing_backend(decoder: Decoder, cache: KVCache) -> None:
-    timer = fake_timer({"eager": 3.0, "sdpa": 2.0, "grouped": 1.0}, decoder)
-    choice = choose_backend(decoder, cache, POS, timer=timer)
-    assert choice == AutoChoice(backend="grouped", latencies_s={"eager": 3.0, "sdpa": 2.0, "grouped": 1.0}, rejected={})
+    latencies = {"eager": 3.0, "sdpa": 2.0, "grouped": 1.0, "native": 1.5}
+    choice = choose_backend(decoder, cache, POS, timer=fake_timer(latencies, decoder))
+    assert choice == AutoChoice(backend="grouped", latencies_s=latencies, rejected={})
 
 
 def test_choose_backend_rejects_a_backend_that_disagrees_with_eager(
@@ -55,7 +55,7 @@ def test_choose_backend_rejects_a_backend_that_disagrees_with_eager(
         return real_grouped(*args) + 0.1  # type: ignore[arg-type]
 
     monkeypatch.setattr(attention_module, "_grouped", wrong_grouped)
-    timer = fake_timer({"eager": 3.0, "sdpa": 2.0, "grouped": 1.0}, decoder)
+    timer = fake_timer({"eager": 3.0, "sdpa": 2.0, "grouped": 1.0, "native": 2.5}, decoder)
     choice = choose_backend(decoder, cache, POS, timer=timer)
     assert choice.backend == "sdpa"
     assert "grouped" not in choice.latencies_s
@@ -69,7 +69,7 @@ def test_choose_backend_rejects_a_backend_that_raises(
         raise RuntimeError("no kernel for this shape")
 
     monkeypatch.setattr(attention_module, "_sdpa", broken_sdpa)
-    timer = fake_timer({"eager": 3.0, "sdpa": 0.5, "grouped": 1.0}, decoder)
+    timer = fake_timer({"eager": 3.0, "sdpa": 0.5, "grouped": 1.0, "native": 1.2}, decoder)
     choice = choose_backend(decoder, cache, POS, timer=timer)
     assert choice.backend == "grouped"
     assert choice.rejected == {"sdpa": "RuntimeError: no kernel for this shape"}
@@ -83,7 +83,7 @@ def test_choose_backend_never_picks_a_backend_unavailable_on_the_device(decoder:
 
 
 def test_choose_backend_restores_the_decoder_backend(decoder: Decoder, cache: KVCache) -> None:
-    timer = fake_timer({"eager": 3.0, "sdpa": 2.0, "grouped": 1.0}, decoder)
+    timer = fake_timer({"eager": 3.0, "sdpa": 2.0, "grouped": 1.0, "native": 1.0}, decoder)
     choose_backend(decoder, cache, POS, timer=timer)
     assert decoder.backend == "sdpa"
 
@@ -97,6 +97,6 @@ def test_choose_backend_with_the_real_timer_returns_a_positive_median_per_backen
     decoder: Decoder, cache: KVCache
 ) -> None:
     choice = choose_backend(decoder, cache, POS, time_budget_s=0.06)
-    assert set(choice.latencies_s) == {"eager", "sdpa", "grouped"}
+    assert set(choice.latencies_s) == {"eager", "sdpa", "grouped", "native"}
     assert all(latency > 0 for latency in choice.latencies_s.values())
     assert choice.backend in choice.latencies_s

@@ -21,7 +21,7 @@ from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPe
 from harness.measure.telemetry import NvmlSampler
 from harness.measure.timing import time_cpu, time_cuda
 from harness.model import build_decoder
-from harness.model.attention import resolve_backend
+from harness.model.attention import prepare_backend, resolve_backend
 from harness.model.decoder import Decoder, KVCache
 from harness.results.schema import Telemetry
 from harness.scenario.schema import ModelSpec
@@ -66,6 +66,7 @@ def _build_and_step(
     model = ModelSpec(**payload["model"])
     variant = _variant(payload)
     batch_size, context_len = payload["batch_size"], payload["context_len"]
+    prepare_backend(backend)  # a kernel build or library load is not the cell's memory
     tracker = _tracker(device)
     with tracker.track():
         decoder = build_decoder(

@@ -10,6 +10,10 @@ for ``T`` new query positions ``start_pos .. start_pos + T - 1`` against the fir
 - ``grouped``: no copy of K/V: the queries sharing a KV head are stacked and multiplied against it.
   On CPU a decode step runs the split-KV kernel of :mod:`harness.model.decode_kernels`, which reads
   the cache once, in streaming order, close to the memory-bandwidth limit.
+- ``native``: attnbench's compiled CPU kernel (:mod:`harness.model.native`): one pass over the cache
+  per decode step, split-KV across threads, online softmax, every cache element widened to float32
+  in registers and used by all the query heads of its group. Built on first use with the system C++
+  compiler; CPU only. Steps it does not take (prefill, head_dim not a multiple of 16) run ``grouped``.
 - ``flex``: ``torch.nn.attention.flex_attention``, compiled; CUDA only. With one query per sequence
   it runs FlexAttention's split-KV decoding kernel (flash-decoding).
 
@@ -26,39 +30,66 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness.model import native
 from harness.model.decode_kernels import split_kv_decode
 
-BACKENDS: tuple[str, ...] = ("eager", "sdpa", "grouped", "flex")
-# Backends that need a CUDA device.
+BACKENDS: tuple[str, ...] = ("eager", "sdpa", "grouped", "native", "flex")
+# Backends that need a CUDA device, and ones that run on CPU only.
 CUDA_ONLY_BACKENDS: tuple[str, ...] = ("flex",)
+CPU_ONLY_BACKENDS: tuple[str, ...] = ("native",)
 # What a scenario's backend "auto" resolves to without measuring, per device type: the backend that
 # measured fastest there (benchmarks/attention_bandwidth.py). harness.measure.autotune.choose_backend
 # picks by measuring the actual shape instead.
-AUTO_BACKENDS: dict[str, str] = {"cpu": "grouped", "cuda": "sdpa"}
+AUTO_BACKENDS: dict[str, str] = {"cpu": "native", "cuda": "sdpa"}
 AUTO_BACKEND = "sdpa"  # any other device type
+# Where "native" cannot be built (no C++ compiler), "auto" starts from this on CPU.
+AUTO_CPU_FALLBACK = "grouped"
 
 # scaled_dot_product_attention gained enable_gqa in torch 2.5; older versions get K/V expanded.
 _SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def available_backends(device_type: str) -> tuple[str, ...]:
-    """Backends that run on a device of this type (``"cpu"``, ``"cuda"``, ...)."""
-    if device_type == "cuda":
-        return BACKENDS
-    return tuple(backend for backend in BACKENDS if backend not in CUDA_ONLY_BACKENDS)
+    """Backends that run on a device of this type (``"cpu"``, ``"cuda"``, ...).
+
+    ``native`` counts on CPU where a C++ compiler is on the path (its build is tried on first use).
+    """
+    if device_type == "cpu":
+        excluded = CUDA_ONLY_BACKENDS + (() if native.available() else ("native",))
+    elif device_type == "cuda":
+        excluded = CPU_ONLY_BACKENDS
+    else:
+        excluded = CUDA_ONLY_BACKENDS + CPU_ONLY_BACKENDS
+    return tuple(backend for backend in BACKENDS if backend not in excluded)
 
 
 def resolve_backend(backend: str, device_type: str) -> str:
     """The concrete backend a scenario's ``backend`` names on this device; ValueError if it cannot run."""
     if backend == "auto":
-        return AUTO_BACKENDS.get(device_type, AUTO_BACKEND)
+        chosen = AUTO_BACKENDS.get(device_type, AUTO_BACKEND)
+        if chosen == "native" and not native.available():
+            return AUTO_CPU_FALLBACK
+        return chosen
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)} or 'auto'")
     if backend not in available_backends(device_type):
+        if backend in CUDA_ONLY_BACKENDS:
+            reason = "needs CUDA"
+        elif backend in CPU_ONLY_BACKENDS and device_type != "cpu":
+            reason = "runs on CPU only"
+        else:
+            reason = f"cannot be built here (no C++ compiler {native.compiler() or 'on the path'})"
         raise ValueError(
-            f"attention backend {backend!r} needs CUDA; on {device_type!r} use one of {available_backends(device_type)}"
+            f"attention backend {backend!r} {reason}; on {device_type!r} use one of {available_backends(device_type)}"
         )
     return backend
+
+
+def prepare_backend(backend: str) -> None:
+    """One-time setup a backend needs before its first step (building or loading the native kernel),
+    so that it happens outside timed and memory-tracked regions. RuntimeError if it cannot be done."""
+    if backend == "native":
+        native.load()
 
 
 def causal_mask(start_pos: int, n_new: int, device: torch.device) -> Tensor:
@@ -89,6 +120,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, backend: str) -> 
         return _sdpa(q, k, v, start_pos)
     if backend == "grouped":
         return _grouped(q, k, v, start_pos)
+    if backend == "native":
+        return _native(q, k, v, start_pos)
     if backend == "flex":
         if q.device.type != "cuda":
             raise ValueError(f"attention backend 'flex' needs CUDA; tensors are on {q.device.type!r}")
@@ -144,6 +177,12 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
         scores = scores.view(batch_size, n_kv_heads, group * n_new, -1)  # [B, n_kv_heads, group*T, L]
     out = torch.matmul(_softmax_f32(scores, v.dtype), v)  # [B, n_kv_heads, group*T, head_dim]
     return out.view(batch_size, n_heads, n_new, head_dim).to(q.dtype)  # [B, n_heads, T, head_dim]
+
+
+def _native(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+    if q.device.type == "cpu" and native.supports(q, k) is not None:
+        return _grouped(q, k, v, start_pos)  # prefill, or a head_dim the kernel does not take
+    return native.decode_attention(q, k, v)
 
 
 class FlexKernel:

@@ -16,7 +16,7 @@ from harness.units import parse_bytes
 
 DType = Literal["float32", "bfloat16", "float16"]
 # Attention implementations a cell can be timed with (see harness/model/attention.py).
-Backend = Literal["eager", "sdpa", "grouped", "flex", "auto"]
+Backend = Literal["eager", "sdpa", "grouped", "native", "flex", "auto"]
 Metric = Literal["decode", "attention", "memory", "max_batch"]
 ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch")
 

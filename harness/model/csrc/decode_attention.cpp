@@ -1,0 +1,401 @@
+// Split-KV decode attention for CPUs: one new query per sequence over a KV cache, in one pass.
+//
+// softmax(q kᵀ / sqrt(head_dim)) v (Vaswani et al. 2017, eq. 1) for the query heads that share a KV
+// head (Ainslie et al. 2023, GQA), read straight from the cache: K and V are never copied, upcast
+// or expanded per query head. Each (sequence, KV head) row is cut into splits of positions that run
+// on different threads (Dao et al. 2023, "Flash-Decoding for long-context inference"); a split
+// walks its positions in blocks small enough for the L1 cache and keeps a running softmax (Milakov
+// & Gimelshein 2018, "Online normalizer calculation for softmax"): per query head a running max m,
+// a running denominator l and an unnormalised float32 output. The splits are merged at the end by
+// rescaling each with exp(m_split - m_max).
+//
+// Every cache element is read from memory once, widened to float32 in registers and multiplied with
+// all the query heads of its group while it is there: the group's heads reuse each element from a
+// register, which keeps GQA and MQA memory-bound on a CPU.
+//
+// Registered as the operator attnbench::decode_attention; harness/model/native.py builds and loads it.
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+// ---- Vectors --------------------------------------------------------------------------------------
+
+// float32 lanes per vector: one 256-bit register where the CPU has them (a GCC/Clang vector
+// extension; the compiler splits it on narrower CPUs).
+constexpr int kLanes = 8;
+// Elements per step along head_dim: two vectors. head_dim must be a multiple of it.
+constexpr int kStep = 2 * kLanes;
+
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef uint32_t VecU32 __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef int32_t VecI32 __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+// Loads and stores go through memcpy: cache rows are only element-aligned.
+inline Vec load_vec(const float* src) {
+  Vec out;
+  std::memcpy(&out, src, sizeof(Vec));
+  return out;
+}
+
+inline void store_vec(float* dst, Vec value) { std::memcpy(dst, &value, sizeof(Vec)); }
+
+inline Vec broadcast(float value) { return Vec{value, value, value, value, value, value, value, value}; }
+
+template <typename To, typename From>
+inline To bit_cast_vec(From value) {
+  static_assert(sizeof(To) == sizeof(From));
+  To out;
+  std::memcpy(&out, &value, sizeof(To));
+  return out;
+}
+
+inline float sum_lanes(Vec value) {
+  float sum = 0.0f;
+  for (int lane = 0; lane < kLanes; ++lane) sum += value[lane];
+  return sum;
+}
+
+// Lane i of the result is the sum of the lanes of a[i] (a horizontal-add tree: 8 sums in 7 adds).
+inline Vec sum_lanes8(const Vec* a) {
+  // pairs(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3, x4+x5, x6+x7, y4+y5, y6+y7]
+  auto pairs = [](Vec x, Vec y) {
+    return __builtin_shufflevector(x, y, 0, 2, 8, 10, 4, 6, 12, 14) +
+           __builtin_shufflevector(x, y, 1, 3, 9, 11, 5, 7, 13, 15);
+  };
+  const Vec low = pairs(pairs(a[0], a[1]), pairs(a[2], a[3]));   // a0..a3: lanes 0-3 low halves, 4-7 high
+  const Vec high = pairs(pairs(a[4], a[5]), pairs(a[6], a[7]));  // the same for a4..a7
+  return __builtin_shufflevector(low, high, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(low, high, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// e^x per lane, to about one float32 ulp: e^x = 2^n · e^r with n = round(x / ln 2) and
+// |r| <= ln 2 / 2, e^r by its Taylor series to r^6 (truncation error r^7/7! < 1.3e-7).
+// x is clamped to [-87, 88], where 2^n stays a normal float32.
+inline Vec exp_vec(Vec x) {
+  x = x < -87.0f ? broadcast(-87.0f) : x;
+  x = x > 88.0f ? broadcast(88.0f) : x;
+  // Adding 1.5 · 2^23 rounds x / ln 2 to an integer held in the low mantissa bits.
+  const Vec shifted = x * 1.44269504088896341f + 12582912.0f;
+  const Vec n = shifted - 12582912.0f;
+  const VecI32 n_int = bit_cast_vec<VecI32>(shifted) - 0x4B400000;  // minus the bits of 1.5 · 2^23
+  // ln 2 in two parts, so that n · ln2_high is exact
+  const Vec r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  Vec poly = broadcast(1.0f / 720.0f);
+  poly = poly * r + 1.0f / 120.0f;
+  poly = poly * r + 1.0f / 24.0f;
+  poly = poly * r + 1.0f / 6.0f;
+  poly = poly * r + 0.5f;
+  poly = poly * r + 1.0f;
+  poly = poly * r + 1.0f;
+  return poly * bit_cast_vec<Vec>((n_int + 127) << 23);  // · 2^n
+}
+
+// ---- Cache elements as float32 ---------------------------------------------------------------------
+//
+// Sixteen cache elements become two float32 vectors in a lane order of the dtype's choosing, the
+// cheapest to produce: float32 and float16 in order (0-7, 8-15); bfloat16 as even and odd elements,
+// because a bfloat16 is the high half of a float32: read sixteen as eight 32-bit words, the odd ones
+// are the words with the low half cleared and the even ones the words shifted up, two instructions
+// for sixteen elements. The query is put into the same order once per call, the output is
+// accumulated in it and put back at the end: dot products and sums do not depend on the order.
+
+template <typename T>
+struct Elements;
+
+template <>
+struct Elements<float> {
+  static void load16(const float* src, Vec& first, Vec& second) {
+    first = load_vec(src);
+    second = load_vec(src + kLanes);
+  }
+  // Lane order of a 16-element step: position in the step of each of the two vectors' lanes.
+  static int source_index(int slot) { return slot; }
+};
+
+template <>
+struct Elements<c10::BFloat16> {
+  static void load16(const c10::BFloat16* src, Vec& even, Vec& odd) {
+    VecU32 words;
+    std::memcpy(&words, src, sizeof(words));
+    even = bit_cast_vec<Vec>(words << 16);
+    odd = bit_cast_vec<Vec>(words & 0xFFFF0000u);
+  }
+  static int source_index(int slot) { return slot < kLanes ? 2 * slot : 2 * (slot - kLanes) + 1; }
+};
+
+template <>
+struct Elements<c10::Half> {
+  static void load16(const c10::Half* src, Vec& first, Vec& second) {
+    float wide[kStep];
+    for (int i = 0; i < kStep; ++i) wide[i] = static_cast<float>(src[i]);
+    first = load_vec(wide);
+    second = load_vec(wide + kLanes);
+  }
+  static int source_index(int slot) { return slot; }
+};
+
+// ---- One block of positions for a tile of query heads -----------------------------------------------
+
+// Positions per block: the block's scores stay in L1, and its V rows are still in L1 when the values
+// pass reads them tile by tile. A multiple of kLanes.
+constexpr int64_t kBlock = 32;
+// Bytes per cache line, the step of the prefetches.
+constexpr int64_t kCacheLine = 64;
+// Independent accumulators a tile keeps in flight: enough to cover the latency of fused multiply-adds
+// on two pipes, few enough for 16 vector registers beside the operands.
+constexpr int kChains = 8;
+
+// scores[g * kBlock + t0 + t] = q_g · k_(t0 + t) for GB query heads and TB positions.
+template <int GB, int TB, typename T>
+inline void score_tile(const float* q, const T* k, int64_t stride, int64_t t0, int64_t head_dim, float* scores) {
+  Vec acc[TB * GB] = {};  // acc[t * GB + g]
+  for (int64_t d = 0; d < head_dim; d += kStep) {
+    for (int t = 0; t < TB; ++t) {
+      Vec first, second;
+      Elements<T>::load16(k + (t0 + t) * stride + d, first, second);
+      for (int g = 0; g < GB; ++g) {
+        acc[t * GB + g] += load_vec(q + g * head_dim + d) * first;
+        acc[t * GB + g] += load_vec(q + g * head_dim + d + kLanes) * second;
+      }
+    }
+  }
+  if constexpr (TB * GB == kLanes) {
+    float sums[kLanes];
+    store_vec(sums, sum_lanes8(acc));
+    for (int t = 0; t < TB; ++t)
+      for (int g = 0; g < GB; ++g) scores[g * kBlock + t0 + t] = sums[t * GB + g];
+  } else {
+    for (int t = 0; t < TB; ++t)
+      for (int g = 0; g < GB; ++g) scores[g * kBlock + t0 + t] = sum_lanes(acc[t * GB + g]);
+  }
+}
+
+// Scores of GB query heads against n positions (k rows `stride` apart), kChains/GB positions at a time.
+template <int GB, typename T>
+void block_scores(const float* q, const T* k, int64_t stride, int64_t n, int64_t head_dim, float* scores) {
+  constexpr int TB = kChains / GB;
+  int64_t t = 0;
+  for (; t + TB <= n; t += TB) score_tile<GB, TB>(q, k, stride, t, head_dim, scores);
+  for (; t < n; ++t) score_tile<GB, 1>(q, k, stride, t, head_dim, scores);
+}
+
+// Online softmax over one block: turns GB rows of n scores into unnormalised weights e^(s - m),
+// updating each head's running max m and denominator l, and rescaling its accumulated output when m
+// grows. Weights past n are zero.
+template <int GB>
+void softmax_block(float* scores, int64_t n, int64_t head_dim, float* m, float* l, float* out) {
+  constexpr int kVecs = kBlock / kLanes;
+  for (int g = 0; g < GB; ++g) {
+    float* s = scores + g * kBlock;
+    for (int64_t t = n; t < kBlock; ++t) s[t] = -std::numeric_limits<float>::infinity();
+    Vec row[kVecs];
+    for (int j = 0; j < kVecs; ++j) row[j] = load_vec(s + j * kLanes);
+    Vec top = row[0];
+    for (int j = 1; j < kVecs; ++j) top = row[j] > top ? row[j] : top;
+    float block_max = top[0];
+    for (int lane = 1; lane < kLanes; ++lane) block_max = std::max(block_max, top[lane]);
+    if (block_max > m[g]) {  // a new running max: rescale what was accumulated under the old one
+      const float rescale = std::exp(m[g] - block_max);
+      l[g] *= rescale;
+      for (int64_t d = 0; d < head_dim; ++d) out[g * head_dim + d] *= rescale;
+      m[g] = block_max;
+    }
+    for (int j = 0; j < kVecs; ++j) store_vec(s + j * kLanes, exp_vec(row[j] - m[g]));
+    for (int64_t t = n; t < kBlock; ++t) s[t] = 0.0f;  // past the split: no weight
+    Vec sum{};
+    for (int j = 0; j < kVecs; ++j) sum += load_vec(s + j * kLanes);
+    l[g] += sum_lanes(sum);
+  }
+}
+
+// out[g, d0 .. d0 + 16·DT) += Σ_t weights[g * kBlock + t] · v_t[d0 ..] for GB query heads over n positions.
+template <int GB, int DT, typename T>
+inline void value_tile(const float* weights, const T* v, int64_t stride, int64_t n, int64_t d0, int64_t head_dim,
+                       float* out) {
+  Vec acc[GB][2 * DT];
+  for (int g = 0; g < GB; ++g)
+    for (int j = 0; j < 2 * DT; ++j) acc[g][j] = load_vec(out + g * head_dim + d0 + j * kLanes);
+  for (int64_t t = 0; t < n; ++t) {
+    Vec vv[2 * DT];
+    for (int j = 0; j < DT; ++j) Elements<T>::load16(v + t * stride + d0 + j * kStep, vv[2 * j], vv[2 * j + 1]);
+    for (int g = 0; g < GB; ++g) {
+      const Vec w = broadcast(weights[g * kBlock + t]);
+      for (int j = 0; j < 2 * DT; ++j) acc[g][j] += w * vv[j];
+    }
+  }
+  for (int g = 0; g < GB; ++g)
+    for (int j = 0; j < 2 * DT; ++j) store_vec(out + g * head_dim + d0 + j * kLanes, acc[g][j]);
+}
+
+// out[g] += Σ_t weights[g * kBlock + t] · v_t for GB query heads, kChains/GB vectors of out at a time.
+template <int GB, typename T>
+void block_values(const float* weights, const T* v, int64_t stride, int64_t n, int64_t head_dim, float* out) {
+  constexpr int DT = kChains / GB / 2 > 0 ? kChains / GB / 2 : 1;  // 16-element steps per tile
+  int64_t d = 0;
+  for (; d + DT * kStep <= head_dim; d += DT * kStep) value_tile<GB, DT>(weights, v, stride, n, d, head_dim, out);
+  for (; d < head_dim; d += kStep) value_tile<GB, 1>(weights, v, stride, n, d, head_dim, out);
+}
+
+// One block of n positions (k, v point at its first) for GB query heads: scores, softmax, values.
+template <int GB, typename T>
+void attend_block(const float* q, const T* k, const T* v, int64_t stride, int64_t n, int64_t head_dim, float* m,
+                  float* l, float* out) {
+  alignas(32) float scores[GB * kBlock];
+  block_scores<GB>(q, k, stride, n, head_dim, scores);
+  softmax_block<GB>(scores, n, head_dim, m, l, out);
+  block_values<GB>(scores, v, stride, n, head_dim, out);
+}
+
+// One split of one row, positions [start, stop), for all `group` query heads of its KV head, from
+// scratch. Each block of positions is read from memory once: the heads take it in register tiles of
+// 4, 2 and 1 while it is in L1. q: [group, head_dim] in the dtype's lane order, pre-scaled by
+// 1/sqrt(head_dim); m, l: [group]; out: [group, head_dim] (unnormalised, in the lane order).
+template <typename T>
+void split_attention(const float* q, const T* k, const T* v, int64_t stride, int64_t start, int64_t stop,
+                     int64_t group, int64_t head_dim, float* m, float* l, float* out) {
+  std::fill(m, m + group, -std::numeric_limits<float>::infinity());
+  std::fill(l, l + group, 0.0f);
+  std::fill(out, out + group * head_dim, 0.0f);
+  for (int64_t t0 = start; t0 < stop; t0 += kBlock) {
+    const int64_t n = std::min(kBlock, stop - t0);
+    const T* kb = k + t0 * stride;
+    const T* vb = v + t0 * stride;
+    // Ask for the block's V rows now, so they arrive while its scores are computed: the values pass
+    // reads them a column tile at a time, an order the hardware prefetchers do not run ahead of.
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t d = 0; d < head_dim; d += kCacheLine / sizeof(T)) __builtin_prefetch(vb + t * stride + d);
+    int64_t g = 0;
+    for (; g + 4 <= group; g += 4)
+      attend_block<4>(q + g * head_dim, kb, vb, stride, n, head_dim, m + g, l + g, out + g * head_dim);
+    for (; g + 2 <= group; g += 2)
+      attend_block<2>(q + g * head_dim, kb, vb, stride, n, head_dim, m + g, l + g, out + g * head_dim);
+    for (; g < group; ++g)
+      attend_block<1>(q + g * head_dim, kb, vb, stride, n, head_dim, m + g, l + g, out + g * head_dim);
+  }
+}
+
+// ---- The whole step ----------------------------------------------------------------------------------
+
+struct Shape {
+  int64_t batch_size, n_kv_heads, group, head_dim, n_valid;
+  int64_t k_batch_stride, k_head_stride, v_batch_stride, v_head_stride, position_stride;
+};
+
+// q: [rows, group, head_dim] float32 pre-scaled, rows = batch_size · n_kv_heads; out likewise.
+template <typename T>
+void run(const float* q, const T* k, const T* v, const Shape& shape, int64_t n_splits, float* out) {
+  const int64_t group = shape.group, head_dim = shape.head_dim, n_valid = shape.n_valid;
+  const int64_t rows = shape.batch_size * shape.n_kv_heads;
+  const int64_t split_len = (n_valid + n_splits - 1) / n_splits;
+
+  // q in the dtype's lane order, within each 16-element step
+  std::vector<float> q_lanes(rows * group * head_dim);
+  for (int64_t i = 0; i < rows * group * head_dim; i += kStep)
+    for (int slot = 0; slot < kStep; ++slot) q_lanes[i + slot] = q[i + Elements<T>::source_index(slot)];
+
+  // Per (row, split): running max and denominator per query head, and the unnormalised output.
+  std::vector<float> m(rows * n_splits * group), l(rows * n_splits * group);
+  std::vector<float> partial(rows * n_splits * group * head_dim);
+  at::parallel_for(0, rows * n_splits, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item / n_splits, split = item % n_splits;
+      const int64_t b = row / shape.n_kv_heads, h = row % shape.n_kv_heads;
+      const int64_t start = split * split_len, stop = std::min(n_valid, start + split_len);
+      split_attention(q_lanes.data() + row * group * head_dim, k + b * shape.k_batch_stride + h * shape.k_head_stride,
+                      v + b * shape.v_batch_stride + h * shape.v_head_stride, shape.position_stride, start, stop,
+                      group, head_dim, m.data() + item * group, l.data() + item * group,
+                      partial.data() + item * group * head_dim);
+    }
+  });
+
+  // Merge the splits: out = Σ_s e^(m_s - M) out_s / Σ_s e^(m_s - M) l_s with M = max_s m_s, and put
+  // the output back in element order. A split past the end of the row (l = 0) adds nothing.
+  std::vector<float> merged(head_dim);
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int64_t g = 0; g < group; ++g) {
+      float max_m = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < n_splits; ++s) max_m = std::max(max_m, m[(row * n_splits + s) * group + g]);
+      float denominator = 0.0f;
+      std::fill(merged.begin(), merged.end(), 0.0f);
+      for (int64_t s = 0; s < n_splits; ++s) {
+        const int64_t idx = (row * n_splits + s) * group + g;
+        if (l[idx] == 0.0f) continue;
+        const float weight = std::exp(m[idx] - max_m);
+        denominator += weight * l[idx];
+        const float* src = partial.data() + idx * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) merged[d] += weight * src[d];
+      }
+      float* dst = out + (row * group + g) * head_dim;
+      for (int64_t d = 0; d < head_dim; d += kStep)
+        for (int slot = 0; slot < kStep; ++slot) dst[d + Elements<T>::source_index(slot)] = merged[d + slot] / denominator;
+    }
+  }
+}
+
+// Positions per split below which merging splits costs more than it spreads the work.
+constexpr int64_t kMinSplitLen = 256;
+// Work items (row splits) per thread: enough that threads finishing early find more work.
+constexpr int64_t kItemsPerThread = 4;
+
+// q: [B, n_heads, 1, head_dim]; k, v: [B, n_kv_heads, n_valid, head_dim], contiguous in head_dim, K and
+// V with the same position stride (views of a cache). n_splits <= 0 chooses the number of splits per
+// (sequence, KV head) row. Returns [B, n_heads, 1, head_dim] in q's dtype.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t n_splits) {
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "decode_attention runs on CPU");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be [B, heads, positions, head_dim]");
+  TORCH_CHECK(q.size(2) == 1, "decode_attention takes one new query per sequence, got ", q.size(2));
+  TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape");
+  TORCH_CHECK(k.scalar_type() == v.scalar_type(), "k and v must have the same dtype");
+  const int64_t batch_size = q.size(0), n_heads = q.size(1), head_dim = q.size(3);
+  const int64_t n_kv_heads = k.size(1), n_valid = k.size(2);
+  TORCH_CHECK(k.size(0) == batch_size && k.size(3) == head_dim, "k does not match q's batch size or head_dim");
+  TORCH_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
+  TORCH_CHECK(head_dim % kStep == 0, "head_dim must be a multiple of ", kStep, ", got ", head_dim);
+  TORCH_CHECK(n_valid > 0, "the cache slice is empty");
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "k and v must be contiguous in head_dim");
+  TORCH_CHECK(k.stride(2) == v.stride(2), "k and v must have the same position stride");
+  const Shape shape{batch_size, n_kv_heads, n_heads / n_kv_heads, head_dim, n_valid,
+                    k.stride(0),  k.stride(1), v.stride(0),          v.stride(1), k.stride(2)};
+  const int64_t rows = batch_size * n_kv_heads;
+  if (n_splits <= 0) {  // enough work items for every thread, none shorter than kMinSplitLen
+    const int64_t wanted = (kItemsPerThread * at::get_num_threads() + rows - 1) / rows;
+    n_splits = std::max<int64_t>(1, std::min(wanted, n_valid / kMinSplitLen));
+  }
+  n_splits = std::min(n_splits, n_valid);
+  // float32, pre-scaled by 1/sqrt(head_dim); query head kv_head · group + g uses KV head kv_head
+  const at::Tensor q32 = (q.to(at::kFloat) * (1.0 / std::sqrt(static_cast<double>(head_dim)))).contiguous();
+  at::Tensor out = at::empty({batch_size, n_heads, 1, head_dim}, q.options().dtype(at::kFloat));
+  const float* q_data = q32.data_ptr<float>();
+  float* out_data = out.data_ptr<float>();
+  switch (k.scalar_type()) {
+    case at::kFloat:
+      run(q_data, k.data_ptr<float>(), v.data_ptr<float>(), shape, n_splits, out_data);
+      break;
+    case at::kBFloat16:
+      run(q_data, k.data_ptr<c10::BFloat16>(), v.data_ptr<c10::BFloat16>(), shape, n_splits, out_data);
+      break;
+    case at::kHalf:
+      run(q_data, k.data_ptr<c10::Half>(), v.data_ptr<c10::Half>(), shape, n_splits, out_data);
+      break;
+    default:
+      TORCH_CHECK(false, "decode_attention takes float32, bfloat16 or float16 caches, got ", k.scalar_type());
+  }
+  return out.to(q.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY(attnbench, m) { m.def("decode_attention(Tensor q, Tensor k, Tensor v, int n_splits=0) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(attnbench, CPU, m) { m.impl("decode_attention", &decode_attention); }

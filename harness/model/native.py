@@ -1,0 +1,120 @@
+"""attnbench's compiled CPU decode-attention kernel (csrc/decode_attention.cpp): build, load, call.
+
+The kernel is C++ compiled on first use with PyTorch's extension builder (ninja and the system C++
+compiler) for the CPU it runs on (``-march=native``), and cached in PyTorch's extension folder
+(``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The build takes about 20 s on a
+2-core machine, once per source, compiler flags, CPU and PyTorch version; later processes only load
+the library. It registers the operator ``torch.ops.attnbench.decode_attention``.
+
+``available()`` says, without building, whether a build can be tried (a C++ compiler is on the
+path); ``load()`` builds or loads it and raises :class:`NativeUnavailable` with the reason when it
+cannot.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).parent / "csrc" / "decode_attention.cpp"
+# head_dim must be a multiple of this (two vectors of eight float32 lanes per step).
+HEAD_DIM_MULTIPLE = 16
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# -fopenmp: at::parallel_for in the kernel runs on PyTorch's OpenMP threads (the library resolves
+# libgomp.so.1 to the copy PyTorch has already loaded).
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
+
+
+class NativeUnavailable(RuntimeError):
+    """The compiled kernel cannot be built or loaded here; the message says why."""
+
+
+def compiler() -> str | None:
+    """The C++ compiler PyTorch's builder would use (``$CXX``, else ``c++``), if it is on the path."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
+def available() -> bool:
+    """Whether a build can be tried here (a C++ compiler is on the path); does not build."""
+    return compiler() is not None
+
+
+def _build_name() -> str:
+    """Extension name, unique per source, flags, CPU and PyTorch build: a cached library built with
+    ``-march=native`` on one CPU must not be loaded on another."""
+    digest = hashlib.sha256()
+    digest.update(SOURCE.read_bytes())
+    digest.update(" ".join(CFLAGS + LDFLAGS).encode())
+    digest.update(torch.__version__.encode())
+    digest.update(platform.machine().encode())
+    digest.update(_cpu_flags().encode())
+    return f"attnbench_decode_{digest.hexdigest()[:12]}"
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux), or the processor name elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@functools.cache
+def load() -> None:
+    """Build (first time) and load the kernel into this process; NativeUnavailable if it cannot."""
+    if not available():
+        raise NativeUnavailable(
+            f"no C++ compiler ({os.environ.get('CXX', 'c++')}) on the path to build the native kernel"
+        )
+    from torch.utils.cpp_extension import load as build_and_load
+
+    try:
+        build_and_load(
+            name=_build_name(),
+            sources=[str(SOURCE)],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as exc:  # compiler errors, a missing ninja, a failed dlopen: all mean "not here"
+        first_line = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        raise NativeUnavailable(f"the native kernel could not be built: {first_line}") from exc
+
+
+def supports(q: Tensor, k: Tensor) -> str | None:
+    """Why the kernel cannot run this decode step, or None if it can."""
+    if q.device.type != "cpu":
+        return f"tensors are on {q.device.type!r}, the native kernel runs on CPU"
+    if q.shape[2] != 1:
+        return f"the native kernel takes one new query per sequence, got {q.shape[2]}"
+    if q.shape[-1] % HEAD_DIM_MULTIPLE:
+        return f"the native kernel needs head_dim a multiple of {HEAD_DIM_MULTIPLE}, got {q.shape[-1]}"
+    if k.dtype not in DTYPES:
+        return f"the native kernel takes float32, bfloat16 or float16 caches, got {k.dtype}"
+    return None
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, n_splits: int = 0) -> Tensor:
+    """softmax(q kᵀ / sqrt(head_dim)) v for one new query per sequence over every position of k and v.
+
+    q: [B, n_heads, 1, head_dim]; k, v: [B, n_kv_heads, n_valid, head_dim], contiguous in head_dim
+    (slices of the cache). ``n_splits`` splits per (sequence, KV head) row; 0 lets the kernel choose.
+    Returns [B, n_heads, 1, head_dim] in q's dtype. ValueError for a step it does not take.
+    """
+    reason = supports(q, k)
+    if reason is not None:
+        raise ValueError(reason)
+    load()
+    return torch.ops.attnbench.decode_attention(q, k, v, n_splits)
