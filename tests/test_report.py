@@ -7,6 +7,7 @@ the 2-core target). The reports are rendered once per module, through the comman
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from PIL import Image
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.report import build_reports, load_results
+from harness.report import build_reports, load_results, plots
 from harness.report.render import LoadedResult, render_cross_target, render_target
 from harness.results.schema import RunResult
 from harness.results.store import load_result, save_result
@@ -223,3 +224,33 @@ def test_an_empty_folder_is_a_user_error(tmp_path: Path) -> None:
 def test_a_missing_path_is_a_user_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'nowhere'}: no such file or folder")):
         load_results([tmp_path / "nowhere"])
+
+
+def _two_backends_at_one_context() -> RunResult:
+    """The 2-core fixture's cells at its longest context, each also as backend "native", 10% faster."""
+    result = load_result(TWO_CORE)
+    longest = max(cell.context_len for cell in result.cells)
+    cells = []
+    for cell in result.cells:
+        if cell.context_len != longest or cell.metrics is None:
+            continue
+        fraction = cell.metrics.attention_bandwidth_fraction
+        assert fraction is not None
+        faster = cell.metrics.model_copy(update={"attention_bandwidth_fraction": fraction * 1.1})
+        cells += [cell, cell.model_copy(update={"backend": "native", "backend_used": "native", "metrics": faster})]
+    return result.model_copy(update={"cells": cells})
+
+
+def test_backend_plot_ranks_backends_and_replaces_the_line_plot_at_a_single_context() -> None:
+    result = _two_backends_at_one_context()
+    palette = plots.series_palette(result)
+    png = plots.backend_bandwidth(result, palette)
+    assert png is not None and png.startswith(PNG_SIGNATURE)
+    with Image.open(io.BytesIO(png)) as image:
+        image.verify()
+    assert plots.bandwidth_fraction(result, palette) is None  # one context: no lines to draw
+
+
+def test_backend_plot_is_left_out_for_a_single_backend() -> None:
+    result = load_result(TWO_CORE)
+    assert plots.backend_bandwidth(result, plots.series_palette(result)) is None

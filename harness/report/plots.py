@@ -48,6 +48,9 @@ def cell_frame(result: RunResult) -> pd.DataFrame:
         rows.append(
             {
                 "series": names[index],
+                "variant": cell.variant,
+                "dtype": cell.dtype,
+                "backend": cell.backend,
                 "batch_size": cell.batch_size,
                 "context_len": cell.context_len,
                 "kv_bytes_per_token": cell.kv_bytes_per_token,
@@ -152,7 +155,8 @@ def latency_vs_context(result: RunResult, palette: dict[str, Any]) -> bytes | No
 
 
 def bandwidth_fraction(result: RunResult, palette: dict[str, Any]) -> bytes | None:
-    """Achieved bandwidth as a fraction of the measured peak: whole decode step and core attention."""
+    """Achieved bandwidth as a fraction of the measured peak against context length: whole decode step
+    and core attention, a line per series; None with a single context length."""
     frame = cell_frame(result)
     metrics = [
         (col, title)
@@ -162,10 +166,10 @@ def bandwidth_fraction(result: RunResult, palette: dict[str, Any]) -> bytes | No
         )
         if not frame.empty and frame[col].notna().any()
     ]
-    if not metrics:
+    contexts = sorted(frame["context_len"].unique()) if not frame.empty else []
+    if not metrics or len(contexts) < 2:  # one context is no line: the tables (and backend bars) show it
         return None
     batches = sorted(frame["batch_size"].unique())
-    contexts = sorted(frame["context_len"].unique())
     fig, grid = _figure(len(metrics), len(batches))
     for row, (col, title) in zip(grid, metrics, strict=True):
         for ax, batch in zip(row, batches, strict=True):
@@ -320,6 +324,50 @@ def kv_bytes_vs_latency(result: RunResult, palette: dict[str, Any]) -> bytes | N
     return _png(fig)
 
 
+def backend_bandwidth(result: RunResult, palette: dict[str, Any]) -> bytes | None:
+    """Core-attention bandwidth as a fraction of peak, a bar per backend, grouped by variant.
+
+    A panel per dtype and batch size, at the longest context measured. Only for runs with more than
+    one backend: this is the plot that ranks them.
+    """
+    frame = cell_frame(result)
+    if frame.empty or frame["backend"].nunique() < 2 or frame["attention_bandwidth_fraction"].isna().all():
+        return None
+    frame = frame[frame["attention_bandwidth_fraction"].notna()]
+    longest = int(frame["context_len"].max())
+    frame = frame[frame["context_len"] == longest]
+    panels = list(dict.fromkeys(zip(frame["dtype"], frame["batch_size"], strict=True)))
+    backends = list(dict.fromkeys(frame["backend"]))
+    colours = dict(zip(backends, sns.color_palette("tab10", len(backends)), strict=False))
+    fig, grid = _figure(1, len(panels), sharey=True)
+    for ax, (dtype, batch) in zip(grid[0], panels, strict=True):
+        panel = frame[(frame["dtype"] == dtype) & (frame["batch_size"] == batch)]
+        sns.barplot(
+            panel,
+            x="variant",
+            y="attention_bandwidth_fraction",
+            hue="backend",
+            hue_order=backends,
+            palette=colours,
+            legend=False,
+            ax=ax,
+        )
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0%}"))
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(0, max(1.05, float(frame["attention_bandwidth_fraction"].max()) * 1.05))
+        ax.set_xlabel("")
+        ax.set_ylabel("core attention: % of peak")
+        ax.set_title(f"{dtype}, batch size {batch}")
+    peak = f"{result.peak_bandwidth_gbps:.1f} GB/s" if result.peak_bandwidth_gbps else "unknown"
+    fig.suptitle(
+        f"{result.scenario.name} on {result.target}: core attention by backend, context {longest}, "
+        f"fraction of measured peak ({peak})"
+    )
+    handles = [Line2D([0], [0], color=colours[b], linewidth=8, label=b) for b in backends]
+    fig.legend(handles=handles, title="backend", loc="outside right center")
+    return _png(fig)
+
+
 # File name suffix, alt text and function of each plot, in report order.
 PLOTS = (
     ("latency-vs-context", "Decode latency against context length", latency_vs_context),
@@ -327,4 +375,5 @@ PLOTS = (
     ("memory-vs-batch", "KV cache and peak memory against batch size", memory_vs_batch),
     ("max-batch-vs-context", "Max batch under the budget against context length", max_batch_vs_context),
     ("kv-bytes-vs-latency", "KV bytes per token against decode latency", kv_bytes_vs_latency),
+    ("backend-bandwidth", "Core attention bandwidth by backend", backend_bandwidth),
 )

@@ -185,6 +185,7 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         "Core attention bandwidth",
         "Core attention's bytes (the cache read by all L layers) over its median latency, GB/s (fraction of peak).",
         tables.bandwidth_table(result, attention=True),
+        [images["backend-bandwidth"]] if "backend-bandwidth" in images else [],
     )
     lines += _section("Peak memory", "Peak memory of one cell (build plus decode).", tables.peak_memory_table(result))
     lines += _section(
