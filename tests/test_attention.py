@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,3 +252,11 @@ def test_native_backend_runs_steps_the_kernel_does_not_take_through_grouped(
     q, k, v = q[..., :head_dim], k[..., :head_dim], v[..., :head_dim]
     out = attend(q, k, v, start_pos=CACHE_LEN - n_new, backend="native")
     torch.testing.assert_close(out.double(), loop_reference(q, k, v, CACHE_LEN - n_new), atol=1e-5, rtol=1e-5)
+
+
+def test_native_build_finds_the_ninja_package_when_its_folder_is_not_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    ninja = pytest.importorskip("ninja")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    native._put_ninja_on_path()
+    found = shutil.which("ninja")
+    assert found is not None and Path(found).parent == Path(ninja.BIN_DIR)

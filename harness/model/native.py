@@ -79,6 +79,7 @@ def load() -> None:
         )
     from torch.utils.cpp_extension import load as build_and_load
 
+    _put_ninja_on_path()
     try:
         build_and_load(
             name=_build_name(),
@@ -91,6 +92,18 @@ def load() -> None:
     except Exception as exc:  # compiler errors, a missing ninja, a failed dlopen: all mean "not here"
         first_line = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
         raise NativeUnavailable(f"the native kernel could not be built: {first_line}") from exc
+
+
+def _put_ninja_on_path() -> None:
+    """PyTorch's builder runs ``ninja`` from PATH; the ``ninja`` package installs it beside this Python,
+    which is not on PATH when a virtual environment's scripts are run without activating it."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
 def supports(q: Tensor, k: Tensor) -> str | None:
