@@ -37,9 +37,9 @@ BACKENDS: tuple[str, ...] = ("eager", "sdpa", "grouped", "native", "flex")
 # Backends that need a CUDA device, and ones that run on CPU only.
 CUDA_ONLY_BACKENDS: tuple[str, ...] = ("flex",)
 CPU_ONLY_BACKENDS: tuple[str, ...] = ("native",)
-# What a scenario's backend "auto" resolves to without measuring, per device type: the backend that
-# measured fastest there (benchmarks/attention_bandwidth.py). harness.measure.autotune.choose_backend
-# picks by measuring the actual shape instead.
+# What a scenario's backend "auto" starts from, per device type, before it measures: the backend that
+# measured fastest there (scenarios/kernels.toml on CPU; sdpa on CUDA until a GPU run says otherwise).
+# harness.measure.autotune.choose_backend then picks by timing every backend on the actual shape.
 AUTO_BACKENDS: dict[str, str] = {"cpu": "native", "cuda": "sdpa"}
 AUTO_BACKEND = "sdpa"  # any other device type
 # Where "native" cannot be built (no C++ compiler), "auto" starts from this on CPU.
