@@ -12,6 +12,7 @@
 // Every cache element is read from memory once, widened to float32 in registers and multiplied with
 // all the query heads of its group while it is there: the group's heads reuse each element from a
 // register, which keeps GQA and MQA memory-bound on a CPU.
+// While a block is computed the next one is prefetched, so that reading memory and computing overlap.
 //
 // Registered as the operator attnbench::decode_attention; harness/model/native.py builds and loads it.
 
@@ -150,18 +151,22 @@ struct Elements<c10::Half> {
 // Positions per block: the block's scores stay in L1, and its V rows are still in L1 when the values
 // pass reads them tile by tile. A multiple of kLanes.
 constexpr int64_t kBlock = 32;
-// Bytes per cache line, the step of the prefetches.
+// Bytes per cache line: the step of the prefetches.
 constexpr int64_t kCacheLine = 64;
 // Independent accumulators a tile keeps in flight: enough to cover the latency of fused multiply-adds
 // on two pipes, few enough for 16 vector registers beside the operands.
 constexpr int kChains = 8;
 
-// scores[g * kBlock + t0 + t] = q_g · k_(t0 + t) for GB query heads and TB positions.
+// scores[g * kBlock + t0 + t] = q_g · k_(t0 + t) for GB query heads and TB positions. Prefetches the
+// same rows of the next block, where they exist (t0 + t < ahead).
 template <int GB, int TB, typename T>
-inline void score_tile(const float* q, const T* k, int64_t stride, int64_t t0, int64_t head_dim, float* scores) {
+inline void score_tile(const float* q, const T* k, int64_t stride, int64_t t0, int64_t head_dim, int64_t ahead,
+                       float* scores) {
   Vec acc[TB * GB] = {};  // acc[t * GB + g]
   for (int64_t d = 0; d < head_dim; d += kStep) {
     for (int t = 0; t < TB; ++t) {
+      if (t0 + t < ahead && (d * sizeof(T)) % kCacheLine == 0)
+        __builtin_prefetch(k + (t0 + t + kBlock) * stride + d);
       Vec first, second;
       Elements<T>::load16(k + (t0 + t) * stride + d, first, second);
       for (int g = 0; g < GB; ++g) {
@@ -181,13 +186,15 @@ inline void score_tile(const float* q, const T* k, int64_t stride, int64_t t0, i
   }
 }
 
-// Scores of GB query heads against n positions (k rows `stride` apart), kChains/GB positions at a time.
+// Scores of GB query heads against n positions (k rows `stride` apart), kChains/GB positions at a time;
+// prefetches the first `ahead` rows of the next block.
 template <int GB, typename T>
-void block_scores(const float* q, const T* k, int64_t stride, int64_t n, int64_t head_dim, float* scores) {
+void block_scores(const float* q, const T* k, int64_t stride, int64_t n, int64_t head_dim, int64_t ahead,
+                  float* scores) {
   constexpr int TB = kChains / GB;
   int64_t t = 0;
-  for (; t + TB <= n; t += TB) score_tile<GB, TB>(q, k, stride, t, head_dim, scores);
-  for (; t < n; ++t) score_tile<GB, 1>(q, k, stride, t, head_dim, scores);
+  for (; t + TB <= n; t += TB) score_tile<GB, TB>(q, k, stride, t, head_dim, ahead, scores);
+  for (; t < n; ++t) score_tile<GB, 1>(q, k, stride, t, head_dim, ahead, scores);
 }
 
 // Online softmax over one block: turns GB rows of n scores into unnormalised weights e^(s - m),
@@ -220,13 +227,18 @@ void softmax_block(float* scores, int64_t n, int64_t head_dim, float* m, float* 
 }
 
 // out[g, d0 .. d0 + 16·DT) += Σ_t weights[g * kBlock + t] · v_t[d0 ..] for GB query heads over n positions.
+// Prefetches the same columns of the next block's first `ahead` rows.
 template <int GB, int DT, typename T>
 inline void value_tile(const float* weights, const T* v, int64_t stride, int64_t n, int64_t d0, int64_t head_dim,
-                       float* out) {
+                       int64_t ahead, float* out) {
   Vec acc[GB][2 * DT];
   for (int g = 0; g < GB; ++g)
     for (int j = 0; j < 2 * DT; ++j) acc[g][j] = load_vec(out + g * head_dim + d0 + j * kLanes);
   for (int64_t t = 0; t < n; ++t) {
+    if (t < ahead)
+      for (int j = 0; j < DT; ++j)
+        if (((d0 + j * kStep) * sizeof(T)) % kCacheLine == 0)
+          __builtin_prefetch(v + (t + kBlock) * stride + d0 + j * kStep);
     Vec vv[2 * DT];
     for (int j = 0; j < DT; ++j) Elements<T>::load16(v + t * stride + d0 + j * kStep, vv[2 * j], vv[2 * j + 1]);
     for (int g = 0; g < GB; ++g) {
@@ -240,21 +252,24 @@ inline void value_tile(const float* weights, const T* v, int64_t stride, int64_t
 
 // out[g] += Σ_t weights[g * kBlock + t] · v_t for GB query heads, kChains/GB vectors of out at a time.
 template <int GB, typename T>
-void block_values(const float* weights, const T* v, int64_t stride, int64_t n, int64_t head_dim, float* out) {
+void block_values(const float* weights, const T* v, int64_t stride, int64_t n, int64_t head_dim, int64_t ahead,
+                  float* out) {
   constexpr int DT = kChains / GB / 2 > 0 ? kChains / GB / 2 : 1;  // 16-element steps per tile
   int64_t d = 0;
-  for (; d + DT * kStep <= head_dim; d += DT * kStep) value_tile<GB, DT>(weights, v, stride, n, d, head_dim, out);
-  for (; d < head_dim; d += kStep) value_tile<GB, 1>(weights, v, stride, n, d, head_dim, out);
+  for (; d + DT * kStep <= head_dim; d += DT * kStep)
+    value_tile<GB, DT>(weights, v, stride, n, d, head_dim, ahead, out);
+  for (; d < head_dim; d += kStep) value_tile<GB, 1>(weights, v, stride, n, d, head_dim, ahead, out);
 }
 
 // One block of n positions (k, v point at its first) for GB query heads: scores, softmax, values.
+// `ahead`: rows of the next block to prefetch while this one is computed.
 template <int GB, typename T>
-void attend_block(const float* q, const T* k, const T* v, int64_t stride, int64_t n, int64_t head_dim, float* m,
-                  float* l, float* out) {
+void attend_block(const float* q, const T* k, const T* v, int64_t stride, int64_t n, int64_t head_dim,
+                  int64_t ahead, float* m, float* l, float* out) {
   alignas(32) float scores[GB * kBlock];
-  block_scores<GB>(q, k, stride, n, head_dim, scores);
+  block_scores<GB>(q, k, stride, n, head_dim, ahead, scores);
   softmax_block<GB>(scores, n, head_dim, m, l, out);
-  block_values<GB>(scores, v, stride, n, head_dim, out);
+  block_values<GB>(scores, v, stride, n, head_dim, ahead, out);
 }
 
 // One split of one row, positions [start, stop), for all `group` query heads of its KV head, from
@@ -271,17 +286,20 @@ void split_attention(const float* q, const T* k, const T* v, int64_t stride, int
     const int64_t n = std::min(kBlock, stop - t0);
     const T* kb = k + t0 * stride;
     const T* vb = v + t0 * stride;
-    // Ask for the block's V rows now, so they arrive while its scores are computed: the values pass
-    // reads them a column tile at a time, an order the hardware prefetchers do not run ahead of.
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t d = 0; d < head_dim; d += kCacheLine / sizeof(T)) __builtin_prefetch(vb + t * stride + d);
+    // The next block is prefetched while this one is computed, spread over the passes (a line per row
+    // and step), by the first head tile only. Without it the hardware prefetchers run a few lines
+    // ahead and wait: computing and reading memory took turns (measured: the passes' times added up).
+    const int64_t ahead = std::clamp<int64_t>(stop - (t0 + kBlock), 0, kBlock);
     int64_t g = 0;
     for (; g + 4 <= group; g += 4)
-      attend_block<4>(q + g * head_dim, kb, vb, stride, n, head_dim, m + g, l + g, out + g * head_dim);
+      attend_block<4>(q + g * head_dim, kb, vb, stride, n, head_dim, g == 0 ? ahead : 0, m + g, l + g,
+                      out + g * head_dim);
     for (; g + 2 <= group; g += 2)
-      attend_block<2>(q + g * head_dim, kb, vb, stride, n, head_dim, m + g, l + g, out + g * head_dim);
+      attend_block<2>(q + g * head_dim, kb, vb, stride, n, head_dim, g == 0 ? ahead : 0, m + g, l + g,
+                      out + g * head_dim);
     for (; g < group; ++g)
-      attend_block<1>(q + g * head_dim, kb, vb, stride, n, head_dim, m + g, l + g, out + g * head_dim);
+      attend_block<1>(q + g * head_dim, kb, vb, stride, n, head_dim, g == 0 ? ahead : 0, m + g, l + g,
+                      out + g * head_dim);
   }
 }
 
