@@ -157,12 +157,15 @@ constexpr int64_t kCacheLine = 64;
 // on two pipes, few enough for 16 vector registers beside the operands.
 constexpr int kChains = 8;
 
-// scores[g * kBlock + t0 + t] = q_g · k_(t0 + t) for GB query heads and TB positions. Prefetches the
+// scores[g * kBlock + t0 + t] = q_g · k_(t0 + t) for GB query heads and TB positions, with GB · TB · 2 =
+// kChains accumulators: one per head, position and half of each 16-element step, so every accumulator
+// takes one multiply-add per step and they all fit in registers beside the operands. Prefetches the
 // same rows of the next block, where they exist (t0 + t < ahead).
 template <int GB, int TB, typename T>
 inline void score_tile(const float* q, const T* k, int64_t stride, int64_t t0, int64_t head_dim, int64_t ahead,
                        float* scores) {
-  Vec acc[TB * GB] = {};  // acc[t * GB + g]
+  constexpr int kAcc = TB * GB * 2;
+  Vec acc[kAcc] = {};  // acc[(t * GB + g) * 2 + half]
   for (int64_t d = 0; d < head_dim; d += kStep) {
     for (int t = 0; t < TB; ++t) {
       if (t0 + t < ahead && (d * sizeof(T)) % kCacheLine == 0)
@@ -170,28 +173,27 @@ inline void score_tile(const float* q, const T* k, int64_t stride, int64_t t0, i
       Vec first, second;
       Elements<T>::load16(k + (t0 + t) * stride + d, first, second);
       for (int g = 0; g < GB; ++g) {
-        acc[t * GB + g] += load_vec(q + g * head_dim + d) * first;
-        acc[t * GB + g] += load_vec(q + g * head_dim + d + kLanes) * second;
+        acc[(t * GB + g) * 2] += load_vec(q + g * head_dim + d) * first;
+        acc[(t * GB + g) * 2 + 1] += load_vec(q + g * head_dim + d + kLanes) * second;
       }
     }
   }
-  if constexpr (TB * GB == kLanes) {
-    float sums[kLanes];
+  float sums[kAcc];
+  if constexpr (kAcc == kLanes) {
     store_vec(sums, sum_lanes8(acc));
-    for (int t = 0; t < TB; ++t)
-      for (int g = 0; g < GB; ++g) scores[g * kBlock + t0 + t] = sums[t * GB + g];
   } else {
-    for (int t = 0; t < TB; ++t)
-      for (int g = 0; g < GB; ++g) scores[g * kBlock + t0 + t] = sum_lanes(acc[t * GB + g]);
+    for (int i = 0; i < kAcc; ++i) sums[i] = sum_lanes(acc[i]);
   }
+  for (int t = 0; t < TB; ++t)
+    for (int g = 0; g < GB; ++g) scores[g * kBlock + t0 + t] = sums[(t * GB + g) * 2] + sums[(t * GB + g) * 2 + 1];
 }
 
-// Scores of GB query heads against n positions (k rows `stride` apart), kChains/GB positions at a time;
-// prefetches the first `ahead` rows of the next block.
+// Scores of GB query heads against n positions (k rows `stride` apart), kChains/(2·GB) positions at a
+// time; prefetches the first `ahead` rows of the next block.
 template <int GB, typename T>
 void block_scores(const float* q, const T* k, int64_t stride, int64_t n, int64_t head_dim, int64_t ahead,
                   float* scores) {
-  constexpr int TB = kChains / GB;
+  constexpr int TB = kChains / (2 * GB) > 0 ? kChains / (2 * GB) : 1;
   int64_t t = 0;
   for (; t + TB <= n; t += TB) score_tile<GB, TB>(q, k, stride, t, head_dim, ahead, scores);
   for (; t < n; ++t) score_tile<GB, 1>(q, k, stride, t, head_dim, ahead, scores);
