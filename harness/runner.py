@@ -52,6 +52,8 @@ class RunProgress:
     start: Callable[[int, int], None] = lambda total, done: None  # cells in all, cells already done
     cell_started: Callable[[Cell], None] = lambda cell: None
     cell_finished: Callable[[Cell, CellResult], None] = lambda cell, result: None
+    # a cell that did not finish "ok" is not measured in later rounds: those rounds count as done
+    rounds_skipped: Callable[[Cell, int], None] = lambda cell, n: None
 
 
 @dataclass
@@ -166,6 +168,8 @@ class Runner:
                 if cell_result.status == "error":
                     failed.append(cell_result)
                 self.progress.cell_finished(cell, cell_result)
+                if cell_result.status != "ok" and round_index + 1 < rounds:
+                    self.progress.rounds_skipped(cell, rounds - round_index - 1)
         result.finished_utc = _now()
         save_result(result, path)
         return RunOutcome(path, result, failed)

@@ -214,3 +214,20 @@ def test_measurement_rounds_pool_samples_and_keep_one_median_per_process(tmp_pat
         assert len(summary.process_medians) == 2
         assert len(summary.samples) >= 2 * 5  # min_samples from each of the two processes
         assert min(summary.process_medians) <= summary.median <= max(summary.process_medians)
+
+
+def test_progress_reaches_its_total_when_a_cell_fails_in_an_early_round(tmp_path: Path):
+    text = TINY.replace('backend = ["sdpa"]', 'backend = ["flex", "sdpa"]').replace("[1, 2]", "[1]")
+    text = text.replace('memory_budget = "{budget}"\n', 'metrics = ["decode"]\nrounds = 2\n')
+    counted: list[int] = []
+    total: list[int] = []
+    progress = RunProgress(
+        start=lambda all_cells, done: total.append(all_cells - done),
+        cell_finished=lambda cell, result: counted.append(1),
+        rounds_skipped=lambda cell, n: counted.append(n),
+    )
+    options = RunOptions(scenario=str(scenario(tmp_path, text)), device="cpu", out_dir=tmp_path / "out")
+    outcome = Runner(options, progress).run()
+    assert [c.status for c in outcome.result.cells].count("error") == 2  # flex on CPU, both variants
+    assert total == [8]  # 4 cells x 2 rounds
+    assert sum(counted) == 8  # the failed cells' second rounds included

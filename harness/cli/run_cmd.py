@@ -45,6 +45,10 @@ class _Bar:
                 self.bar.write(f"{cell.label}: {result.status}: {result.error}", file=sys.stderr)
             self.bar.update()
 
+    def rounds_skipped(self, cell: Cell, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -53,7 +57,7 @@ class _Bar:
 def run(args: argparse.Namespace) -> int:
     options = RunOptions(scenario=args.file, device=args.device, out_dir=args.out, quick=args.quick, resume=args.resume)
     bar = _Bar(args.quiet)
-    runner = Runner(options, RunProgress(bar.start, bar.cell_started, bar.cell_finished))
+    runner = Runner(options, RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped))
     try:
         outcome: RunOutcome = runner.run()
     except KeyboardInterrupt:
