@@ -126,6 +126,18 @@ def _context_axis(ax: Axes, contexts: Sequence[int]) -> None:
     ax.set_xlabel("context length (tokens)")
 
 
+def _fraction_axis(ax: Axes, largest: float, label: str) -> None:
+    """A y axis of fractions of the peak, in percent, from 0 to past both the peak line and the largest value."""
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0%}"))
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_ylim(0, max(1.05, largest * 1.05))
+    ax.set_ylabel(label)
+
+
+def _peak_label(result: RunResult) -> str:
+    return f"{result.peak_bandwidth_gbps:.1f} GB/s" if result.peak_bandwidth_gbps else "unknown"
+
+
 def latency_vs_context(result: RunResult, palette: dict[str, Any]) -> bytes | None:
     """Decode step latency against context length, a line per variant, a panel per batch size."""
     frame = cell_frame(result)
@@ -176,13 +188,12 @@ def bandwidth_fraction(result: RunResult, palette: dict[str, Any]) -> bytes | No
             panel = frame[(frame["batch_size"] == batch) & frame[col].notna()].sort_values("context_len")
             _series_lines(ax, panel, "context_len", col, palette)
             _context_axis(ax, contexts)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0%}"))
-            ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
-            ax.set_ylim(0, max(1.05, float(frame[col].max()) * 1.05))
-            ax.set_ylabel(f"{title}: % of peak")
+            _fraction_axis(ax, float(frame[col].max()), f"{title}: % of peak")
             ax.set_title(f"{title}, batch size {batch}")
-    peak = f"{result.peak_bandwidth_gbps:.1f} GB/s" if result.peak_bandwidth_gbps else "unknown"
-    fig.suptitle(f"{result.scenario.name} on {result.target}: achieved bandwidth, fraction of measured peak ({peak})")
+    fig.suptitle(
+        f"{result.scenario.name} on {result.target}: achieved bandwidth, fraction of measured peak "
+        f"({_peak_label(result)})"
+    )
     _series_legend(fig, palette, list(dict.fromkeys(frame["series"])))
     return _png(fig)
 
@@ -352,16 +363,12 @@ def backend_bandwidth(result: RunResult, palette: dict[str, Any]) -> bytes | Non
             legend=False,
             ax=ax,
         )
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.0%}"))
-        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
-        ax.set_ylim(0, max(1.05, float(frame["attention_bandwidth_fraction"].max()) * 1.05))
+        _fraction_axis(ax, float(frame["attention_bandwidth_fraction"].max()), "core attention: % of peak")
         ax.set_xlabel("")
-        ax.set_ylabel("core attention: % of peak")
         ax.set_title(f"{dtype}, batch size {batch}")
-    peak = f"{result.peak_bandwidth_gbps:.1f} GB/s" if result.peak_bandwidth_gbps else "unknown"
     fig.suptitle(
         f"{result.scenario.name} on {result.target}: core attention by backend, context {longest}, "
-        f"fraction of measured peak ({peak})"
+        f"fraction of measured peak ({_peak_label(result)})"
     )
     handles = [Line2D([0], [0], color=colours[b], linewidth=8, label=b) for b in backends]
     fig.legend(handles=handles, title="backend", loc="outside right center")
