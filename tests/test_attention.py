@@ -247,7 +247,7 @@ def test_native_backend_runs_steps_the_kernel_does_not_take_through_grouped(
     def no_kernel(*args: object) -> None:
         raise AssertionError("the kernel was called")
 
-    monkeypatch.setattr(native, "decode_attention", no_kernel)
+    monkeypatch.setattr(native, "run", no_kernel)
     q, k, v = make_qkv(4, 2, n_new, torch.float32)
     q, k, v = q[..., :head_dim], k[..., :head_dim], v[..., :head_dim]
     out = attend(q, k, v, start_pos=CACHE_LEN - n_new, backend="native")

@@ -180,9 +180,11 @@ def _grouped(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
 
 
 def _native(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
-    if q.device.type == "cpu" and native.supports(q, k) is not None:
+    if q.device.type != "cpu":
+        return native.decode_attention(q, k, v)  # refuses with the reason
+    if native.supports(q, k) is not None:
         return _grouped(q, k, v, start_pos)  # prefill, or a head_dim the kernel does not take
-    return native.decode_attention(q, k, v)
+    return native.run(q, k, v)
 
 
 class FlexKernel:

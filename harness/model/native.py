@@ -129,5 +129,10 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, n_splits: int = 0) -> Tens
     reason = supports(q, k)
     if reason is not None:
         raise ValueError(reason)
+    return run(q, k, v, n_splits)
+
+
+def run(q: Tensor, k: Tensor, v: Tensor, n_splits: int = 0) -> Tensor:
+    """decode_attention for a step the caller has already checked with :func:`supports`."""
     load()
     return torch.ops.attnbench.decode_attention(q, k, v, n_splits)
