@@ -40,10 +40,9 @@ CPU_ONLY_BACKENDS: tuple[str, ...] = ("native",)
 # What a scenario's backend "auto" starts from, per device type, before it measures: the backend that
 # measured fastest there (scenarios/kernels.toml on CPU; sdpa on CUDA until a GPU run says otherwise).
 # harness.measure.autotune.choose_backend then picks by timing every backend on the actual shape.
-AUTO_BACKENDS: dict[str, str] = {"cpu": "native", "cuda": "sdpa"}
+# In order of preference: the first one available on the device (native needs a C++ compiler).
+AUTO_BACKENDS: dict[str, tuple[str, ...]] = {"cpu": ("native", "grouped"), "cuda": ("sdpa",)}
 AUTO_BACKEND = "sdpa"  # any other device type
-# Where "native" cannot be built (no C++ compiler), "auto" starts from this on CPU.
-AUTO_CPU_FALLBACK = "grouped"
 
 # scaled_dot_product_attention gained enable_gqa in torch 2.5; older versions get K/V expanded.
 _SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -66,10 +65,9 @@ def available_backends(device_type: str) -> tuple[str, ...]:
 def resolve_backend(backend: str, device_type: str) -> str:
     """The concrete backend a scenario's ``backend`` names on this device; ValueError if it cannot run."""
     if backend == "auto":
-        chosen = AUTO_BACKENDS.get(device_type, AUTO_BACKEND)
-        if chosen == "native" and not native.available():
-            return AUTO_CPU_FALLBACK
-        return chosen
+        available = available_backends(device_type)
+        preferred = AUTO_BACKENDS.get(device_type, (AUTO_BACKEND,))
+        return next((name for name in preferred if name in available), preferred[-1])
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)} or 'auto'")
     if backend not in available_backends(device_type):
