@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,53 @@ def test_native_build_finds_the_ninja_package_when_its_folder_is_not_on_path(mon
     native._put_ninja_on_path()
     found = shutil.which("ninja")
     assert found is not None and Path(found).parent == Path(ninja.BIN_DIR)
+
+
+def test_native_build_removes_a_lock_left_by_a_killed_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock = tmp_path / "lock"
+    lock.touch()
+    old = time.time() - native.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    native._clear_stale_lock(lock)
+    assert not lock.exists()
+    assert f"removing {lock}" in capsys.readouterr().err
+
+
+def test_native_build_waits_for_a_young_lock_until_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock = tmp_path / "lock"
+    lock.touch()
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the other build finishes after three polls
+        polls.append(seconds)
+        if len(polls) == 3:
+            lock.unlink()
+
+    monkeypatch.setattr(native.time, "sleep", sleep)
+    native._clear_stale_lock(lock)
+    assert len(polls) == 3
+    assert "another process is building" in capsys.readouterr().err
+
+
+def test_native_build_lock_is_in_pytorchs_build_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert native._build_lock("attnbench_decode_x") == tmp_path / "attnbench_decode_x" / "lock"
+
+
+def test_native_build_removes_a_lock_that_grows_stale_while_it_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = tmp_path / "lock"
+    lock.touch()
+
+    def sleep(seconds: float) -> None:  # nobody removes it: it ages past the limit
+        old = time.time() - native.STALE_LOCK_S - 1
+        os.utime(lock, (old, old))
+
+    monkeypatch.setattr(native.time, "sleep", sleep)
+    native._clear_stale_lock(lock)
+    assert not lock.exists()

@@ -18,6 +18,8 @@ import hashlib
 import os
 import platform
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +33,11 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # libgomp.so.1 to the copy PyTorch has already loaded).
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
+# PyTorch's builder holds a lock file in the build folder while it builds, and a second process
+# waits for that file to go, however long. A build killed half-way (a worker ended by Ctrl-C) leaves
+# it behind. A build takes well under a minute, so a lock older than this is such a leftover.
+STALE_LOCK_S = 300.0
+LOCK_POLL_S = 0.5
 
 
 class NativeUnavailable(RuntimeError):
@@ -80,9 +87,11 @@ def load() -> None:
     from torch.utils.cpp_extension import load as build_and_load
 
     _put_ninja_on_path()
+    name = _build_name()
+    _clear_stale_lock(_build_lock(name))
     try:
         build_and_load(
-            name=_build_name(),
+            name=name,
             sources=[str(SOURCE)],
             extra_cflags=list(CFLAGS),
             extra_ldflags=list(LDFLAGS),
@@ -92,6 +101,38 @@ def load() -> None:
     except Exception as exc:  # compiler errors, a missing ninja, a failed dlopen: all mean "not here"
         first_line = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
         raise NativeUnavailable(f"the native kernel could not be built: {first_line}") from exc
+
+
+def _build_lock(name: str) -> Path:
+    """The lock file PyTorch's builder holds while it builds extension ``name``."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False)) / "lock"
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    """Wait while another process builds (its lock is young); remove a lock older than STALE_LOCK_S."""
+    said = False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > STALE_LOCK_S:
+            print(
+                f"attnbench: removing {lock}, left {age:.0f} s ago by a native kernel build that did not finish",
+                file=sys.stderr,
+            )
+            lock.unlink(missing_ok=True)
+            return
+        if not said:
+            print(
+                f"attnbench: waiting for {lock}: another process is building the native kernel "
+                f"(a lock left by a killed build is removed once it is {STALE_LOCK_S:.0f} s old)",
+                file=sys.stderr,
+            )
+            said = True
+        time.sleep(LOCK_POLL_S)
 
 
 def _put_ninja_on_path() -> None:
