@@ -254,3 +254,15 @@ def test_backend_plot_ranks_backends_and_replaces_the_line_plot_at_a_single_cont
 def test_backend_plot_is_left_out_for_a_single_backend() -> None:
     result = load_result(TWO_CORE)
     assert plots.backend_bandwidth(result, plots.series_palette(result)) is None
+
+
+def test_cli_writes_the_report_beside_a_results_folder_given_without_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "elsewhere" / "cpu-amd-epyc-2c"
+    folder.mkdir(parents=True)
+    save_result(_without_metrics(TWO_CORE), folder / "result.json")
+    monkeypatch.chdir(tmp_path)  # a results/ folder here must stay untouched
+    assert main(["report", str(tmp_path / "elsewhere")]) == 0
+    assert (folder / "REPORT.md").is_file()
+    assert not (tmp_path / "results").exists()
