@@ -160,8 +160,9 @@ constexpr int64_t kCacheLine = 64;
 constexpr int kChains = 8;
 // Locality hint of the next-block prefetches: 0 (non-temporal), since each cache line is used once,
 // in the block after its prefetch. Measured against the default hint (3) in interleaved A/B on
-// 128-256 MiB caches, 2 threads: +2 to +9% for bfloat16 with one or two query heads per KV head,
-// within the noise (a few %) for float32 and for four heads.
+// 128-256 MiB caches, 2 threads, 32-position blocks: +2 to +9% for bfloat16 with one or two query
+// heads per KV head, within the noise (a few %) for float32 and for four heads; with 8-position
+// blocks, once, for bfloat16 MQA: +2%.
 constexpr int kPrefetchLocality = 0;
 
 // How a tile of GB query heads splits its kChains accumulators. With at most two heads, each head's
@@ -169,8 +170,9 @@ constexpr int kPrefetchLocality = 0;
 // head) pair keeps one accumulator per half of a 16-element step. With four, the tile holds the K
 // vectors of its positions and loads each query vector once per step, and every pair keeps a single
 // accumulator taking both halves. Measured against one scheme for all (interleaved A/B, 128 MiB
-// caches, 2 threads): the second took MQA (4 heads) bfloat16 from 19.1 to 20.6 GB/s and lost 7-12%
-// for 1 and 2 heads out of cache, where the first stays best.
+// caches, 2 threads, 32-position blocks; not re-measured at 8): the second took MQA (4 heads)
+// bfloat16 from 19.1 to 20.6 GB/s and lost 7-12% for 1 and 2 heads out of cache, where the first
+// stays best.
 template <int GB>
 constexpr int kHalves = GB <= 2 ? 2 : 1;
 // Positions per score tile.
