@@ -264,9 +264,7 @@ def test_native_build_finds_the_ninja_package_when_its_folder_is_not_on_path(mon
     assert found is not None and Path(found).parent == Path(ninja.BIN_DIR)
 
 
-def test_native_build_removes_a_lock_left_by_a_killed_build(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_native_build_removes_a_lock_left_by_a_killed_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lock = tmp_path / "lock"
     lock.touch()
     old = time.time() - native.STALE_LOCK_S - 60
