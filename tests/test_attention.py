@@ -219,12 +219,16 @@ def test_native_kernel_agrees_with_a_float64_reference_across_blocks_splits_and_
     torch.testing.assert_close(out.double(), loop_reference(q, k, v, n_valid - 1), atol=tolerance, rtol=tolerance)
 
 
-def test_native_kernel_rescales_when_a_later_block_holds_the_largest_score() -> None:
-    # Scores rise block after block by more than float32's exp range: every new block has a new running
-    # max, and a split that never rescaled its earlier sums would be off by orders of magnitude.
+@pytest.mark.parametrize("n_heads", (1, 2, 4, 7))
+def test_native_kernel_rescales_when_a_later_block_holds_the_largest_score(n_heads: int) -> None:
+    # Scores rise block after block by more than float32's exp range for the heads with a positive
+    # query, and fall for those with a negative one: the first get a new running max in every block,
+    # the second keep the one from their first block, in the same head tile. A split that rescaled the
+    # wrong heads, or never rescaled, would be off by orders of magnitude.
     generator = torch.Generator().manual_seed(3)
     n_valid, head_dim = 200, 16
-    q = torch.ones(1, 2, 1, head_dim)
+    signs = torch.tensor([1.0 if g % 2 == 0 else -1.0 for g in range(n_heads)])
+    q = signs[None, :, None, None].expand(1, n_heads, 1, head_dim).contiguous()
     k = torch.linspace(0, 120, n_valid)[None, None, :, None].expand(1, 1, n_valid, head_dim).contiguous()
     v = torch.randn(1, 1, n_valid, head_dim, generator=generator)
     for n_splits in (1, 2, 7):

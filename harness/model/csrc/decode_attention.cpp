@@ -79,6 +79,31 @@ inline Vec sum_lanes8(const Vec* a) {
          __builtin_shufflevector(low, high, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+// Lane i of the result is lane i ^ S of v (S a power of two below kLanes).
+template <int S>
+inline Vec xor_lanes(Vec v) {
+  return __builtin_shufflevector(v, v, 0 ^ S, 1 ^ S, 2 ^ S, 3 ^ S, 4 ^ S, 5 ^ S, 6 ^ S, 7 ^ S);
+}
+
+// With lane j holding head j % GB (GB a power of two dividing kLanes): the lanes of each head combined
+// by op (max, sum), the result in every lane of that head.
+template <int GB, typename Op>
+inline Vec across_heads(Vec v, Op op) {
+  if constexpr (GB < kLanes) {
+    v = op(v, xor_lanes<GB>(v));
+    return across_heads<2 * GB>(v, op);
+  }
+  return v;
+}
+
+// x[j % GB] in lane j.
+template <int GB>
+inline Vec replicate(const float* x) {
+  Vec out;
+  for (int lane = 0; lane < kLanes; ++lane) out[lane] = x[lane % GB];
+  return out;
+}
+
 // e^x per lane, to about one float32 ulp: e^x = 2^n · e^r with n = round(x / ln 2) and
 // |r| <= ln 2 / 2, e^r by its Taylor series to r^6 (truncation error r^7/7! < 1.3e-7).
 // x is clamped to [-87, 88], where 2^n stays a normal float32.
@@ -243,7 +268,11 @@ void block_scores(const float* q, const T* k, int64_t stride, int64_t n, int64_t
 // Online softmax over one block: turns the [position][head] scores of n positions into unnormalised
 // weights e^(s - m), updating each head's running max m and denominator l, and rescaling its
 // accumulated output when m grows. Weights past n are zero. The block is taken a vector at a time
-// across positions and heads: lane j holds head j % GB (GB divides kLanes).
+// across positions and heads: lane j holds head j % GB (GB divides kLanes), and the per-head max and
+// sum are shuffle trees; scalar work is left to blocks that raise a running max, which in a long row
+// are few. (Measured against per-lane scalar loops for the max, the running max's lanes and the sums,
+// interleaved A/B, 2 threads: bfloat16 MQA +12% on 4 layers x 32 MiB caches, 25.8 -> 29.0 GB/s;
+// 1-2 heads and float32 within -3..+4%.)
 template <int GB>
 void softmax_block(float* scores, int64_t n, int64_t head_dim, float* m, float* l, float* out) {
   static_assert(kLanes % GB == 0, "a vector's lanes must cycle through the heads evenly");
@@ -253,24 +282,22 @@ void softmax_block(float* scores, int64_t n, int64_t head_dim, float* m, float* 
   for (int j = 0; j < kVecs; ++j) row[j] = load_vec(scores + j * kLanes);
   Vec top = row[0];
   for (int j = 1; j < kVecs; ++j) top = row[j] > top ? row[j] : top;
-  Vec m_lanes;  // each lane's head's running max
+  top = across_heads<GB>(top, [](Vec a, Vec b) { return a > b ? a : b; });  // head g's block max in lane g
   for (int g = 0; g < GB; ++g) {
-    float block_max = top[g];
-    for (int lane = g + GB; lane < kLanes; lane += GB) block_max = std::max(block_max, top[lane]);
-    if (block_max > m[g]) {  // a new running max: rescale what was accumulated under the old one
-      const float rescale = std::exp(m[g] - block_max);
+    if (top[g] > m[g]) {  // a new running max: rescale what was accumulated under the old one
+      const float rescale = std::exp(m[g] - top[g]);
       l[g] *= rescale;
       for (int64_t d = 0; d < head_dim; ++d) out[g * head_dim + d] *= rescale;
-      m[g] = block_max;
+      m[g] = top[g];
     }
-    for (int lane = g; lane < kLanes; lane += GB) m_lanes[lane] = m[g];
   }
+  const Vec m_lanes = replicate<GB>(m);  // each lane's head's running max
   for (int j = 0; j < kVecs; ++j) store_vec(scores + j * kLanes, exp_vec(row[j] - m_lanes));
   for (int64_t i = n * GB; i < kBlock * GB; ++i) scores[i] = 0.0f;  // past the split: no weight
   Vec sum{};
   for (int j = 0; j < kVecs; ++j) sum += load_vec(scores + j * kLanes);
-  for (int g = 0; g < GB; ++g)
-    for (int lane = g; lane < kLanes; lane += GB) l[g] += sum[lane];
+  sum = across_heads<GB>(sum, [](Vec a, Vec b) { return a + b; });
+  for (int g = 0; g < GB; ++g) l[g] += sum[g];
 }
 
 // out[g, d0 .. d0 + 16·DT) += Σ_t weights[t * GB + g] · v_t[d0 ..] for GB query heads over n positions.
