@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -170,6 +171,21 @@ struct Elements<c10::Half> {
   static int source_index(int slot) { return slot; }
 };
 
+// Pins two float32 cache vectors that GB > 1 query heads use in registers. Without it GCC folds their
+// load into each head's multiply-add, loading them once per head, and then the loads (two 256-bit ones
+// per cycle) rather than the multiply-adds set the pace. The other dtypes are widened in registers
+// anyway. Measured in cache (1 thread, 4096 positions, float32): four heads per KV head 59 -> 37 ns per
+// position, two 30 -> 27; bfloat16 unchanged with the values pinned and 4% slower with the keys.
+template <int GB, typename T>
+inline void pin_for_heads(Vec& first, Vec& second) {
+#if defined(__x86_64__)
+  if constexpr (GB > 1 && std::is_same_v<T, float>) {
+    asm("" : "+x"(first));  // an empty instruction that takes and returns the vector in a register
+    asm("" : "+x"(second));
+  }
+#endif
+}
+
 // ---- One block of positions for a tile of query heads -----------------------------------------------
 
 // Positions per block: one vector of scores per query head, the block's K and V rows (and the next
@@ -226,6 +242,7 @@ inline void score_tile(const float* q, const T* k, int64_t stride, int64_t t0, i
       for (int t = 0; t < TB; ++t) {
         Vec first, second;
         Elements<T>::load16(k + (t0 + t) * stride + d, first, second);
+        pin_for_heads<GB, T>(first, second);
         for (int g = 0; g < GB; ++g) {
           acc[(t * GB + g) * 2] += q_first[g] * first;
           acc[(t * GB + g) * 2 + 1] += q_second[g] * second;
@@ -233,7 +250,10 @@ inline void score_tile(const float* q, const T* k, int64_t stride, int64_t t0, i
       }
     } else {
       Vec first[TB], second[TB];
-      for (int t = 0; t < TB; ++t) Elements<T>::load16(k + (t0 + t) * stride + d, first[t], second[t]);
+      for (int t = 0; t < TB; ++t) {
+        Elements<T>::load16(k + (t0 + t) * stride + d, first[t], second[t]);
+        pin_for_heads<GB, T>(first[t], second[t]);
+      }
       for (int g = 0; g < GB; ++g) {
         const Vec q_first = load_vec(q + g * head_dim + d), q_second = load_vec(q + g * head_dim + d + kLanes);
         for (int t = 0; t < TB; ++t) {
@@ -314,7 +334,10 @@ inline void value_tile(const float* weights, const T* v, int64_t stride, int64_t
         if (((d0 + j * kStep) * sizeof(T)) % kCacheLine == 0)
           __builtin_prefetch(v + (t + kBlock) * stride + d0 + j * kStep, 0, kPrefetchLocality);
     Vec vv[2 * DT];
-    for (int j = 0; j < DT; ++j) Elements<T>::load16(v + t * stride + d0 + j * kStep, vv[2 * j], vv[2 * j + 1]);
+    for (int j = 0; j < DT; ++j) {
+      Elements<T>::load16(v + t * stride + d0 + j * kStep, vv[2 * j], vv[2 * j + 1]);
+      pin_for_heads<GB, T>(vv[2 * j], vv[2 * j + 1]);
+    }
     for (int g = 0; g < GB; ++g) {
       const Vec w = broadcast(weights[t * GB + g]);
       for (int j = 0; j < 2 * DT; ++j) acc[g][j] += w * vv[j];
