@@ -100,7 +100,8 @@ def test_kv_cache_claim_does_not_hold_when_the_cla_cache_is_not_shared(golden: R
     assert check.verdict == "does not hold"
     assert check.evidence == (
         "expected 4/2 producer layers = 2.000 (s=2); measured 1.000 in 4 cells; "
-        "fails at B=1 ctx=1024 (1.000), B=1 ctx=4096 (1.000), B=8 ctx=1024 (1.000) and 1 more"
+        "fails at B=1 ctx=1024 float32 sdpa (1.000), B=1 ctx=4096 float32 sdpa (1.000), "
+        "B=8 ctx=1024 float32 sdpa (1.000) and 1 more"
     )
 
 
@@ -193,8 +194,8 @@ def test_attention_claim_does_not_hold_when_cla_is_half_again_slower(golden: Run
     assert check.verdict == "does not hold"
     assert check.evidence == (
         "median ratio CLA/base 1.50 over 4 cells; 0/4 within ±10% or CI overlap; fails at "
-        "B=1 ctx=1024 (1.50, CIs disjoint), B=1 ctx=4096 (1.50, CIs disjoint), B=8 ctx=1024 (1.50, CIs disjoint) "
-        "and 1 more"
+        "B=1 ctx=1024 float32 sdpa (1.50, CIs disjoint), B=1 ctx=4096 float32 sdpa (1.50, CIs disjoint), "
+        "B=8 ctx=1024 float32 sdpa (1.50, CIs disjoint) and 1 more"
     )
 
 
@@ -221,7 +222,7 @@ def test_mqa_claim_does_not_hold_when_mqa_attention_is_as_slow_as_mha(golden: Ru
     assert check.verdict == "does not hold"
     assert check.evidence == (
         "median ratio H64-MQA/MHA 1.00 over 3 cells; smaller in 0/3; "
-        "fails at B=1 ctx=1024 (1.00), B=1 ctx=4096 (1.00), B=8 ctx=1024 (1.00)"
+        "fails at B=1 ctx=1024 float32 sdpa (1.00), B=1 ctx=4096 float32 sdpa (1.00), B=8 ctx=1024 float32 sdpa (1.00)"
     )
 
 
@@ -243,3 +244,18 @@ def test_a_cla_variant_without_its_base_is_not_testable(golden: RunResult) -> No
     check = _only(check_kv_cache(result), "H64-MQA-CLA2")
     assert check.verdict == "not testable"
     assert check.evidence == "no variant without CLA with head_dim 64, 8 heads and 1 KV heads to compare with"
+
+
+def test_mqa_claim_gets_a_verdict_per_backend_when_a_run_has_several(golden: RunResult) -> None:
+    # The same run timed on a second backend that expands K/V to every query head, so MQA costs it as
+    # much as MHA: that backend's row says so, and the first backend's verdict is unchanged.
+    eager = golden.model_copy(update={"cells": [c.model_copy(update={"backend": "eager"}) for c in golden.cells]})
+    expanding = _attention_like(eager, "H64-MQA", "H64-MHA", 1.0)
+    both = golden.model_copy(update={"cells": golden.cells + expanding.cells})
+    checks = [c for c in check_attention_cut_by_kv_heads(both) if c.comparison.startswith("H64-MQA vs H64-MHA")]
+    assert [(c.comparison, c.verdict) for c in checks] == [
+        ("H64-MQA vs H64-MHA, eager", "does not hold"),
+        ("H64-MQA vs H64-MHA, sdpa", "holds"),
+    ]
+    assert checks[0].evidence.endswith("B=8 ctx=1024 float32 eager (1.00)")
+    assert checks[1].evidence == "median ratio H64-MQA/MHA 0.13–0.16 over 3 cells; smaller in 3/3"
