@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,6 +23,8 @@ from harness.hardware import (
     resolve_device,
     vendor_peak_bandwidth_gbps,
 )
+from harness.measure import bandwidth
+from harness.measure.bandwidth import PeakBandwidth, load_or_measure_peak
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -107,6 +110,54 @@ def test_hw_command_prints_target_and_fingerprint_as_json(capsys: pytest.Capture
     printed = json.loads(capsys.readouterr().out)
     assert printed["target"] == detect_target("cpu")
     assert "cpu_model" in printed["fingerprint"]
+
+
+def _hw(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    hw_cmd.register(parser.add_subparsers())
+    return parser.parse_args(["hw", "--device", "cpu", *argv])
+
+
+def test_hw_probe_save_replaces_the_cached_peak_that_runs_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path))
+    measured = iter([20.0, 30.0])
+
+    def probe(device: str, env: dict[str, Any]) -> PeakBandwidth:
+        return PeakBandwidth(
+            read_gbps=next(measured), copy_gbps=10.0, vendor_gbps=None, buffer_bytes=4096, method="fake"
+        )
+
+    monkeypatch.setattr(bandwidth, "measure_peak", probe)
+    target = detect_target("cpu")
+    assert load_or_measure_peak(target, "cpu", measure=probe).read_gbps == 20.0  # a run caches the first
+    args = _hw("--probe", "--save", "--json")
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["peak_bandwidth"]["read_gbps"] == 30.0
+    assert printed["peak_bandwidth_cached_at"] == str(tmp_path / target / "peak.json")
+
+    def not_again(device: str, env: dict[str, Any]) -> PeakBandwidth:
+        raise AssertionError("the saved peak should be read from the cache")
+
+    assert load_or_measure_peak(target, "cpu", measure=not_again).read_gbps == 30.0  # later runs use the new one
+
+
+def test_hw_probe_without_save_leaves_the_cached_peak_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path))
+    fake = PeakBandwidth(read_gbps=25.0, copy_gbps=10.0, vendor_gbps=None, buffer_bytes=4096, method="fake")
+    monkeypatch.setattr(bandwidth, "measure_peak", lambda device, env: fake)
+    args = _hw("--probe", "--json")
+    assert args.func(args) == 0
+    assert not (tmp_path / detect_target("cpu") / "peak.json").exists()
+
+
+def test_hw_save_without_probe_is_a_one_line_user_error() -> None:
+    args = _hw("--save")
+    with pytest.raises(UserError) as caught:
+        args.func(args)
+    assert str(caught.value) == "--save: stores what --probe measures; give both"
 
 
 @pytest.mark.cuda
