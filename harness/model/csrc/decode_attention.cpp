@@ -28,6 +28,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 // ---- Vectors --------------------------------------------------------------------------------------
@@ -163,10 +167,22 @@ struct Elements<c10::BFloat16> {
 template <>
 struct Elements<c10::Half> {
   static void load16(const c10::Half* src, Vec& first, Vec& second) {
+#if defined(__F16C__)
+    // one instruction per eight elements where the CPU converts float16 itself (F16C, which -march=native
+    // enables on x86 CPUs that have it). Measured against the element-by-element conversion below
+    // (interleaved A/B, 4 layers x 32 MiB, 2 threads): 2.8x faster with four heads per KV head, 3.1x
+    // with one (8.8 -> 24.9 and 9.9 -> 30.5 GB/s).
+    __m128i low, high;
+    std::memcpy(&low, src, sizeof(low));
+    std::memcpy(&high, src + kLanes, sizeof(high));
+    first = bit_cast_vec<Vec>(_mm256_cvtph_ps(low));
+    second = bit_cast_vec<Vec>(_mm256_cvtph_ps(high));
+#else
     float wide[kStep];
     for (int i = 0; i < kStep; ++i) wide[i] = static_cast<float>(src[i]);
     first = load_vec(wide);
     second = load_vec(wide + kLanes);
+#endif
   }
   static int source_index(int slot) { return slot; }
 };
