@@ -102,20 +102,18 @@ def test_cpu_fingerprint_is_json_serialisable_and_names_its_target() -> None:
     assert info["logical_cores"] >= 1
 
 
-def test_hw_command_prints_target_and_fingerprint_as_json(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser()
-    hw_cmd.register(parser.add_subparsers())
-    args = parser.parse_args(["hw", "--device", "cpu", "--json"])
-    assert args.func(args) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["target"] == detect_target("cpu")
-    assert "cpu_model" in printed["fingerprint"]
-
-
 def _hw(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     hw_cmd.register(parser.add_subparsers())
     return parser.parse_args(["hw", "--device", "cpu", *argv])
+
+
+def test_hw_command_prints_target_and_fingerprint_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _hw("--json")
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["target"] == detect_target("cpu")
+    assert "cpu_model" in printed["fingerprint"]
 
 
 def test_hw_probe_save_replaces_the_cached_peak_that_runs_use(

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.probe:
         from harness.measure import bandwidth
 
-        if args.save:
+        if args.save:  # the same probe as below, looked up at call time, written where runs read it
             peak = bandwidth.load_or_measure_peak(
                 target, device, env=info["fingerprint"], force=True, measure=bandwidth.measure_peak
             )
