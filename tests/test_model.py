@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import harness.model.decoder as decoder_module
 from harness.accounting import cache_len, kv_cache_bytes, param_counts
@@ -241,3 +243,27 @@ def test_zeroed_weights_take_the_same_memory_as_random_ones() -> None:
     assert [p.shape for p in random.parameters()] == [p.shape for p in zeroed.parameters()]
     assert all(p.count_nonzero() == 0 for p in zeroed.parameters())
     assert any(p.count_nonzero() > 0 for p in random.parameters())
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops run under it, by overload packet name (``cos``, ``sin``, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("n_layers", [2, 6])
+def test_a_decode_step_computes_the_rotary_cos_and_sin_once_whatever_the_depth(
+    tiny_model: ModelSpec, n_layers: int
+) -> None:
+    decoder = build(tiny_model, "GQA2", n_layers, backend="grouped")
+    cache = decoder.allocate_cache(1, 8)
+    decoder.fill_cache_synthetic(cache, 7)
+    with torch.inference_mode(), _OpCounter() as ops:
+        decoder.decode_step(tokens(1, 1), cache, 7)
+    assert (ops.counts["cos"], ops.counts["sin"]) == (1, 1)

@@ -84,11 +84,27 @@ def rope_angles(positions: Tensor, head_dim: int, theta: float) -> Tensor:
     return torch.outer(positions.float(), inv_freq)
 
 
-def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate adjacent pairs of x [B, T, heads, head_dim] by angles [T, head_dim // 2], in float32."""
+@dataclass(frozen=True)
+class Rotation:
+    """cos and sin of the rotary angles of one step's positions, each [1, T, 1, head_dim // 2] in float32.
+
+    Computed once per forward pass and shared by the q and k rotations of every layer, as gpt-fast
+    shares its table: per-layer trigonometry would add 4 · n_layers small ops to every decode step.
+    """
+
+    cos: Tensor
+    sin: Tensor
+
+    @classmethod
+    def of(cls, angles: Tensor) -> Rotation:
+        """From angles [T, head_dim // 2] (see :func:`rope_angles`)."""
+        return cls(angles.cos()[None, :, None, :], angles.sin()[None, :, None, :])
+
+
+def apply_rope(x: Tensor, rotation: Rotation) -> Tensor:
+    """Rotate adjacent pairs of x [B, T, heads, head_dim] by the step's rotation, in float32."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # [B, T, heads, head_dim/2, 2]
-    cos = angles.cos()[None, :, None, :]  # [1, T, 1, head_dim/2]
-    sin = angles.sin()[None, :, None, :]  # [1, T, 1, head_dim/2]
+    cos, sin = rotation.cos, rotation.sin  # [1, T, 1, head_dim/2]
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)  # [B, T, heads, head_dim/2, 2]
     return rotated.flatten(-2).type_as(x)  # [B, T, heads, head_dim]
@@ -111,16 +127,16 @@ class Attention(nn.Module):
         self.wo = nn.Linear(variant.n_heads * variant.head_dim, d_model, bias=False)
 
     def forward(
-        self, x: Tensor, angles: Tensor, cache_k: Tensor, cache_v: Tensor, start_pos: int, backend: str
+        self, x: Tensor, rotation: Rotation, cache_k: Tensor, cache_v: Tensor, start_pos: int, backend: str
     ) -> Tensor:
         batch_size, n_new, _ = x.shape
         q = self.wq(x).view(batch_size, n_new, self.n_heads, self.head_dim)  # [B, T, n_heads, head_dim]
-        q = apply_rope(q, angles).transpose(1, 2)  # [B, n_heads, T, head_dim]
+        q = apply_rope(q, rotation).transpose(1, 2)  # [B, n_heads, T, head_dim]
         if self.wk is not None and self.wv is not None:
             k = self.wk(x).view(batch_size, n_new, self.n_kv_heads, self.head_dim)  # [B, T, n_kv_heads, head_dim]
             v = self.wv(x).view(batch_size, n_new, self.n_kv_heads, self.head_dim)  # [B, T, n_kv_heads, head_dim]
             # cache layout [B, n_kv_heads, cache_len, head_dim]: write positions start_pos .. start_pos + T - 1
-            cache_k[:, :, start_pos : start_pos + n_new] = apply_rope(k, angles).transpose(1, 2)
+            cache_k[:, :, start_pos : start_pos + n_new] = apply_rope(k, rotation).transpose(1, 2)
             cache_v[:, :, start_pos : start_pos + n_new] = v.transpose(1, 2)
         out = attend(q, cache_k, cache_v, start_pos=start_pos, backend=backend)  # [B, n_heads, T, head_dim]
         out = out.transpose(1, 2).reshape(batch_size, n_new, self.n_heads * self.head_dim)  # [B, T, n_heads*head_dim]
@@ -151,9 +167,9 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(model.d_model, model.d_ff)
 
     def forward(
-        self, x: Tensor, angles: Tensor, cache_k: Tensor, cache_v: Tensor, start_pos: int, backend: str
+        self, x: Tensor, rotation: Rotation, cache_k: Tensor, cache_v: Tensor, start_pos: int, backend: str
     ) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), angles, cache_k, cache_v, start_pos, backend)
+        h = x + self.attention(self.attention_norm(x), rotation, cache_k, cache_v, start_pos, backend)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -241,11 +257,11 @@ class Decoder(nn.Module):
         if tokens.shape[0] != cache.batch_size:
             raise ValueError(f"batch of {tokens.shape[0]} sequences for a cache of {cache.batch_size}")
         positions = torch.arange(start_pos, start_pos + n_new, device=tokens.device)
-        angles = rope_angles(positions, self.variant.head_dim, self.spec.rope_theta)  # [T, head_dim/2]
+        rotation = Rotation.of(rope_angles(positions, self.variant.head_dim, self.spec.rope_theta))
         h = self.tok_embeddings(tokens)  # [B, T, d_model]
         for layer, block in enumerate(self.layers):
             slot = cache.index_of_layer(layer)
-            h = block(h, angles, cache.k[slot], cache.v[slot], start_pos, self.backend)
+            h = block(h, rotation, cache.k[slot], cache.v[slot], start_pos, self.backend)
         return self.output(self.norm(h))  # [B, T, vocab_size]
 
     def prefill(self, tokens: Tensor, cache: KVCache) -> Tensor:
