@@ -6,7 +6,9 @@ for ``T`` new query positions ``start_pos .. start_pos + T - 1`` against the fir
 ``h // group_size`` (Ainslie et al. 2023, GQA), so MHA, GQA and MQA differ only in ``n_kv_heads``.
 
 - ``eager``: the textbook reference: K/V repeated to every query head, matmul, mask, softmax, matmul.
-- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with ``enable_gqa``.
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, with ``enable_gqa`` where the kernel
+  PyTorch picks reads shared KV heads natively, else with K/V repeated to every query head so that a
+  fused kernel still runs (:mod:`harness.model.sdpa` says which kernel, and records which one ran).
 - ``grouped``: no copy of K/V: the queries sharing a KV head are stacked and multiplied against it.
   On CPU a decode step runs the split-KV kernel of :mod:`harness.model.decode_kernels`, which reads
   the cache once, in streaming order, close to the memory-bandwidth limit.
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.model import native
+from harness.model import native, sdpa
 from harness.model.decode_kernels import split_kv_decode
 
 BACKENDS: tuple[str, ...] = ("eager", "sdpa", "grouped", "native", "flex")
@@ -43,9 +45,6 @@ CPU_ONLY_BACKENDS: tuple[str, ...] = ("native",)
 # In order of preference: the first one available on the device (native needs a C++ compiler).
 AUTO_BACKENDS: dict[str, tuple[str, ...]] = {"cpu": ("native", "grouped"), "cuda": ("sdpa",)}
 AUTO_BACKEND = "sdpa"  # any other device type
-
-# scaled_dot_product_attention gained enable_gqa in torch 2.5; older versions get K/V expanded.
-_SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def available_backends(device_type: str) -> tuple[str, ...]:
@@ -151,12 +150,12 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
         is_causal = True  # T == L: the usual lower triangle
     elif n_new > 1:
         mask = causal_mask(start_pos, n_new, q.device)  # [T, L]: the triangle is offset by start_pos
-    if _SDPA_HAS_GQA:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
-    v = v.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    call = sdpa.plan(q, k, v, mask, is_causal)
+    if call.expand_kv:
+        group = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
+        v = v.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=call.enable_gqa)
 
 
 def _grouped(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
