@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -30,6 +31,11 @@ def kills_itself(payload: dict[str, Any]) -> dict[str, Any]:
 
 def exits_quietly(payload: dict[str, Any]) -> dict[str, Any]:
     os._exit(3)
+
+
+def hangs(payload: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(60)
+    return {}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,37 @@ def test_allocator_messages_count_as_out_of_memory():
     cpu = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes")
     assert is_out_of_memory(cpu)
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "Unable to find a valid cuDNN algorithm to run convolution",
+        "CUDA driver error: cudaErrorMemoryAllocation",
+    ],
+)
+def test_cuda_library_allocation_failures_count_as_out_of_memory(message: str) -> None:
+    assert is_out_of_memory(RuntimeError(message))
+
+
+def test_cuda_library_errors_that_are_not_allocations_stay_errors() -> None:
+    assert not is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasGemmEx"))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"))
+
+
+def test_a_child_that_does_not_answer_in_time_is_killed_and_reported_as_a_timeout(workers: IsolatedRunner):
+    start = time.perf_counter()
+    outcome = workers.call(hangs, {}, timeout_s=0.5)
+    assert outcome.status == "timeout"
+    assert outcome.error is not None and "0.5 s" in outcome.error
+    assert time.perf_counter() - start < 10
+
+
+def test_an_exception_names_its_type_for_the_parent(workers: IsolatedRunner):
+    assert workers.call(raises_value_error, {}).exception == "ValueError"
+    assert workers.call(returns_payload, {"x": 1}).exception is None
 
 
 def test_describe_exception_is_one_line():

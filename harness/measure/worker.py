@@ -24,6 +24,7 @@ from typing import Any, Literal
 # torch._dynamo is imported lazily by the meta-device build and costs over a second in every child.
 PRELOAD = ("torch", "torch._dynamo", "harness.model", "harness.measure.cell")
 POLL_S = 0.05
+KILL_WAIT_S = 10.0
 # glibc adapts its mmap threshold to the allocations it has seen, so identical workers could end
 # with different peak resident sets; fixed thresholds make CPU peaks repeatable to well under a
 # sequence's worth of cache (seen here: 1.6 MB spread without, 0.3 MB with). Read at process start.
@@ -34,10 +35,11 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 class WorkerOutcome:
     """What a child returned, or why it returned nothing."""
 
-    status: Literal["ok", "oom", "error"]
+    status: Literal["ok", "oom", "error", "timeout"]
     value: dict[str, Any] | None
     error: str | None
     elapsed_s: float
+    exception: str | None = None  # the type name of what the child raised, when it raised
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -48,13 +50,29 @@ def describe_exception(exc: BaseException) -> str:
     return text + where
 
 
+# Allocation failures that reach Python as other errors: a CUDA library (cuBLAS, cuDNN, cuFFT, cuSOLVER,
+# cuSPARSE) that could not allocate its workspace reports its own status, and cuDNN reports a plan or
+# algorithm it could not find when every candidate's workspace failed to allocate.
+OUT_OF_MEMORY_MARKERS = (
+    "out of memory",  # torch.OutOfMemoryError, "CUDA error: out of memory"
+    "can't allocate memory",  # the CPU allocator
+    "cudaerrormemoryallocation",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cufft_alloc_failed",
+    "cusolver_status_alloc_failed",
+    "cusparse_status_alloc_failed",
+    "unable to find a valid cudnn algorithm",
+    "failed to allocate memory for the cudnn workspace",
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """torch.OutOfMemoryError (CUDA), MemoryError, or an allocator error that says it ran out."""
-    if isinstance(exc, MemoryError):
+    """torch.OutOfMemoryError, MemoryError, or an error whose text says an allocation failed (see the markers)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     text = str(exc).lower()
-    # CUDA: torch.OutOfMemoryError; CPU: the allocator's "can't allocate memory" RuntimeError
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
+    return any(marker in text for marker in OUT_OF_MEMORY_MARKERS)
 
 
 def _child_main(conn: Connection, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> None:
@@ -65,9 +83,10 @@ def _child_main(conn: Connection, fn: Callable[[dict[str, Any]], dict[str, Any]]
     gc.freeze()
     try:
         value = fn(payload)
-        conn.send(("ok", value, None))
+        conn.send(("ok", value, None, None))
     except BaseException as exc:  # report everything, including MemoryError, to the parent
-        conn.send(("oom" if is_out_of_memory(exc) else "error", None, describe_exception(exc)))
+        status = "oom" if is_out_of_memory(exc) else "error"
+        conn.send((status, None, describe_exception(exc), type(exc).__name__))
     finally:
         conn.close()
 
@@ -96,19 +115,22 @@ class IsolatedRunner:
                     return self._died(process, start)
                 if timeout_s is not None and time.perf_counter() - start > timeout_s:
                     return WorkerOutcome(
-                        "error", None, f"timed out after {timeout_s:.0f} s", time.perf_counter() - start
+                        "timeout",
+                        None,
+                        f"no answer within {timeout_s:g} s (measure.cell_timeout_s); the worker was killed",
+                        time.perf_counter() - start,
                     )
             try:
-                status, value, error = receiver.recv()
+                status, value, error, exception = receiver.recv()
             except EOFError:
                 return self._died(process, start)
             process.join()
-            return WorkerOutcome(status, value, error, time.perf_counter() - start)
+            return WorkerOutcome(status, value, error, time.perf_counter() - start, exception)
         finally:
             receiver.close()
             if process.is_alive():
                 process.kill()
-                process.join()
+                process.join(KILL_WAIT_S)  # a process stuck in the GPU driver may not die at once
 
     @staticmethod
     def _died(process: multiprocessing.process.BaseProcess, start: float) -> WorkerOutcome:
