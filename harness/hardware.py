@@ -225,28 +225,55 @@ def _nvml_init() -> Any | None:
 
 
 def _nvml_handle(pynvml: Any, device: str) -> Any | None:
-    """NVML's handle for the CUDA device, matched by UUID, then PCI bus id, then ordinal.
+    """NVML's handle for the CUDA device, or None when it cannot be told which NVML device that is.
 
-    NVML numbers all GPUs of the machine while CUDA numbers only the visible ones (and may order
-    them differently), so the ordinal is the last resort.
+    NVML numbers all GPUs of the machine while CUDA numbers only the visible ones (``CUDA_VISIBLE_DEVICES``)
+    and may order them differently, so the CUDA ordinal never picks an NVML device by itself: the
+    match is by UUID (a GPU's ``GPU-...`` or a MIG instance's ``MIG-...``), then PCI bus id, then a UUID
+    named in ``CUDA_VISIBLE_DEVICES``; the ordinal only when NVML and CUDA both see exactly one GPU.
+    Readings of another GPU would be worse than none.
     """
     index = _cuda_index(device)
     props = _cuda_properties(index)
     uuid = getattr(props, "uuid", None)
     if uuid is not None:
         text = str(uuid)
-        handle = nvml_call(
-            pynvml, "nvmlDeviceGetHandleByUUID", text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
-        )
-        if handle is not None:
-            return handle
+        for candidate in (text,) if text.startswith(("GPU-", "MIG-")) else (f"GPU-{text}", f"MIG-{text}"):
+            handle = nvml_call(pynvml, "nvmlDeviceGetHandleByUUID", candidate)
+            if handle is not None:
+                return handle
     if props is not None and hasattr(props, "pci_bus_id"):
         domain, device_id = getattr(props, "pci_domain_id", 0), getattr(props, "pci_device_id", 0)
         bus_id = f"{domain:08x}:{props.pci_bus_id:02x}:{device_id:02x}.0"  # NVML's "domain:bus:device.function"
         handle = nvml_call(pynvml, "nvmlDeviceGetHandleByPciBusId", bus_id)
         if handle is not None:
             return handle
-    return nvml_call(pynvml, "nvmlDeviceGetHandleByIndex", index)
+    visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    if index < len(visible) and visible[index].startswith(("GPU-", "MIG-")):
+        handle = nvml_call(pynvml, "nvmlDeviceGetHandleByUUID", visible[index])
+        if handle is not None:
+            return handle
+    if nvml_call(pynvml, "nvmlDeviceGetCount") == 1 and _cuda_device_count() == 1:
+        return nvml_call(pynvml, "nvmlDeviceGetHandleByIndex", 0)
+    return None
+
+
+def nvml_parent(pynvml: Any, handle: Any) -> Any:
+    """The physical GPU of a MIG instance's handle (clocks, power and energy are read there); else ``handle``."""
+    if nvml_call(pynvml, "nvmlDeviceIsMigDeviceHandle", handle):
+        parent = nvml_call(pynvml, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle", handle)
+        if parent is not None:
+            return parent
+    return handle
+
+
+def _cuda_device_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
 
 
 def _cuda_properties(index: int) -> Any | None:
@@ -258,6 +285,22 @@ def _cuda_properties(index: int) -> Any | None:
         return torch.cuda.get_device_properties(index)
     except Exception:
         return None
+
+
+# Memory bandwidth from the vendor's data sheets, GB/s (1e9 bytes/s), by target id. Used before the
+# NVML formula below, which reads the maximum memory clock and can land a little off the sheet (an
+# H200's 3201 MHz x 6144 bit gives 4917 GB/s against the sheet's 4800).
+DATASHEET_BANDWIDTH_GBPS: dict[str, float] = {
+    "nvidia-a100-sxm4-40gb": 1555.0,
+    "nvidia-a100-pcie-40gb": 1555.0,
+    "nvidia-a100-sxm4-80gb": 2039.0,
+    "nvidia-a100-80gb-pcie": 1935.0,
+    "nvidia-h100-80gb-hbm3": 3350.0,  # H100 SXM
+    "nvidia-h100-pcie": 2000.0,
+    "nvidia-h100-nvl": 3900.0,
+    "nvidia-h200": 4800.0,  # H200 SXM
+    "nvidia-h200-nvl": 4800.0,
+}
 
 
 def vendor_peak_bandwidth_gbps(memory_clock_mhz: float | None, bus_width_bits: float | None) -> float | None:
@@ -277,13 +320,30 @@ def vendor_peak_bandwidth_gbps(memory_clock_mhz: float | None, bus_width_bits: f
 # Fingerprint
 
 
-def fingerprint(device: str) -> dict[str, Any]:
-    """Everything about this machine a result depends on, as a JSON-serialisable dict.
+# Environment variables that change what a run measures: which GPUs are visible and in what order,
+# how the CUDA allocator behaves, synchronous launches, cuBLAS workspaces, CPU thread counts.
+FINGERPRINT_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "PYTORCH_ALLOC_CONF",
+    "CUDA_LAUNCH_BLOCKING",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
-    Always: target, device, torch/Python versions, OS, CPU model, logical cores, total memory,
-    CPU cache sizes. On CUDA also the GPU's name, memory, SM count, L2 size, and from NVML
-    driver/CUDA versions, bus width, max clocks, power limit, ECC and MIG modes and the vendor's
-    peak bandwidth (None where NVML cannot tell).
+
+def fingerprint(device: str) -> dict[str, Any]:
+    """Everything about this machine and process a result depends on, as a JSON-serialisable dict.
+
+    Always: target, device, torch/Python versions, OS, CPU model, logical cores, total memory, CPU
+    cache sizes, the environment variables of :data:`FINGERPRINT_ENV` and torch's numerics switches
+    (TF32, reduced-precision reductions, which SDPA kernels are enabled). On CUDA also the GPU's
+    name, memory, SM count, L2 size, and from NVML driver/CUDA versions, bus width, max and
+    application clocks, power limit, ECC, MIG, persistence and compute modes, and the vendor's peak
+    bandwidth (None where NVML cannot tell). Runs take it inside a worker process, so it describes
+    what the workers see.
     """
     import torch
 
@@ -303,10 +363,34 @@ def fingerprint(device: str) -> dict[str, Any]:
         "cpu_l1d_cache_bytes": caches.get("l1d"),
         "cpu_l2_cache_bytes": caches.get("l2"),
         "cpu_l3_cache_bytes": caches.get("l3"),
+        "env": {name: os.environ.get(name) for name in FINGERPRINT_ENV},
+        "torch_numerics": torch_numerics(),
     }
     if is_cuda(device):
         info.update(_gpu_fingerprint(device))
     return info
+
+
+def torch_numerics() -> dict[str, Any]:
+    """torch's process-wide switches that change which kernels run and how precisely."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": _guarded(lambda: bool(matmul.allow_tf32)),
+        "cudnn_allow_tf32": _guarded(lambda: bool(torch.backends.cudnn.allow_tf32)),
+        "cuda_matmul_allow_fp16_reduced_precision_reduction": _guarded(
+            lambda: bool(matmul.allow_fp16_reduced_precision_reduction)
+        ),
+        "cuda_matmul_allow_bf16_reduced_precision_reduction": _guarded(
+            lambda: bool(matmul.allow_bf16_reduced_precision_reduction)
+        ),
+        "sdpa_flash_enabled": _guarded(torch.backends.cuda.flash_sdp_enabled),
+        "sdpa_mem_efficient_enabled": _guarded(torch.backends.cuda.mem_efficient_sdp_enabled),
+        "sdpa_math_enabled": _guarded(torch.backends.cuda.math_sdp_enabled),
+        "sdpa_cudnn_enabled": _guarded(torch.backends.cuda.cudnn_sdp_enabled),
+    }
 
 
 def _gpu_fingerprint(device: str) -> dict[str, Any]:
@@ -314,8 +398,11 @@ def _gpu_fingerprint(device: str) -> dict[str, Any]:
 
     index = _cuda_index(device)
     props = _cuda_properties(index)
+    name = getattr(props, "name", None)
     info: dict[str, Any] = {
-        "device_name": getattr(props, "name", None),
+        "device_name": name,
+        "cuda_device_index": index,
+        "cuda_uuid": str(props.uuid) if props is not None and hasattr(props, "uuid") else None,
         "gpu_memory_total_bytes": getattr(props, "total_memory", None),
         "sm_count": getattr(props, "multi_processor_count", None),
         "compute_capability": f"{props.major}.{props.minor}" if props is not None else None,
@@ -323,49 +410,63 @@ def _gpu_fingerprint(device: str) -> dict[str, Any]:
         "cudnn_version": _guarded(torch.backends.cudnn.version),
     }
     info.update(_nvml_fingerprint(device))
+    datasheet = DATASHEET_BANDWIDTH_GBPS.get(cuda_target_id(name)) if name else None
+    if datasheet is not None:
+        info["vendor_peak_bandwidth_gbps"] = datasheet
+        info["vendor_peak_bandwidth_source"] = "vendor data sheet"
     return info
 
 
+NVML_FIELDS = (
+    "driver_version",
+    "cuda_driver_version",
+    "gpu_uuid",
+    "pci_bus_id",
+    "nvml_memory_total_bytes",
+    "memory_bus_width_bits",
+    "max_sm_clock_mhz",
+    "max_memory_clock_mhz",
+    "application_sm_clock_mhz",
+    "application_memory_clock_mhz",
+    "power_limit_w",
+    "ecc_enabled",
+    "mig_enabled",
+    "persistence_mode",
+    "compute_mode",
+    "vendor_peak_bandwidth_gbps",
+    "vendor_peak_bandwidth_source",
+)
+
+
 def _nvml_fingerprint(device: str) -> dict[str, Any]:
-    fields: dict[str, Any] = dict.fromkeys(
-        (
-            "driver_version",
-            "cuda_driver_version",
-            "gpu_uuid",
-            "pci_bus_id",
-            "nvml_memory_total_bytes",
-            "memory_bus_width_bits",
-            "max_sm_clock_mhz",
-            "max_memory_clock_mhz",
-            "power_limit_w",
-            "ecc_enabled",
-            "mig_enabled",
-            "vendor_peak_bandwidth_gbps",
-        )
-    )
-    fields["vendor_peak_bandwidth_source"] = None
+    fields: dict[str, Any] = dict.fromkeys(NVML_FIELDS)
     with nvml_session(device) as session:
         if session is None:
             return fields
         nv, handle = session
+        gpu = nvml_parent(nv, handle)  # a MIG instance's clocks and power are its GPU's
+        sm, mem = getattr(nv, "NVML_CLOCK_SM", 1), getattr(nv, "NVML_CLOCK_MEM", 2)
         fields["driver_version"] = nvml_call(nv, "nvmlSystemGetDriverVersion")
         cuda_driver = nvml_call(nv, "nvmlSystemGetCudaDriverVersion")  # e.g. 12040 for 12.4
         fields["cuda_driver_version"] = f"{cuda_driver // 1000}.{cuda_driver % 1000 // 10}" if cuda_driver else None
         fields["gpu_uuid"] = nvml_call(nv, "nvmlDeviceGetUUID", handle)
-        pci = nvml_call(nv, "nvmlDeviceGetPciInfo", handle)
+        pci = nvml_call(nv, "nvmlDeviceGetPciInfo", gpu)
         bus_id = getattr(pci, "busId", None)
         fields["pci_bus_id"] = bus_id.decode() if isinstance(bus_id, bytes) else bus_id
         memory = nvml_call(nv, "nvmlDeviceGetMemoryInfo", handle)
         fields["nvml_memory_total_bytes"] = getattr(memory, "total", None)
-        fields["memory_bus_width_bits"] = nvml_call(nv, "nvmlDeviceGetMemoryBusWidth", handle)
-        fields["max_sm_clock_mhz"] = nvml_call(nv, "nvmlDeviceGetMaxClockInfo", handle, getattr(nv, "NVML_CLOCK_SM", 1))
-        fields["max_memory_clock_mhz"] = nvml_call(
-            nv, "nvmlDeviceGetMaxClockInfo", handle, getattr(nv, "NVML_CLOCK_MEM", 2)
-        )
-        power_mw = nvml_call(nv, "nvmlDeviceGetEnforcedPowerLimit", handle)
+        fields["memory_bus_width_bits"] = nvml_call(nv, "nvmlDeviceGetMemoryBusWidth", gpu)
+        fields["max_sm_clock_mhz"] = nvml_call(nv, "nvmlDeviceGetMaxClockInfo", gpu, sm)
+        fields["max_memory_clock_mhz"] = nvml_call(nv, "nvmlDeviceGetMaxClockInfo", gpu, mem)
+        fields["application_sm_clock_mhz"] = nvml_call(nv, "nvmlDeviceGetApplicationsClock", gpu, sm)
+        fields["application_memory_clock_mhz"] = nvml_call(nv, "nvmlDeviceGetApplicationsClock", gpu, mem)
+        power_mw = nvml_call(nv, "nvmlDeviceGetEnforcedPowerLimit", gpu)
         fields["power_limit_w"] = power_mw / 1000 if power_mw is not None else None
-        fields["ecc_enabled"] = _current_mode(nvml_call(nv, "nvmlDeviceGetEccMode", handle))
-        fields["mig_enabled"] = _current_mode(nvml_call(nv, "nvmlDeviceGetMigMode", handle))
+        fields["ecc_enabled"] = _current_mode(nvml_call(nv, "nvmlDeviceGetEccMode", gpu))
+        fields["mig_enabled"] = _current_mode(nvml_call(nv, "nvmlDeviceGetMigMode", gpu))
+        persistence = nvml_call(nv, "nvmlDeviceGetPersistenceMode", gpu)
+        fields["persistence_mode"] = bool(persistence) if persistence is not None else None
+        fields["compute_mode"] = nvml_call(nv, "nvmlDeviceGetComputeMode", gpu)
     peak = vendor_peak_bandwidth_gbps(fields["max_memory_clock_mhz"], fields["memory_bus_width_bits"])
     fields["vendor_peak_bandwidth_gbps"] = peak
     if peak is not None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from harness import hardware
 from harness.measure.telemetry import NvmlSample, NvmlSampler, decode_throttle_reasons, summarise
 from harness.results.schema import Telemetry
 
@@ -20,7 +21,7 @@ def test_throttle_mask_decodes_into_reason_names_lowest_bit_first() -> None:
     assert decode_throttle_reasons(0x800) == ["unknown_0x800"]
 
 
-def test_summary_takes_means_and_energy_per_token() -> None:
+def test_summary_takes_means_and_energy_per_token_and_leaves_the_idle_reason_out() -> None:
     samples = [NvmlSample(1800, 2600, 500.0, 60, 0x1), NvmlSample(1900, 2600, 700.0, 62, 0x4)]
     summary = summarise(samples, energy_start_mj=1_000_000, energy_end_mj=1_012_000, tokens=64)
     assert summary == Telemetry(
@@ -28,7 +29,7 @@ def test_summary_takes_means_and_energy_per_token() -> None:
         memory_clock_mhz=2600,
         power_w=600.0,
         temperature_c=61,
-        throttle_reasons=["gpu_idle", "sw_power_cap"],
+        throttle_reasons=["sw_power_cap"],  # idle is waiting for work, not throttling
         energy_per_token_j=12.0 / 64,
     )
 
@@ -57,6 +58,7 @@ def fake_nvml() -> Any:
     nvml.nvmlInit = lambda: None
     nvml.nvmlShutdown = lambda: None
     nvml.nvmlDeviceGetHandleByIndex = lambda index: "gpu0"
+    nvml.nvmlDeviceGetCount = lambda: 1
     nvml.nvmlDeviceGetClockInfo = lambda handle, clock: {1: 1980, 2: 2619}[clock]
     nvml.nvmlDeviceGetPowerUsage = lambda handle: 350_000  # milliwatts
     nvml.nvmlDeviceGetTemperature = lambda handle, sensor: 55
@@ -68,6 +70,7 @@ def fake_nvml() -> Any:
 def test_sampler_with_nvml_reports_means_throttling_and_energy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # ordinal 0, no torch CUDA properties
+    monkeypatch.setattr(hardware, "_cuda_device_count", lambda: 1)  # one GPU seen by CUDA and by NVML
     with NvmlSampler("cuda:0", interval_s=0.001) as sampler:
         time.sleep(0.01)
     result = sampler.result(tokens=10)

@@ -2,12 +2,18 @@
 
 :class:`NvmlSampler` is a context manager: a background thread reads the device every
 ~50 ms while the block runs, and the total-energy counter is read at entry and exit where the
-GPU has one (Volta and later). Without NVML, without an NVIDIA GPU, or on a CPU target every
-field of the result is None and nothing raises.
+GPU has one (Volta and later). A cell samples over its timed windows (clocks, power and
+throttling are those of the measured steps) and reads energy over a separate window of CUDA-graph
+replays of the decode step, the same steps its latency times. Without NVML, without an NVIDIA
+GPU, or on a CPU target every field of the result is None and nothing raises.
+
+NVML's "GPU idle" reason is not throttling: it is set whenever the GPU waits for work (between
+launches, or before the window starts), so it is left out of the reasons reported.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 from contextlib import ExitStack
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from harness.hardware import nvml_call, nvml_session
+from harness.hardware import nvml_call, nvml_parent, nvml_session
 from harness.results.schema import Telemetry
 
 SAMPLE_INTERVAL_S = 0.05
@@ -32,6 +38,11 @@ THROTTLE_REASON_BITS: dict[int, str] = {
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
 }
+IDLE_REASON = "gpu_idle"
+# The reasons that lower clocks under load: power caps and brakes, thermal and hardware slowdowns.
+THROTTLING_REASONS = frozenset(
+    {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
+)
 
 
 def decode_throttle_reasons(mask: int) -> list[str]:
@@ -59,7 +70,7 @@ class NvmlSample:
 def summarise(
     samples: list[NvmlSample], energy_start_mj: int | None, energy_end_mj: int | None, tokens: int
 ) -> Telemetry:
-    """Means of the samples, every throttle reason seen, and energy per token in joules."""
+    """Means of the samples, every clock-event reason seen but idle, and energy per token in joules."""
 
     def mean(values: list[float | None]) -> float | None:
         known = [v for v in values if v is not None]
@@ -76,7 +87,7 @@ def summarise(
         memory_clock_mhz=mean([s.memory_clock_mhz for s in samples]),
         power_w=mean([s.power_w for s in samples]),
         temperature_c=mean([s.temperature_c for s in samples]),
-        throttle_reasons=decode_throttle_reasons(mask),
+        throttle_reasons=[reason for reason in decode_throttle_reasons(mask) if reason != IDLE_REASON],
         energy_per_token_j=energy_per_token_j,
     )
 
@@ -98,9 +109,11 @@ class NvmlSampler:
     def __enter__(self) -> NvmlSampler:
         self.samples = []
         self.energy_start_mj = self.energy_end_mj = None
-        self._nvml = self._stack.enter_context(nvml_session(self.device))
-        if self._nvml is None:
+        session = self._stack.enter_context(nvml_session(self.device))
+        if session is None:
             return self
+        nv, handle = session
+        self._nvml = (nv, nvml_parent(nv, handle))  # a MIG instance's clocks, power and energy are its GPU's
         self.energy_start_mj = self._energy_mj()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="attnbench-nvml-sampler", daemon=True)
@@ -146,3 +159,27 @@ class NvmlSampler:
         nv, handle = self._nvml
         energy = nvml_call(nv, "nvmlDeviceGetTotalEnergyConsumption", handle)
         return int(energy) if energy is not None else None
+
+
+def other_gpu_processes(device: str) -> list[int] | None:
+    """PIDs of the other processes NVML sees on this GPU (compute and graphics); None without NVML.
+
+    In a container NVML reports host PIDs, so this process may be listed under a PID it does not
+    know: when its own PID is absent, one listed process is taken to be itself.
+    """
+    with nvml_session(device) as session:
+        if session is None:
+            return None
+        nv, handle = session
+        pids: set[int] = set()
+        for function in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            for process in nvml_call(nv, function, handle) or []:
+                pid = getattr(process, "pid", None)
+                if isinstance(pid, int):
+                    pids.add(pid)
+    own = os.getpid()
+    if own in pids:
+        pids.discard(own)
+    elif pids:
+        pids.discard(max(pids))  # one of them is this process under a host PID; which one cannot be told
+    return sorted(pids)
