@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from harness.measure import bandwidth
 from harness.measure.bandwidth import (
     PeakBandwidth,
     cpu_probe_bytes,
@@ -81,6 +83,36 @@ def test_load_or_measure_peak_measures_again_over_a_corrupt_cache_file(tmp_path:
     load_or_measure_peak("cpu-test-2c", "cpu", tmp_path, env=ENV, measure=probe)
     assert probe.calls == 1
     assert json.loads(path.read_text())["fingerprint"]["target"] == "cpu-test-2c"
+
+
+def fixed_probe(read_gbps: float, vendor_gbps: float | None) -> Any:
+    def probe(device: str, env: dict[str, Any]) -> PeakBandwidth:
+        return PeakBandwidth(read_gbps=read_gbps, copy_gbps=1.0, vendor_gbps=vendor_gbps, buffer_bytes=4096, method="")
+
+    return probe
+
+
+def test_a_gpu_peak_far_below_the_vendor_figure_is_returned_with_a_warning_and_not_cached(tmp_path: Path) -> None:
+    peak = load_or_measure_peak("nvidia-x", "cuda", tmp_path, env=ENV, measure=fixed_probe(3000.0, 4800.0))
+    assert peak.warning is not None and "below 80%" in peak.warning
+    assert not peak_cache_path("nvidia-x", tmp_path).exists()
+
+
+def test_a_gpu_peak_near_the_vendor_figure_is_cached_without_a_warning(tmp_path: Path) -> None:
+    peak = load_or_measure_peak("nvidia-x", "cuda", tmp_path, env=ENV, measure=fixed_probe(4300.0, 4800.0))
+    assert peak.warning is None
+    assert json.loads(peak_cache_path("nvidia-x", tmp_path).read_text())["peak"]["read_gbps"] == 4300.0
+
+
+def test_every_probe_warms_up_for_at_least_the_warmup_time_before_its_repeats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[float] = []
+    monkeypatch.setattr(bandwidth, "WARMUP_S", 0.05)
+    before = time.perf_counter()
+    bandwidth._best_seconds(lambda: calls.append(time.perf_counter()), repeats=3)
+    assert len(calls) - 3 >= 2  # at least two warm-up calls
+    assert calls[-3] - before >= 0.05  # the first timed repeat comes after the warm-up time
 
 
 def test_cache_dir_follows_attnbench_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -7,9 +7,15 @@ DRAM / HBM. Bytes are counted as STREAM does: a read of N bytes moves N, a copy 
 peak is the best of a few repeats: it is a ceiling, so the fastest repeat is the one least
 disturbed by other work.
 
+Each probe first runs for at least ``WARMUP_S`` (clocks ramp up, pages and TLBs warm), so that
+a cold first repeat cannot decide the peak.
+
 The result is cached in ``<cache dir>/<target>/peak.json`` (cache dir ``$ATTNBENCH_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/attnbench``, else ``~/.cache/attnbench``) and reused while the
-fingerprint fields in :data:`PEAK_CACHE_KEYS` are unchanged.
+fingerprint fields in :data:`PEAK_CACHE_KEYS` are unchanged. A GPU peak below
+``VENDOR_FLOOR`` of the vendor's figure is reported with a warning and not cached: a healthy
+HBM copy reaches 85-95% of it, so such a probe met a busy, throttled or misconfigured device, and
+caching it would inflate every later fraction.
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ CUDA_BUFFER_BYTES = 2**30
 CPU_REPEATS = 10
 READ_PROBE_ROW = 4096  # row length of the matrix view the matrix-vector read probe streams
 CUDA_REPEATS = 10
+WARMUP_S = 0.2  # each probe runs at least this long before its timed repeats
+VENDOR_FLOOR = 0.8  # a measured GPU peak below this share of the vendor's figure is not trusted
 
 # Bumped whenever the probes change, so that peaks cached by an older probe are measured anew.
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 # Fingerprint fields whose change invalidates a cached peak.
 PEAK_CACHE_KEYS = (
     "target",
@@ -63,6 +71,7 @@ class PeakBandwidth(BaseModel):
     vendor_gbps: float | None  # vendor's theoretical figure (GPUs, from NVML), see harness.hardware
     buffer_bytes: int  # size of one probe buffer
     method: str  # how it was measured, in words
+    warning: str | None = None  # why this peak is not trusted (and was not cached), when it is not
 
     @property
     def measured_gbps(self) -> float:
@@ -106,7 +115,19 @@ def _available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def _warm_up(fn: Callable[[], object], sync: Callable[[], None] | None = None) -> None:
+    """Call ``fn`` (then ``sync``) until ``WARMUP_S`` have passed, at least twice."""
+    start = time.perf_counter()
+    calls = 0
+    while calls < 2 or time.perf_counter() - start < WARMUP_S:
+        fn()
+        if sync is not None:
+            sync()
+        calls += 1
+
+
 def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    _warm_up(fn)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -192,9 +213,8 @@ def _cuda_probe_seconds(dev: torch.device, n: int, repeats: int) -> tuple[float,
 
 
 def _best_event_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Best of ``repeats`` event-timed calls after two warm-up calls; one synchronisation at read-out."""
-    for _ in range(2):
-        fn()
+    """Best of ``repeats`` event-timed calls after ``WARMUP_S`` of warm-up; one synchronisation at read-out."""
+    _warm_up(fn, torch.cuda.synchronize)
     pairs = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -242,6 +262,9 @@ def load_or_measure_peak(
         if cached is not None:
             return cached
     peak = measure(device, env)
+    warning = vendor_warning(peak)
+    if warning is not None:
+        return peak.model_copy(update={"warning": warning})
     record = {
         "fingerprint": key,
         "peak": peak.model_dump(),
@@ -249,6 +272,17 @@ def load_or_measure_peak(
     }
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
     return peak
+
+
+def vendor_warning(peak: PeakBandwidth) -> str | None:
+    """Why a measured peak is too far below the vendor's figure to be trusted; None when it is not."""
+    if peak.vendor_gbps is None or peak.measured_gbps >= VENDOR_FLOOR * peak.vendor_gbps:
+        return None
+    return (
+        f"measured peak {peak.measured_gbps:.0f} GB/s is below {VENDOR_FLOOR:.0%} of the vendor's "
+        f"{peak.vendor_gbps:.0f} GB/s (a busy, throttled or misconfigured device?); not cached, and every "
+        "bandwidth fraction of this run divides by it"
+    )
 
 
 def _read_cached(path: Path, key: dict[str, Any]) -> PeakBandwidth | None:
