@@ -22,3 +22,10 @@ class UserError(Exception):
     def __str__(self) -> str:
         parts = [p for p in (self.source, self.field, self.reason) if p]
         return ": ".join(parts)
+
+
+class RunFailure(UserError):
+    """A measurement that cannot go on through no mistake of the user's (a probe of the machine failed):
+    reported like a :class:`UserError`, one line, but with exit code 1."""
+
+    exit_code = 1

@@ -1,16 +1,18 @@
 """The measurement run: a scenario's cells, each measured in an isolated worker, saved as it goes.
 
-    load scenario -> target + fingerprint + peak bandwidth -> for each cell: measure (worker),
+    load scenario -> target + fingerprint + peak bandwidth (workers) -> for each cell:
+    [auto: choose the backend (worker)] -> measure (worker) -> metrics + self-checks ->
     max batch (search of worker probes, once per variant/dtype/context/backend) -> result file
 
 The result file is rewritten atomically after every cell, so an interrupted run (Ctrl-C, a
 killed process) loses no finished cell; ``resume`` continues the newest unfinished file of the
-same scenario and target. Nothing here imports torch: the workers do.
+same scenario and target. Every worker call has a time limit (``measure.cell_timeout_s``): a hung
+device ends that cell as ``timeout`` and the run goes on. Nothing here imports torch or touches
+CUDA: the workers do.
 """
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import accounting
-from harness.errors import UserError
-from harness.hardware import detect_target, fingerprint, is_cuda, resolve_device
+from harness.errors import RunFailure, UserError
+from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
+from harness.measure import derive
 from harness.measure.maxbatch import Probe, SearchResult, search_max_batch
-from harness.measure.stats import summarize
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
-from harness.results.schema import CellMetrics, CellResult, GitInfo, MaxBatch, RunResult, ScenarioRef, Summary
+from harness.results.schema import CellMetrics, CellResult, Check, GitInfo, MaxBatch, RunResult, ScenarioRef
 from harness.results.store import load_result, result_filename, result_files, save_result
 from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
 from harness.scenario.schema import MeasureSpec
@@ -64,8 +66,17 @@ class RunOutcome:
 
     @property
     def exit_code(self) -> int:
-        """1 when a cell failed unexpectedly (an error, not an out-of-memory), else 0."""
+        """1 when a cell failed unexpectedly (an error or a timeout, not an out-of-memory), else 0."""
         return 1 if self.failed_cells else 0
+
+    @property
+    def failed_checks(self) -> dict[str, list[CellResult]]:
+        """Cells by the name of each self-check they failed."""
+        by_name: dict[str, list[CellResult]] = {}
+        for cell in self.result.cells:
+            for name in dict.fromkeys(cell.checks_failed):
+                by_name.setdefault(name, []).append(cell)
+        return by_name
 
 
 def git_info(cwd: Path | None = None) -> GitInfo:
@@ -118,6 +129,16 @@ def _find_resumable(out_dir: Path, target: str, loaded: LoadedScenario, device: 
     return None
 
 
+FAILED_STATUSES = ("error", "timeout")  # cell outcomes that make a run exit 1 (out-of-memory does not)
+
+
+def cache_bytes(environment: dict[str, Any], device: str) -> int | None:
+    """The cache a cold sample is flushed of: the GPU's L2, else the CPU's last-level cache."""
+    keys = ("l2_cache_bytes",) if device == "cuda" else ("cpu_l3_cache_bytes", "cpu_l2_cache_bytes")
+    sizes = [environment.get(key) for key in keys]
+    return next((int(size) for size in sizes if isinstance(size, int) and size > 0), None)
+
+
 class Runner:
     """Measures the cells of one scenario on one device and keeps the result file current."""
 
@@ -126,14 +147,17 @@ class Runner:
         self.progress = progress or RunProgress()
         self.loaded = load_scenario(options.scenario)
         self.device = resolve_device(options.device)
+        self.device_kind = "cuda" if is_cuda(self.device) else "cpu"
         self.workers = IsolatedRunner()
+        self.timeout_s = self.loaded.scenario.measure.cell_timeout_s
         self._max_batch: dict[tuple[str, str, int, str], MaxBatch] = {}
+        self._environment: dict[str, Any] = {}
 
     def run(self) -> RunOutcome:
         scenario = self.loaded.scenario
-        target = detect_target(self.device)
-        environment = fingerprint(self.device)
+        target, environment = self._describe()
         path, result = self._open_result(target, environment)
+        self._environment = result.environment
         if result.peak_bandwidth_gbps is None:
             peak = self._peak(target, environment)
             result.environment["peak_bandwidth"] = peak
@@ -148,7 +172,7 @@ class Runner:
         # a failed cell is not measured again in later rounds, so it counts as done for all of them
         done = sum(min(c.rounds_done, rounds) if c.status == "ok" else rounds for c in result.cells)
         self.progress.start(len(cells) * rounds, done)
-        failed = [c for c in result.cells if c.status == "error"]
+        failed = [c for c in result.cells if c.status in FAILED_STATUSES]
         # Round after round over all cells, each time in a new process: the rounds of one cell are
         # spread over the whole run, so their spread shows the machine's drift, not just its jitter.
         for round_index in range(rounds):
@@ -165,7 +189,7 @@ class Runner:
                     cell_result = self._repeat(cell, existing, result.peak_bandwidth_gbps)
                     result.cells[index[cell.key]] = cell_result
                 save_result(result, path)
-                if cell_result.status == "error":
+                if cell_result.status in FAILED_STATUSES:
                     failed.append(cell_result)
                 self.progress.cell_finished(cell, cell_result)
                 if cell_result.status != "ok" and round_index + 1 < rounds:
@@ -174,10 +198,20 @@ class Runner:
         save_result(result, path)
         return RunOutcome(path, result, failed)
 
+    def _call(self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> WorkerOutcome:
+        return self.workers.call(fn, payload, timeout_s=self.timeout_s)
+
+    def _describe(self) -> tuple[str, dict[str, Any]]:
+        """Target id and fingerprint, taken in a worker: this process never initialises CUDA."""
+        outcome = self._call(cell_worker.describe_machine, {"device": self.device})
+        if outcome.status != "ok" or outcome.value is None:
+            raise RunFailure(f"describing the device failed: {outcome.error}", source=self.device)
+        return outcome.value["target"], outcome.value["environment"]
+
     def _open_result(self, target: str, environment: dict[str, Any]) -> tuple[Path, RunResult]:
         out_dir = self.options.out_dir
         if self.options.resume:
-            found = _find_resumable(out_dir, target, self.loaded, "cuda" if is_cuda(self.device) else "cpu")
+            found = _find_resumable(out_dir, target, self.loaded, self.device_kind)
             if found is None:
                 raise UserError(
                     f"no unfinished run of scenario {self.loaded.scenario.name!r} (same file content) "
@@ -203,7 +237,7 @@ class Runner:
                 model=scenario.model.model_dump(),
                 measure=scenario.measure.model_dump(),
             ),
-            device="cuda" if is_cuda(self.device) else "cpu",
+            device=self.device_kind,
             quick=self.options.quick,
             started_utc=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
@@ -211,14 +245,14 @@ class Runner:
         return path, result
 
     def _peak(self, target: str, environment: dict[str, Any]) -> dict[str, Any]:
-        outcome = self.workers.call(
+        outcome = self._call(
             cell_worker.probe_peak, {"target": target, "device": self.device, "environment": environment}
         )
         if outcome.status != "ok" or outcome.value is None:
-            raise RuntimeError(f"peak bandwidth probe failed: {outcome.error}")
+            raise RunFailure(f"the peak bandwidth probe failed: {outcome.error}", source=target)
         return outcome.value
 
-    def _payload(self, cell: Cell) -> dict[str, Any]:
+    def _payload(self, cell: Cell, backend: str | None = None) -> dict[str, Any]:
         scenario = self.loaded.scenario
         return {
             "device": self.device,
@@ -227,77 +261,125 @@ class Runner:
             "batch_size": cell.batch_size,
             "context_len": cell.context_len,
             "dtype": cell.dtype,
-            "backend": cell.backend,
+            "backend": backend or cell.backend,
             "seed": scenario.measure.seed,
             "metrics": list(scenario.measure.selected_metrics),
             "timing": timing_settings(scenario.measure, self.options.quick),
             "cold": scenario.measure.cold,
+            "energy_window_s": scenario.measure.energy_window_s,
             "repeat": False,
+            "graphs": True,
         }
+
+    def _measure_in_worker(self, payload: dict[str, Any]) -> WorkerOutcome:
+        """measure_cell in a worker; once more with CUDA graphs off if a failed capture broke the first one."""
+        outcome = self._call(cell_worker.measure_cell, payload)
+        if outcome.exception == "GraphCaptureStateError":
+            return self._call(cell_worker.measure_cell, payload | {"graphs": False})
+        return outcome
+
+    def _checks(self, cell: Cell, worker: list[Check], metrics: CellMetrics | None, peak: float | None) -> list[Check]:
+        vendor = self._environment.get("vendor_peak_bandwidth_gbps")
+        return derive.cell_checks(
+            worker,
+            metrics,
+            loaded=self.loaded,
+            cell=cell,
+            peak_gbps=peak,
+            vendor_gbps=float(vendor) if isinstance(vendor, int | float) else None,
+            cache_bytes=cache_bytes(self._environment, self.device_kind),
+            device=self.device_kind,
+        )
 
     def _measure(self, cell: Cell, peak_gbps: float | None) -> CellResult:
         start = time.perf_counter()
         model = self.loaded.scenario.model
-        v, dtype, batch, context = cell.variant, cell.dtype, cell.batch_size, cell.context_len
-        outcome = self.workers.call(cell_worker.measure_cell, self._payload(cell))
-        metrics = None
+        v, dtype = cell.variant, cell.dtype
+        base = {
+            "variant": v.name,
+            "batch_size": cell.batch_size,
+            "context_len": cell.context_len,
+            "dtype": dtype,
+            "backend": cell.backend,
+            "head_dim": v.head_dim,
+            "n_heads": v.n_heads,
+            "n_kv_heads": v.n_kv_heads,
+            "n_kv_layers": v.n_kv_layers,
+            "kv_layers": list(v.kv_layers),
+            "params_total": accounting.param_counts(model, v).total,
+            "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dtype),
+        }
+        backend, auto_latencies = cell.backend, None
+        if cell.backend == "auto":  # resolved in a worker of its own, so that the cell measures what it reports
+            chosen = self._call(cell_worker.choose_auto_backend, self._payload(cell))
+            if chosen.status != "ok" or chosen.value is None:
+                return CellResult(
+                    **base,
+                    status=chosen.status,
+                    error=f"choosing the backend for 'auto': {chosen.error}",
+                    elapsed_s=time.perf_counter() - start,
+                )
+            backend, auto_latencies = chosen.value["backend"], chosen.value["latencies_s"]
+        outcome = self._measure_in_worker(self._payload(cell, backend))
+        metrics, worker_checks = None, []
         if outcome.status == "ok" and outcome.value is not None:
             measured = dict(outcome.value)
-            for metric, values in measured.pop("samples").items():
-                measured[metric] = pooled_summary(None, values)
-            metrics = derive_metrics(self.loaded, cell, measured, peak_gbps)
+            worker_checks = [Check.model_validate(c) for c in measured.pop("checks", [])]
+            metrics = derive.derive_metrics(self.loaded, cell, measured, peak_gbps)
+            metrics.auto_latencies_s = auto_latencies
             if "max_batch" in self.loaded.scenario.measure.selected_metrics:
-                metrics.max_batch = self._max_batch_for(cell)
+                metrics.max_batch = self._max_batch_for(cell, backend)
         elif outcome.status == "oom":  # the accounting still says what the cell would have needed
-            metrics = derive_metrics(self.loaded, cell, {}, peak_gbps)
+            metrics = derive.derive_metrics(self.loaded, cell, {}, peak_gbps)
+        checks = self._checks(cell, worker_checks, metrics, peak_gbps) if outcome.status == "ok" else []
         return CellResult(
-            variant=v.name,
-            batch_size=batch,
-            context_len=context,
-            dtype=dtype,
-            backend=cell.backend,
-            backend_used=(outcome.value or {}).get("backend_used"),
-            head_dim=v.head_dim,
-            n_heads=v.n_heads,
-            n_kv_heads=v.n_kv_heads,
-            n_kv_layers=v.n_kv_layers,
-            kv_layers=list(v.kv_layers),
-            params_total=accounting.param_counts(model, v).total,
-            kv_bytes_per_token=accounting.kv_bytes_per_token(v, dtype),
+            **base,
+            backend_used=backend,
             status=outcome.status,
             error=outcome.error,
             elapsed_s=time.perf_counter() - start,
             metrics=metrics,
+            checks=checks,
+            checks_failed=[c.name for c in checks if not c.passed],
         )
 
     def _repeat(self, cell: Cell, previous: CellResult, peak_gbps: float | None) -> CellResult:
-        """A later round: time the cell again in a new process and pool the samples."""
+        """A later round: time the cell again in a new process, as the first round did, and pool the samples."""
         start = time.perf_counter()
-        payload = self._payload(cell) | {"repeat": True, "backend": previous.backend_used or cell.backend}
-        outcome = self.workers.call(cell_worker.measure_cell, payload)
-        if outcome.status != "ok" or outcome.value is None or previous.metrics is None:
+        assert previous.metrics is not None  # an ok cell has metrics (RunResult validation)
+        payload = self._payload(cell, previous.backend_used or cell.backend) | {
+            "repeat": True,
+            "inner_reps": derive.inner_reps(previous.metrics),
+        }
+        outcome = self._measure_in_worker(payload)
+        if outcome.status != "ok" or outcome.value is None:
             return previous.model_copy(
                 update={"status": outcome.status, "error": f"round {previous.rounds_done + 1}: {outcome.error}"}
             )
-        metrics = previous.metrics.model_copy()
-        for metric, values in outcome.value["samples"].items():
-            setattr(metrics, metric, pooled_summary(getattr(metrics, metric), values))
-        apply_bandwidths(metrics, cell.batch_size, peak_gbps)
+        metrics, raised = derive.pool_round(previous.metrics, outcome.value["samples"], cell.batch_size, peak_gbps)
+        round_checks = [Check.model_validate(c) for c in outcome.value.get("checks", [])]
+        label = f"round {previous.rounds_done + 1}: "
+        worker = [c for c in previous.checks if c.name not in derive.DERIVED_CHECKS]
+        worker += [c.model_copy(update={"detail": label + c.detail}) for c in round_checks if not c.passed] + raised
+        checks = self._checks(cell, worker, metrics, peak_gbps)
         return previous.model_copy(
             update={
                 "metrics": metrics,
                 "rounds_done": previous.rounds_done + 1,
                 "elapsed_s": previous.elapsed_s + time.perf_counter() - start,
+                "checks": checks,
+                "checks_failed": [c.name for c in checks if not c.passed],
             }
         )
 
-    def _max_batch_for(self, cell: Cell) -> MaxBatch:
+    def _max_batch_for(self, cell: Cell, backend: str) -> MaxBatch:
         key = (cell.variant.name, cell.dtype, cell.context_len, cell.backend)
         if key not in self._max_batch:
-            self._max_batch[key] = self._search_max_batch(cell)
+            self._max_batch[key] = self._search_max_batch(cell, backend)
         return self._max_batch[key]
 
-    def _search_max_batch(self, cell: Cell) -> MaxBatch:
+    def _search_max_batch(self, cell: Cell, backend: str) -> MaxBatch:
+        """The largest batch under the budget, probed with ``backend``: the one the cell reports."""
         scenario = self.loaded.scenario
         budget = scenario.measure.memory_budget
         assert budget is not None  # max_batch is only selected with a budget (MeasureSpec)
@@ -306,15 +388,15 @@ class Runner:
         per_sequence = accounting.kv_bytes_per_token(v, dtype) * accounting.cache_len(
             context
         ) + accounting.activation_bytes_per_sequence(model, v, dtype, context)
-        payload = self._payload(cell) | {"budget_bytes": budget}
+        payload = self._payload(cell, backend) | {"budget_bytes": budget}
 
         def probe_in_worker(batch: int) -> Probe:
-            outcome: WorkerOutcome = self.workers.call(cell_worker.probe_batch, payload | {"batch_size": batch})
+            outcome = self._call(cell_worker.probe_batch, payload | {"batch_size": batch})
             if outcome.status == "ok" and outcome.value is not None:
                 return Probe(batch, bool(outcome.value["fits"]), int(outcome.value["peak_bytes"]), "ok")
             if outcome.status == "oom":
                 return Probe(batch, False, None, "oom")
-            return Probe(batch, False, None, f"error: {outcome.error}")
+            return Probe(batch, False, None, f"{outcome.status}: {outcome.error}")
 
         probe = probe_in_worker if is_cuda(self.device) else _guard_host_memory(probe_in_worker, budget)
         found: SearchResult = search_max_batch(probe, predicted, budget, per_sequence)
@@ -344,54 +426,3 @@ def _guard_host_memory(probe: Callable[[int], Probe], budget: int) -> Callable[[
 
         return refuse
     return probe
-
-
-def derive_metrics(
-    loaded: LoadedScenario, cell: Cell, measured: dict[str, Any], peak_gbps: float | None
-) -> CellMetrics:
-    """Combine a worker's measurements with the accounting into the cell's metrics."""
-    model = loaded.scenario.model
-    v, dtype, batch, context = cell.variant, cell.dtype, cell.batch_size, cell.context_len
-    fields = {k: measured.get(k) for k in CellMetrics.model_fields if k in measured}
-    metrics = CellMetrics(
-        **fields,
-        bytes_per_step=accounting.bytes_per_step(model, v, dtype, batch, context),
-        attention_bytes_per_step=accounting.attention_bytes_per_step(v, dtype, batch, context),
-        flops_per_step=accounting.flops_per_step(model, v, batch, context),
-        kv_cache_bytes_expected=accounting.kv_cache_bytes(v, dtype, batch, context),
-    )
-    apply_bandwidths(metrics, batch, peak_gbps)
-    return metrics
-
-
-def apply_bandwidths(metrics: CellMetrics, batch_size: int, peak_gbps: float | None) -> None:
-    """Set the bandwidth and throughput fields from the latency medians, in place.
-
-    Bandwidth divides by the cold latency where there is one: warm repeats can run partly from
-    on-chip caches and report a bandwidth no DRAM gives (docs/design.md, "Timing").
-    """
-    decode = metrics.decode_latency_cold_s or metrics.decode_latency_s
-    attention = metrics.attention_latency_cold_s or metrics.attention_latency_s
-    if decode is not None or attention is not None:
-        cold = metrics.decode_latency_cold_s or metrics.attention_latency_cold_s
-        metrics.bandwidth_basis = "cold" if cold else "warm"
-    if decode is not None:
-        metrics.bandwidth_gbps = metrics.bytes_per_step / decode.median / 1e9
-        metrics.tokens_per_s = batch_size / decode.median
-    if attention is not None:
-        metrics.attention_bandwidth_gbps = metrics.attention_bytes_per_step / attention.median / 1e9
-    if peak_gbps:
-        if metrics.bandwidth_gbps is not None:
-            metrics.bandwidth_fraction = metrics.bandwidth_gbps / peak_gbps
-        if metrics.attention_bandwidth_gbps is not None:
-            metrics.attention_bandwidth_fraction = metrics.attention_bandwidth_gbps / peak_gbps
-
-
-def pooled_summary(previous: Summary | None, samples: list[float]) -> Summary:
-    """``previous`` (earlier rounds) with one more process's ``samples`` pooled in.
-
-    The summary's statistics are over all samples; ``process_medians`` gains this process's median.
-    """
-    medians = [] if previous is None else previous.process_medians or [previous.median]
-    pooled = summarize(([] if previous is None else previous.samples) + samples)
-    return pooled.model_copy(update={"process_medians": [*medians, statistics.median(samples)]})

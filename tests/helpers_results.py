@@ -80,7 +80,7 @@ def make_cell(
     dtype: str = "bfloat16",
     backend: str = "sdpa",
     *,
-    status: Literal["ok", "oom", "error"] = "ok",
+    status: Literal["ok", "oom", "error", "timeout"] = "ok",
     metrics: CellMetrics | None = None,
     **metric_fields: Any,
 ) -> CellResult:

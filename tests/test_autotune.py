@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import harness.model.attention as attention_module
+from harness.measure import autotune
 from harness.measure.autotune import AutoChoice, choose_backend
 from harness.model import Decoder, KVCache, build_decoder
 from harness.scenario.schema import ModelSpec
@@ -100,3 +101,18 @@ def test_choose_backend_with_the_real_timer_returns_a_positive_median_per_backen
     assert set(choice.latencies_s) == {"eager", "sdpa", "grouped", "native"}
     assert all(latency > 0 for latency in choice.latencies_s.values())
     assert choice.backend in choice.latencies_s
+
+
+def test_on_cuda_candidates_are_timed_by_graph_replay_as_cells_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import timing
+
+    asked: list[dict[str, object]] = []
+
+    def recording_time_cuda(fn: Callable[[], object], **options: object) -> timing.CudaTimings:
+        asked.append(options)
+        return timing.CudaTimings(device_s=[2e-3, 1e-3, 3e-3], host_s=[], graph_used=True)
+
+    monkeypatch.setattr(timing, "time_cuda", recording_time_cuda)
+    median = autotune._default_timer("cuda")(lambda: None, 0.1)
+    assert median == 2e-3
+    assert asked and asked[0]["graph"] is True and asked[0]["host"] is False

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from harness import hardware
 from harness.cli import hw_cmd
 from harness.errors import UserError
 from harness.hardware import (
@@ -165,3 +166,137 @@ def test_cuda_fingerprint_has_gpu_fields_and_a_vendor_peak() -> None:
     assert info["target"].startswith("nvidia-")
     assert info["sm_count"] > 0
     assert info["vendor_peak_bandwidth_gbps"] is None or info["vendor_peak_bandwidth_gbps"] > 100
+
+
+class FakeNvml:
+    """Two GPUs as NVML sees them, by index, UUID and PCI bus id, with a MIG instance on the second."""
+
+    NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
+
+    def __init__(self) -> None:
+        self.handles = {"GPU-aaa": "gpu0", "GPU-bbb": "gpu1", "MIG-ccc": "mig1"}
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        if uuid not in self.handles:
+            raise RuntimeError("NVML_ERROR_NOT_FOUND")
+        return self.handles[uuid]
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id: str) -> str:
+        raise RuntimeError("NVML_ERROR_NOT_FOUND")
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return f"gpu{index}"
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: str) -> bool:
+        return handle.startswith("mig")
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: str) -> str:
+        return "gpu1"
+
+
+def _torch_sees(monkeypatch: pytest.MonkeyPatch, uuid: str | None, count: int = 1) -> None:
+    props = type("Props", (), {"uuid": uuid})() if uuid is not None else type("Props", (), {})()
+    monkeypatch.setattr(hardware, "_cuda_properties", lambda index: props)
+    monkeypatch.setattr(hardware, "_cuda_device_count", lambda: count)
+    monkeypatch.setattr(hardware, "_cuda_index", lambda device: 0)
+
+
+@pytest.mark.parametrize(
+    ("torch_uuid", "expected"),
+    [("bbb", "gpu1"), ("GPU-bbb", "gpu1"), ("ccc", "mig1"), ("MIG-ccc", "mig1")],
+)
+def test_nvml_finds_the_gpu_or_mig_instance_by_the_uuid_cuda_reports(
+    monkeypatch: pytest.MonkeyPatch, torch_uuid: str, expected: str
+) -> None:
+    _torch_sees(monkeypatch, torch_uuid)
+    assert hardware._nvml_handle(FakeNvml(), "cuda:0") == expected
+
+
+def test_nvml_never_falls_back_to_the_cuda_ordinal_when_it_sees_several_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under CUDA_VISIBLE_DEVICES=1, CUDA's device 0 is NVML's device 1: the ordinal would read the wrong GPU.
+    _torch_sees(monkeypatch, "not-in-nvml")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert hardware._nvml_handle(FakeNvml(), "cuda:0") is None
+
+
+def test_nvml_follows_a_uuid_named_in_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    _torch_sees(monkeypatch, None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-bbb")
+    assert hardware._nvml_handle(FakeNvml(), "cuda:0") == "gpu1"
+
+
+def test_nvml_uses_the_ordinal_only_when_nvml_and_cuda_each_see_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    _torch_sees(monkeypatch, None)
+    nvml = FakeNvml()
+    nvml.nvmlDeviceGetCount = lambda: 1  # type: ignore[method-assign]
+    assert hardware._nvml_handle(nvml, "cuda:0") == "gpu0"
+
+
+def test_a_mig_instance_reads_clocks_and_power_from_its_gpu() -> None:
+    assert hardware.nvml_parent(FakeNvml(), "mig1") == "gpu1"
+    assert hardware.nvml_parent(FakeNvml(), "gpu0") == "gpu0"
+
+
+def test_the_fingerprint_records_the_environment_and_torch_switches_that_change_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    info = fingerprint("cpu")
+    assert info["env"]["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert info["env"]["CUDA_VISIBLE_DEVICES"] == "2,3"
+    numerics = info["torch_numerics"]
+    assert numerics["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+    assert {"cuda_matmul_allow_tf32", "cudnn_allow_tf32", "sdpa_flash_enabled", "sdpa_math_enabled"} <= numerics.keys()
+
+
+def test_known_gpus_take_the_vendor_bandwidth_from_the_data_sheet() -> None:
+    assert hardware.DATASHEET_BANDWIDTH_GBPS[cuda_target_id("NVIDIA H200")] == 4800.0
+    assert hardware.DATASHEET_BANDWIDTH_GBPS[cuda_target_id("NVIDIA H100 80GB HBM3")] == 3350.0
+    assert hardware.DATASHEET_BANDWIDTH_GBPS[cuda_target_id("NVIDIA A100-SXM4-80GB")] == 2039.0
+
+
+def test_every_worker_function_makes_the_payloads_device_current_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import cell as cell_worker
+
+    entered: list[str] = []
+
+    class Entered(Exception):
+        pass
+
+    def enter(device: str) -> None:
+        entered.append(device)
+        raise Entered
+
+    monkeypatch.setattr(cell_worker, "enter_device", enter)
+    functions = (
+        cell_worker.measure_cell,
+        cell_worker.probe_batch,
+        cell_worker.choose_auto_backend,
+        cell_worker.describe_machine,
+        cell_worker.probe_peak,
+    )
+    for function in functions:
+        with pytest.raises(Entered):
+            function({"device": "cuda:1", "budget_bytes": 1, "backend": "sdpa"})
+    assert entered == ["cuda:1"] * len(functions)
+
+
+def test_entering_a_cuda_device_sets_it_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import cell as cell_worker
+
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(torch.device(device)))
+    cell_worker.enter_device("cuda:1")
+    cell_worker.enter_device("cpu")
+    assert current == [torch.device("cuda:1")]

@@ -231,3 +231,154 @@ def test_progress_reaches_its_total_when_a_cell_fails_in_an_early_round(tmp_path
     assert [c.status for c in outcome.result.cells].count("error") == 2  # flex on CPU, both variants
     assert total == [8]  # 4 cells x 2 rounds
     assert sum(counted) == 8  # the failed cells' second rounds included
+
+
+def test_every_measured_cell_carries_self_checks_and_a_quiet_run_passes_them(finished: RunResult):
+    for cell in finished.cells:
+        names = {check.name for check in cell.checks}
+        assert {"kv_cache_as_accounted", "peak_memory_holds_weights_and_kv", "bandwidth_within_peak"} <= names
+        assert cell.checks_failed == [c.name for c in cell.checks if not c.passed]
+    accounted = [c for cell in finished.cells for c in cell.checks if c.name == "kv_cache_as_accounted"]
+    assert all(check.passed for check in accounted)
+
+
+def test_sample_sets_say_how_they_were_timed(finished: RunResult):
+    metrics = finished.cells[0].metrics
+    assert metrics is not None and metrics.decode_latency_s is not None and metrics.decode_latency_cold_s is not None
+    warm, cold = metrics.decode_latency_s, metrics.decode_latency_cold_s
+    assert warm.timer == cold.timer == "perf_counter"
+    assert warm.inner_reps is not None and warm.inner_reps >= 1 and cold.inner_reps == 1
+    assert cold.flush is not None and warm.flush is None
+
+
+def test_tokens_per_second_come_from_the_warm_median(finished: RunResult):
+    cell = finished.cells[0]
+    assert cell.metrics is not None and cell.metrics.decode_latency_s is not None
+    assert cell.metrics.tokens_per_s == pytest.approx(cell.batch_size / cell.metrics.decode_latency_s.median)
+
+
+def test_a_bandwidth_above_the_peak_fails_its_check_in_the_result_the_report_and_the_run_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    # A peak probe that reports 1 MB/s: every cell then moves more than "the machine can".
+    def tiny_peak(self: Runner, target: str, environment: dict[str, object]) -> dict[str, object]:
+        return {"read_gbps": 0.001, "copy_gbps": 0.001, "vendor_gbps": None, "buffer_bytes": 1, "method": "test"}
+
+    monkeypatch.setattr(Runner, "_peak", tiny_peak)
+    text = TINY.replace("[1, 2]", "[1]").replace('memory_budget = "{budget}"\n', 'metrics = ["decode"]\n')
+    code, result = run_cli(tmp_path, text)
+    assert code == 0  # a failed check marks the cell; it is not an error
+    assert all(c.status == "ok" and "bandwidth_within_peak" in c.checks_failed for c in result.cells)
+    assert "warning: bandwidth_within_peak failed in 2 of 2 cells" in capsys.readouterr().err
+    report_dir = tmp_path / "report"
+    assert main(["report", str(tmp_path / "o"), "--out", str(report_dir)]) == 0
+    report = next(report_dir.rglob("REPORT.md")).read_text()
+    assert "failed self-checks: `bandwidth_within_peak` (2 cells)" in report
+    assert "| bandwidth_within_peak |" in report
+
+
+def test_auto_is_resolved_in_a_worker_of_its_own_before_the_cell_is_measured(tmp_path: Path):
+    text = TINY.replace('backend = ["sdpa"]', 'backend = ["auto"]').replace("[1, 2]", "[1]")
+    code, result = run_cli(tmp_path, text)
+    assert code == 0
+    for cell in result.cells:
+        assert cell.backend == "auto" and cell.backend_used is not None and cell.backend_used != "auto"
+        assert cell.metrics is not None and cell.metrics.auto_latencies_s
+        assert cell.backend_used == min(cell.metrics.auto_latencies_s, key=cell.metrics.auto_latencies_s.__getitem__)
+
+
+def test_auto_cells_measure_memory_and_probe_max_batch_with_the_backend_they_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from harness.measure import cell as cell_worker
+
+    monkeypatch.setattr(
+        cell_worker,
+        "choose_auto_backend",
+        lambda payload: {"backend": "eager", "latencies_s": {"eager": 1.0}, "rejected": {}},
+    )
+    seen: list[tuple[str, str]] = []
+    for name in ("measure_cell", "probe_batch"):
+        real = getattr(cell_worker, name)
+
+        def recording(payload: dict[str, object], real: object = real, name: str = name) -> dict[str, object]:
+            seen.append((name, str(payload["backend"])))
+            return real(payload)  # type: ignore[operator]
+
+        monkeypatch.setattr(cell_worker, name, recording)
+    runner = Runner(
+        RunOptions(
+            scenario=str(
+                scenario(tmp_path, TINY.replace('backend = ["sdpa"]', 'backend = ["auto"]').replace("[1, 2]", "[1]"))
+            ),
+            device="cpu",
+            out_dir=tmp_path / "o",
+        )
+    )
+    runner.workers = _InProcess()
+    outcome = runner.run()
+    assert outcome.exit_code == 0
+    assert {backend for _, backend in seen} == {"eager"}
+    assert {name for name, _ in seen} == {"measure_cell", "probe_batch"}
+
+
+class _InProcess:
+    """Runs worker functions in this process (so that monkeypatched ones are seen), with the same outcomes."""
+
+    def call(self, fn, payload, timeout_s=None):  # type: ignore[no-untyped-def]
+        from harness.measure.worker import WorkerOutcome, describe_exception, is_out_of_memory
+
+        try:
+            return WorkerOutcome("ok", fn(payload), None, 0.0)
+        except Exception as exc:
+            status = "oom" if is_out_of_memory(exc) else "error"
+            return WorkerOutcome(status, None, describe_exception(exc), 0.0, type(exc).__name__)
+
+
+def test_a_cell_whose_worker_hangs_is_recorded_as_a_timeout_and_the_run_goes_on(tmp_path: Path):
+    text = TINY.replace("[1, 2]", "[1]").replace(
+        'memory_budget = "{budget}"\n', 'metrics = ["decode"]\ncell_timeout_s = 60\n'
+    )
+    runner = Runner(RunOptions(scenario=str(scenario(tmp_path, text)), device="cpu", out_dir=tmp_path / "o"))
+    real_call = runner.workers.call
+    calls: list[str] = []
+
+    def first_measurement_hangs(fn, payload, timeout_s=None):  # type: ignore[no-untyped-def]
+        calls.append(fn.__name__)
+        if fn.__name__ == "measure_cell" and calls.count("measure_cell") == 1:
+            assert timeout_s == 60
+            return real_call(_hang, payload, timeout_s=0.5)
+        return real_call(fn, payload, timeout_s=timeout_s)
+
+    runner.workers.call = first_measurement_hangs  # type: ignore[method-assign]
+    outcome = runner.run()
+    assert [c.status for c in outcome.result.cells] == ["timeout", "ok"]
+    assert outcome.exit_code == 1 and outcome.failed_cells[0].status == "timeout"
+
+
+def _hang(payload: dict[str, object]) -> dict[str, object]:
+    import time
+
+    time.sleep(60)
+    return {}
+
+
+def test_a_capture_that_broke_its_worker_is_measured_again_with_graphs_off(tmp_path: Path):
+    from harness.measure.worker import WorkerOutcome
+
+    text = TINY.replace("[1, 2]", "[1]").replace('memory_budget = "{budget}"\n', 'metrics = ["decode"]\n')
+    runner = Runner(RunOptions(scenario=str(scenario(tmp_path, text)), device="cpu", out_dir=tmp_path / "o"))
+    real_call = runner.workers.call
+    graphs: list[object] = []
+
+    def broken_capture_once(fn, payload, timeout_s=None):  # type: ignore[no-untyped-def]
+        if fn.__name__ == "measure_cell":
+            graphs.append(payload["graphs"])
+            if len(graphs) == 1:
+                return WorkerOutcome("error", None, "GraphCaptureStateError: ...", 0.1, "GraphCaptureStateError")
+        return real_call(fn, payload, timeout_s=timeout_s)
+
+    runner.workers.call = broken_capture_once  # type: ignore[method-assign]
+    outcome = runner.run()
+    assert graphs[:2] == [True, False]
+    assert outcome.result.cells[0].status == "ok"

@@ -54,6 +54,11 @@ class _Bar:
             self.bar.close()
 
 
+def _first(cell: CellResult, name: str) -> str:
+    """The detail of ``cell``'s first failed check called ``name``."""
+    return next(check.detail for check in cell.checks if check.name == name and not check.passed)
+
+
 def run(args: argparse.Namespace) -> int:
     options = RunOptions(scenario=args.file, device=args.device, out_dir=args.out, quick=args.quick, resume=args.resume)
     bar = _Bar(args.quiet)
@@ -67,20 +72,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     result = outcome.result
-    counts = {status: sum(1 for c in result.cells if c.status == status) for status in ("ok", "oom", "error")}
-    print(f"{outcome.path}  ({counts['ok']} ok, {counts['oom']} oom, {counts['error']} error; target {result.target})")
-    above_peak = [
-        c
-        for c in result.cells
-        if c.metrics is not None
-        and max(c.metrics.bandwidth_fraction or 0.0, c.metrics.attention_bandwidth_fraction or 0.0) > 1.0
-    ]
-    if above_peak:
-        # Traffic is counted as the least a step must move, so beating the probe means the probe or
-        # the timing is wrong (a peak measured while the machine was busy, or data left in cache).
+    statuses = ("ok", "oom", "error", "timeout")
+    counts = {status: sum(1 for c in result.cells if c.status == status) for status in statuses}
+    summary = ", ".join(f"{counts[s]} {s}" for s in statuses if counts[s] or s != "timeout")
+    print(f"{outcome.path}  ({summary}; target {result.target})")
+    peak_warning = result.environment.get("peak_bandwidth", {}).get("warning")
+    if peak_warning:
+        print(f"warning: peak bandwidth: {peak_warning}", file=sys.stderr)
+    measured = sum(1 for c in result.cells if c.checks)
+    for name, cells in outcome.failed_checks.items():
         print(
-            f"warning: {len(above_peak)} cell(s) report more than the measured peak bandwidth "
-            f"({result.peak_bandwidth_gbps:.1f} GB/s); distrust this run's fractions",
+            f"warning: {name} failed in {len(cells)} of {measured} cells "
+            f"(e.g. {cells[0].variant} b{cells[0].batch_size} ctx{cells[0].context_len}: {_first(cells[0], name)}); "
+            "their numbers are suspect (see the report's self-checks)",
             file=sys.stderr,
         )
     for failed in outcome.failed_cells:

@@ -1,34 +1,44 @@
-"""What runs inside a worker process: measuring one cell, probing one batch size, probing the peak.
+"""What runs inside a worker process: describing the machine, probing its peak, choosing ``auto``'s
+backend, measuring one cell, probing one batch size.
 
 Each function takes and returns plain dicts (they cross a process boundary). The parent,
 harness/runner.py, decides what to run; these functions only measure. Definitions of every
-figure are in docs/design.md.
+figure are in docs/design.md; the self-checks a measurement carries are in harness/measure/checks.py.
+
+Every function first makes the payload's device the current one: on ``cuda:N`` streams, events,
+graphs and synchronisations would otherwise all go to GPU 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from harness import accounting
-from harness.hardware import is_cuda
+from harness.hardware import detect_target, fingerprint, is_cuda
+from harness.measure import checks, timing
+from harness.measure.autotune import choose_backend, output_tolerance
 from harness.measure.bandwidth import load_or_measure_peak
-from harness.measure.flush import CpuCacheFlusher, CudaL2Flusher
+from harness.measure.flush import CudaL2Flusher, cpu_flusher
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
-from harness.measure.telemetry import NvmlSampler
-from harness.measure.timing import time_cpu, time_cuda
-from harness.model import build_decoder
-from harness.model.attention import prepare_backend, resolve_backend
+from harness.measure.telemetry import NvmlSampler, other_gpu_processes
+from harness.model import build_decoder, sdpa
+from harness.model.attention import attend, prepare_backend, resolve_backend
 from harness.model.decoder import Decoder, KVCache
 from harness.results.schema import Telemetry
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant
 
-# Seconds of steady decoding over which NVML's energy counter is read on CUDA.
-ENERGY_WINDOW_S = 1.0
+# Default seconds of CUDA-graph replays of the decode step over which NVML's energy counter is read.
+ENERGY_WINDOW_S = 2.0
+# Result field of each kind of sample set, per metric.
+DECODE_FIELDS = {"warm": "decode_latency_s", "cold": "decode_latency_cold_s", "host": "decode_latency_host_s"}
+ATTENTION_FIELDS = {"warm": "attention_latency_s", "cold": "attention_latency_cold_s"}
+ENERGY_CHUNK_S = 0.05  # replays between two checks of the clock in that window
 
 
 def variant_payload(variant: Variant) -> dict[str, Any]:
@@ -44,6 +54,12 @@ def variant_payload(variant: Variant) -> dict[str, Any]:
 def _variant(payload: dict[str, Any]) -> Variant:
     v = payload["variant"]
     return Variant(v["name"], v["head_dim"], v["n_heads"], v["n_kv_heads"], tuple(v["kv_layers"]))
+
+
+def enter_device(device: str) -> None:
+    """Make ``device`` this process's current CUDA device (a no-op on CPU)."""
+    if is_cuda(device):
+        torch.cuda.set_device(torch.device(device))
 
 
 def _sync(device: str) -> None:
@@ -82,95 +98,246 @@ def _build_and_step(
     return decoder, cache, tokens, tracker.result()
 
 
-def _time(fn: Callable[[], object], device: str, timing: dict[str, Any], cold: bool) -> dict[str, Any]:
-    """Warm (and cold) samples of ``fn``; on CUDA device time by graph replay and host time beside it."""
-    if is_cuda(device):
-        warm = time_cuda(fn, **timing)
-        out: dict[str, Any] = {"warm": warm.device_s, "host": warm.host_s}
-        out["timer"] = "cuda-graph+events" if warm.graph_used else f"cuda-events ({warm.graph_error})"
-        if cold:
-            out["cold"] = time_cuda(fn, flush=CudaL2Flusher(device), host=False, **timing).device_s
+def _concrete_backend(payload: dict[str, Any]) -> str:
+    """The cell's backend; ``auto`` must have been resolved (:func:`choose_auto_backend`) before."""
+    if payload["backend"] == "auto":
+        raise ValueError("backend 'auto' reaches a measurement unresolved; choose_auto_backend resolves it first")
+    return resolve_backend(payload["backend"], "cuda" if is_cuda(payload["device"]) else "cpu")
+
+
+def _samples(samples: timing.Samples) -> dict[str, Any]:
+    return {
+        "seconds": samples.seconds,
+        "timer": samples.timer,
+        "inner_reps": samples.inner_reps,
+        "graph_used": samples.graph_used,
+        "graph_error": samples.graph_error,
+        "flush": samples.flush,
+    }
+
+
+def _reread_flags(cache: KVCache, n_layers: int) -> list[bool]:
+    """Per layer of core attention: does it read a producer slot an earlier layer of the pass read?
+
+    A cold pass flushes before such a layer, so that a CLA consumer reads its producer's cache from
+    memory (as the traffic counts it) and not from the cache the producer's layer just warmed.
+    """
+    seen: set[int] = set()
+    flags = []
+    for layer in range(n_layers):
+        slot = cache.index_of_layer(layer)
+        flags.append(slot in seen)
+        seen.add(slot)
+    return flags
+
+
+class _CellTimer:
+    """Times one cell's functions the same way on every metric: warm, cold and (CUDA) host-inclusive.
+
+    On CUDA every function is captured once as a graph, checked against its eager output, and the
+    same capture serves warm and cold samples and the energy window.
+    """
+
+    def __init__(self, payload: dict[str, Any], dtype: torch.dtype) -> None:
+        self.device = payload["device"]
+        self.cuda = is_cuda(self.device)
+        self.timing = payload["timing"]
+        self.cold = payload["cold"]
+        self.graphs = payload.get("graphs", True)
+        self.inner_reps: dict[str, int] = payload.get("inner_reps") or {}
+        self.tolerance = output_tolerance(dtype, "cuda" if self.cuda else "cpu")
+        self.checks: list[dict[str, Any]] = []
+        self.captured: dict[str, timing.Captured] = {}
+        self._l2_flusher: CudaL2Flusher | None = None
+
+    def flusher(self, reads: Sequence[torch.Tensor]) -> tuple[Callable[[], None], str]:
+        """What empties the caches before a cold sample whose step reads ``reads``, and how it does."""
+        if not self.cuda:
+            return cpu_flusher(reads)
+        if self._l2_flusher is None:
+            self._l2_flusher = CudaL2Flusher(self.device)
+        return self._l2_flusher, f"L2 read sweep of {self._l2_flusher.size_bytes} bytes"
+
+    def time(
+        self,
+        metric: str,
+        fn: Callable[[], object],
+        parts: Sequence[Callable[[], object]],
+        *,
+        reads: Sequence[torch.Tensor],
+        flush_before: Sequence[bool] | None = None,
+        host: bool = False,
+    ) -> dict[str, dict[str, Any]]:
+        """Sample sets of ``fn`` by kind: ``warm`` always, ``cold`` (a pass over ``parts``, which together
+        do what ``fn`` does, with the caches emptied of ``reads`` before the first part and each part
+        ``flush_before`` marks) where the scenario asks for it, and on CUDA ``host`` (eager calls) with
+        ``host``."""
+        if self.cuda:
+            return self._time_cuda(metric, fn, parts, reads, flush_before, host)
+        out = {"warm": _samples(timing.time_cpu(fn, **self.timing, inner_reps=self.inner_reps.get(metric)))}
+        if self.cold:
+            flush, how = self.flusher(reads)
+            cold = timing.time_cpu_parts(parts, flush, **self.timing, flush_before=flush_before)
+            out["cold"] = _samples(dataclasses.replace(cold, flush=how))
         return out
-    out = {"warm": time_cpu(fn, **timing), "timer": "perf_counter"}
-    if cold:
-        out["cold"] = time_cpu(fn, flush=CpuCacheFlusher(), **timing)
-    return out
+
+    def _time_cuda(
+        self,
+        metric: str,
+        fn: Callable[[], object],
+        parts: Sequence[Callable[[], object]],
+        reads: Sequence[torch.Tensor],
+        flush_before: Sequence[bool] | None,
+        host: bool,
+    ) -> dict[str, dict[str, Any]]:
+        window = {key: self.timing[key] for key in ("min_time_s", "min_samples", "max_samples")}
+        with timing.gc_disabled():
+            timing.warm_up(fn, self.timing["warmup_s"], torch.cuda.synchronize)
+        captured = timing.capture(fn, graph=self.graphs, tolerance=self.tolerance)
+        self.captured[metric] = captured
+        warm_s, inner = timing.time_cuda_steps(captured.step, **window, inner_reps=self.inner_reps.get(metric))
+        out = {
+            "warm": _samples(timing.Samples(warm_s, captured.timer, inner, captured.graph_used, captured.graph_error))
+        }
+        if host:
+            out["host"] = _samples(timing.Samples(timing.host_samples(fn, **window), "perf_counter", 1))
+        captures = [captured]
+        if self.cold:
+            if list(parts) != [fn]:  # core attention's layers: a graph each
+                captures = [timing.capture(part, graph=self.graphs, tolerance=self.tolerance) for part in parts]
+            flush, how = self.flusher(reads)
+            cold_s = timing.time_cuda_parts([c.step for c in captures], flush, **window, flush_before=flush_before)
+            graph_used = all(c.graph_used for c in captures)
+            error = next((c.graph_error for c in captures if c.graph_error), None)
+            timer = "cuda-graph+events" if graph_used else "cuda-events"
+            out["cold"] = _samples(timing.Samples(cold_s, timer, 1, graph_used, error, how))
+            if captures[0] is not captured:
+                captures.insert(0, captured)
+        check = checks.graph_output(metric, captures)
+        if check is not None:
+            self.checks.append(check.model_dump())
+        return out
 
 
-def _energy(step: Callable[[], object], device: str, batch_size: int) -> Telemetry | None:
-    """NVML telemetry over a steady decode loop of known length (CUDA only)."""
-    if not is_cuda(device):
+def _energy(timer: _CellTimer, batch_size: int, window_s: float) -> Telemetry | None:
+    """NVML's energy counter over ``window_s`` of replays of the captured decode step (CUDA only)."""
+    captured = timer.captured.get("decode")
+    if not timer.cuda or captured is None or window_s <= 0:
         return None
+    step = captured.step
+    start = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    chunk = max(1, int(ENERGY_CHUNK_S / max(time.perf_counter() - start, 1e-6)))
     steps = 0
-    with NvmlSampler(device) as sampler:
+    with NvmlSampler(timer.device) as sampler:
         start = time.perf_counter()
-        while time.perf_counter() - start < ENERGY_WINDOW_S:
-            for _ in range(10):
+        while time.perf_counter() - start < window_s:
+            for _ in range(chunk):
                 step()
-            torch.cuda.synchronize(device)
-            steps += 10
-    return sampler.result(tokens=steps * batch_size)
+            torch.cuda.synchronize()
+            steps += chunk
+        elapsed = time.perf_counter() - start
+    result = sampler.result(tokens=steps * batch_size)
+    timer.checks.append(checks.energy_counter(sampler.energy_start_mj, sampler.energy_end_mj).model_dump())
+    return result.model_copy(
+        update={"energy_window_s": elapsed, "energy_timer": "cuda-graph" if captured.graph_used else "eager"}
+    )
+
+
+def _observe_sdpa(decoder: Decoder, cache: KVCache, q: torch.Tensor, pos: int) -> dict[str, Any]:
+    """Which kernel the decode step's SDPA call ran (first layer's shapes), and its self-check."""
+    slot = cache.index_of_layer(0)
+    k, v = cache.k[slot], cache.v[slot]
+    planned = sdpa.plan(q, k[:, :, : pos + 1], v[:, :, : pos + 1])
+    seen = sdpa.observe(lambda: attend(q, k, v, start_pos=pos, backend="sdpa"))
+    check = checks.sdpa_kernel(planned, seen, decoder.device.type, decoder.dtype, decoder.variant)
+    return {"sdpa_kernel": seen.kernel, "sdpa_kv_copied": seen.kv_copied, "check": check.model_dump()}
 
 
 def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
     """Build one cell's model, measure its memory, then time its decode step and core attention.
 
-    Returns the measured part of CellMetrics (as a dict), ``backend_used``, and under ``samples``
-    the raw latency samples per metric (the parent pools them across rounds and summarises).
-    With ``payload["repeat"]`` (a later measurement round) only the timing is done, with the
-    backend the first round used.
+    Returns the measured part of CellMetrics (as a dict), ``backend_used``, the worker's self-checks
+    under ``checks``, and under ``samples`` the raw sample sets per metric (each with how it was
+    timed; the parent pools them across rounds and summarises). With ``payload["repeat"]`` (a later
+    measurement round) only the timing is done, with the first round's ``inner_reps``.
     """
+    enter_device(payload["device"])
     device, metrics, repeat = payload["device"], set(payload["metrics"]), payload.get("repeat", False)
-    device_type = "cuda" if is_cuda(device) else "cpu"
-    asked = payload["backend"]
-    start_backend = resolve_backend(asked, device_type)  # "auto" starts from the default, then tunes
+    backend = _concrete_backend(payload)
     torch.manual_seed(payload["seed"])
-    out: dict[str, Any] = {}
-    samples: dict[str, list[float]] = {}
+    out: dict[str, Any] = {"backend_used": backend}
+    samples: dict[str, dict[str, Any]] = {}
     with torch.inference_mode():
-        decoder, cache, tokens, memory = _build_and_step(payload, start_backend, fill=True)
+        decoder, cache, tokens, memory = _build_and_step(payload, backend, fill=True)
         out["kv_cache_bytes"] = cache.nbytes
         if "memory" in metrics and not repeat:
             out["peak_memory_bytes"] = memory.peak_allocated_bytes
             out["peak_reserved_bytes"] = memory.peak_reserved_bytes
             out["nvml_process_bytes"] = memory.process_bytes if is_cuda(device) else None
         context_len, batch_size = payload["context_len"], payload["batch_size"]
-        if asked == "auto" and not repeat:
-            from harness.measure.autotune import choose_backend
+        variant = decoder.variant
+        q = torch.randn(batch_size, variant.n_heads, 1, variant.head_dim, device=device, dtype=decoder.dtype)
+        timer = _CellTimer(payload, decoder.dtype)
+        if backend == "sdpa" and not repeat:
+            observed = _observe_sdpa(decoder, cache, q, context_len)
+            timer.checks.append(observed.pop("check"))
+            out.update(observed)
+        others_before = other_gpu_processes(device) if is_cuda(device) else None
+        with NvmlSampler(device) as sampler:
+            if "decode" in metrics:
 
-            choice = choose_backend(decoder, cache, context_len)
-            decoder.backend = choice.backend
-            out["auto_latencies_s"] = choice.latencies_s
-        out["backend_used"] = decoder.backend
+                def step() -> object:
+                    return decoder.decode_step(tokens, cache, context_len)
 
-        timing = payload["timing"]
-        cold = payload["cold"]
+                reads = [*decoder.parameters(), *cache.k, *cache.v, tokens]
+                for kind, timed in timer.time("decode", step, [step], reads=reads, host=True).items():
+                    samples[DECODE_FIELDS[kind]] = timed
+                out["timer"] = samples["decode_latency_s"]["timer"]
+            if "attention" in metrics:
 
-        def step() -> object:
-            return decoder.decode_step(tokens, cache, context_len)
+                def attention() -> object:
+                    return decoder.core_attention(q, cache, context_len)
 
-        if "decode" in metrics:
-            timed = _time(step, device, timing, cold)
-            samples["decode_latency_s"] = timed["warm"]
-            samples["decode_latency_cold_s"] = timed.get("cold", [])
-            samples["decode_latency_host_s"] = timed.get("host", [])
-            out["timer"] = timed["timer"]
+                layers = decoder.core_attention_layers(q, cache, context_len)
+                flags = _reread_flags(cache, variant.n_layers)
+                reads = [*cache.k, *cache.v, q]
+                for kind, timed in timer.time("attention", attention, layers, reads=reads, flush_before=flags).items():
+                    samples[ATTENTION_FIELDS[kind]] = timed
+        if is_cuda(device):
+            telemetry = sampler.result(tokens=0)
+            timer.checks.append(checks.throttling(telemetry.throttle_reasons).model_dump())
+            others_after = other_gpu_processes(device)
+            timer.checks.append(checks.gpu_not_shared(others_before, others_after).model_dump())
             if not repeat:
-                telemetry = _energy(step, device, batch_size)
-                out["telemetry"] = telemetry.model_dump() if telemetry is not None else None
-        if "attention" in metrics:
-            variant = decoder.variant
-            q = torch.randn(batch_size, variant.n_heads, 1, variant.head_dim, device=device, dtype=decoder.dtype)
-
-            def attention() -> object:
-                return decoder.core_attention(q, cache, context_len)
-
-            timed = _time(attention, device, timing, cold)
-            samples["attention_latency_s"] = timed["warm"]
-            samples["attention_latency_cold_s"] = timed.get("cold", [])
-            out.setdefault("timer", timed["timer"])
-    out["samples"] = {metric: values for metric, values in samples.items() if values}
+                energy = _energy(timer, batch_size, payload.get("energy_window_s", ENERGY_WINDOW_S))
+                if energy is not None:
+                    telemetry = telemetry.model_copy(
+                        update={
+                            k: getattr(energy, k) for k in ("energy_per_token_j", "energy_window_s", "energy_timer")
+                        }
+                    )
+                out["telemetry"] = telemetry.model_dump()
+    out["samples"] = samples
+    out["checks"] = timer.checks
     return out
+
+
+def choose_auto_backend(payload: dict[str, Any]) -> dict[str, Any]:
+    """Resolve backend ``auto`` for one cell: build it, time every backend, keep the fastest that agrees.
+
+    Run in its own worker before the cell is measured, so that the cell's memory, timing and
+    max-batch probes all use the backend it reports.
+    """
+    device = payload["device"]
+    enter_device(device)
+    start = resolve_backend("auto", "cuda" if is_cuda(device) else "cpu")
+    torch.manual_seed(payload["seed"])
+    with torch.inference_mode():
+        decoder, cache, _, _ = _build_and_step(payload, start, fill=True)
+        choice = choose_backend(decoder, cache, payload["context_len"])
+    return {"backend": choice.backend, "latencies_s": choice.latencies_s, "rejected": choice.rejected}
 
 
 def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
@@ -182,17 +349,25 @@ def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
     not change memory use; the weights are zeroed rather than drawn at random, for the same reason.
     """
     device, budget = payload["device"], payload["budget_bytes"]
+    enter_device(device)
     if is_cuda(device):
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
-    device_type = "cuda" if is_cuda(device) else "cpu"
     with torch.inference_mode():
-        _, _, _, memory = _build_and_step(payload, resolve_backend(payload["backend"], device_type), fill=False)
+        _, _, _, memory = _build_and_step(payload, _concrete_backend(payload), fill=False)
     peak = memory.peak_allocated_bytes
     return {"batch_size": payload["batch_size"], "peak_bytes": peak, "fits": peak <= budget}
 
 
+def describe_machine(payload: dict[str, Any]) -> dict[str, Any]:
+    """The target id and fingerprint of the device, as a worker sees it (the parent never touches CUDA)."""
+    device = payload["device"]
+    enter_device(device)
+    return {"target": detect_target(device), "environment": fingerprint(device)}
+
+
 def probe_peak(payload: dict[str, Any]) -> dict[str, Any]:
     """The target's peak bandwidth (cached per target); see harness/measure/bandwidth.py."""
+    enter_device(payload["device"])
     peak = load_or_measure_peak(payload["target"], payload["device"], env=payload["environment"])
     return peak.model_dump()

@@ -24,7 +24,7 @@ class Probe:
     batch_size: int
     fits: bool
     peak_bytes: int | None  # None when the probe ran out of memory or failed
-    status: str  # "ok", "oom" or "error: ..."
+    status: str  # "ok", "oom", "error: ..." or "timeout: ..."
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def search_max_batch(
             return SearchResult(None, tuple(probes), f"no answer after {max_probes} probes (between {lo} and {hi})")
         result = probe(guess)
         probes.append(result)
-        if result.status.startswith("error"):
+        if result.status.startswith(("error", "timeout")):
             return SearchResult(None, tuple(probes), f"probe at batch {guess} failed: {result.status}")
         if result.fits:
             lo = guess

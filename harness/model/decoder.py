@@ -12,6 +12,7 @@ and attend over their producer's slot with their own queries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -279,7 +280,14 @@ class Decoder(nn.Module):
         (paper §2.3). Returns the last layer's output [B, n_heads, 1, head_dim].
         """
         out = q
-        for layer in range(self.variant.n_layers):
-            slot = cache.index_of_layer(layer)
-            out = attend(q, cache.k[slot], cache.v[slot], start_pos=pos, backend=self.backend)
+        for layer_attention in self.core_attention_layers(q, cache, pos):
+            out = layer_attention()
         return out
+
+    def core_attention_layers(self, q: Tensor, cache: KVCache, pos: int) -> list[Callable[[], Tensor]]:
+        """:meth:`core_attention` as one call per layer, in layer order (each returns that layer's output)."""
+
+        def layer_attention(slot: int) -> Callable[[], Tensor]:
+            return lambda: attend(q, cache.k[slot], cache.v[slot], start_pos=pos, backend=self.backend)
+
+        return [layer_attention(cache.index_of_layer(layer)) for layer in range(self.variant.n_layers)]

@@ -74,19 +74,49 @@ def how_measured(result: RunResult) -> str:
     """A paragraph on timing, statistics, bandwidth and memory for this result."""
     measure = result.scenario.measure
     metrics = [c.metrics for c in result.cells if c.metrics is not None]
+    summaries = [
+        summary
+        for m in metrics
+        for field, _, _ in LATENCY_SECTIONS
+        if field != "decode_latency_host_s" and (summary := getattr(m, field)) is not None
+    ]
     parts = []
     if result.device == "cuda":
+        graphed = [s.graph_used for s in summaries if s.graph_used is not None]
+        if graphed and all(graphed):
+            how = "every latency is device time of CUDA-graph replays, each graph checked against the eager step"
+        elif any(graphed):
+            eager = sum(1 for used in graphed if not used)
+            how = (
+                f"latencies are device time of CUDA-graph replays, except {eager} sample sets timed as eager calls "
+                "because capture failed (their `graph_error` says why)"
+            )
+        else:
+            how = "latencies are device time of eager calls (no CUDA graph was used)"
         parts.append(
-            "Decode steps were timed with CUDA events around many steps and one synchronisation at read-out; "
-            "the warm decode latency is device time from CUDA-graph replay, and the host-inclusive eager step is "
-            "shown beside it where it was measured."
+            "Steps were timed with CUDA events and one synchronisation per batch of samples at read-out; "
+            f"{how}. The host-inclusive eager step is shown beside the decode latency where it was measured."
         )
     else:
         parts.append(
-            "Decode steps were timed on the host with `time.perf_counter`, each sample calibrated to span many "
+            "Decode steps were timed on the host with `time.perf_counter`, each warm sample calibrated to span many "
             "timer ticks, with garbage collection off while timing."
         )
-    if any(m.decode_latency_cold_s is not None or m.attention_latency_cold_s is not None for m in metrics):
+    inner = sorted({s.inner_reps for s in summaries if s.inner_reps is not None and s.inner_reps > 1})
+    if inner:
+        parts.append(
+            f"A warm sample is the mean of {inner[0]}–{inner[-1]} back-to-back calls (calls per sample are kept per "
+            "metric and repeated in later rounds), so its spread is narrower than that of single calls."
+        )
+    flushes = sorted({s.flush for s in summaries if s.flush})
+    if flushes:
+        parts.append(
+            "Cold samples are single calls right after the caches were emptied of what the step reads, outside the "
+            f"timed region ({'; '.join(flushes[:2])}{'; ...' if len(flushes) > 2 else ''}); cold core attention "
+            "times each layer on its own and empties the caches again before a layer that re-reads a producer's "
+            "cache (CLA consumers), so every layer reads its cache from memory."
+        )
+    elif any(m.decode_latency_cold_s is not None or m.attention_latency_cold_s is not None for m in metrics):
         parts.append("Warm samples run back to back; cold samples flush the caches between samples.")
     else:
         parts.append("Only warm latencies (caches hot, samples back to back) were measured.")
@@ -156,6 +186,10 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
     if show_env:
         lines += ["### Environment of this run", "", tables.key_value_table(tables.environment_rows(result)), ""]
     lines += ["### How it was measured", "", how_measured(result), ""]
+    lines += ["### Self-checks", "", tables.checks_summary(result), ""]
+    failed_checks = tables.checks_table(result)
+    if failed_checks is not None:
+        lines += [failed_checks, ""]
     lines += [
         "### Claims check",
         "",
@@ -226,6 +260,16 @@ def render_target(loaded: Sequence[LoadedResult], report_dir: Path) -> dict[str,
         "",
         f"Newest result per scenario for this hardware target: {scenarios}. Written by `attnbench report`.",
         "",
+    ]
+    suspect = [item.result for item in ordered if any(c.checks_failed for c in item.result.cells)]
+    if suspect:
+        names = ", ".join(f"`{r.scenario.name}`" for r in suspect)
+        lines += [
+            f"> ⚠ Cells of {names} failed self-checks: see each scenario's *Self-checks* section before trusting "
+            "their numbers.",
+            "",
+        ]
+    lines += [
         "## Environment",
         "",
         tables.key_value_table(tables.environment_rows(first)),

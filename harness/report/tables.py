@@ -18,6 +18,7 @@ from harness.units import format_bytes
 
 MISSING = "—"
 TABLEFMT = "github"
+SUSPECT = " ⚠"  # after a value whose cell failed a self-check
 
 # Known environment keys and their labels, shown first and in this order when present;
 # every other scalar entry follows under its own key.
@@ -152,6 +153,8 @@ def grid_table(result: RunResult, value: Callable[[CellMetrics], str | None]) ->
                     elif cell.metrics is not None:
                         text = value(cell.metrics)
                         found = found or text is not None
+                        if text is not None and cell.checks_failed:
+                            text += SUSPECT
                 row.append(text or MISSING)
             if any_cell:
                 rows.append(row)
@@ -260,6 +263,41 @@ def max_batch_table(result: RunResult) -> str | None:
     return tabulate(list(rows.values()), headers=headers, tablefmt=TABLEFMT, disable_numparse=True)
 
 
+def checks_summary(result: RunResult) -> str:
+    """One sentence: how many ok cells passed all their self-checks, or which checks failed how often."""
+    ok = [c for c in result.cells if c.status == "ok"]
+    checked = [c for c in ok if c.checks]
+    if not checked:
+        return "No cell of this run carries self-checks (it was measured before they were recorded)."
+    failing = [c for c in checked if c.checks_failed]
+    if not failing:
+        count = sum(len(c.checks) for c in checked)
+        return f"All {len(checked)} measured cells passed all their self-checks ({count} in all)."
+    kinds: dict[str, int] = {}
+    for cell in failing:
+        for name in dict.fromkeys(cell.checks_failed):
+            kinds[name] = kinds.get(name, 0) + 1
+    listed = ", ".join(f"`{name}` ({n} cells)" for name, n in sorted(kinds.items()))
+    return (
+        f"⚠ {len(failing)} of {len(checked)} measured cells failed self-checks: {listed}. Their numbers are marked "
+        f"{SUSPECT.strip()} in the tables below, and claims resting on them are inconclusive."
+    )
+
+
+def checks_table(result: RunResult) -> str | None:
+    """Every failed self-check, one row per cell and check, with the numbers behind it."""
+    rows = [
+        [c.variant, str(c.batch_size), str(c.context_len), c.dtype, c.backend, check.name, _one_line(check.detail)]
+        for c in result.cells
+        for check in c.checks
+        if not check.passed
+    ]
+    if not rows:
+        return None
+    headers = ["variant", "batch", "context", "dtype", "backend", "check", "detail"]
+    return tabulate(rows, headers=headers, tablefmt=TABLEFMT, disable_numparse=True)
+
+
 def failed_cells_table(result: RunResult) -> str | None:
     """Cells with status oom or error, with the error they recorded."""
     rows = [
@@ -280,7 +318,12 @@ def _one_line(text: str | None) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-VERDICT_LABELS = {"holds": "✅ holds", "does not hold": "❌ does not hold", "not testable": "➖ not testable"}
+VERDICT_LABELS = {
+    "holds": "✅ holds",
+    "does not hold": "❌ does not hold",
+    "inconclusive": "❔ inconclusive",
+    "not testable": "➖ not testable",
+}
 
 
 def claims_table(checks: Sequence[ClaimCheck]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -30,6 +30,12 @@ class Summary(_Model):
     # Median of each worker process's samples, one per measurement round: their spread is the
     # run-to-run noise that compare requires a change to exceed (one entry: no such estimate).
     process_medians: list[float] = []
+    # How the samples were taken (None in files written before these were recorded):
+    timer: str | None = None  # "perf_counter", "cuda-graph+events" or "cuda-events" (eager, graph not used)
+    graph_used: bool | None = None  # CUDA: the samples are CUDA-graph replays; None on CPU
+    graph_error: str | None = None  # CUDA: why the graph was not used, when it was asked for
+    inner_reps: int | None = None  # calls per sample: a sample is their mean (1: single calls, e.g. cold)
+    flush: str | None = None  # cold samples: how caches were emptied before each one
 
 
 class MaxBatch(_Model):
@@ -43,14 +49,24 @@ class MaxBatch(_Model):
 
 
 class Telemetry(_Model):
-    """NVML readings over the timed window (NVIDIA only; null elsewhere)."""
+    """NVML readings (NVIDIA only; null elsewhere): means over the timed windows, energy over replays."""
 
     sm_clock_mhz: float | None = None
     memory_clock_mhz: float | None = None
     power_w: float | None = None
     temperature_c: float | None = None
-    throttle_reasons: list[str] = []
-    energy_per_token_j: float | None = None
+    throttle_reasons: list[str] = []  # clock-event reasons seen while timing, "gpu_idle" left out
+    energy_per_token_j: float | None = None  # energy counter over the energy window / tokens decoded in it
+    energy_window_s: float | None = None  # length of that window
+    energy_timer: str | None = None  # what it ran: "cuda-graph" replays of the decode step, or "eager" steps
+
+
+class Check(_Model):
+    """One self-check of a cell's numbers, computed when it was measured (docs/results.md, "Checks")."""
+
+    name: str  # e.g. "bandwidth_within_peak", "graph_output_matches_eager"
+    passed: bool
+    detail: str  # the numbers behind the verdict, in words
 
 
 class CellMetrics(_Model):
@@ -77,8 +93,10 @@ class CellMetrics(_Model):
     kv_cache_bytes_expected: int  # harness.accounting.kv_cache_bytes
     max_batch: MaxBatch | None = None
     telemetry: Telemetry | None = None
-    timer: str | None = None  # how latencies were timed: "perf_counter", "cuda-graph+events" or "cuda-events"
+    timer: str | None = None  # how the warm decode latency was timed (each Summary says its own)
     auto_latencies_s: dict[str, float] | None = None  # backend 'auto': core-attention median per candidate
+    sdpa_kernel: str | None = None  # backend sdpa: the kernel that ran (flash, efficient, cudnn, math)
+    sdpa_kv_copied: bool | None = None  # backend sdpa: K/V were repeated to every query head (a copy per step)
 
 
 class CellResult(_Model):
@@ -97,11 +115,22 @@ class CellResult(_Model):
     kv_layers: list[int]
     params_total: int
     kv_bytes_per_token: int
-    status: Literal["ok", "oom", "error"]
+    status: Literal["ok", "oom", "error", "timeout"]
     error: str | None = None
     elapsed_s: float
     rounds_done: int = 1  # measurement rounds finished for this cell (see measure.rounds)
     metrics: CellMetrics | None = None
+    checks: list[Check] = []  # self-checks of the numbers (docs/results.md, "Checks")
+    # Names of the checks that failed: the cell's numbers are suspect (its status stays "ok"), and
+    # the claims check and compare treat it as inconclusive.
+    checks_failed: list[str] = []
+
+    @model_validator(mode="after")
+    def _failed_checks_listed(self) -> CellResult:
+        failed = [check.name for check in self.checks if not check.passed]
+        if self.checks_failed != failed:
+            raise ValueError(f"checks_failed {self.checks_failed} does not list the failed checks {failed}")
+        return self
 
     @property
     def key(self) -> tuple[str, int, int, str, str]:

@@ -90,6 +90,12 @@ class MeasureSpec(_Strict):
         1, ge=1, description="passes over all cells, each timing every cell in a new process; their spread is the noise"
     )
     seed: int = Field(0, description="seed for weights and synthetic cache contents")
+    cell_timeout_s: float = Field(
+        600.0, gt=0, description="longest a worker may take (a cell, a max-batch probe) before it is killed: 'timeout'"
+    )
+    energy_window_s: float = Field(
+        2.0, ge=0, description="CUDA: seconds of decode-step graph replays over which energy is read (0: none)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> MeasureSpec:
