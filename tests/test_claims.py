@@ -20,7 +20,7 @@ from harness.report.claims import (
     check_max_batch,
     check_params,
 )
-from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
+from harness.results.schema import CellMetrics, CellResult, Check, RunResult, Summary
 from harness.results.store import load_result
 
 GOLDEN = Path(__file__).parent / "data" / "report" / "cpu-amd-epyc-2c.json"
@@ -259,3 +259,54 @@ def test_mqa_claim_gets_a_verdict_per_backend_when_a_run_has_several(golden: Run
     ]
     assert checks[0].evidence.endswith("B=8 ctx=1024 float32 eager (1.00)")
     assert checks[1].evidence == "median ratio H64-MQA/MHA 0.13–0.16 over 3 cells; smaller in 3/3"
+
+
+def _failing_check(cell: CellResult, name: str = "no_throttling") -> CellResult:
+    check = Check(name=name, passed=False, detail="clock-event reasons while timing: sw_power_cap")
+    return cell.model_copy(update={"checks": [check], "checks_failed": [name]})
+
+
+def test_a_claim_resting_on_a_cell_that_failed_its_self_checks_is_inconclusive(golden: RunResult) -> None:
+    first = next(c for c in golden.cells if c.variant == "H64-MQA-CLA2" and c.status == "ok")
+    result = golden.model_copy(update={"cells": [_failing_check(c) if c is first else c for c in golden.cells]})
+    check = _only(check_attention_unchanged_by_cla(result), "H64-MQA-CLA2 vs H64-MQA")
+    assert check.verdict == "inconclusive"
+    assert check.evidence.endswith("inconclusive: 1 of 4 cells not trusted (failed self-checks (no_throttling))")
+
+
+def test_a_trusted_cell_that_contradicts_a_claim_decides_it_whatever_other_cells_failed(golden: RunResult) -> None:
+    slower = _attention_like(golden, "H64-MQA-CLA2", "H64-MQA", 1.5)
+    first = next(c for c in slower.cells if c.variant == "H64-MQA-CLA2" and c.status == "ok")
+    result = slower.model_copy(update={"cells": [_failing_check(c) if c is first else c for c in slower.cells]})
+    assert _only(check_attention_unchanged_by_cla(result), "H64-MQA-CLA2 vs H64-MQA").verdict == "does not hold"
+
+
+def test_a_failed_timing_check_does_not_make_the_allocated_kv_bytes_inconclusive(golden: RunResult) -> None:
+    result = _edit(golden, "H64-MQA-CLA2", _failing_check)
+    assert _only(check_kv_cache(result), "H64-MQA-CLA2 vs H64-MQA").verdict == "holds"
+
+
+def test_cells_that_ran_different_sdpa_kernels_are_compared_only_to_say_so(golden: RunResult) -> None:
+    def kernel(name: str) -> Callable[[CellResult], CellResult]:
+        return lambda cell: cell if cell.metrics is None else _metrics(cell, sdpa_kernel=name)
+
+    result = _edit(_edit(golden, "H64-MQA", kernel("math")), "H64-MHA", kernel("flash"))
+    check = _only(check_attention_cut_by_kv_heads(result), "H64-MQA vs H64-MHA")
+    assert check.verdict == "inconclusive"
+    assert "ran different SDPA kernels (math vs flash)" in check.evidence
+
+
+def test_the_cla_attention_claim_uses_cold_attention_where_both_variants_have_it(golden: RunResult) -> None:
+    def with_cold(factor: float) -> Callable[[CellResult], CellResult]:
+        def change(cell: CellResult) -> CellResult:
+            assert cell.metrics is not None and cell.metrics.attention_latency_s is not None
+            return _metrics(cell, attention_latency_cold_s=_scaled(cell.metrics.attention_latency_s, factor))
+
+        return change
+
+    # Warm, CLA matches its base; cold (each layer from memory) it is half again slower: cold decides.
+    result = _edit(_edit(golden, "H64-MQA-CLA2", with_cold(1.5 * 3)), "H64-MQA", with_cold(3))
+    check = _only(check_attention_unchanged_by_cla(result), "H64-MQA-CLA2 vs H64-MQA")
+    assert check.verdict == "does not hold"
+    assert check.evidence.startswith("cold median ratio CLA/base 1.")
+    assert "0/4 within ±10% or CI overlap" in check.evidence

@@ -9,20 +9,58 @@ Brandon et al. 2024, "Reducing Transformer Key-Value Cache Size with Cross-Layer
 4. core attention costs the same per decode step, since consumers re-read their producer's
    cache (§2.3), while MQA/GQA do cut that cost against MHA.
 
-Each check returns :class:`ClaimCheck` rows with a verdict and the numbers behind it; a claim the
-data cannot test says why. The report renders them (harness/report/tables.py).
+Each claim is a :class:`~harness.report.pairing.Rule` run by the shared skeleton in
+harness/report/pairing.py (pair the variants, gather evidence per cell, conclude); a claim the data
+cannot test says why, and one whose evidence rests on cells that failed their self-checks, or on
+cells measured differently, is ``inconclusive``. Latency claims use the cold core-attention metric
+where it was measured: there every layer, a CLA consumer included, reads its producer's cache from
+memory, as the traffic the claim is about; warm, a consumer may find it in the cache its producer
+just filled. The report renders the verdicts (harness/report/tables.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
-
+from harness.measure.checks import MEMORY_HOLDS_WEIGHTS_AND_KV
+from harness.report.pairing import (
+    ClaimCheck,
+    Coord,
+    Evidence,
+    Pair,
+    Rule,
+    VariantShape,
+    check_rule,
+    cla_pairs,
+    conclude,
+    distrust,
+    kv_head_pairs,
+    measured_differently,
+    paired_cells,
+    value_range,
+    variant_shapes,
+    where,
+)
 from harness.results.schema import CellResult, RunResult, Summary
-from harness.variants import parse_paper_name
 
-Verdict = Literal["holds", "does not hold", "not testable"]
+__all__ = [
+    "CLAIM_ATTENTION_CLA",
+    "CLAIM_ATTENTION_KV_HEADS",
+    "CLAIM_KV",
+    "CLAIM_MAX_BATCH",
+    "CLAIM_PARAMS",
+    "TOLERANCE_NOTES",
+    "ClaimCheck",
+    "Pair",
+    "VariantShape",
+    "check_attention_cut_by_kv_heads",
+    "check_attention_unchanged_by_cla",
+    "check_claims",
+    "check_kv_cache",
+    "check_max_batch",
+    "check_params",
+    "cla_pairs",
+    "kv_head_pairs",
+    "variant_shapes",
+]
 
 # Measured KV-cache ratio may differ from the exact producer ratio by this much (allocator
 # rounding only; the harness allocates exactly the producers' cache, so 1% is generous).
@@ -49,391 +87,222 @@ TOLERANCE_NOTES = (
     "because weights and workspace take the same room in both variants and the batch is a whole number "
     "(small batches quantise coarsely); core attention median ratio CLA/base within "
     f"±{ATTENTION_LATENCY_TOLERANCE:.0%} or the two 95% confidence intervals of the median overlap; MQA/GQA "
-    "must have a smaller median than MHA of the same head dim and KV sharing in every cell."
+    "must have a smaller median than MHA of the same head dim and KV sharing in every cell. Latency claims use "
+    "cold core attention where it was measured (every layer, CLA consumers included, reads its producer's "
+    "cache from memory). A claim is inconclusive when none of its trusted cells contradicts it but some of its "
+    "evidence comes from cells that failed self-checks or were measured differently (another backend or SDPA "
+    "kernel)."
 )
 
-# Cells are compared at the same coordinates: batch size, context length, dtype and backend.
-Coord = tuple[int, int, str, str]
+
+NO_CLA = "no CLA variant (fewer producer layers than layers) in this run"
 
 
-@dataclass(frozen=True)
-class ClaimCheck:
-    """One claim tested on one pair of variants (or why it could not be)."""
-
-    claim: str  # which claim (one of the CLAIM_* titles)
-    comparison: str  # "H64-MQA-CLA2 vs H64-MQA"
-    verdict: Verdict
-    evidence: str  # the numbers behind the verdict, or why it is not testable
-
-
-@dataclass(frozen=True)
-class VariantShape:
-    """The fields of a variant the claims need, as recorded in its cells."""
-
-    name: str
-    head_dim: int
-    n_heads: int
-    n_kv_heads: int
-    n_kv_layers: int  # producer layers, P
-    kv_layers: tuple[int, ...]
-    params_total: int
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.kv_layers)
-
-    @property
-    def is_cla(self) -> bool:
-        return self.n_kv_layers < self.n_layers
-
-    @property
-    def sharing_label(self) -> str:
-        """The CLA factor s from the paper name, else the layers-per-producer ratio."""
-        parsed = parse_paper_name(self.name)
-        if parsed is not None and parsed.kv_sharing > 1:
-            return str(parsed.kv_sharing)
-        return f"{self.n_layers / self.n_kv_layers:.3g}"
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A variant compared with its reference (a CLA variant with its base, or MQA/GQA with MHA)."""
-
-    subject: VariantShape
-    reference: VariantShape
-
-    @property
-    def label(self) -> str:
-        return f"{self.subject.name} vs {self.reference.name}"
-
-    @property
-    def kv_ratio(self) -> float:
-        """Exact KV-cache ratio reference/subject: kv_bytes_per_token scales with P · n_kv_heads."""
-        ref = self.reference.n_kv_layers * self.reference.n_kv_heads
-        return ref / (self.subject.n_kv_layers * self.subject.n_kv_heads)
-
-
-def variant_shapes(result: RunResult) -> list[VariantShape]:
-    """One shape per variant, in the order the variants first appear in the cells."""
-    shapes: dict[str, VariantShape] = {}
-    for cell in result.cells:
-        if cell.variant not in shapes:
-            shapes[cell.variant] = VariantShape(
-                name=cell.variant,
-                head_dim=cell.head_dim,
-                n_heads=cell.n_heads,
-                n_kv_heads=cell.n_kv_heads,
-                n_kv_layers=cell.n_kv_layers,
-                kv_layers=tuple(cell.kv_layers),
-                params_total=cell.params_total,
-            )
-    return list(shapes.values())
-
-
-def cla_pairs(shapes: list[VariantShape]) -> tuple[list[Pair], list[VariantShape]]:
-    """Each CLA variant with its base: same head dim, heads and KV heads, every layer a producer.
-
-    Returns the pairs and the CLA variants that have no base in the run.
-    """
-    pairs: list[Pair] = []
-    unmatched: list[VariantShape] = []
-    for cla in (s for s in shapes if s.is_cla):
-        base = next(
-            (
-                s
-                for s in shapes
-                if not s.is_cla
-                and (s.head_dim, s.n_heads, s.n_kv_heads, s.n_layers)
-                == (cla.head_dim, cla.n_heads, cla.n_kv_heads, cla.n_layers)
-            ),
-            None,
-        )
-        if base is None:
-            unmatched.append(cla)
-        else:
-            pairs.append(Pair(cla, base))
-    return pairs, unmatched
-
-
-def kv_head_pairs(shapes: list[VariantShape]) -> tuple[list[Pair], list[VariantShape]]:
-    """Each MQA/GQA variant with the MHA variant of the same head dim, heads and KV sharing map.
-
-    Returns the pairs and the MQA/GQA variants that have no such MHA variant in the run.
-    """
-    pairs: list[Pair] = []
-    unmatched: list[VariantShape] = []
-    for reduced in (s for s in shapes if s.n_kv_heads < s.n_heads):
-        mha = next(
-            (
-                s
-                for s in shapes
-                if s.n_kv_heads == s.n_heads
-                and (s.head_dim, s.n_heads, s.kv_layers) == (reduced.head_dim, reduced.n_heads, reduced.kv_layers)
-            ),
-            None,
-        )
-        if mha is None:
-            unmatched.append(reduced)
-        else:
-            pairs.append(Pair(reduced, mha))
-    return pairs, unmatched
-
-
-def _cells(result: RunResult, variant: str) -> dict[Coord, CellResult]:
-    """A variant's cells that ran, by coordinates."""
-    return {
-        (c.batch_size, c.context_len, c.dtype, c.backend): c
-        for c in result.cells
-        if c.variant == variant and c.status == "ok" and c.metrics is not None
-    }
-
-
-def _where(coord: Coord) -> str:
-    batch, context, dtype, backend = coord
-    return f"B={batch} ctx={context} {dtype} {backend}"
-
-
-def _range(values: Iterable[float], digits: int = 3) -> str:
-    ordered = sorted(values)
-    low, high = f"{ordered[0]:.{digits}f}", f"{ordered[-1]:.{digits}f}"
-    return low if low == high else f"{low}–{high}"
-
-
-def _failures(failed: list[str], limit: int = 3) -> str:
-    more = f" and {len(failed) - limit} more" if len(failed) > limit else ""
-    return "; fails at " + ", ".join(failed[:limit]) + more
-
-
-def _no_cla(claim: str) -> ClaimCheck:
-    return ClaimCheck(claim, "—", "not testable", "no CLA variant (fewer producer layers than layers) in this run")
-
-
-def _no_base(claim: str, cla: VariantShape) -> ClaimCheck:
-    return ClaimCheck(
-        claim,
-        cla.name,
-        "not testable",
+def _no_base(cla: VariantShape) -> str:
+    return (
         f"no variant without CLA with head_dim {cla.head_dim}, {cla.n_heads} heads and "
-        f"{cla.n_kv_heads} KV heads to compare with",
+        f"{cla.n_kv_heads} KV heads to compare with"
     )
 
 
-def _paired_cells(
-    result: RunResult, pair: Pair, value: Callable[[CellResult], float | None]
-) -> list[tuple[Coord, float, float]]:
-    """(coordinates, subject value, reference value) for every cell both variants measured."""
-    subject, reference = _cells(result, pair.subject.name), _cells(result, pair.reference.name)
-    out = []
-    for coord in sorted(subject.keys() & reference.keys()):
-        a, b = value(subject[coord]), value(reference[coord])
-        if a is not None and b is not None:
-            out.append((coord, a, b))
-    return out
+def _no_mha(reduced: VariantShape) -> str:
+    return f"no MHA variant with head_dim {reduced.head_dim}, {reduced.n_heads} heads and the same KV sharing"
 
 
-def _kv_cache_bytes(cell: CellResult) -> float | None:
-    return None if cell.metrics is None or cell.metrics.kv_cache_bytes is None else float(cell.metrics.kv_cache_bytes)
+# ---------------------------------------------------------------------------------------------
+# 1. KV cache
 
 
-def check_kv_cache(result: RunResult) -> list[ClaimCheck]:
-    """Claim 1: measured KV cache of base / CLA equals L/ceil(L/s) (the producer ratio) within 1%."""
-    pairs, unmatched = cla_pairs(variant_shapes(result))
-    checks = [_no_base(CLAIM_KV, cla) for cla in unmatched]
-    if not pairs and not unmatched:
-        return [_no_cla(CLAIM_KV)]
-    for pair in pairs:
-        expected = pair.kv_ratio
-        basis = (
-            f"expected {pair.reference.n_kv_layers}/{pair.subject.n_kv_layers} producer layers = {expected:.3f} "
-            f"(s={pair.subject.sharing_label})"
-        )
-        cells = _paired_cells(result, pair, _kv_cache_bytes)
-        if not cells:
-            checks.append(
-                ClaimCheck(CLAIM_KV, pair.label, "not testable", f"{basis}; no cell where both measured kv_cache_bytes")
-            )
-            continue
-        ratios = [(coord, ref / sub) for coord, sub, ref in cells]
-        failed = [f"{_where(c)} ({r:.3f})" for c, r in ratios if abs(r / expected - 1) > KV_RATIO_TOLERANCE]
-        evidence = f"{basis}; measured {_range(r for _, r in ratios)} in {len(ratios)} cells"
-        if failed:
-            checks.append(ClaimCheck(CLAIM_KV, pair.label, "does not hold", evidence + _failures(failed)))
-        else:
-            checks.append(ClaimCheck(CLAIM_KV, pair.label, "holds", evidence))
-    return checks
+def _judge_kv_cache(result: RunResult, pair: Pair) -> list[ClaimCheck]:
+    """Measured KV cache of base / CLA equals L/ceil(L/s) (the producer ratio) within 1%, per cell.
+
+    Allocated bytes do not depend on timing, so no self-check makes this evidence suspect.
+    """
+    expected = pair.kv_ratio
+    basis = (
+        f"expected {pair.reference.n_kv_layers}/{pair.subject.n_kv_layers} producer layers = {expected:.3f} "
+        f"(s={pair.subject.sharing_label})"
+    )
+    ratios: list[tuple[Coord, float]] = []
+    for coord, sub, ref in paired_cells(result, pair):
+        sub_bytes, ref_bytes = (None if c.metrics is None else c.metrics.kv_cache_bytes for c in (sub, ref))
+        if sub_bytes is not None and ref_bytes is not None:
+            ratios.append((coord, ref_bytes / sub_bytes))
+    if not ratios:
+        return [conclude(CLAIM_KV, pair.label, f"{basis}; no cell where both measured kv_cache_bytes", [])]
+    evidence = [
+        Evidence(f"{where(c)} ({r:.3f})" if abs(r / expected - 1) > KV_RATIO_TOLERANCE else None) for c, r in ratios
+    ]
+    summary = f"{basis}; measured {value_range(r for _, r in ratios)} in {len(ratios)} cells"
+    return [conclude(CLAIM_KV, pair.label, summary, evidence)]
 
 
-def check_params(result: RunResult) -> list[ClaimCheck]:
-    """Claim 2: the CLA variant has fewer parameters than its base, by less than 10%."""
-    pairs, unmatched = cla_pairs(variant_shapes(result))
-    checks = [_no_base(CLAIM_PARAMS, cla) for cla in unmatched]
-    if not pairs and not unmatched:
-        return [_no_cla(CLAIM_PARAMS)]
-    for pair in pairs:
-        sub, ref = pair.subject.params_total, pair.reference.params_total
-        change = sub / ref - 1
-        evidence = f"{sub / 1e6:.3f} M vs {ref / 1e6:.3f} M params ({change:+.2%})"
-        holds = sub < ref and -change < PARAMS_SHRINK_LIMIT
-        if not holds:
-            evidence += "; not smaller" if sub >= ref else f"; shrinks by {PARAMS_SHRINK_LIMIT:.0%} or more"
-        checks.append(ClaimCheck(CLAIM_PARAMS, pair.label, "holds" if holds else "does not hold", evidence))
-    return checks
+# ---------------------------------------------------------------------------------------------
+# 2. Parameters
 
 
-def _measured_max_batch(result: RunResult, variant: str) -> dict[tuple[int, str, str], int]:
-    """Measured max batch by (context_len, dtype, backend); any cell of that context may carry it."""
-    out: dict[tuple[int, str, str], int] = {}
+def _judge_params(result: RunResult, pair: Pair) -> list[ClaimCheck]:
+    """The CLA variant has fewer parameters than its base, by less than 10% (from the accounting)."""
+    sub, ref = pair.subject.params_total, pair.reference.params_total
+    change = sub / ref - 1
+    evidence = f"{sub / 1e6:.3f} M vs {ref / 1e6:.3f} M params ({change:+.2%})"
+    holds = sub < ref and -change < PARAMS_SHRINK_LIMIT
+    if not holds:
+        evidence += "; not smaller" if sub >= ref else f"; shrinks by {PARAMS_SHRINK_LIMIT:.0%} or more"
+    return [ClaimCheck(CLAIM_PARAMS, pair.label, "holds" if holds else "does not hold", evidence)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Max batch
+
+
+def _measured_max_batch(result: RunResult, variant: str) -> dict[tuple[int, str, str], tuple[int, list[CellResult]]]:
+    """Measured max batch by (context_len, dtype, backend), with the variant's cells of that context."""
+    out: dict[tuple[int, str, str], tuple[int, list[CellResult]]] = {}
     for cell in result.cells:
         if cell.variant != variant or cell.metrics is None or cell.metrics.max_batch is None:
             continue
         measured = cell.metrics.max_batch.measured
         if measured is not None:
-            out.setdefault((cell.context_len, cell.dtype, cell.backend), measured)
+            key = (cell.context_len, cell.dtype, cell.backend)
+            out.setdefault(key, (measured, []))[1].append(cell)
     return out
 
 
-def check_max_batch(result: RunResult) -> list[ClaimCheck]:
-    """Claim 3: measured max batch of CLA / base is within ±25% of the KV ratio, at each context."""
-    pairs, unmatched = cla_pairs(variant_shapes(result))
-    checks = [_no_base(CLAIM_MAX_BATCH, cla) for cla in unmatched]
-    if not pairs and not unmatched:
-        return [_no_cla(CLAIM_MAX_BATCH)]
-    for pair in pairs:
-        expected = pair.kv_ratio
-        subject = _measured_max_batch(result, pair.subject.name)
-        reference = _measured_max_batch(result, pair.reference.name)
-        common = sorted(k for k in subject.keys() & reference.keys() if reference[k] > 0)
-        if not common:
-            checks.append(
-                ClaimCheck(
-                    CLAIM_MAX_BATCH,
-                    pair.label,
-                    "not testable",
-                    f"expected ≈{expected:.3f}; max batch not measured (above zero) for both at any context",
-                )
-            )
-            continue
-        parts, failed = [], []
-        for key in common:
-            ratio = subject[key] / reference[key]
-            off = ratio / expected - 1
-            text = f"ctx {key[0]}: {reference[key]} → {subject[key]} ({ratio:.2f}, {off:+.0%})"
-            parts.append(text)
-            if abs(off) > MAX_BATCH_TOLERANCE:
-                failed.append(f"ctx {key[0]}")
-        evidence = f"expected ≈{expected:.3f}; " + ", ".join(parts)
-        if failed:
-            checks.append(ClaimCheck(CLAIM_MAX_BATCH, pair.label, "does not hold", evidence + _failures(failed)))
-        else:
-            checks.append(ClaimCheck(CLAIM_MAX_BATCH, pair.label, "holds", evidence))
-    return checks
+def _judge_max_batch(result: RunResult, pair: Pair) -> list[ClaimCheck]:
+    """Measured max batch of CLA / base is within ±25% of the KV ratio, at each context; a context
+    whose cells failed the memory self-check is not trusted."""
+    expected = pair.kv_ratio
+    subject = _measured_max_batch(result, pair.subject.name)
+    reference = _measured_max_batch(result, pair.reference.name)
+    common = sorted(k for k in subject.keys() & reference.keys() if reference[k][0] > 0)
+    if not common:
+        summary = f"expected ≈{expected:.3f}; max batch not measured (above zero) for both at any context"
+        return [conclude(CLAIM_MAX_BATCH, pair.label, summary, [])]
+    parts, evidence = [], []
+    for key in common:
+        (sub, sub_cells), (ref, ref_cells) = subject[key], reference[key]
+        ratio = sub / ref
+        off = ratio / expected - 1
+        parts.append(f"ctx {key[0]}: {ref} → {sub} ({ratio:.2f}, {off:+.0%})")
+        suspect = distrust([*sub_cells, *ref_cells], {MEMORY_HOLDS_WEIGHTS_AND_KV})
+        evidence.append(Evidence(f"ctx {key[0]}" if abs(off) > MAX_BATCH_TOLERANCE else None, suspect))
+    summary = f"expected ≈{expected:.3f}; " + ", ".join(parts)
+    return [conclude(CLAIM_MAX_BATCH, pair.label, summary, evidence)]
 
 
-def _attention_summary(cell: CellResult) -> Summary | None:
-    return None if cell.metrics is None else cell.metrics.attention_latency_s
+# ---------------------------------------------------------------------------------------------
+# 4. Core attention latency
 
 
-def _paired_summaries(result: RunResult, pair: Pair) -> list[tuple[Coord, Summary, Summary]]:
-    subject, reference = _cells(result, pair.subject.name), _cells(result, pair.reference.name)
+def _attention_summary(cell: CellResult, cold: bool) -> Summary | None:
+    if cell.metrics is None:
+        return None
+    return cell.metrics.attention_latency_cold_s if cold else cell.metrics.attention_latency_s
+
+
+def _paired_attention(result: RunResult, pair: Pair) -> tuple[bool, list[tuple[Coord, Summary, Summary, str | None]]]:
+    """Whether the cold metric is used (it is wherever both variants have it everywhere), and per cell
+    (coordinates, subject and reference attention latency, why the pair of cells is not trusted)."""
+    cells = paired_cells(result, pair)
+    cold = bool(cells) and all(
+        _attention_summary(sub, True) is not None and _attention_summary(ref, True) is not None for _, sub, ref in cells
+    )
     out = []
-    for coord in sorted(subject.keys() & reference.keys()):
-        a, b = _attention_summary(subject[coord]), _attention_summary(reference[coord])
+    for coord, sub, ref in cells:
+        a, b = _attention_summary(sub, cold), _attention_summary(ref, cold)
         if a is not None and b is not None:
-            out.append((coord, a, b))
-    return out
+            out.append((coord, a, b, distrust([sub, ref]) or measured_differently(sub, ref)))
+    return cold, out
 
 
 def _overlap(a: Summary, b: Summary) -> bool:
     return a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
 
 
+def _judge_attention_unchanged(result: RunResult, pair: Pair) -> list[ClaimCheck]:
+    """Core attention median CLA/base within ±10%, or the medians' 95% CIs overlap, per cell."""
+    cold, cells = _paired_attention(result, pair)
+    if not cells:
+        return [conclude(CLAIM_ATTENTION_CLA, pair.label, "core attention latency not measured for both", [])]
+    ratios, evidence = [], []
+    for coord, sub, ref, suspect in cells:
+        ratio = sub.median / ref.median
+        ratios.append(ratio)
+        failed = abs(ratio - 1) > ATTENTION_LATENCY_TOLERANCE and not _overlap(sub, ref)
+        evidence.append(Evidence(f"{where(coord)} ({ratio:.2f}, CIs disjoint)" if failed else None, suspect))
+    within = sum(1 for e in evidence if e.failure is None)
+    summary = (
+        f"{'cold ' if cold else ''}median ratio CLA/base {value_range(ratios, 2)} over {len(ratios)} cells; "
+        f"{within}/{len(ratios)} within ±{ATTENTION_LATENCY_TOLERANCE:.0%} or CI overlap"
+    )
+    return [conclude(CLAIM_ATTENTION_CLA, pair.label, summary, evidence)]
+
+
+def _judge_attention_cut(result: RunResult, pair: Pair) -> list[ClaimCheck]:
+    """MQA/GQA have a smaller core attention median than MHA of the same head dim, per cell; one
+    verdict per backend when the run timed several."""
+    cold, cells = _paired_attention(result, pair)
+    if not cells:
+        return [conclude(CLAIM_ATTENTION_KV_HEADS, pair.label, "core attention latency not measured for both", [])]
+    # A verdict per backend: one that expands K/V to every query head (eager) reads as much for MQA
+    # as for MHA, and says so about itself, not about the backends that read the shared cache once.
+    backends = sorted({coord[3] for coord, *_ in cells})
+    checks = []
+    for backend in backends:
+        ours = [(coord, sub, ref, suspect) for coord, sub, ref, suspect in cells if coord[3] == backend]
+        comparison = pair.label if len(backends) == 1 else f"{pair.label}, {backend}"
+        ratios = [sub.median / ref.median for _, sub, ref, _ in ours]
+        evidence = [
+            Evidence(f"{where(coord)} ({sub.median / ref.median:.2f})" if sub.median >= ref.median else None, suspect)
+            for coord, sub, ref, suspect in ours
+        ]
+        smaller = sum(1 for e in evidence if e.failure is None)
+        summary = (
+            f"{'cold ' if cold else ''}median ratio {pair.subject.name}/MHA {value_range(ratios, 2)} over "
+            f"{len(ratios)} cells; smaller in {smaller}/{len(ratios)}"
+        )
+        checks.append(conclude(CLAIM_ATTENTION_KV_HEADS, comparison, summary, evidence))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------
+# The claims, in the order the paper makes them
+
+RULES = (
+    Rule(CLAIM_KV, cla_pairs, NO_CLA, _no_base, _judge_kv_cache),
+    Rule(CLAIM_PARAMS, cla_pairs, NO_CLA, _no_base, _judge_params),
+    Rule(CLAIM_MAX_BATCH, cla_pairs, NO_CLA, _no_base, _judge_max_batch),
+    Rule(CLAIM_ATTENTION_CLA, cla_pairs, NO_CLA, _no_base, _judge_attention_unchanged),
+    Rule(CLAIM_ATTENTION_KV_HEADS, kv_head_pairs, "no MQA or GQA variant in this run", _no_mha, _judge_attention_cut),
+)
+
+
+def check_kv_cache(result: RunResult) -> list[ClaimCheck]:
+    """Claim 1: measured KV cache of base / CLA equals L/ceil(L/s) within 1%."""
+    return check_rule(result, RULES[0])
+
+
+def check_params(result: RunResult) -> list[ClaimCheck]:
+    """Claim 2: the CLA variant has fewer parameters than its base, by less than 10%."""
+    return check_rule(result, RULES[1])
+
+
+def check_max_batch(result: RunResult) -> list[ClaimCheck]:
+    """Claim 3: measured max batch of CLA / base is within ±25% of the KV ratio, at each context."""
+    return check_rule(result, RULES[2])
+
+
 def check_attention_unchanged_by_cla(result: RunResult) -> list[ClaimCheck]:
     """Claim 4a: core attention median CLA/base within ±10%, or the medians' 95% CIs overlap, per cell."""
-    pairs, unmatched = cla_pairs(variant_shapes(result))
-    checks = [_no_base(CLAIM_ATTENTION_CLA, cla) for cla in unmatched]
-    if not pairs and not unmatched:
-        return [_no_cla(CLAIM_ATTENTION_CLA)]
-    for pair in pairs:
-        cells = _paired_summaries(result, pair)
-        if not cells:
-            checks.append(
-                ClaimCheck(
-                    CLAIM_ATTENTION_CLA, pair.label, "not testable", "core attention latency not measured for both"
-                )
-            )
-            continue
-        ratios, failed = [], []
-        for coord, sub, ref in cells:
-            ratio = sub.median / ref.median
-            ratios.append(ratio)
-            if abs(ratio - 1) > ATTENTION_LATENCY_TOLERANCE and not _overlap(sub, ref):
-                failed.append(f"{_where(coord)} ({ratio:.2f}, CIs disjoint)")
-        evidence = (
-            f"median ratio CLA/base {_range(ratios, 2)} over {len(ratios)} cells; "
-            f"{len(ratios) - len(failed)}/{len(ratios)} within ±{ATTENTION_LATENCY_TOLERANCE:.0%} or CI overlap"
-        )
-        if failed:
-            checks.append(ClaimCheck(CLAIM_ATTENTION_CLA, pair.label, "does not hold", evidence + _failures(failed)))
-        else:
-            checks.append(ClaimCheck(CLAIM_ATTENTION_CLA, pair.label, "holds", evidence))
-    return checks
+    return check_rule(result, RULES[3])
 
 
 def check_attention_cut_by_kv_heads(result: RunResult) -> list[ClaimCheck]:
-    """Claim 4b: MQA/GQA have a smaller core attention median than MHA of the same head dim, per cell;
-    one verdict per backend when the run timed several."""
-    pairs, unmatched = kv_head_pairs(variant_shapes(result))
-    checks = [
-        ClaimCheck(
-            CLAIM_ATTENTION_KV_HEADS,
-            reduced.name,
-            "not testable",
-            f"no MHA variant with head_dim {reduced.head_dim}, {reduced.n_heads} heads and the same KV sharing",
-        )
-        for reduced in unmatched
-    ]
-    if not pairs and not unmatched:
-        return [ClaimCheck(CLAIM_ATTENTION_KV_HEADS, "—", "not testable", "no MQA or GQA variant in this run")]
-    for pair in pairs:
-        cells = _paired_summaries(result, pair)
-        if not cells:
-            checks.append(
-                ClaimCheck(
-                    CLAIM_ATTENTION_KV_HEADS, pair.label, "not testable", "core attention latency not measured for both"
-                )
-            )
-            continue
-        # A verdict per backend: one that expands K/V to every query head (eager) reads as much for MQA
-        # as for MHA, and says so about itself, not about the backends that read the shared cache once.
-        backends = sorted({backend for (_, _, _, backend), _, _ in cells})
-        for backend in backends:
-            ours = [(coord, sub, ref) for coord, sub, ref in cells if coord[3] == backend]
-            comparison = pair.label if len(backends) == 1 else f"{pair.label}, {backend}"
-            ratios = [sub.median / ref.median for _, sub, ref in ours]
-            failed = [
-                f"{_where(coord)} ({sub.median / ref.median:.2f})"
-                for coord, sub, ref in ours
-                if sub.median >= ref.median
-            ]
-            evidence = (
-                f"median ratio {pair.subject.name}/MHA {_range(ratios, 2)} over {len(ratios)} cells; "
-                f"smaller in {len(ratios) - len(failed)}/{len(ratios)}"
-            )
-            if failed:
-                checks.append(
-                    ClaimCheck(CLAIM_ATTENTION_KV_HEADS, comparison, "does not hold", evidence + _failures(failed))
-                )
-            else:
-                checks.append(ClaimCheck(CLAIM_ATTENTION_KV_HEADS, comparison, "holds", evidence))
-    return checks
+    """Claim 4b: MQA/GQA have a smaller core attention median than MHA of the same head dim, per cell."""
+    return check_rule(result, RULES[4])
 
 
 def check_claims(result: RunResult) -> list[ClaimCheck]:
     """All claims, in the order the paper makes them."""
-    return [
-        *check_kv_cache(result),
-        *check_params(result),
-        *check_max_batch(result),
-        *check_attention_unchanged_by_cla(result),
-        *check_attention_cut_by_kv_heads(result),
-    ]
+    return [check for rule in RULES for check in check_rule(result, rule)]
