@@ -13,7 +13,7 @@ from harness import cli, compare
 from harness.errors import UserError
 from harness.measure.stats import summarize
 from harness.results import gitrev
-from harness.results.schema import CellResult, RunResult, Summary
+from harness.results.schema import CellResult, Check, RunResult, Summary
 from harness.results.store import load_result, save_result
 
 DATA = Path(__file__).parent / "data" / "compare"
@@ -377,12 +377,16 @@ def test_cli_golden_table_flags_slowdown_memory_max_batch_and_oom(
 ) -> None:
     monkeypatch.chdir(DATA)
     attnbench(["compare", "base.json", "head.json"])
-    rows = [
-        [c.strip() for c in line.split("|")[1:-1]]
-        for line in capsys.readouterr().out.splitlines()
-        if line.startswith("|")
-    ]
-    flagged = {(row[1], row[-1]) for row in rows if row[-1] in ("regression", "improvement")}
+    flagged: set[tuple[str, str]] = set()
+    verdict_column = 0
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith("|"):
+            continue
+        row = [c.strip() for c in line.split("|")[1:-1]]
+        if "verdict" in row:  # a table's header: where its verdict column is
+            verdict_column = row.index("verdict")
+        elif row[verdict_column] in ("regression", "improvement"):
+            flagged.add((row[1], row[verdict_column]))
     assert flagged == {
         ("decode_latency_s", "regression"),
         ("bandwidth_gbps", "regression"),
@@ -531,3 +535,43 @@ def test_a_ten_percent_slowdown_is_caught_with_quick_sample_counts_on_a_quiet_ma
     threshold = compare.Threshold(0.05, True, "median:5%")
     change = compare.latency_change("decode_latency_s", base, head, threshold, 0.01, machine=0.01)
     assert change.verdict == "regression"
+
+
+def _with_failed_check(cell: CellResult, name: str = "bandwidth_within_peak") -> CellResult:
+    check = Check(name=name, passed=False, detail="decode 60.0 GB/s against a measured peak of 40.0 GB/s")
+    return cell.model_copy(update={"checks": [check], "checks_failed": [name]})
+
+
+def test_a_cell_that_failed_a_self_check_is_inconclusive_never_a_regression() -> None:
+    base = make_cell(decode_samples=lognormal_samples(0.010, seed=1))
+    head = _with_failed_check(make_cell(decode_samples=lognormal_samples(0.013, seed=2)))
+    comparison = compare.compare_sides(side(run_of(base)), side(run_of(head)))
+    assert comparison.cells == () and comparison.exit_code == 0
+    (skipped,) = comparison.skipped
+    assert (skipped.verdict, skipped.reason) == ("inconclusive", "failed self-checks (head bandwidth_within_peak)")
+
+
+def test_cells_whose_auto_backend_resolved_differently_are_not_comparable() -> None:
+    base = make_cell(backend="auto", decode_samples=lognormal_samples(0.010, seed=1))
+    head = make_cell(backend="auto", decode_samples=lognormal_samples(0.012, seed=2))
+    base = base.model_copy(update={"backend_used": "native"})
+    head = head.model_copy(update={"backend_used": "grouped"})
+    comparison = compare.compare_sides(side(run_of(base)), side(run_of(head)))
+    assert comparison.exit_code == 0
+    (skipped,) = comparison.skipped
+    assert (skipped.verdict, skipped.reason) == ("not comparable", "ran backend native at base, grouped at head")
+
+
+def test_cells_that_ran_different_sdpa_kernels_are_not_comparable() -> None:
+    base = make_cell(decode_samples=lognormal_samples(0.010, seed=1))
+    head = make_cell(decode_samples=lognormal_samples(0.012, seed=2))
+    assert base.metrics is not None and head.metrics is not None
+    base = base.model_copy(update={"metrics": base.metrics.model_copy(update={"sdpa_kernel": "flash"})})
+    head = head.model_copy(update={"metrics": head.metrics.model_copy(update={"sdpa_kernel": "math"})})
+    (skipped,) = compare.compare_sides(side(run_of(base)), side(run_of(head))).skipped
+    assert skipped.reason == "ran SDPA kernel flash at base, math at head"
+
+
+def test_a_cell_that_timed_out_at_head_is_a_regression() -> None:
+    comparison = compare.compare_sides(side(run_of(make_cell())), side(run_of(make_cell(status="timeout"))))
+    assert comparison.exit_code == 1 and comparison.skipped[0].reason == "timeout at head"

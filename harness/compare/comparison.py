@@ -12,10 +12,12 @@ from harness.compare.cells import (
     compare_cell,
     index_cells,
     machine_noise,
+    why_not_compared,
 )
 from harness.compare.sides import Side
 from harness.compare.thresholds import DEFAULT_ALPHA, Threshold, Verdict, parse_thresholds
 from harness.errors import UserError
+from harness.results.schema import CellResult
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,14 @@ class Comparison:
     def exit_code(self) -> int:
         """1 when anything regressed, else 0."""
         return 1 if self.regressions else 0
+
+
+def _status_reason(base: CellResult | None, head: CellResult | None) -> str:
+    """Why a cell missing or not ``ok`` on a side was not compared."""
+    if base is None or head is None:
+        return "only at head" if base is None else "only at base"
+    not_ok = [f"{cell.status} at {side}" for side, cell in (("base", base), ("head", head)) if cell.status != "ok"]
+    return ", ".join(not_ok)
 
 
 def compare_sides(
@@ -75,7 +85,9 @@ def compare_sides(
         scenario, some_cell = base_cells.get(key) or head_cells[key]
         base_cell = base_cells.get(key, (scenario, None))[1]
         head_cell = head_cells.get(key, (scenario, None))[1]
-        if base_cell is not None and head_cell is not None and base_cell.status == head_cell.status == "ok":
+        both_ok = base_cell is not None and head_cell is not None and base_cell.status == head_cell.status == "ok"
+        excluded = why_not_compared(base_cell, head_cell) if both_ok and base_cell and head_cell else None
+        if both_ok and excluded is None and base_cell is not None and head_cell is not None:
             compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine))
         else:
             skipped.append(
@@ -84,6 +96,7 @@ def compare_sides(
                     cell_label(some_cell),
                     None if base_cell is None else base_cell.status,
                     None if head_cell is None else head_cell.status,
+                    *(excluded or ("", _status_reason(base_cell, head_cell))),
                 )
             )
     return Comparison(base, head, thresholds, alpha, tuple(compared), tuple(skipped), tuple(notes))

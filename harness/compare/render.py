@@ -95,16 +95,13 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
                 s.label,
                 _status(s.base_status),
                 _status(s.head_status),
-                "regression" if s.is_regression else "",
+                "regression" if s.is_regression else s.verdict,
+                s.reason,
             ]
             for s in comparison.skipped
         ]
-        lines += [
-            "",
-            "### not compared",
-            "",
-            tabulate(rows, ["scenario", "cell", "base", "head", "verdict"], tablefmt="github", disable_numparse=True),
-        ]
+        headers = ["scenario", "cell", "base", "head", "verdict", "why"]
+        lines += ["", "### not compared", "", tabulate(rows, headers, tablefmt="github", disable_numparse=True)]
     lines += ["", summary_line(comparison)]
     return "\n".join(lines) + "\n"
 
