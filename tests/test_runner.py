@@ -382,3 +382,13 @@ def test_a_capture_that_broke_its_worker_is_measured_again_with_graphs_off(tmp_p
     outcome = runner.run()
     assert graphs[:2] == [True, False]
     assert outcome.result.cells[0].status == "ok"
+
+
+def test_a_run_without_a_file_measures_the_gpu_default_on_cuda_and_the_default_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness.cli import run_cmd
+
+    monkeypatch.chdir(Path(__file__).parents[1])
+    assert run_cmd.default_scenario("cuda:0") == "scenarios/gpu-default.toml"
+    assert run_cmd.default_scenario("cpu") == "scenarios/default.toml"

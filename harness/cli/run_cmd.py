@@ -8,14 +8,31 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.hardware import is_cuda, resolve_device
 from harness.results.schema import CellResult
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.scenario import Cell
 
+# What `attnbench run` measures without a file on a GPU: the CPU default's small stack would time
+# kernel launches there, not KV-cache traffic.
+GPU_DEFAULT_SCENARIO = "scenarios/gpu-default.toml"
+
+
+def default_scenario(device: str) -> str:
+    """The scenario a run without a file measures on ``device`` (already resolved)."""
+    if is_cuda(device) and Path(GPU_DEFAULT_SCENARIO).is_file():
+        return GPU_DEFAULT_SCENARIO
+    return RunOptions.scenario
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="measure a scenario on this machine", description=__doc__)
-    parser.add_argument("file", nargs="?", default=RunOptions.scenario, help="scenario file (default %(default)s)")
+    parser.add_argument(
+        "file",
+        nargs="?",
+        default=None,
+        help=f"scenario file (default {GPU_DEFAULT_SCENARIO} on a CUDA device, else {RunOptions.scenario})",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=RunOptions.out_dir, help="results folder (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="short timing windows, for smoke runs and CI")
@@ -60,7 +77,8 @@ def _first(cell: CellResult, name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = RunOptions(scenario=args.file, device=args.device, out_dir=args.out, quick=args.quick, resume=args.resume)
+    scenario = args.file if args.file is not None else default_scenario(resolve_device(args.device))
+    options = RunOptions(scenario=scenario, device=args.device, out_dir=args.out, quick=args.quick, resume=args.resume)
     bar = _Bar(args.quiet)
     runner = Runner(options, RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped))
     try:
