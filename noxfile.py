@@ -7,6 +7,7 @@ pulls CUDA packages. The ``gpu`` session instead uses the CUDA PyTorch already o
 from __future__ import annotations
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
@@ -71,11 +72,23 @@ def compare(session: nox.Session) -> None:
 
 @nox.session(default=False, venv_params=["--system-site-packages"])
 def gpu(session: nox.Session) -> None:
-    """On a GPU machine: use its CUDA PyTorch, run the CUDA tests and the GPU scenarios, write reports."""
+    """On a GPU machine (its own CUDA PyTorch): doctor, CUDA tests, GPU scenarios, reports; fails after all ran."""
     session.run("python", "-c", "import torch; assert torch.cuda.is_available(), 'no CUDA device'", silent=True)
     session.install("-e", ".[dev]")
-    session.run("pytest", "-m", "cuda", "-q")
-    scenarios = session.posargs or ["scenarios/default.toml", "scenarios/cla-1b.toml"]
+    failed: list[str] = []
+
+    def attempt(name: str, *command: str) -> None:
+        """Run one step; a failure is noted and the next step runs, so the report is always written."""
+        try:
+            session.run(*command)
+        except CommandFailed:
+            failed.append(name)
+
+    attempt("doctor", "attnbench", "doctor", "--device", "cuda")
+    attempt("CUDA tests", "pytest", "-m", "cuda", "-q")
+    scenarios = session.posargs or ["scenarios/gpu-default.toml", "scenarios/cla-1b.toml"]
     for scenario in scenarios:
-        session.run("attnbench", "run", scenario, "--device", "cuda")
-    session.run("attnbench", "report")
+        attempt(f"run {scenario}", "attnbench", "run", scenario, "--device", "cuda")
+    attempt("report", "attnbench", "report")
+    if failed:
+        session.error(f"failed: {', '.join(failed)}")
