@@ -25,10 +25,10 @@ from harness import accounting
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
-from harness.measure import derive
+from harness.measure import derive, stability
 from harness.measure.maxbatch import Probe, SearchResult, search_max_batch
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
-from harness.results.schema import CellMetrics, CellResult, Check, GitInfo, MaxBatch, RunResult, ScenarioRef
+from harness.results.schema import CellMetrics, CellResult, Check, GitInfo, HostLoad, MaxBatch, RunResult, ScenarioRef
 from harness.results.store import load_result, result_filename, result_files, save_result
 from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
 from harness.scenario.schema import MeasureSpec
@@ -45,6 +45,7 @@ class RunOptions:
     out_dir: Path = Path("results")
     quick: bool = False
     resume: bool = False
+    rerun_unstable: bool = False  # with resume: measure again the cells the newest run found unstable
 
 
 @dataclass
@@ -117,14 +118,18 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _find_resumable(out_dir: Path, target: str, loaded: LoadedScenario, device: str) -> tuple[Path, RunResult] | None:
-    """The newest unfinished result of this scenario (same content) on this target, if any."""
+def _find_resumable(
+    out_dir: Path, target: str, loaded: LoadedScenario, device: str, *, finished_too: bool = False
+) -> tuple[Path, RunResult] | None:
+    """The newest unfinished result of this scenario (same content) on this target, if any; with
+    ``finished_too``, the newest one whether finished or not."""
     folder = out_dir / target
     if not folder.is_dir():
         return None
     for path in reversed(result_files(folder)):
         result = load_result(path)
-        if result.finished_utc is None and result.scenario.sha256 == loaded.content_sha256 and result.device == device:
+        same = result.scenario.sha256 == loaded.content_sha256 and result.device == device
+        if same and (finished_too or result.finished_utc is None):
             return path, result
     return None
 
@@ -194,6 +199,7 @@ class Runner:
                 self.progress.cell_finished(cell, cell_result)
                 if cell_result.status != "ok" and round_index + 1 < rounds:
                     self.progress.rounds_skipped(cell, rounds - round_index - 1)
+        stability.assess_run(result)
         result.finished_utc = _now()
         save_result(result, path)
         return RunOutcome(path, result, failed)
@@ -210,6 +216,8 @@ class Runner:
 
     def _open_result(self, target: str, environment: dict[str, Any]) -> tuple[Path, RunResult]:
         out_dir = self.options.out_dir
+        if self.options.resume and self.options.rerun_unstable:
+            return self._reopen_unstable(out_dir, target)
         if self.options.resume:
             found = _find_resumable(out_dir, target, self.loaded, self.device_kind)
             if found is None:
@@ -241,6 +249,22 @@ class Runner:
             quick=self.options.quick,
             started_utc=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
+        save_result(result, path)
+        return path, result
+
+    def _reopen_unstable(self, out_dir: Path, target: str) -> tuple[Path, RunResult]:
+        """The newest run of this scenario on this target, finished or not, with its unstable cells
+        removed (they are measured again, every round, into the same file)."""
+        found = _find_resumable(out_dir, target, self.loaded, self.device_kind, finished_too=True)
+        if found is None:
+            raise UserError(
+                f"no run of scenario {self.loaded.scenario.name!r} (same file content) for target {target} "
+                "to re-measure unstable cells of",
+                source=str(out_dir / target),
+            )
+        path, result = found
+        kept = [cell for cell in result.cells if not cell.unstable]
+        result = result.model_copy(update={"cells": kept, "finished_utc": None})
         save_result(result, path)
         return path, result
 
@@ -341,6 +365,7 @@ class Runner:
             metrics=metrics,
             checks=checks,
             checks_failed=[c.name for c in checks if not c.passed],
+            host_load=_host_load(outcome),
         )
 
     def _repeat(self, cell: Cell, previous: CellResult, peak_gbps: float | None) -> CellResult:
@@ -369,6 +394,7 @@ class Runner:
                 "elapsed_s": previous.elapsed_s + time.perf_counter() - start,
                 "checks": checks,
                 "checks_failed": [c.name for c in checks if not c.passed],
+                "host_load": previous.host_load + _host_load(outcome),
             }
         )
 
@@ -412,6 +438,12 @@ class Runner:
             ]
             + ([{"note": found.note}] if found.note else []),
         )
+
+
+def _host_load(outcome: WorkerOutcome) -> list[HostLoad]:
+    """The host load a measuring worker read around its timed windows (none where it could not)."""
+    load = (outcome.value or {}).get("host_load")
+    return [HostLoad.model_validate(load)] if load else []
 
 
 def _guard_host_memory(probe: Callable[[int], Probe], budget: int) -> Callable[[int], Probe]:

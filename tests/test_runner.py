@@ -392,3 +392,37 @@ def test_a_run_without_a_file_measures_the_gpu_default_on_cuda_and_the_default_e
     monkeypatch.chdir(Path(__file__).parents[1])
     assert run_cmd.default_scenario("cuda:0") == "scenarios/gpu-default.toml"
     assert run_cmd.default_scenario("cpu") == "scenarios/default.toml"
+
+
+def test_rerun_unstable_measures_again_only_the_cells_the_run_found_unstable(tmp_path: Path):
+    from harness.results.schema import Stability
+    from harness.results.store import save_result
+
+    text = TINY.replace("[1, 2]", "[1]").replace('memory_budget = "{budget}"\n', 'metrics = ["decode"]\n')
+    path = scenario(tmp_path, text)
+    out = tmp_path / "out"
+    first = Runner(RunOptions(scenario=str(path), device="cpu", out_dir=out)).run()
+    marked = first.result.model_copy(deep=True)
+    shaky = Stability(unstable=True, reasons=["host busy while timing (round 1): ..."])
+    marked.cells[0] = marked.cells[0].model_copy(update={"stability": shaky})
+    marked.cells[1] = marked.cells[1].model_copy(update={"stability": Stability(unstable=False)})
+    save_result(marked, first.path)
+    again = Runner(RunOptions(scenario=str(path), device="cpu", out_dir=out, resume=True, rerun_unstable=True)).run()
+    assert again.path == first.path
+    after = load_result(first.path)
+    assert [c.key for c in after.cells] == [first.result.cells[1].key, first.result.cells[0].key]
+    # the stable cell's measurements are untouched (its stability is assessed again, with the run's)
+    assert after.cells[0].model_dump(exclude={"stability"}) == marked.cells[1].model_dump(exclude={"stability"})
+    remeasured = after.cells[1].metrics
+    assert remeasured is not None and remeasured.decode_latency_s is not None
+    before = first.result.cells[0].metrics
+    assert before is not None and before.decode_latency_s is not None
+    assert remeasured.decode_latency_s.samples != before.decode_latency_s.samples
+    assert after.finished_utc is not None
+
+
+def test_rerun_unstable_without_resume_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["run", str(scenario(tmp_path)), "--rerun-unstable", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "attnbench run: error: --rerun-unstable: re-measures cells of an existing run; give --resume too"
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.errors import UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.results.schema import CellResult
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
@@ -37,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=RunOptions.out_dir, help="results folder (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="short timing windows, for smoke runs and CI")
     parser.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this scenario")
+    parser.add_argument(
+        "--rerun-unstable",
+        action="store_true",
+        help="with --resume: measure again, into the newest run of this scenario, the cells it found unstable",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display; only the result path")
     parser.set_defaults(func=run)
 
@@ -78,7 +84,16 @@ def _first(cell: CellResult, name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     scenario = args.file if args.file is not None else default_scenario(resolve_device(args.device))
-    options = RunOptions(scenario=scenario, device=args.device, out_dir=args.out, quick=args.quick, resume=args.resume)
+    if args.rerun_unstable and not args.resume:
+        raise UserError("re-measures cells of an existing run; give --resume too", field="--rerun-unstable")
+    options = RunOptions(
+        scenario=scenario,
+        device=args.device,
+        out_dir=args.out,
+        quick=args.quick,
+        resume=args.resume,
+        rerun_unstable=args.rerun_unstable,
+    )
     bar = _Bar(args.quiet)
     runner = Runner(options, RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped))
     try:
@@ -103,6 +118,16 @@ def run(args: argparse.Namespace) -> int:
             f"warning: {name} failed in {len(cells)} of {measured} cells "
             f"(e.g. {cells[0].variant} b{cells[0].batch_size} ctx{cells[0].context_len}: {_first(cells[0], name)}); "
             "their numbers are suspect (see the report's self-checks)",
+            file=sys.stderr,
+        )
+    unstable = [c for c in result.cells if c.unstable]
+    if unstable:
+        first = unstable[0]
+        print(
+            f"warning: {len(unstable)} of {sum(c.status == 'ok' for c in result.cells)} cells are unstable "
+            f"(e.g. {first.variant} b{first.batch_size} ctx{first.context_len}: "
+            f"{first.stability.reasons[0] if first.stability else ''}); claims resting on them are inconclusive. "
+            f"Measure them again with: attnbench run {scenario} --resume --rerun-unstable",
             file=sys.stderr,
         )
     for failed in outcome.failed_cells:

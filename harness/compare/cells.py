@@ -64,10 +64,19 @@ def _timing_of(cell: CellResult) -> tuple[object, ...]:
 def why_not_compared(base: CellResult, head: CellResult) -> tuple[str, str] | None:
     """(verdict, reason) when two ``ok`` cells must not be compared, else None.
 
-    A cell that failed a self-check makes the comparison inconclusive (its numbers are suspect); cells
-    measured differently (another backend resolved by ``auto``, another SDPA kernel, another timer)
-    are not comparable: a difference between them is the method's, not the code's.
+    An unstable cell (its numbers did not hold still: harness/measure/stability.py) is reported as
+    ``unstable``, to be measured again; a cell that failed a self-check makes the comparison
+    inconclusive (its numbers are suspect); cells measured differently (another backend resolved by
+    ``auto``, another SDPA kernel, another timer) are not comparable: a difference between them is the
+    method's, not the code's.
     """
+    unstable = [
+        f"{side}: {cell.stability.reasons[0]}"
+        for side, cell in (("base", base), ("head", head))
+        if cell.unstable and cell.stability is not None and cell.stability.reasons
+    ]
+    if unstable:
+        return "unstable", f"{'; '.join(unstable)} (measure again: attnbench run --resume --rerun-unstable)"
     failed = [
         f"{side} {', '.join(dict.fromkeys(cell.checks_failed))}"
         for side, cell in (("base", base), ("head", head))

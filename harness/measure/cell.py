@@ -24,6 +24,7 @@ from harness.measure import checks, timing
 from harness.measure.autotune import choose_backend, output_tolerance
 from harness.measure.bandwidth import load_or_measure_peak
 from harness.measure.flush import CudaL2Flusher, cpu_flusher
+from harness.measure.hostload import HostLoadMeter
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
 from harness.measure.telemetry import NvmlSampler, other_gpu_processes
 from harness.model import build_decoder, sdpa
@@ -285,7 +286,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
             timer.checks.append(observed.pop("check"))
             out.update(observed)
         others_before = other_gpu_processes(device) if is_cuda(device) else None
-        with NvmlSampler(device) as sampler:
+        with NvmlSampler(device) as sampler, HostLoadMeter() as load:
             if "decode" in metrics:
 
                 def step() -> object:
@@ -321,6 +322,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
                 out["telemetry"] = telemetry.model_dump()
     out["samples"] = samples
     out["checks"] = timer.checks
+    out["host_load"] = load.result
     return out
 
 

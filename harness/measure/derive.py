@@ -39,6 +39,7 @@ def pooled_summary(previous: Summary | None, sample_set: dict[str, Any]) -> tupl
     seconds = [float(s) for s in sample_set["seconds"]]
     how = {key: sample_set.get(key) for key in ("timer", "graph_used", "graph_error", "inner_reps", "flush")}
     medians = [] if previous is None else previous.process_medians or [previous.median]
+    sizes = [] if previous is None else previous.process_sizes or [len(previous.samples)]
     pooled = summarize(([] if previous is None else previous.samples) + seconds)
     check = None
     if previous is not None:
@@ -48,7 +49,8 @@ def pooled_summary(previous: Summary | None, sample_set: dict[str, Any]) -> tupl
             text = ", ".join(f"{key} {old} then {new}" for key, (old, new) in differs.items())
             check = Check(name=ROUNDS_TIMED_ALIKE, passed=False, detail=f"round {len(medians) + 1}: {text}")
         how = {key: getattr(previous, key) for key in how}
-    return pooled.model_copy(update={"process_medians": [*medians, statistics.median(seconds)], **how}), check
+    update = {"process_medians": [*medians, statistics.median(seconds)], "process_sizes": [*sizes, len(seconds)]}
+    return pooled.model_copy(update=update | how), check
 
 
 def apply_bandwidths(metrics: CellMetrics, batch_size: int, peak_gbps: float | None) -> None:

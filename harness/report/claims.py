@@ -185,7 +185,7 @@ def _judge_max_batch(result: RunResult, pair: Pair) -> list[ClaimCheck]:
         ratio = sub / ref
         off = ratio / expected - 1
         parts.append(f"ctx {key[0]}: {ref} → {sub} ({ratio:.2f}, {off:+.0%})")
-        suspect = distrust([*sub_cells, *ref_cells], {MEMORY_HOLDS_WEIGHTS_AND_KV})
+        suspect = distrust([*sub_cells, *ref_cells], {MEMORY_HOLDS_WEIGHTS_AND_KV}, timing=False)
         evidence.append(Evidence(f"ctx {key[0]}" if abs(off) > MAX_BATCH_TOLERANCE else None, suspect))
     summary = f"expected ≈{expected:.3f}; " + ", ".join(parts)
     return [conclude(CLAIM_MAX_BATCH, pair.label, summary, evidence)]

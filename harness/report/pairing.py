@@ -187,11 +187,18 @@ def failures(failed: list[str], limit: int = 3) -> str:
 # Trust and verdicts
 
 
-def distrust(cells: Iterable[CellResult], checks: Collection[str] | None = None) -> str | None:
-    """Why these cells' numbers are not trusted for a claim, or None: the self-checks they failed
-    (only those in ``checks`` when given: a claim on allocated bytes does not rest on timing)."""
+def distrust(cells: Iterable[CellResult], checks: Collection[str] | None = None, timing: bool = True) -> str | None:
+    """Why these cells' numbers are not trusted for a claim, or None: the self-checks they failed (only
+    those in ``checks`` when given: a claim on allocated bytes does not rest on timing) and, for a
+    claim on timings, whether any of them is unstable (harness/measure/stability.py)."""
+    cells = list(cells)
+    reasons = []
+    if timing and any(cell.unstable for cell in cells):
+        reasons.append("unstable")
     failed = sorted({name for cell in cells for name in cell.checks_failed if checks is None or name in checks})
-    return f"failed self-checks ({', '.join(failed)})" if failed else None
+    if failed:
+        reasons.append(f"failed self-checks ({', '.join(failed)})")
+    return ", ".join(reasons) or None
 
 
 def measured_differently(subject: CellResult, reference: CellResult) -> str | None:

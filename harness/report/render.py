@@ -186,10 +186,10 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
     if show_env:
         lines += ["### Environment of this run", "", tables.key_value_table(tables.environment_rows(result)), ""]
     lines += ["### How it was measured", "", how_measured(result), ""]
-    lines += ["### Self-checks", "", tables.checks_summary(result), ""]
-    failed_checks = tables.checks_table(result)
-    if failed_checks is not None:
-        lines += [failed_checks, ""]
+    lines += ["### Self-checks and stability", "", tables.checks_summary(result), ""]
+    for extra in (tables.checks_table(result), tables.stability_summary(result), tables.stability_table(result)):
+        if extra is not None:
+            lines += [extra, ""]
     lines += [
         "### Claims check",
         "",
@@ -261,12 +261,12 @@ def render_target(loaded: Sequence[LoadedResult], report_dir: Path) -> dict[str,
         f"Newest result per scenario for this hardware target: {scenarios}. Written by `attnbench report`.",
         "",
     ]
-    suspect = [item.result for item in ordered if any(c.checks_failed for c in item.result.cells)]
+    suspect = [item.result for item in ordered if any(c.checks_failed or c.unstable for c in item.result.cells)]
     if suspect:
         names = ", ".join(f"`{r.scenario.name}`" for r in suspect)
         lines += [
-            f"> ⚠ Cells of {names} failed self-checks: see each scenario's *Self-checks* section before trusting "
-            "their numbers.",
+            f"> ⚠ Cells of {names} failed self-checks or are unstable: see each scenario's *Self-checks and "
+            "stability* section before trusting their numbers.",
             "",
         ]
     lines += [

@@ -18,7 +18,7 @@ from harness.units import format_bytes
 
 MISSING = "—"
 TABLEFMT = "github"
-SUSPECT = " ⚠"  # after a value whose cell failed a self-check
+SUSPECT = " ⚠"  # after a value whose cell failed a self-check or is unstable
 
 # Known environment keys and their labels, shown first and in this order when present;
 # every other scalar entry follows under its own key.
@@ -153,7 +153,7 @@ def grid_table(result: RunResult, value: Callable[[CellMetrics], str | None]) ->
                     elif cell.metrics is not None:
                         text = value(cell.metrics)
                         found = found or text is not None
-                        if text is not None and cell.checks_failed:
+                        if text is not None and (cell.checks_failed or cell.unstable):
                             text += SUSPECT
                 row.append(text or MISSING)
             if any_cell:
@@ -282,6 +282,33 @@ def checks_summary(result: RunResult) -> str:
         f"⚠ {len(failing)} of {len(checked)} measured cells failed self-checks: {listed}. Their numbers are marked "
         f"{SUSPECT.strip()} in the tables below, and claims resting on them are inconclusive."
     )
+
+
+def stability_summary(result: RunResult) -> str | None:
+    """One sentence on the run's unstable cells, or None when none is (or stability was not assessed)."""
+    assessed = [c for c in result.cells if c.stability is not None]
+    unstable = [c for c in assessed if c.unstable]
+    if not unstable:
+        return None
+    return (
+        f"⚠ {len(unstable)} of {len(assessed)} measured cells are unstable (their rounds disagreed, their spread "
+        f"was far above the run's, or the host was busy while they were timed): marked {SUSPECT.strip()} below; "
+        "claims resting on them are inconclusive. `attnbench run --resume --rerun-unstable` measures them again."
+    )
+
+
+def stability_table(result: RunResult) -> str | None:
+    """Every unstable cell with the reasons, one row per reason."""
+    rows = [
+        [c.variant, str(c.batch_size), str(c.context_len), c.dtype, c.backend, _one_line(reason)]
+        for c in result.cells
+        if c.unstable and c.stability is not None
+        for reason in c.stability.reasons
+    ]
+    if not rows:
+        return None
+    headers = ["variant", "batch", "context", "dtype", "backend", "why unstable"]
+    return tabulate(rows, headers=headers, tablefmt=TABLEFMT, disable_numparse=True)
 
 
 def checks_table(result: RunResult) -> str | None:

@@ -30,6 +30,9 @@ class Summary(_Model):
     # Median of each worker process's samples, one per measurement round: their spread is the
     # run-to-run noise that compare requires a change to exceed (one entry: no such estimate).
     process_medians: list[float] = []
+    # Samples each process contributed, in order (samples[:n0] came from the first): each round's own
+    # spread is then known. Empty in files written before they were recorded.
+    process_sizes: list[int] = []
     # How the samples were taken (None in files written before these were recorded):
     timer: str | None = None  # "perf_counter", "cuda-graph+events" or "cuda-events" (eager, graph not used)
     graph_used: bool | None = None  # CUDA: the samples are CUDA-graph replays; None on CPU
@@ -99,6 +102,27 @@ class CellMetrics(_Model):
     sdpa_kv_copied: bool | None = None  # backend sdpa: K/V were repeated to every query head (a copy per step)
 
 
+class HostLoad(_Model):
+    """How busy the rest of the host was while one round of a cell was timed (harness/measure/hostload.py)."""
+
+    wall_s: float  # length of the timed windows
+    other_cpu_s: float  # CPU seconds other processes used meanwhile (all CPUs)
+    steal_s: float  # CPU seconds the hypervisor gave this machine's CPUs to other guests meanwhile
+    cores: float  # CPUs of the machine
+
+    @property
+    def other_cores(self) -> float:
+        """Average number of cores other work took: other processes plus steal, over wall time."""
+        return (self.other_cpu_s + self.steal_s) / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class Stability(_Model):
+    """Whether a cell's numbers held still enough to be trusted (harness/measure/stability.py)."""
+
+    unstable: bool
+    reasons: list[str] = []  # one sentence per rule that fired, with its numbers
+
+
 class CellResult(_Model):
     """One cell: its coordinates, whether it ran, and what it measured."""
 
@@ -124,6 +148,12 @@ class CellResult(_Model):
     # Names of the checks that failed: the cell's numbers are suspect (its status stays "ok"), and
     # the claims check and compare treat it as inconclusive.
     checks_failed: list[str] = []
+    host_load: list[HostLoad] = []  # one per measurement round (CPU hosts; empty where unknown)
+    stability: Stability | None = None  # assessed at the end of the run, against the run's other cells
+
+    @property
+    def unstable(self) -> bool:
+        return self.stability is not None and self.stability.unstable
 
     @model_validator(mode="after")
     def _failed_checks_listed(self) -> CellResult:
