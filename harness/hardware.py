@@ -2,9 +2,11 @@
 
 Results are compared only within one target (docs/design.md, "Timing"), so the id must stay the
 same across driver, torch and kernel updates on the same hardware: it is built from the device
-name alone (CUDA) or the CPU model and the number of cores this process may use (CPU). Everything
-that may change under the same id (driver, CUDA, torch, clocks, power limit) goes in the
-fingerprint, which every result file keeps beside its numbers.
+name alone (CUDA), or (CPU) the CPU model, the number of cores this process may use and a short
+signature of what else decides speed: family, model and stepping, cache sizes and instruction-set
+extensions. Cloud VMs report the same model name ("AMD EPYC") on different microarchitectures,
+which must not share an id. Everything that may change under the same id (driver, CUDA, torch,
+clocks, power limit) goes in the fingerprint, which every result file keeps beside its numbers.
 
 NVML (``pynvml``) is optional: without the library, without an NVIDIA GPU, or when one call fails,
 the fields it would fill are None and nothing raises. torch is imported inside the functions that
@@ -14,6 +16,7 @@ need it, so that importing this module (and the ``hw`` command's parser) stays c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import re
@@ -101,9 +104,43 @@ def cpu_model_family(model_name: str) -> str:
     return _VENDOR_ALIASES.get(family, family) or "unknown"
 
 
-def cpu_target_id(model_name: str, n_cores: int) -> str:
-    """``cpu-<vendor>-<model family>-<N>c``, N the logical cores this process may run on."""
-    return f"cpu-{cpu_model_family(model_name)}-{n_cores}c"
+def cpu_target_id(model_name: str, n_cores: int, signature: str | None = None) -> str:
+    """``cpu-<vendor>-<model family>-<N>c[-<signature>]``, N the logical cores this process may run on."""
+    base = f"cpu-{cpu_model_family(model_name)}-{n_cores}c"
+    return f"{base}-{signature}" if signature else base
+
+
+# Instruction-set extensions that change how fast decode kernels run (vector width, 16-bit and matrix
+# units), as /proc/cpuinfo spells them on x86-64 ("flags") and AArch64 ("Features").
+SPEED_ISA = (
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm",
+)  # fmt: skip
+
+
+def cpu_identity(cpuinfo: Path = CPUINFO_PATH) -> dict[str, Any]:
+    """The CPU's family, model and stepping numbers and its speed-relevant extensions (None where unknown)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip().lower(), value.strip())
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    return {
+        "cpu_family": fields.get("cpu family") or fields.get("cpu architecture"),
+        "cpu_model_number": fields.get("model") or fields.get("cpu part"),
+        "cpu_stepping": fields.get("stepping") or fields.get("cpu revision"),
+        "cpu_isa": [name for name in SPEED_ISA if name in flags],
+    }
+
+
+def cpu_signature(identity: dict[str, Any], caches: dict[str, int]) -> str:
+    """Six hex digits over family, model, stepping, cache sizes and extensions: equal for equal CPUs."""
+    parts = [str(identity.get(k)) for k in ("cpu_family", "cpu_model_number", "cpu_stepping")]
+    parts += [str(caches.get(level)) for level in ("l1d", "l2", "l3")]
+    parts += identity.get("cpu_isa", [])
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:6]
 
 
 def detect_target(device: str) -> str:
@@ -112,7 +149,7 @@ def detect_target(device: str) -> str:
         import torch
 
         return cuda_target_id(torch.cuda.get_device_name(_cuda_index(device)))
-    return cpu_target_id(cpu_model_name(), logical_cores())
+    return cpu_target_id(cpu_model_name(), logical_cores(), cpu_signature(cpu_identity(), cpu_cache_bytes()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +400,7 @@ def fingerprint(device: str) -> dict[str, Any]:
         "cpu_l1d_cache_bytes": caches.get("l1d"),
         "cpu_l2_cache_bytes": caches.get("l2"),
         "cpu_l3_cache_bytes": caches.get("l3"),
+        **cpu_identity(),
         "env": {name: os.environ.get(name) for name in FINGERPRINT_ENV},
         "torch_numerics": torch_numerics(),
     }

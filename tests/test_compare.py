@@ -575,3 +575,27 @@ def test_cells_that_ran_different_sdpa_kernels_are_not_comparable() -> None:
 def test_a_cell_that_timed_out_at_head_is_a_regression() -> None:
     comparison = compare.compare_sides(side(run_of(make_cell())), side(run_of(make_cell(status="timeout"))))
     assert comparison.exit_code == 1 and comparison.skipped[0].reason == "timeout at head"
+
+
+def test_results_under_one_target_id_from_hardware_that_differs_are_not_compared_unless_allowed() -> None:
+    env = {"cpu_model": "AMD EPYC", "cpu_family": "25", "cpu_isa": ["avx2", "avx512f"], "cpu_l2_cache_bytes": 1 << 20}
+    other = env | {"cpu_family": "23", "cpu_isa": ["avx2"], "cpu_l2_cache_bytes": 512 << 10}
+    base = make_run([make_cell()], environment=env)
+    head = make_run([make_cell()], environment=other)
+    with pytest.raises(UserError, match="hardware differs in what decides speed") as error:
+        compare.compare_sides(side(base), side(head))
+    assert "cpu_family: 25 vs 23" in str(error.value) and "cpu_isa: avx2, avx512f vs avx2" in str(error.value)
+    allowed = compare.compare_sides(side(base), side(head), allow_cross_target=True)
+    assert any(note.startswith("hardware differs") for note in allowed.notes)
+
+
+def test_runs_with_different_timing_settings_or_quick_are_not_comparable_cell_by_cell() -> None:
+    base = make_run([make_cell(decode_samples=lognormal_samples(0.010, seed=1))])
+    head = make_run([make_cell(decode_samples=lognormal_samples(0.015, seed=2))])
+    quick = head.model_copy(update={"quick": True})
+    (skipped,) = compare.compare_sides(side(base), side(quick)).skipped
+    assert (skipped.verdict, skipped.reason) == ("not comparable", "--quick at head only")
+    settings = head.model_copy(update={"scenario": head.scenario.model_copy(update={"measure": {"min_samples": 5}})})
+    comparison = compare.compare_sides(side(base), side(settings))
+    assert comparison.exit_code == 0
+    assert comparison.skipped[0].reason == "measure settings differ (min_samples 20 vs 5)"

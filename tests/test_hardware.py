@@ -300,3 +300,40 @@ def test_entering_a_cuda_device_sets_it_current(monkeypatch: pytest.MonkeyPatch)
     cell_worker.enter_device("cuda:1")
     cell_worker.enter_device("cpu")
     assert current == [torch.device("cuda:1")]
+
+
+ZEN4 = (
+    "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+    "flags\t\t: fpu avx avx2 fma f16c avx512f avx512bw avx512_bf16\n"
+)
+ZEN2 = (
+    "vendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\nstepping\t: 0\n"
+    "flags\t\t: fpu avx avx2 fma f16c\n"
+)
+
+
+def test_cpu_identity_reads_family_model_stepping_and_speed_relevant_extensions(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(ZEN4)
+    assert hardware.cpu_identity(cpuinfo) == {
+        "cpu_family": "25",
+        "cpu_model_number": "17",
+        "cpu_stepping": "1",
+        "cpu_isa": ["avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"],
+    }
+
+
+def test_cpus_named_alike_but_built_differently_get_different_target_ids(tmp_path: Path) -> None:
+    ids = []
+    for text, caches in ((ZEN4, {"l1d": 32768, "l2": 1 << 20}), (ZEN2, {"l1d": 32768, "l2": 512 << 10})):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(text)
+        ids.append(cpu_target_id("AMD EPYC", 2, hardware.cpu_signature(hardware.cpu_identity(cpuinfo), caches)))
+    assert ids[0].startswith("cpu-amd-epyc-2c-") and ids[1].startswith("cpu-amd-epyc-2c-")
+    assert ids[0] != ids[1]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(ZEN4)
+    again = cpu_target_id(
+        "AMD EPYC", 2, hardware.cpu_signature(hardware.cpu_identity(cpuinfo), {"l1d": 32768, "l2": 1 << 20})
+    )
+    assert again == ids[0]  # stable for the same CPU

@@ -55,47 +55,6 @@ class SkippedCell:
         return self.base_status == "ok" and self.head_status in ("oom", "error", "timeout")
 
 
-def _timing_of(cell: CellResult) -> tuple[object, ...]:
-    """How a cell's warm decode latency was taken: the timer and whether a CUDA graph was replayed."""
-    summary = None if cell.metrics is None else cell.metrics.decode_latency_s
-    return (None, None) if summary is None else (summary.timer, summary.graph_used)
-
-
-def why_not_compared(base: CellResult, head: CellResult) -> tuple[str, str] | None:
-    """(verdict, reason) when two ``ok`` cells must not be compared, else None.
-
-    An unstable cell (its numbers did not hold still: harness/measure/stability.py) is reported as
-    ``unstable``, to be measured again; a cell that failed a self-check makes the comparison
-    inconclusive (its numbers are suspect); cells measured differently (another backend resolved by
-    ``auto``, another SDPA kernel, another timer) are not comparable: a difference between them is the
-    method's, not the code's.
-    """
-    unstable = [
-        f"{side}: {cell.stability.reasons[0]}"
-        for side, cell in (("base", base), ("head", head))
-        if cell.unstable and cell.stability is not None and cell.stability.reasons
-    ]
-    if unstable:
-        return "unstable", f"{'; '.join(unstable)} (measure again: attnbench run --resume --rerun-unstable)"
-    failed = [
-        f"{side} {', '.join(dict.fromkeys(cell.checks_failed))}"
-        for side, cell in (("base", base), ("head", head))
-        if cell.checks_failed
-    ]
-    if failed:
-        return "inconclusive", f"failed self-checks ({'; '.join(failed)})"
-    base_backend, head_backend = base.backend_used or base.backend, head.backend_used or head.backend
-    if base_backend != head_backend:
-        return "not comparable", f"ran backend {base_backend} at base, {head_backend} at head"
-    kernels = [None if c.metrics is None else c.metrics.sdpa_kernel for c in (base, head)]
-    if None not in kernels and kernels[0] != kernels[1]:
-        return "not comparable", f"ran SDPA kernel {kernels[0]} at base, {kernels[1]} at head"
-    timings = [_timing_of(base), _timing_of(head)]
-    if None not in (timings[0][0], timings[1][0]) and timings[0] != timings[1]:
-        return "not comparable", f"timed with {timings[0][0]} at base, {timings[1][0]} at head"
-    return None
-
-
 def cell_label(cell: CellResult) -> str:
     return f"{cell.variant} b{cell.batch_size} ctx{cell.context_len} {cell.dtype} {cell.backend}"
 

@@ -12,8 +12,8 @@ from harness.compare.cells import (
     compare_cell,
     index_cells,
     machine_noise,
-    why_not_compared,
 )
+from harness.compare.comparable import hardware_differences, setting_differences, why_not_compared
 from harness.compare.sides import Side
 from harness.compare.thresholds import DEFAULT_ALPHA, Threshold, Verdict, parse_thresholds
 from harness.errors import UserError
@@ -51,6 +51,18 @@ def _status_reason(base: CellResult | None, head: CellResult | None) -> str:
     return ", ".join(not_ok)
 
 
+def _scenario_settings(base: Side, head: Side) -> dict[str, str]:
+    """Per scenario run on both sides: why its two runs measured different things (absent when they did not)."""
+    heads = {result.scenario.name: result for result in head.results}
+    out = {}
+    for result in base.results:
+        other = heads.get(result.scenario.name)
+        reason = None if other is None else setting_differences(result, other)
+        if reason is not None:
+            out[result.scenario.name] = reason
+    return out
+
+
 def compare_sides(
     base: Side,
     head: Side,
@@ -71,6 +83,15 @@ def compare_sides(
         notes.append(
             f"targets differ ({base.target} vs {head.target}); compared because --allow-cross-target was given"
         )
+    differences = sorted({d for b in base.results for h in head.results for d in hardware_differences(b, h)})
+    if differences and base.target == head.target:
+        if not allow_cross_target:
+            raise UserError(
+                f"both sides say target {base.target}, but their hardware differs in what decides speed "
+                f"({'; '.join(differences)}); pass --allow-cross-target to compare anyway"
+            )
+        notes.append(f"hardware differs ({'; '.join(differences)}); compared because --allow-cross-target was given")
+    settings = _scenario_settings(base, head)
     thresholds = thresholds if thresholds is not None else parse_thresholds()
     machine = machine_noise([*base.results, *head.results])
     if machine is not None:
@@ -86,7 +107,10 @@ def compare_sides(
         base_cell = base_cells.get(key, (scenario, None))[1]
         head_cell = head_cells.get(key, (scenario, None))[1]
         both_ok = base_cell is not None and head_cell is not None and base_cell.status == head_cell.status == "ok"
-        excluded = why_not_compared(base_cell, head_cell) if both_ok and base_cell and head_cell else None
+        excluded = None
+        if both_ok and base_cell is not None and head_cell is not None:
+            setting = settings.get(scenario)
+            excluded = ("not comparable", setting) if setting else why_not_compared(base_cell, head_cell)
         if both_ok and excluded is None and base_cell is not None and head_cell is not None:
             compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine))
         else:
