@@ -26,7 +26,7 @@ from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
 from harness.measure import derive, stability
-from harness.measure.maxbatch import Probe, SearchResult, search_max_batch
+from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import CellMetrics, CellResult, Check, GitInfo, HostLoad, MaxBatch, RunResult, ScenarioRef
 from harness.results.store import load_result, result_filename, result_files, save_result
@@ -427,6 +427,13 @@ class Runner:
         probe = probe_in_worker if is_cuda(self.device) else _guard_host_memory(probe_in_worker, budget)
         found: SearchResult = search_max_batch(probe, predicted, budget, per_sequence)
         measured = found.measured
+        probes, uncertainty = list(found.probes), 0 if is_cuda(self.device) else None
+        if measured is not None and not is_cuda(self.device):
+            # A resident set moves by a few pages between identical processes: probe the boundary again
+            # and turn the spread of peaks at one batch into sequences.
+            again = [probe(measured), probe(measured + 1)] if measured > 0 else []
+            probes += again
+            uncertainty = boundary_uncertainty(probes, measured, per_sequence)
         return MaxBatch(
             budget_bytes=budget,
             predicted=predicted,
@@ -434,9 +441,10 @@ class Runner:
             error_fraction=(predicted - measured) / measured if measured else None,
             probes=[
                 {"batch_size": p.batch_size, "fits": p.fits, "peak_bytes": p.peak_bytes, "status": p.status}
-                for p in found.probes
+                for p in probes
             ]
             + ([{"note": found.note}] if found.note else []),
+            uncertainty=uncertainty,
         )
 
 

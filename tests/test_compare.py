@@ -599,3 +599,29 @@ def test_runs_with_different_timing_settings_or_quick_are_not_comparable_cell_by
     comparison = compare.compare_sides(side(base), side(settings))
     assert comparison.exit_code == 0
     assert comparison.skipped[0].reason == "measure settings differ (min_samples 20 vs 5)"
+
+
+def _max_batch(cell: CellResult, measured: int, uncertainty: int | None) -> CellResult:
+    assert cell.metrics is not None and cell.metrics.max_batch is not None
+    max_batch = cell.metrics.max_batch.model_copy(update={"measured": measured, "uncertainty": uncertainty})
+    return cell.model_copy(update={"metrics": cell.metrics.model_copy(update={"max_batch": max_batch})})
+
+
+def test_a_max_batch_change_within_the_searchs_measured_repeatability_is_not_a_regression() -> None:
+    base, head = _max_batch(make_cell(), 58, 2), _max_batch(make_cell(), 57, 2)
+    change = next(
+        c
+        for c in compare.compare_sides(side(run_of(base)), side(run_of(head))).cells[0].changes
+        if c.metric == "max_batch"
+    )
+    assert change.verdict == "~"
+
+
+def test_a_max_batch_drop_beyond_the_repeatability_is_a_regression_and_exact_searches_gate_any_drop() -> None:
+    base, head = _max_batch(make_cell(), 58, 1), _max_batch(make_cell(), 54, 1)
+    changes = compare.compare_sides(side(run_of(base)), side(run_of(head))).cells[0].changes
+    assert next(c for c in changes if c.metric == "max_batch").verdict == "regression"
+    exact = compare.compare_sides(
+        side(run_of(_max_batch(make_cell(), 58, 0))), side(run_of(_max_batch(make_cell(), 57, 0)))
+    )
+    assert next(c for c in exact.cells[0].changes if c.metric == "max_batch").verdict == "regression"

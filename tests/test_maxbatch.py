@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.measure.maxbatch import Probe, search_max_batch
+from harness.measure.maxbatch import Probe, boundary_uncertainty, search_max_batch
 
 GiB = 2**30
 
@@ -77,3 +77,23 @@ def test_a_prior_that_underestimates_memory_by_a_third_still_needs_few_probes():
     result = search_max_batch(probe, 21537, 256 * 2**20, prior_bytes_per_sequence=70_000)
     assert result.measured == true_max(100 * 2**20, 110_000, 256 * 2**20)
     assert len(calls) <= 5
+
+
+def test_the_boundarys_uncertainty_is_the_spread_of_repeated_peaks_in_sequences() -> None:
+    probes = [
+        Probe(57, True, 1_000_000_000, "ok"),
+        Probe(58, False, 1_010_000_000, "ok"),
+        Probe(57, True, 1_003_500_000, "ok"),  # the same batch again, 3.5 MB higher
+        Probe(58, False, 1_011_000_000, "ok"),
+    ]
+    assert boundary_uncertainty(probes, 57, bytes_per_sequence=1_000_000) == 4
+
+
+def test_a_boundary_whose_repeat_changes_its_verdict_is_uncertain_by_at_least_one() -> None:
+    probes = [Probe(10, True, 900, "ok"), Probe(11, False, 1010, "ok"), Probe(10, False, 1001, "ok")]
+    assert boundary_uncertainty(probes, 10, bytes_per_sequence=10**9) == 1
+
+
+def test_identical_repeated_probes_leave_no_uncertainty() -> None:
+    probes = [Probe(10, True, 900, "ok"), Probe(11, False, 1010, "ok"), Probe(10, True, 900, "ok")]
+    assert boundary_uncertainty(probes, 10, bytes_per_sequence=100) == 0

@@ -105,9 +105,20 @@ def test_measured_max_batch_fits_the_budget_and_one_more_does_not(finished: RunR
         assert cell.metrics is not None and cell.metrics.max_batch is not None
         found = cell.metrics.max_batch
         assert found.measured is not None and found.measured > 0
-        verdicts = {p["batch_size"]: p["fits"] for p in found.probes}
-        assert verdicts[found.measured] is True
-        assert verdicts[found.measured + 1] is False
+        first = {}
+        for probe in found.probes:
+            first.setdefault(probe["batch_size"], probe["fits"])  # the search's own verdicts
+        assert first[found.measured] is True
+        assert first[found.measured + 1] is False
+
+
+def test_on_cpu_the_boundary_is_probed_twice_and_its_repeatability_recorded(finished: RunResult):
+    for cell in finished.cells:
+        assert cell.metrics is not None and cell.metrics.max_batch is not None
+        found = cell.metrics.max_batch
+        assert found.measured is not None and found.uncertainty is not None and found.uncertainty >= 0
+        batches = [p["batch_size"] for p in found.probes]
+        assert batches.count(found.measured) >= 2 and batches.count(found.measured + 1) >= 2
 
 
 def test_cla2_with_mqa_fits_a_larger_batch_than_mha(finished: RunResult):

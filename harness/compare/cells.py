@@ -125,6 +125,11 @@ def _bandwidth_basis(metrics: CellMetrics) -> Summary | None:
     return metrics.decode_latency_cold_s or metrics.decode_latency_s
 
 
+def _max_batch_uncertainty(metrics: CellMetrics) -> int:
+    """± sequences the measured max batch moves between identical probes (0 where exact or unknown)."""
+    return 0 if metrics.max_batch is None or metrics.max_batch.uncertainty is None else metrics.max_batch.uncertainty
+
+
 def _scalar(metrics: CellMetrics, metric: str) -> float | None:
     if metric == "max_batch":
         return None if metrics.max_batch is None else metrics.max_batch.measured
@@ -161,6 +166,11 @@ def compare_cell(
             basis = [_bandwidth_basis(m) for m in (base.metrics, head.metrics)]
             noise = _noise_floor(run_to_run_noise(*(b for b in basis if b is not None)), machine)
             exceeded = exceeded and _beyond_noise(base_value, head_value, noise)
+        if metric == "max_batch":  # a boundary found by probing: it moves by its measured repeatability
+            sequences = sum(_max_batch_uncertainty(m) for m in (base.metrics, head.metrics))
+            if sequences:
+                noise = sequences / base_value if base_value else None
+                exceeded = exceeded and abs(head_value - base_value) > sequences
         verdict = _verdict(worse, True, exceeded)
         changes.append(MetricChange(metric, base_value, head_value, None, threshold, verdict, noise))
     return CellComparison(scenario, cell_label(base), tuple(changes))

@@ -11,6 +11,7 @@ prediction is confirmed in two probes and a poor one corrected in a handful.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,3 +102,22 @@ def _next_guess(probes: list[Probe], lo: int, hi: int, budget_bytes: int, slope:
     if hi > max_batch:
         return min(max_batch, max(2 * lo, lo + 1))
     return (lo + hi) // 2
+
+
+def boundary_uncertainty(probes: list[Probe], measured: int, bytes_per_sequence: int) -> int:
+    """± sequences a measured max batch moves between identical probes, from probes repeated at the boundary.
+
+    The largest spread of peaks measured at one batch size (``measured`` or ``measured + 1``), in
+    sequences of ``bytes_per_sequence`` (rounded up); at least 1 when the boundary's two probes did not
+    agree on whether it fits.
+    """
+    spread = 0
+    flipped = False
+    for batch in (measured, measured + 1):
+        at = [p for p in probes if p.batch_size == batch and p.status == "ok"]
+        peaks = [p.peak_bytes for p in at if p.peak_bytes is not None]
+        if len(peaks) >= 2:
+            spread = max(spread, max(peaks) - min(peaks))
+        flipped = flipped or len({p.fits for p in at}) > 1
+    sequences = math.ceil(spread / bytes_per_sequence) if bytes_per_sequence > 0 else 0
+    return max(sequences, 1 if flipped else 0)

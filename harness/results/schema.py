@@ -49,6 +49,9 @@ class MaxBatch(_Model):
     measured: int | None  # largest batch whose build plus one decode step fit; None if not searched
     error_fraction: float | None  # (predicted - measured) / measured
     probes: list[dict[str, Any]] = []  # each probe: batch_size, fits, peak_bytes, status
+    # ± sequences the measured value moves between identical probes: on CPU from probing the boundary
+    # (measured and measured + 1) a second time; 0 on CUDA, whose allocator is deterministic
+    uncertainty: int | None = None
 
 
 class Telemetry(_Model):
