@@ -28,7 +28,17 @@ from harness.measure import cell as cell_worker
 from harness.measure import derive, stability
 from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
-from harness.results.schema import CellMetrics, CellResult, Check, GitInfo, HostLoad, MaxBatch, RunResult, ScenarioRef
+from harness.results.schema import (
+    CellMetrics,
+    CellResult,
+    Check,
+    GitInfo,
+    HostLoad,
+    MaxBatch,
+    Pairing,
+    RunResult,
+    ScenarioRef,
+)
 from harness.results.store import load_result, result_filename, result_files, save_result
 from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
 from harness.scenario.schema import MeasureSpec
@@ -46,6 +56,7 @@ class RunOptions:
     quick: bool = False
     resume: bool = False
     rerun_unstable: bool = False  # with resume: measure again the cells the newest run found unstable
+    rounds: int | None = None  # measurement rounds, instead of the scenario's measure.rounds
 
 
 @dataclass
@@ -155,54 +166,84 @@ class Runner:
         self.device_kind = "cuda" if is_cuda(self.device) else "cpu"
         self.workers = IsolatedRunner()
         self.timeout_s = self.loaded.scenario.measure.cell_timeout_s
+        self.rounds = options.rounds or self.loaded.scenario.measure.rounds
         self._max_batch: dict[tuple[str, str, int, str], MaxBatch] = {}
         self._environment: dict[str, Any] = {}
+        # the run being measured, set by begin()
+        self.path: Path = Path()
+        self.result: RunResult
+        self._index: dict[tuple[str, int, int, str, str], int] = {}
+        self._failed: list[CellResult] = []
 
     def run(self) -> RunOutcome:
+        """Every round of every cell, round after round, then the run's assessment: the whole run."""
+        cells = self.begin()
+        # Round after round over all cells, each time in a new process: the rounds of one cell are
+        # spread over the whole run, so their spread shows the machine's drift, not just its jitter.
+        for round_index in range(self.rounds):
+            for cell in cells:
+                self.measure_round(cell, round_index)
+        return self.finish()
+
+    def begin(self, pairing: Pairing | None = None) -> list[Cell]:
+        """Open (or reopen) the result file and probe the peak; the cells to measure, in scenario order.
+
+        :meth:`run` then measures every round of every cell; a driver that orders the measurements
+        itself (``attnbench ab``, interleaving two revisions) calls :meth:`measure_round` and
+        :meth:`finish` directly. ``pairing`` marks the file as one side of such a comparison.
+        """
         scenario = self.loaded.scenario
         target, environment = self._describe()
-        path, result = self._open_result(target, environment)
-        self._environment = result.environment
-        if result.peak_bandwidth_gbps is None:
+        self.path, self.result = self._open_result(target, environment)
+        if pairing is not None:
+            self.result.pairing = pairing
+        self._environment = self.result.environment
+        if self.result.peak_bandwidth_gbps is None:
             peak = self._peak(target, environment)
-            result.environment["peak_bandwidth"] = peak
-            result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
-            save_result(result, path)
-        for c in result.cells:
+            self.result.environment["peak_bandwidth"] = peak
+            self.result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
+        save_result(self.result, self.path)
+        for c in self.result.cells:
             if c.metrics is not None and c.metrics.max_batch is not None:
                 self._max_batch[(c.variant, c.dtype, c.context_len, c.backend)] = c.metrics.max_batch
         cells = expand_cells(scenario, self.loaded.variants)
-        rounds = scenario.measure.rounds
-        index = {c.key: i for i, c in enumerate(result.cells)}
+        rounds = self.rounds
+        self._index = {c.key: i for i, c in enumerate(self.result.cells)}
         # a failed cell is not measured again in later rounds, so it counts as done for all of them
-        done = sum(min(c.rounds_done, rounds) if c.status == "ok" else rounds for c in result.cells)
+        done = sum(min(c.rounds_done, rounds) if c.status == "ok" else rounds for c in self.result.cells)
         self.progress.start(len(cells) * rounds, done)
-        failed = [c for c in result.cells if c.status in FAILED_STATUSES]
-        # Round after round over all cells, each time in a new process: the rounds of one cell are
-        # spread over the whole run, so their spread shows the machine's drift, not just its jitter.
-        for round_index in range(rounds):
-            for cell in cells:
-                existing = result.cells[index[cell.key]] if cell.key in index else None
-                if existing is not None and (existing.status != "ok" or existing.rounds_done > round_index):
-                    continue
-                self.progress.cell_started(cell)
-                if existing is None:
-                    cell_result = self._measure(cell, result.peak_bandwidth_gbps)
-                    index[cell.key] = len(result.cells)
-                    result.cells.append(cell_result)
-                else:
-                    cell_result = self._repeat(cell, existing, result.peak_bandwidth_gbps)
-                    result.cells[index[cell.key]] = cell_result
-                save_result(result, path)
-                if cell_result.status in FAILED_STATUSES:
-                    failed.append(cell_result)
-                self.progress.cell_finished(cell, cell_result)
-                if cell_result.status != "ok" and round_index + 1 < rounds:
-                    self.progress.rounds_skipped(cell, rounds - round_index - 1)
-        stability.assess_run(result)
-        result.finished_utc = _now()
-        save_result(result, path)
-        return RunOutcome(path, result, failed)
+        self._failed = [c for c in self.result.cells if c.status in FAILED_STATUSES]
+        return cells
+
+    def measure_round(self, cell: Cell, round_index: int) -> CellResult | None:
+        """Measure round ``round_index`` (from 0) of ``cell`` and save the file; None when that round is
+        done already or the cell failed in an earlier one."""
+        result, rounds = self.result, self.rounds
+        existing = result.cells[self._index[cell.key]] if cell.key in self._index else None
+        if existing is not None and (existing.status != "ok" or existing.rounds_done > round_index):
+            return None
+        self.progress.cell_started(cell)
+        if existing is None:
+            cell_result = self._measure(cell, result.peak_bandwidth_gbps)
+            self._index[cell.key] = len(result.cells)
+            result.cells.append(cell_result)
+        else:
+            cell_result = self._repeat(cell, existing, result.peak_bandwidth_gbps)
+            result.cells[self._index[cell.key]] = cell_result
+        save_result(result, self.path)
+        if cell_result.status in FAILED_STATUSES:
+            self._failed.append(cell_result)
+        self.progress.cell_finished(cell, cell_result)
+        if cell_result.status != "ok" and round_index + 1 < rounds:
+            self.progress.rounds_skipped(cell, rounds - round_index - 1)
+        return cell_result
+
+    def finish(self) -> RunOutcome:
+        """Assess every cell's stability against the run's, mark the file finished, save it."""
+        stability.assess_run(self.result)
+        self.result.finished_utc = _now()
+        save_result(self.result, self.path)
+        return RunOutcome(self.path, self.result, self._failed)
 
     def _call(self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> WorkerOutcome:
         return self.workers.call(fn, payload, timeout_s=self.timeout_s)

@@ -151,7 +151,9 @@ def test_an_interrupted_run_keeps_finished_cells_and_resume_completes_it(tmp_pat
     outcome = Runner(RunOptions(scenario=str(path), device="cpu", out_dir=out, resume=True)).run()
     assert outcome.path == partial_path
     resumed = load_result(partial_path)
-    assert [c.model_dump() for c in resumed.cells[:2]] == [c.model_dump() for c in partial.cells]
+    # the finished cells are kept as they were (stability is assessed once the whole run is in)
+    kept = [c.model_dump(exclude={"stability"}) for c in resumed.cells[:2]]
+    assert kept == [c.model_dump(exclude={"stability"}) for c in partial.cells]
     assert len({c.key for c in resumed.cells}) == 4
     assert resumed.finished_utc is not None
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from harness.errors import UserError
 
 # Subcommands in the order ``attnbench --help`` lists them.
-SUBCOMMANDS = ("validate", "schema", "plan", "hw", "doctor", "run", "report", "compare", "export")
+SUBCOMMANDS = ("validate", "schema", "plan", "hw", "doctor", "run", "report", "compare", "ab", "export")
 
 
 class _Parser(argparse.ArgumentParser):

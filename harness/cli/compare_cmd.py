@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=run)
 
 
-def _parse_alpha(text: str) -> float:
+def parse_alpha(text: str) -> float:
     try:
         alpha = float(text)
     except ValueError:
@@ -66,7 +66,7 @@ def _parse_alpha(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     thresholds = compare.parse_thresholds(args.fail_on)
-    alpha = _parse_alpha(args.alpha)
+    alpha = parse_alpha(args.alpha)
     base, head = compare.load_sides(args.base, args.head, target=args.target)
     comparison = compare.compare_sides(base, head, thresholds, alpha, allow_cross_target=args.allow_cross_target)
     text = compare.render_markdown(comparison, only_changed=args.only_changed)

@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.compare.paired import PairedChange, paired_change
 from harness.compare.thresholds import LATENCY_METRICS, SCALAR_METRICS, Threshold, Verdict, threshold_for
 from harness.errors import UserError
 from harness.measure.stats import mann_whitney_p
@@ -23,6 +24,7 @@ class MetricChange:
     threshold: Threshold
     verdict: Verdict
     noise: float | None = None  # run-to-run noise the change had to exceed (relative); None if unknown
+    paired: PairedChange | None = None  # interleaved runs: the per-round ratios and their interval
 
     @property
     def change(self) -> float | None:
@@ -120,6 +122,22 @@ def latency_change(
     return MetricChange(metric, base.median, head.median, p, threshold, verdict, noise)
 
 
+def paired_latency_change(
+    metric: str, base: Summary, head: Summary, threshold: Threshold, alpha: float
+) -> MetricChange | None:
+    """The change of an interleaved comparison's latency: significant when the median round ratio's 95%
+    interval excludes 1 and Mann-Whitney U agrees, a change when the median ratio is beyond the threshold.
+    None when the two sides do not have the same number of rounds."""
+    if len(base.process_medians) != len(head.process_medians) or len(base.process_medians) < 2:
+        return None
+    change = paired_change(base.process_medians, head.process_medians, base.samples, head.samples)
+    exceeded = threshold.exceeded_by(1.0, change.median_ratio) if threshold.relative else (
+        threshold.exceeded_by(base.median, head.median)
+    )  # fmt: skip
+    verdict = _verdict(change.median_ratio > 1, change.significant and change.p_value < alpha, exceeded)
+    return MetricChange(metric, base.median, head.median, change.p_value, threshold, verdict, paired=change)
+
+
 def _bandwidth_basis(metrics: CellMetrics) -> Summary | None:
     """The latency that bandwidth_gbps was divided by (see harness.runner.apply_bandwidths)."""
     return metrics.decode_latency_cold_s or metrics.decode_latency_s
@@ -144,16 +162,21 @@ def compare_cell(
     thresholds: dict[str, Threshold],
     alpha: float,
     machine: float | None = None,
+    paired: bool = False,
 ) -> CellComparison:
-    """Every metric both sides carry for one matched cell (both ``ok``); ``machine``: see machine_noise."""
+    """Every metric both sides carry for one matched cell (both ``ok``); ``machine``: see machine_noise.
+
+    ``paired`` (the two sides are one interleaved comparison): latencies, and bandwidth through the
+    latency it divides by, are decided on per-round ratios (harness/compare/paired.py).
+    """
     assert base.metrics is not None and head.metrics is not None
     changes: list[MetricChange] = []
     for metric in LATENCY_METRICS:
         base_summary, head_summary = getattr(base.metrics, metric), getattr(head.metrics, metric)
         if base_summary is not None and head_summary is not None:
-            changes.append(
-                latency_change(metric, base_summary, head_summary, threshold_for(metric, thresholds), alpha, machine)
-            )
+            threshold = threshold_for(metric, thresholds)
+            change = paired_latency_change(metric, base_summary, head_summary, threshold, alpha) if paired else None
+            changes.append(change or latency_change(metric, base_summary, head_summary, threshold, alpha, machine))
     for metric, larger_is_worse in SCALAR_METRICS.items():
         base_value, head_value = _scalar(base.metrics, metric), _scalar(head.metrics, metric)
         if base_value is None or head_value is None:
@@ -162,10 +185,18 @@ def compare_cell(
         worse = head_value > base_value if larger_is_worse else head_value < base_value
         exceeded = threshold.exceeded_by(base_value, head_value)
         noise = None
+        paired_basis = None
         if metric == "bandwidth_gbps":  # derived from a latency median: as noisy as that latency
             basis = [_bandwidth_basis(m) for m in (base.metrics, head.metrics)]
+            if paired and basis[0] is not None and basis[1] is not None:
+                paired_basis = paired_latency_change(metric, basis[0], basis[1], threshold, alpha)
             noise = _noise_floor(run_to_run_noise(*(b for b in basis if b is not None)), machine)
             exceeded = exceeded and _beyond_noise(base_value, head_value, noise)
+        if paired_basis is not None:  # a slower step is a lower bandwidth: the latency's paired verdict holds
+            verdict = paired_basis.verdict
+            evidence = (paired_basis.p_value, threshold, verdict, None, paired_basis.paired)
+            changes.append(MetricChange(metric, base_value, head_value, *evidence))
+            continue
         if metric == "max_batch":  # a boundary found by probing: it moves by its measured repeatability
             sequences = sum(_max_batch_uncertainty(m) for m in (base.metrics, head.metrics))
             if sequences:

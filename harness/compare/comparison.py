@@ -51,6 +51,13 @@ def _status_reason(base: CellResult | None, head: CellResult | None) -> str:
     return ", ".join(not_ok)
 
 
+def is_paired(base: Side, head: Side) -> bool:
+    """Both sides are the two halves of one interleaved comparison (the same pairing session)."""
+    sessions = {(r.pairing.session, r.pairing.role) for r in (*base.results, *head.results) if r.pairing is not None}
+    every = all(r.pairing is not None for r in (*base.results, *head.results))
+    return every and len({session for session, _ in sessions}) == 1 and len(sessions) == 2
+
+
 def _scenario_settings(base: Side, head: Side) -> dict[str, str]:
     """Per scenario run on both sides: why its two runs measured different things (absent when they did not)."""
     heads = {result.scenario.name: result for result in head.results}
@@ -92,6 +99,13 @@ def compare_sides(
             )
         notes.append(f"hardware differs ({'; '.join(differences)}); compared because --allow-cross-target was given")
     settings = _scenario_settings(base, head)
+    paired = is_paired(base, head)
+    if paired:
+        notes.append(
+            "interleaved comparison: each latency is decided on its per-round ratios HEAD/BASE (the median "
+            "ratio's 95% interval must exclude 1, Mann-Whitney U on the raw samples must agree, and the median "
+            "ratio must pass the threshold)"
+        )
     thresholds = thresholds if thresholds is not None else parse_thresholds()
     machine = machine_noise([*base.results, *head.results])
     if machine is not None:
@@ -112,7 +126,7 @@ def compare_sides(
             setting = settings.get(scenario)
             excluded = ("not comparable", setting) if setting else why_not_compared(base_cell, head_cell)
         if both_ok and excluded is None and base_cell is not None and head_cell is not None:
-            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine))
+            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine, paired))
         else:
             skipped.append(
                 SkippedCell(

@@ -55,6 +55,14 @@ def _status(status: str | None) -> str:
     return "missing" if status is None else status
 
 
+def _evidence(change: MetricChange) -> str:
+    """The noise a change had to exceed, or for an interleaved comparison its median round ratio and interval."""
+    if change.paired is not None:
+        p = change.paired
+        return f"×{p.median_ratio:.3f} [{p.ci_low:.3f}, {p.ci_high:.3f}]"
+    return "" if change.noise is None else f"±{change.noise:.1%}"
+
+
 def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
     """The comparison as GitHub markdown: one table per scenario, cells not compared, a summary line."""
     thresholds = ", ".join(t.spec for t in comparison.thresholds.values())
@@ -67,7 +75,17 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
         " and, where cells were measured in several rounds, a change beyond their run-to-run noise",
         *(f"- note: {note}" for note in comparison.notes),
     ]
-    headers = ["cell", "metric", "base", "head", "change", "p-value", "noise", "verdict"]
+    paired = any(change.paired is not None for cell in comparison.cells for change in cell.changes)
+    headers = [
+        "cell",
+        "metric",
+        "base",
+        "head",
+        "change",
+        "p-value",
+        "ratio (95% CI)" if paired else "noise",
+        "verdict",
+    ]
     scenarios = dict.fromkeys(cell.scenario for cell in comparison.cells)
     for scenario in scenarios:
         rows: list[list[str]] = []
@@ -82,7 +100,7 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
                         format_value(change.metric, change.head),
                         _format_change(change),
                         "" if change.p_value is None else f"{change.p_value:.2g}",
-                        "" if change.noise is None else f"±{change.noise:.1%}",
+                        _evidence(change),
                         change.verdict,
                     ]
                 )

@@ -186,6 +186,21 @@ class GitInfo(_Model):
     branch: str | None = None
 
 
+class Pairing(_Model):
+    """One side of an interleaved comparison (``attnbench ab``): two revisions measured round by round."""
+
+    session: str  # shared by the two files of one comparison
+    role: Literal["base", "head"]
+    revision: str  # as given on the command line ("." for the working tree)
+    commit: str | None
+    dirty: bool  # the working tree with uncommitted changes
+    partner_revision: str
+    partner_commit: str | None
+    rounds: int
+    # per cell label ("H64-MHA b1 ctx512 float32 sdpa"): which side went first in each round, e.g. "BA AB AB BA"
+    orders: dict[str, str] = {}
+
+
 class RunResult(_Model):
     """A whole result file."""
 
@@ -199,4 +214,5 @@ class RunResult(_Model):
     started_utc: str
     finished_utc: str | None = None  # None while the run is still going (or was interrupted)
     peak_bandwidth_gbps: float | None = None  # the target's measured copy/read peak used for fractions
+    pairing: Pairing | None = None  # set when this run is one side of an interleaved comparison
     cells: list[CellResult] = []

@@ -1,0 +1,100 @@
+"""``attnbench ab BASE HEAD [SCENARIO]``: did HEAD change anything against BASE? Measured interleaved.
+
+Both revisions are checked out side by side and every cell is measured round by round at each, back
+to back in a random order; the verdicts rest on the per-round ratios HEAD/BASE. Exit codes as
+``compare``: 0 no regression, 1 regression, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import compare
+from harness.ab import DEFAULT_ROUNDS, interleave
+from harness.cli.compare_cmd import parse_alpha
+from harness.cli.run_cmd import default_scenario
+from harness.errors import UserError
+from harness.hardware import resolve_device
+from harness.results.store import write_text_atomic
+
+DEFAULT_OUT = "results-ab"
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "ab",
+        help="measure two revisions interleaved and compare them; exit 1 on a regression",
+        description=(
+            "Check out BASE and HEAD (git revisions; '.' is the working tree with its uncommitted changes) "
+            "side by side and measure every cell of SCENARIO at each, round by round, back to back in a random "
+            "order, each in a fresh worker running that revision's code. A latency change counts when the median "
+            "of the per-round ratios HEAD/BASE is beyond its threshold, its 95%% interval excludes 1, and "
+            "Mann-Whitney U on the raw samples agrees. Writes both result files under OUT/base and OUT/head and "
+            "prints the comparison. Exit codes: 0 no regression, 1 regression, 2 bad input."
+        ),
+    )
+    parser.add_argument("base", metavar="BASE", help="a git revision (branch, tag, commit) or '.' for the working tree")
+    parser.add_argument("head", metavar="HEAD", help="a git revision or '.' for the working tree")
+    parser.add_argument(
+        "scenario", metavar="SCENARIO", nargs="?", default=None, help="scenario file (default: as attnbench run)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help="rounds per cell and revision (default %(default)s, the fewest for a 95%% interval)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="results folder (default %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="short timing windows")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the random order of sides (default: fresh)")
+    parser.add_argument(
+        "--fail-on",
+        metavar="SPEC",
+        action="append",
+        default=[],
+        help="threshold METRIC:VALUE as for compare; defaults here: "
+        + " ".join(compare.PAIRED_FAIL_ON).replace("%", "%%"),
+    )
+    parser.add_argument(
+        "--alpha", default=str(compare.DEFAULT_ALPHA), help="Mann-Whitney U level (default %(default)s)"
+    )
+    parser.add_argument("--only-changed", action="store_true", help="list only regressions and improvements")
+    parser.add_argument("--output", "-o", metavar="FILE", help="also write the markdown to FILE")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    thresholds = compare.parse_thresholds(args.fail_on, defaults=compare.PAIRED_FAIL_ON)
+    alpha = parse_alpha(args.alpha)
+    if args.rounds < 2:
+        raise UserError(f"needs at least 2 rounds to pair, got {args.rounds}", source="--rounds")
+    device = resolve_device(args.device)
+    scenario = args.scenario or default_scenario(device)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int, label: str) -> None:
+        if not args.quiet:
+            print(f"\r[{done}/{total}] {label}"[:120].ljust(120), end="", file=sys.stderr, flush=True)
+
+    measured = interleave(
+        args.base, args.head, scenario, device=device, out_dir=args.out, rounds=args.rounds, quick=args.quick,
+        seed=args.seed, progress=progress,
+    )  # fmt: skip
+    if not args.quiet:
+        print(f"\rmeasured in {time.perf_counter() - started:.0f} s".ljust(120), file=sys.stderr)
+    base, head = compare.load_sides(str(measured.base_path), str(measured.head_path))
+    comparison = compare.compare_sides(base, head, thresholds, alpha)
+    text = compare.render_markdown(comparison, only_changed=args.only_changed)
+    print(text, end="")
+    print(f"base: {measured.base_path}\nhead: {measured.head_path}", file=sys.stderr)
+    for label in measured.only_one_side:
+        print(f"note: {label} exists at one revision only and was not measured", file=sys.stderr)
+    if args.output:
+        write_text_atomic(Path(args.output), text)
+    return comparison.exit_code

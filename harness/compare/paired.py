@@ -1,0 +1,83 @@
+"""Paired statistics for interleaved A/B runs: per-round ratios HEAD/BASE and the median ratio's interval.
+
+In an interleaved comparison (``attnbench ab``) every round measures each cell once at BASE and once
+at HEAD, back to back in fresh workers, in an order drawn at random per cell and round. The machine's
+drift over minutes then moves both sides of a round alike, and the ratio of their medians cancels
+it. Per cell and latency metric:
+
+- ``ratios``: HEAD median / BASE median, one per round (each side's median over its own samples);
+- the median ratio, and a distribution-free confidence interval of it from binomial order statistics
+  (the same construction as harness/measure/stats.py, on the ratios; Conover 1999, §3.2);
+- a change counts when the interval excludes 1 (significance), the median ratio is beyond the
+  threshold (effect size), and, as a second condition, Mann-Whitney U on the pooled raw samples
+  agrees (p < alpha), as the unpaired compare requires.
+
+Every number here is a plain function of the rounds, so it can be recomputed from the two result files.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.measure.stats import mann_whitney_p, median_ci, median_ci_indices
+
+# The median ratio's interval: a change is significant when it excludes 1 at this level.
+PAIRED_CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """One metric of one cell across an interleaved comparison's rounds."""
+
+    ratios: tuple[float, ...]  # HEAD median / BASE median per round
+    median_ratio: float
+    ci_low: float
+    ci_high: float
+    covered: bool  # the interval reaches the confidence asked (too few rounds: it is [min, max], below it)
+    p_value: float  # Mann-Whitney U on the pooled raw samples
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 1 and reaches the confidence asked."""
+        return self.covered and (self.ci_low > 1.0 or self.ci_high < 1.0)
+
+
+def round_ratios(base_medians: Sequence[float], head_medians: Sequence[float]) -> list[float]:
+    """HEAD / BASE per round; the rounds must be the same in number and order."""
+    if len(base_medians) != len(head_medians):
+        raise ValueError(f"{len(base_medians)} BASE rounds against {len(head_medians)} HEAD rounds")
+    if not base_medians:
+        raise ValueError("need at least one round")
+    if any(b <= 0 for b in base_medians):
+        raise ValueError("BASE medians must be positive")
+    return [h / b for b, h in zip(base_medians, head_medians, strict=True)]
+
+
+def paired_change(
+    base_medians: Sequence[float],
+    head_medians: Sequence[float],
+    base_samples: Sequence[float],
+    head_samples: Sequence[float],
+    confidence: float = PAIRED_CONFIDENCE,
+) -> PairedChange:
+    """The paired evidence for one cell and metric (module doc)."""
+    ratios = round_ratios(base_medians, head_medians)
+    low, high = median_ci(ratios, confidence)
+    return PairedChange(
+        ratios=tuple(ratios),
+        median_ratio=statistics.median(ratios),
+        ci_low=low,
+        ci_high=high,
+        covered=median_ci_indices(len(ratios), confidence) is not None,
+        p_value=mann_whitney_p(base_samples, head_samples),
+    )
+
+
+def rounds_needed(confidence: float = PAIRED_CONFIDENCE) -> int:
+    """The fewest rounds whose median-ratio interval reaches ``confidence`` (6 at 95%)."""
+    n = 1
+    while median_ci_indices(n, confidence) is None:
+        n += 1
+    return n

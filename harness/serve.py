@@ -1,0 +1,107 @@
+"""A revision's runner, driven one cell-round at a time over JSON lines: the entry point of ``attnbench ab``.
+
+``python -m harness.serve``, started in a revision's source tree, measures with that revision's own
+code (runner, workers, model) while a driver decides the order of the measurements, so that two
+revisions can be interleaved round by round on one machine. One JSON object per line on stdin, one
+answer per line on stdout:
+
+- ``{"op": "open", "scenario": PATH, "device": D, "out_dir": DIR, "quick": BOOL, "pairing": {...}}``
+  -> ``{"ok": true, "cells": [LABEL, ...], "target": T, "rounds": N}``
+- ``{"op": "measure", "cell": LABEL, "round": R}`` -> ``{"ok": true, "status": S}`` (``"skipped"`` when
+  that round was done already or the cell failed earlier)
+- ``{"op": "finish"}`` -> ``{"ok": true, "path": FILE}``, and the server exits.
+
+A user's mistake answers ``{"ok": false, "error": LINE}``. ``PROTOCOL`` is bumped on any incompatible
+change; a driver refuses a server that speaks another. Anything else the code prints goes to stderr,
+so that nothing can corrupt the answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from harness.errors import UserError
+from harness.results.schema import Pairing
+from harness.runner import Runner, RunOptions
+from harness.scenario import Cell
+
+PROTOCOL = 1
+
+
+class Server:
+    """One revision's runner and the cells of its scenario, by label."""
+
+    def __init__(self) -> None:
+        self.runner: Runner | None = None
+        self.cells: dict[str, Cell] = {}
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "hello":
+            return {"ok": True, "protocol": PROTOCOL}
+        if op == "open":
+            options = RunOptions(
+                scenario=request["scenario"],
+                device=request.get("device", "auto"),
+                out_dir=Path(request["out_dir"]),
+                quick=bool(request.get("quick", False)),
+                rounds=request.get("rounds"),
+            )
+            self.runner = Runner(options)
+            pairing = Pairing.model_validate(request["pairing"]) if request.get("pairing") else None
+            self.cells = {cell.label: cell for cell in self.runner.begin(pairing)}
+            return {
+                "ok": True,
+                "cells": list(self.cells),
+                "target": self.runner.result.target,
+                "rounds": self.runner.rounds,
+            }
+        if self.runner is None:
+            return {"ok": False, "error": f"{op!r} before 'open'"}
+        if op == "measure":
+            cell = self.cells.get(request.get("cell", ""))
+            if cell is None:
+                return {"ok": False, "error": f"no cell {request.get('cell')!r} in this scenario"}
+            measured = self.runner.measure_round(cell, int(request["round"]))
+            return {"ok": True, "status": "skipped" if measured is None else measured.status}
+        if op == "finish":
+            orders = request.get("orders")
+            if orders and self.runner.result.pairing is not None:
+                self.runner.result.pairing.orders = dict(orders)
+            outcome = self.runner.finish()
+            return {"ok": True, "path": str(outcome.path)}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def serve(requests: IO[str], answers: IO[str]) -> None:
+    """Answer requests line by line until 'finish' or the end of input."""
+    server = Server()
+    for line in requests:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            answer = server.handle(request)
+        except UserError as exc:
+            request, answer = {}, {"ok": False, "error": str(exc)}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+        if request.get("op") == "finish" and answer.get("ok"):
+            return
+
+
+def main() -> None:
+    # The answers get a file descriptor of their own; descriptor 1 then points at stderr, so output of
+    # any code this process or its workers run cannot interleave with them.
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    serve(sys.stdin, answers)
+
+
+if __name__ == "__main__":
+    main()
