@@ -32,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Check out BASE and HEAD (git revisions; '.' is the working tree with its uncommitted changes) "
             "side by side and measure every cell of SCENARIO at each, round by round, back to back in a random "
             "order, each in a fresh worker running that revision's code. A latency change counts when the median "
-            "of the per-round ratios HEAD/BASE is beyond its threshold, its 95%% interval excludes 1, and "
-            "Mann-Whitney U on the raw samples agrees. Writes both result files under OUT/base and OUT/head and "
-            "prints the comparison. Exit codes: 0 no regression, 1 regression, 2 bad input."
+            "of the per-round ratios HEAD/BASE is beyond its threshold and its 95%% interval excludes 1. Writes "
+            "both result files under OUT/base and OUT/head and prints the comparison. Exit codes: 0 no "
+            "regression, 1 regression, 2 bad input."
         ),
     )
     parser.add_argument("base", metavar="BASE", help="a git revision (branch, tag, commit) or '.' for the working tree")

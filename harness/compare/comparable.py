@@ -102,7 +102,7 @@ def why_not_compared(base: CellResult, head: CellResult) -> tuple[str, str] | No
         if cell.unstable and cell.stability is not None and cell.stability.reasons
     ]
     if unstable:
-        return "unstable", f"{'; '.join(unstable)} (measure again: attnbench run --resume --rerun-unstable)"
+        return "unstable", f"{'; '.join(unstable)} (measure it again)"
     failed = [
         f"{side} {', '.join(dict.fromkeys(cell.checks_failed))}"
         for side, cell in (("base", base), ("head", head))

@@ -29,6 +29,7 @@ class Comparison:
     cells: tuple[CellComparison, ...]
     skipped: tuple[SkippedCell, ...]
     notes: tuple[str, ...] = field(default=())
+    paired: bool = False  # the sides are one interleaved comparison, decided on per-round ratios
 
     def count(self, verdict: Verdict) -> int:
         return sum(c.verdict == verdict for cell in self.cells for c in cell.changes)
@@ -103,11 +104,11 @@ def compare_sides(
     if paired:
         notes.append(
             "interleaved comparison: each latency is decided on its per-round ratios HEAD/BASE (the median "
-            "ratio's 95% interval must exclude 1, Mann-Whitney U on the raw samples must agree, and the median "
-            "ratio must pass the threshold)"
+            "ratio's 95% interval must exclude 1 and the median ratio must pass the threshold; Mann-Whitney U "
+            "on the pooled samples is shown, not required)"
         )
     thresholds = thresholds if thresholds is not None else parse_thresholds()
-    machine = machine_noise([*base.results, *head.results])
+    machine = None if paired else machine_noise([*base.results, *head.results])
     if machine is not None:
         notes.append(
             f"run-to-run noise: process medians of one cell spread {machine:.1%} (median over cells); "
@@ -137,4 +138,4 @@ def compare_sides(
                     *(excluded or ("", _status_reason(base_cell, head_cell))),
                 )
             )
-    return Comparison(base, head, thresholds, alpha, tuple(compared), tuple(skipped), tuple(notes))
+    return Comparison(base, head, thresholds, alpha, tuple(compared), tuple(skipped), tuple(notes), paired)

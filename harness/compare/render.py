@@ -71,8 +71,13 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
         "",
         _side_line("base", comparison.base),
         _side_line("head", comparison.head),
-        f"- gates: {thresholds}; latency also needs Mann-Whitney U p < {comparison.alpha:g} (two-sided)"
-        " and, where cells were measured in several rounds, a change beyond their run-to-run noise",
+        f"- gates: {thresholds}; latency also needs "
+        + (
+            "a median round ratio HEAD/BASE whose 95% interval excludes 1"
+            if comparison.paired
+            else f"Mann-Whitney U p < {comparison.alpha:g} (two-sided) and, where cells were measured in several "
+            "rounds, a change beyond their run-to-run noise"
+        ),
         *(f"- note: {note}" for note in comparison.notes),
     ]
     paired = any(change.paired is not None for cell in comparison.cells for change in cell.changes)
