@@ -70,6 +70,13 @@ def compare(session: nox.Session) -> None:
     session.run("attnbench", "compare", *session.posargs)
 
 
+@nox.session(default=False)
+def ab(session: nox.Session) -> None:
+    """Measure two revisions interleaved and compare them: nox -s ab -- BASE HEAD (default: HEAD .)."""
+    install_project(session)
+    session.run("attnbench", "ab", *(session.posargs or ["HEAD", "."]))
+
+
 @nox.session(default=False, venv_params=["--system-site-packages"])
 def gpu(session: nox.Session) -> None:
     """On a GPU machine (its own CUDA PyTorch): doctor, CUDA tests, GPU scenarios, reports; fails after all ran."""
