@@ -32,18 +32,11 @@ ENERGY_WINDOW_S = 1.0
 
 
 def variant_payload(variant: Variant) -> dict[str, Any]:
-    return {
-        "name": variant.name,
-        "head_dim": variant.head_dim,
-        "n_heads": variant.n_heads,
-        "n_kv_heads": variant.n_kv_heads,
-        "kv_layers": list(variant.kv_layers),
-    }
+    return variant.to_payload()
 
 
 def _variant(payload: dict[str, Any]) -> Variant:
-    v = payload["variant"]
-    return Variant(v["name"], v["head_dim"], v["n_heads"], v["n_kv_heads"], tuple(v["kv_layers"]))
+    return Variant.from_payload(payload["variant"])
 
 
 def _sync(device: str) -> None:
@@ -123,7 +116,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
     device, metrics, repeat = payload["device"], set(payload["metrics"]), payload.get("repeat", False)
     device_type = "cuda" if is_cuda(device) else "cpu"
     asked = payload["backend"]
-    start_backend = resolve_backend(asked, device_type)  # "auto" starts from the default, then tunes
+    start_backend = resolve_backend(asked, device_type, _variant(payload))  # "auto" starts from the default, then tunes
     torch.manual_seed(payload["seed"])
     out: dict[str, Any] = {}
     samples: dict[str, list[float]] = {}
@@ -159,8 +152,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
                 telemetry = _energy(step, device, batch_size)
                 out["telemetry"] = telemetry.model_dump() if telemetry is not None else None
         if "attention" in metrics:
-            variant = decoder.variant
-            q = torch.randn(batch_size, variant.n_heads, 1, variant.head_dim, device=device, dtype=decoder.dtype)
+            q = torch.randn(decoder.core_query_shape(batch_size), device=device, dtype=decoder.dtype)
 
             def attention() -> object:
                 return decoder.core_attention(q, cache, context_len)
@@ -187,7 +179,8 @@ def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
     device_type = "cuda" if is_cuda(device) else "cpu"
     with torch.inference_mode():
-        _, _, _, memory = _build_and_step(payload, resolve_backend(payload["backend"], device_type), fill=False)
+        backend = resolve_backend(payload["backend"], device_type, _variant(payload))
+        _, _, _, memory = _build_and_step(payload, backend, fill=False)
     peak = memory.peak_allocated_bytes
     return {"batch_size": payload["batch_size"], "peak_bytes": peak, "fits": peak <= budget}
 
