@@ -10,6 +10,7 @@ same scenario and target. Nothing here imports torch: the workers do.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import subprocess
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import accounting
+from harness.backend_support import unsupported_reason
 from harness.errors import UserError
 from harness.hardware import detect_target, fingerprint, is_cuda, resolve_device
 from harness.measure import cell as cell_worker
@@ -30,6 +32,7 @@ from harness.results.schema import CellMetrics, CellResult, GitInfo, MaxBatch, R
 from harness.results.store import load_result, result_filename, result_files, save_result
 from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
 from harness.scenario.schema import MeasureSpec
+from harness.variants import Variant
 
 # --quick: timing windows short enough for smoke runs and CI, still >= min_samples samples each.
 QUICK_WARMUP_S = 0.05
@@ -239,7 +242,13 @@ class Runner:
         start = time.perf_counter()
         model = self.loaded.scenario.model
         v, dtype, batch, context = cell.variant, cell.dtype, cell.batch_size, cell.context_len
-        outcome = self.workers.call(cell_worker.measure_cell, self._payload(cell))
+        # a backend that cannot run this variant here is not measured under its name: say why instead
+        reason = unsupported_reason(cell.backend, v, "cuda" if is_cuda(self.device) else "cpu")
+        if reason is None:
+            outcome = self.workers.call(cell_worker.measure_cell, self._payload(cell))
+        else:
+            outcome = WorkerOutcome("error", None, reason, 0.0)
+        status = outcome.status if reason is None else "unsupported"
         metrics = None
         if outcome.status == "ok" and outcome.value is not None:
             measured = dict(outcome.value)
@@ -248,7 +257,7 @@ class Runner:
             metrics = derive_metrics(self.loaded, cell, measured, peak_gbps)
             if "max_batch" in self.loaded.scenario.measure.selected_metrics:
                 metrics.max_batch = self._max_batch_for(cell)
-        elif outcome.status == "oom":  # the accounting still says what the cell would have needed
+        elif status in ("oom", "unsupported"):  # the accounting still says what the cell would have needed
             metrics = derive_metrics(self.loaded, cell, {}, peak_gbps)
         return CellResult(
             variant=v.name,
@@ -264,7 +273,8 @@ class Runner:
             kv_layers=list(v.kv_layers),
             params_total=accounting.param_counts(model, v).total,
             kv_bytes_per_token=accounting.kv_bytes_per_token(v, dtype),
-            status=outcome.status,
+            **cache_fields(v, dtype, context),
+            status=status,
             error=outcome.error,
             elapsed_s=time.perf_counter() - start,
             metrics=metrics,
@@ -303,9 +313,7 @@ class Runner:
         assert budget is not None  # max_batch is only selected with a budget (MeasureSpec)
         model, v, dtype, context = scenario.model, cell.variant, cell.dtype, cell.context_len
         predicted = accounting.predicted_max_batch(model, v, dtype, context, budget)
-        per_sequence = accounting.kv_bytes_per_token(v, dtype) * accounting.cache_len(
-            context
-        ) + accounting.activation_bytes_per_sequence(model, v, dtype, context)
+        per_sequence = accounting.bytes_per_sequence(model, v, dtype, context)
         payload = self._payload(cell) | {"budget_bytes": budget}
 
         def probe_in_worker(batch: int) -> Probe:
@@ -330,6 +338,19 @@ class Runner:
             ]
             + ([{"note": found.note}] if found.note else []),
         )
+
+
+def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, Any]:
+    """The CellResult fields that say what a variant caches (see harness/results/schema.py)."""
+    return {
+        "attention": variant.attention,
+        "spelling": variant.describe(),
+        "layer_windows": list(variant.layer_windows) if variant.is_windowed else None,
+        "kv_dtype": variant.kv_dtype,
+        "kv_scale": variant.kv_scale if variant.kv_dtype is not None else None,
+        "mla": dataclasses.asdict(variant.mla) if variant.mla is not None else None,
+        "kv_bytes_per_sequence": accounting.kv_bytes_per_sequence(variant, dtype, context_len),
+    }
 
 
 def _guard_host_memory(probe: Callable[[int], Probe], budget: int) -> Callable[[int], Probe]:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from harness import accounting as acc
+from harness.cli import main
 from harness.scenario.schema import ModelSpec
 from harness.units import parse_bytes
 from harness.variants import MLAShape, Variant, sharing_map, window_layers
@@ -118,3 +124,48 @@ def test_cache_scales_come_off_the_budget_before_the_sequences():
     )
     assert acc.predicted_max_batch(TINY, fp8, "float32", 10, budget) == 1
     assert acc.predicted_max_batch(TINY, fp8, "float32", 10, budget - 1) == 0
+
+
+PLAN_SCENARIO = """
+name = "kinds"
+[model]
+d_model = 4096
+n_layers = 4
+d_ff = 14336
+vocab_size = 32000
+dtype = "bfloat16"
+[[variant]]
+name = "H128-GQA8-SWA4096"
+[[variant]]
+name = "H128-GQA8-SWA4096-1:1"
+[[variant]]
+name = "MLA512-R64"
+[[variant]]
+name = "H128-GQA8-KV8"
+[sweep]
+batch_size = [1]
+context_len = [1024, 16384]
+backend = ["sdpa"]
+"""
+
+
+def test_plan_shows_kv_bytes_per_token_and_per_sequence_at_each_context_for_every_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    path = tmp_path / "kinds.toml"
+    path.write_text(PLAN_SCENARIO)
+    assert main(["plan", str(path), "--json"]) == 0
+    variants = {v["name"]: v for v in json.loads(capsys.readouterr().out)["variants"]}
+    per_layer = 2 * 8 * 128 * 2
+    swa = variants["H128-GQA8-SWA4096"]["kv_at_context"]
+    assert [c["kv_bytes_per_sequence"] for c in swa] == [4 * per_layer * 1025, 4 * per_layer * 4096]
+    assert swa[1]["kv_bytes_per_token"] == 4 * per_layer * 4096 / 16385
+    mixed = variants["H128-GQA8-SWA4096-1:1"]["kv_at_context"][1]
+    assert mixed["kv_bytes_per_sequence"] == 2 * per_layer * (4096 + 16385)
+    assert variants["MLA512-R64"]["kv_bytes_per_token"] == 4 * 576 * 2
+    assert variants["H128-GQA8-KV8"]["kv_bytes_per_token"] == 4 * per_layer // 2
+    assert variants["H128-GQA8-KV8"]["kv_scale_bytes"] == 4 * 2 * 4
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ctx 16384" in out and "4096 on 2/4 layers" in out and "float8_e4m3fn (tensor scale)" in out
+    assert "H128-GQA8-KV8 with backend sdpa: not run (attention backend 'sdpa' cannot read a float8 KV cache" in out

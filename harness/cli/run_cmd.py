@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.cli.notes import print_warnings
 from harness.results.schema import CellResult
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.scenario import Cell
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     options = RunOptions(scenario=args.file, device=args.device, out_dir=args.out, quick=args.quick, resume=args.resume)
     bar = _Bar(args.quiet)
     runner = Runner(options, RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped))
+    print_warnings("run", runner.loaded.warnings)
     try:
         outcome: RunOutcome = runner.run()
     except KeyboardInterrupt:
@@ -67,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     result = outcome.result
-    counts = {status: sum(1 for c in result.cells if c.status == status) for status in ("ok", "oom", "error")}
-    print(f"{outcome.path}  ({counts['ok']} ok, {counts['oom']} oom, {counts['error']} error; target {result.target})")
+    statuses = ("ok", "oom", "error", "unsupported")
+    counts = {status: sum(1 for c in result.cells if c.status == status) for status in statuses}
+    skipped = f", {counts['unsupported']} unsupported" if counts["unsupported"] else ""
+    print(
+        f"{outcome.path}  ({counts['ok']} ok, {counts['oom']} oom, {counts['error']} error{skipped}; "
+        f"target {result.target})"
+    )
     above_peak = [
         c
         for c in result.cells

@@ -210,7 +210,9 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
             [images["kv-bytes-vs-latency"]],
         )
     lines += _section(
-        "Cells that did not run", "Cells that ran out of memory or failed.", tables.failed_cells_table(result)
+        "Cells that did not run",
+        "Cells that ran out of memory, failed, or whose backend cannot run their variant (unsupported).",
+        tables.failed_cells_table(result),
     )
     return lines
 
