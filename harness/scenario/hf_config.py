@@ -63,6 +63,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "deepseek_v2": {"qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128},
     "deepseek_v3": {"qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128},
 }
+# Defaults of fields the decoder does not model, where the architecture has them on: Gemma ties its
+# LM head to the embedding unless the file says otherwise.
+UNMODELLED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma": {"tie_word_embeddings": True},
+    "gemma2": {"tie_word_embeddings": True},
+    "gemma3_text": {"tie_word_embeddings": True},
+}
 # Used for every architecture when the file and DEFAULTS say nothing.
 COMMON_DEFAULTS: dict[str, Any] = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6}
 
@@ -320,7 +327,7 @@ UNMODELLED: tuple[Rule, ...] = (
     (
         "first_k_dense_replace",
         lambda v, c: _is_set(v) and _is_set(c.get("experts")),
-        lambda v, c: f"the first {v} dense layers are not told apart from the MoE layers: every layer is dense",
+        lambda v, c: f"the first {v} layer(s) are dense and the rest MoE in the model; here every layer is dense",
     ),
     (
         "moe_layer_freq",
@@ -350,8 +357,12 @@ def _unmodelled(reader: _Reader, context: dict[str, Any]) -> list[str]:
         warnings.append(f"{reader.name('model_type')}: {note}")
     for field, active, say in UNMODELLED:
         value = reader.data.get(field)
+        defaulted = value is None and field in UNMODELLED_DEFAULTS.get(reader.architecture, {})
+        if defaulted:
+            value = UNMODELLED_DEFAULTS[reader.architecture][field]
         if active(value, context):
-            warnings.append(f"{reader.name(field)}: {say(value, context)}")
+            suffix = f" (absent: {reader.architecture}'s default is {value})" if defaulted else ""
+            warnings.append(f"{reader.name(field)}: {say(value, context)}{suffix}")
     return warnings
 
 

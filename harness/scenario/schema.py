@@ -8,7 +8,7 @@ against ``n_layers``) live in :mod:`harness.scenario.load`, which resolves varia
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, WithJsonSchema, model_validator
 
@@ -150,3 +150,22 @@ class Scenario(_Strict):
     variant: list[VariantSpec] = Field(min_length=1, description="attention configurations to compare")
     sweep: SweepSpec
     measure: MeasureSpec = MeasureSpec()
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a scenario file, as an editor checks it.
+
+    [model] may take its shape from a config.json (``from``), read before validation
+    (harness/scenario/load.py): with ``from`` the other [model] keys are optional overrides.
+    """
+    schema = Scenario.model_json_schema()
+    model = schema["$defs"]["ModelSpec"]
+    model["properties"]["from"] = {
+        "type": "string",
+        "description": "path of a Hugging Face config.json (relative to the scenario file); other keys override it",
+    }
+    required = model.pop("required")
+    model["anyOf"] = [{"required": required}, {"required": ["from"]}]
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "attnbench scenario"
+    return schema
