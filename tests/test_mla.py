@@ -146,3 +146,19 @@ def test_auto_times_only_the_backends_that_take_mla_and_checks_them_against_the_
     choice = choose_backend(decoder, cache, 11, timer=lambda fn, window_s: (fn(), 1.0)[1])
     assert set(choice.latencies_s) == {"eager", "sdpa", "grouped"}
     assert "MLA" in choice.rejected["native"]
+
+
+def test_an_mla_stack_converts_to_cla_by_dropping_the_consumers_latent_projections(tiny_model: ModelSpec) -> None:
+    from harness.model.convert import to_cla
+
+    source = mla_decoder(tiny_model, "MLA-CLA2").variant
+    full = build_decoder(
+        tiny_model, Variant("MLA", 24, 4, 1, sharing_map(4, 1), mla=source.mla), dtype="float32", device="cpu", seed=3
+    )
+    shared = to_cla(full, sharing_map(4, 2))
+    assert shared.variant.describe() == "MLA32-R8(nope16,v12)-CLA2"
+    names = {name for name, _ in shared.named_parameters()}
+    assert "layers.1.attention.wkv_a.weight" not in names and "layers.1.attention.wkv_b.weight" in names
+    sequence = tokens(1, 5)
+    expected = reference_logits(shared, sequence)
+    torch.testing.assert_close(decode_one_by_one(shared, sequence, 2).double(), expected, atol=2e-5, rtol=1e-4)

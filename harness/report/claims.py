@@ -404,7 +404,8 @@ def check_attention_cut_by_kv_heads(result: RunResult) -> list[ClaimCheck]:
             CLAIM_ATTENTION_KV_HEADS,
             reduced.name,
             "not testable",
-            f"no MHA variant with head_dim {reduced.head_dim}, {reduced.n_heads} heads and the same KV sharing",
+            f"no MHA variant with head_dim {reduced.head_dim}, {reduced.n_heads} heads, the same KV sharing and the "
+            "same cache kind (windows, KV dtype)",
         )
         for reduced in unmatched
     ]
