@@ -113,3 +113,11 @@ def test_a_cla_variant_with_local_and_global_layers_is_left_out_of_the_producer_
     run = run.model_copy(update={"cells": [c for c in run.cells if "SWA64" not in c.variant] + mixed})
     pairs, unmatched = cla_pairs(variant_shapes(run))
     assert "H128-MHA-SWA64-CLA2" not in {p.subject.name for p in pairs} | {u.name for u in unmatched}
+
+
+def test_the_kv_bytes_against_latency_plot_places_a_windowed_cache_by_its_bytes_at_that_context():
+    from harness.report.plots import cell_frame
+
+    frame = cell_frame(kinds_run()).set_index(["variant", "context_len"])
+    assert frame.loc[("H128-GQA8-SWA4096", 32768), "kv_bytes_per_token"] == 131_072 * 4096 / 32769
+    assert frame.loc[("H128-GQA8", 32768), "kv_bytes_per_token"] == 131_072
