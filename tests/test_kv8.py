@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers_reference import attention64, reference_logits, rope64
 from torch import Tensor
 
 from harness.accounting import cache_len, kv_cache_bytes
@@ -15,7 +16,6 @@ from harness.model.decode_kernels import split_kv_decode
 from harness.model.layers import Rotation, rope_angles
 from harness.scenario.schema import ModelSpec
 from harness.variants import MLAShape, Variant, sharing_map, window_layers
-from tests.helpers_reference import attention64, reference_logits, rope64
 
 FP8 = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 # The backends that read float8 on a CPU.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers_reference import reference_logits
 from torch import Tensor
 
 from harness.accounting import cache_len, kv_cache_bytes, param_counts
 from harness.model import Decoder, available_backends, build_decoder, resolve_backend
 from harness.scenario.schema import ModelSpec
 from harness.variants import MLAShape, Variant, sharing_map, window_layers
-from tests.helpers_reference import reference_logits
 
 # The forms MLA runs in on a CPU: the absorbed form through every backend that takes it, and naive.
 MLA_BACKENDS = [b for b in available_backends("cpu") if b not in ("native", "flex")] + ["naive"]

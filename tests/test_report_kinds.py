@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers_results import lognormal_samples, make_cell, make_run
+
 from harness.report.claims import check_attention_cut_by_kv_heads, check_kv_cache, cla_pairs, variant_shapes
 from harness.report.render import LoadedResult, render_target
 from harness.report.savings import rows_at, savings_section
 from harness.results.schema import CellResult, RunResult
-from tests.helpers_results import lognormal_samples, make_cell, make_run
 
 
 def cell(variant: str, context: int, per_token: int, held: int | None = None, **fields: object) -> CellResult:

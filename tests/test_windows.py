@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers_reference import reference_logits
 from torch import Tensor
 
 from harness.accounting import cache_len, kv_cache_bytes
 from harness.model import Decoder, available_backends, build_decoder
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant, sharing_map, window_layers
-from tests.helpers_reference import reference_logits
 
 CPU_BACKENDS = available_backends("cpu")
 WINDOW = 4
