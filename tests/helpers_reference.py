@@ -62,9 +62,9 @@ def reference_logits(decoder: Decoder, tokens: Tensor, kv_roundtrip: KVRoundTrip
     p = {name: t.detach().to(F64) for name, t in decoder.named_parameters()}
     n_tokens = tokens.shape[1]
     positions = torch.arange(n_tokens)
-    keep = kv_roundtrip or (lambda t: t)
+    keep: KVRoundTrip = kv_roundtrip or (lambda t: t)
     h = p["tok_embeddings.weight"][tokens]  # [B, T, d_model]
-    produced: dict[int, tuple[Tensor, Tensor]] = {}
+    produced: Produced = {}
     for layer in range(variant.n_layers):
         pre = f"layers.{layer}.attention."
         x = rms64(h, p[f"layers.{layer}.attention_norm.weight"], spec.norm_eps)
@@ -81,7 +81,20 @@ def reference_logits(decoder: Decoder, tokens: Tensor, kv_roundtrip: KVRoundTrip
     return rms64(h, p["norm.weight"], spec.norm_eps) @ p["output.weight"].T
 
 
-def _gqa_layer(p, pre, x, positions, layer, mask, produced, decoder, keep) -> Tensor:  # type: ignore[no-untyped-def]
+Produced = dict[int, tuple[Tensor, Tensor]]  # producer layer -> what it caches (K and V; MLA: latent and rotary key)
+
+
+def _gqa_layer(
+    p: dict[str, Tensor],
+    pre: str,
+    x: Tensor,
+    positions: Tensor,
+    layer: int,
+    mask: Tensor,
+    produced: Produced,
+    decoder: Decoder,
+    keep: KVRoundTrip,
+) -> Tensor:
     variant, theta = decoder.variant, decoder.spec.rope_theta
     batch_size, n_tokens, _ = x.shape
     hd, heads, kv_heads = variant.head_dim, variant.n_heads, variant.n_kv_heads
@@ -97,9 +110,20 @@ def _gqa_layer(p, pre, x, positions, layer, mask, produced, decoder, keep) -> Te
     return out.transpose(1, 2).reshape(batch_size, n_tokens, heads * hd)
 
 
-def _mla_layer(p, pre, x, positions, layer, mask, produced, decoder, keep) -> Tensor:  # type: ignore[no-untyped-def]
+def _mla_layer(
+    p: dict[str, Tensor],
+    pre: str,
+    x: Tensor,
+    positions: Tensor,
+    layer: int,
+    mask: Tensor,
+    produced: Produced,
+    decoder: Decoder,
+    keep: KVRoundTrip,
+) -> Tensor:
     variant, spec = decoder.variant, decoder.spec
     shape = variant.mla
+    assert shape is not None
     batch_size, n_tokens, _ = x.shape
     heads, dn, dr, dv, dc = (
         variant.n_heads,

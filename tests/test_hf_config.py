@@ -12,9 +12,10 @@ from harness import accounting
 from harness.cli import main
 from harness.errors import UserError
 from harness.scenario import load_scenario
-from harness.scenario.hf_config import import_config, load_config
+from harness.scenario.hf_config import ImportedModel, import_config, load_config
 from harness.scenario.load import resolve_variant
 from harness.scenario.schema import ModelSpec, VariantSpec
+from harness.variants import Variant
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "tests" / "data" / "hf_configs"
@@ -32,7 +33,7 @@ PUBLISHED = {
 }
 
 
-def imported_variant(name: str):  # type: ignore[no-untyped-def]
+def imported_variant(name: str) -> tuple[ImportedModel, ModelSpec, Variant]:
     imported = load_config(CONFIGS / f"{name}.json")
     model = ModelSpec(**imported.model)
     return imported, model, resolve_variant(VariantSpec(**imported.variant), model)
