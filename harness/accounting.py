@@ -2,7 +2,13 @@
 
 The model is the Llama-style stack of harness/model/decoder.py: token embedding, per layer
 RMSNorm -> attention -> RMSNorm -> SwiGLU MLP, a final RMSNorm and an untied LM head, no biases.
-Definitions follow docs/design.md; each formula names its source.
+Attention is grouped-query attention over K and V, or multi-head latent attention (MLA) over a
+cached latent (harness/model/mla.py). Definitions follow docs/design.md; each formula names its source.
+
+A layer with a sliding window caches at most ``window`` positions (a ring buffer): it holds
+``min(cache_len, window)`` of them, and that is what is allocated, read and counted here.
+An 8-bit cache counts one byte per element plus its float32 scales, which do not grow with the
+batch or the context.
 """
 
 from __future__ import annotations
@@ -10,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.scenario.schema import ModelSpec
-from harness.units import DTYPE_BYTES
-from harness.variants import Variant
+from harness.units import DTYPE_BYTES, KV_DTYPE_BYTES
+from harness.variants import SCALE_BYTES, Variant
 
 # A decode step writes one new token per sequence, so the cache holds context_len + 1 positions.
 DECODE_TOKENS = 1
@@ -22,15 +28,21 @@ def cache_len(context_len: int) -> int:
     return context_len + DECODE_TOKENS
 
 
+def held_len(window: int | None, context_len: int) -> int:
+    """Positions a layer's cache holds at this context: cache_len, or at most ``window`` for a windowed layer."""
+    positions = cache_len(context_len)
+    return positions if window is None else min(positions, window)
+
+
 @dataclass(frozen=True)
 class ParamCounts:
     """Parameter counts of one variant's decoder stack."""
 
     embedding: int  # vocab_size x d_model token embedding
-    attention: int  # all Q, K, V and output projections
-    kv_projection: int  # the K and V projections alone (producer layers only)
+    attention: int  # all attention projections (MLA: query, latent, up- and output projections)
+    kv_projection: int  # the projections that write the cache alone (producer layers only)
     mlp: int  # SwiGLU gate, up and down projections
-    norms: int  # RMSNorm weights (2 per layer + final)
+    norms: int  # RMSNorm weights (2 per layer + final; MLA adds its latent and compressed-query norms)
     lm_head: int  # d_model x vocab_size output projection (untied)
 
     @property
@@ -45,17 +57,34 @@ class ParamCounts:
 
 def param_counts(model: ModelSpec, variant: Variant) -> ParamCounts:
     """Count parameters; CLA consumers have no K/V projection (paper §2.2, arXiv 2405.12981)."""
-    q_width = variant.n_heads * variant.head_dim
-    kv_width = variant.n_kv_heads * variant.head_dim
-    kv_projection = variant.n_kv_layers * 2 * model.d_model * kv_width
-    q_and_out = model.n_layers * 2 * model.d_model * q_width
+    layers, producers, d_model = model.n_layers, variant.n_kv_layers, model.d_model
+    norms = (2 * layers + 1) * d_model
+    if variant.mla is not None:
+        # DeepSeek-V2 (arXiv 2405.04434) §2.1: W^DQ, W^UQ and W^QR (or one query projection without
+        # a compressed query), W^DKV and W^KR (producers), W^UK and W^UV, W^O; RMSNorm on c^Q and c^KV.
+        mla, heads = variant.mla, variant.n_heads
+        qk_width = heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim)
+        if mla.q_lora_rank is None:
+            query = d_model * qk_width
+        else:
+            query = d_model * mla.q_lora_rank + mla.q_lora_rank * qk_width
+            norms += layers * mla.q_lora_rank
+        kv_projection = producers * d_model * mla.latent_width
+        norms += producers * mla.kv_lora_rank
+        up = mla.kv_lora_rank * heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+        output = heads * mla.v_head_dim * d_model
+        attention = layers * (query + up + output) + kv_projection
+    else:
+        q_width = variant.n_heads * variant.head_dim
+        kv_projection = producers * 2 * d_model * variant.n_kv_heads * variant.head_dim
+        attention = layers * 2 * d_model * q_width + kv_projection
     return ParamCounts(
-        embedding=model.vocab_size * model.d_model,
-        attention=q_and_out + kv_projection,
+        embedding=model.vocab_size * d_model,
+        attention=attention,
         kv_projection=kv_projection,
-        mlp=model.n_layers * 3 * model.d_model * model.d_ff,
-        norms=(2 * model.n_layers + 1) * model.d_model,
-        lm_head=model.d_model * model.vocab_size,
+        mlp=layers * 3 * d_model * model.d_ff,
+        norms=norms,
+        lm_head=d_model * model.vocab_size,
     )
 
 
@@ -64,52 +93,85 @@ def weight_bytes(model: ModelSpec, variant: Variant, dtype: str) -> int:
     return param_counts(model, variant).total * DTYPE_BYTES[dtype]
 
 
+def kv_element_bytes(variant: Variant, dtype: str) -> int:
+    """Bytes of one cached element: the variant's KV dtype if it has one, else the weights' ``dtype``."""
+    return KV_DTYPE_BYTES[variant.kv_dtype] if variant.kv_dtype is not None else DTYPE_BYTES[dtype]
+
+
 def kv_bytes_per_token(variant: Variant, dtype: str) -> int:
-    """2 · P · n_kv_heads · head_dim · bytes(dtype), P = producer layers (docs/design.md; paper §2)."""
-    return 2 * variant.n_kv_layers * variant.n_kv_heads * variant.head_dim * DTYPE_BYTES[dtype]
+    """Bytes one token adds to the cache while it is within every layer's window: P · width · bytes.
+
+    width = 2 · n_kv_heads · head_dim for K and V (docs/design.md; paper §2), or d_c + d_h^R for
+    MLA's latent and rotary key (DeepSeek-V2, arXiv 2405.04434, table 1). P = producer layers.
+    """
+    return variant.n_kv_layers * variant.cache_width * kv_element_bytes(variant, dtype)
+
+
+def kv_scale_bytes(variant: Variant) -> int:
+    """Bytes of an 8-bit cache's float32 scales: per producer, per cache tensor (or per KV head of it)."""
+    return variant.n_kv_layers * variant.scales_per_producer * SCALE_BYTES
+
+
+def kv_bytes_per_sequence(variant: Variant, dtype: str, context_len: int) -> int:
+    """Cache bytes one sequence holds at this context: Σ over producers of width · bytes · held positions,
+    where a windowed producer holds min(cache_len, window) positions (a ring buffer)."""
+    per_position = variant.cache_width * kv_element_bytes(variant, dtype)
+    return sum(per_position * held_len(variant.windows[layer], context_len) for layer in variant.producers)
 
 
 def kv_cache_bytes(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
-    """kv_bytes_per_token · batch_size · cache_len: what the static cache allocates."""
-    return kv_bytes_per_token(variant, dtype) * batch_size * cache_len(context_len)
+    """What the static cache allocates: kv_bytes_per_sequence · batch_size, plus the scales of an 8-bit cache.
+
+    Without windows or an 8-bit cache this is kv_bytes_per_token · batch_size · cache_len (docs/design.md).
+    """
+    return kv_bytes_per_sequence(variant, dtype, context_len) * batch_size + kv_scale_bytes(variant)
+
+
+def _kv_read_bytes(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
+    """Cache bytes every one of the L attention layers reads in a decode step: its producer's held
+    positions (CLA consumers re-read them, paper §2.3), and its producer's scales."""
+    per_position = variant.cache_width * kv_element_bytes(variant, dtype)
+    positions = sum(held_len(window, context_len) for window in variant.windows)
+    return batch_size * positions * per_position + variant.n_layers * variant.scales_per_producer * SCALE_BYTES
 
 
 def attention_bytes_per_step(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
     """Bytes core attention reads and writes in one decode step, over all L layers.
 
-    Every attention layer reads its producer's K and V for all cache_len positions: CLA consumers
-    re-read the producer's cache, so CLA does not cut this traffic while GQA/MQA do (paper §2.3).
-    Plus each layer's query read and output write.
+    Every attention layer reads its producer's cache for the positions it holds: CLA consumers
+    re-read the producer's cache, so CLA does not cut this traffic while GQA/MQA do (paper §2.3);
+    MLA's absorbed form reads the latent once for keys and values. Plus each layer's query read and
+    output write (MLA: the absorbed query of width d_c + d_h^R and the latent-width output).
     """
     width = DTYPE_BYTES[dtype]
-    kv_read = variant.n_layers * batch_size * cache_len(context_len) * 2 * variant.n_kv_heads * variant.head_dim * width
-    q_and_out = variant.n_layers * batch_size * 2 * variant.n_heads * variant.head_dim * width
-    return kv_read + q_and_out
+    q_and_out = variant.n_layers * batch_size * variant.n_heads * (variant.score_width + variant.value_width) * width
+    return _kv_read_bytes(variant, dtype, batch_size, context_len) + q_and_out
 
 
 def bytes_per_step(model: ModelSpec, variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
     """Ideal memory traffic of one decode step (docs/design.md, "Bytes moved per step").
 
     Every weight read once (the embedding table only for the batch_size rows looked up), the KV
-    cache read by every one of the L attention layers, and the new token's K/V written by the P
-    producers. Activations are left out: they are small next to weights and cache and mostly stay
-    in on-chip caches. This is the numerator of achieved bandwidth, as in gpt-fast's
+    cache read by every one of the L attention layers, and the new token's K/V (or latent) written
+    by the P producers. Activations are left out: they are small next to weights and cache and
+    mostly stay in on-chip caches. This is the numerator of achieved bandwidth, as in gpt-fast's
     ``model_size * tokens/s``.
     """
     width = DTYPE_BYTES[dtype]
     params = param_counts(model, variant)
     weights = (params.total - params.embedding + min(batch_size, model.vocab_size) * model.d_model) * width
-    kv_read = variant.n_layers * batch_size * cache_len(context_len) * 2 * variant.n_kv_heads * variant.head_dim * width
     kv_written = kv_bytes_per_token(variant, dtype) * batch_size
-    return weights + kv_read + kv_written
+    return weights + _kv_read_bytes(variant, dtype, batch_size, context_len) + kv_written
 
 
 def flops_per_step(model: ModelSpec, variant: Variant, batch_size: int, context_len: int) -> int:
     """FLOPs of one decode step: 2 per matmul parameter per token (Kaplan et al. 2020, §2.1),
-    plus attention's QK^T and PV over cache_len positions, 2 · 2 · n_heads · head_dim per position
-    per layer (Chowdhery et al. 2022, PaLM, appendix B)."""
+    plus attention's QK^T and PV over each layer's held positions, 2 · n_heads · (score width +
+    value width) per position per layer: 4 · n_heads · head_dim for K/V attention (Chowdhery et al.
+    2022, PaLM, appendix B), 2 · n_heads · (2 d_c + d_h^R) for MLA's absorbed form."""
     params = param_counts(model, variant)
-    attention = 4 * variant.n_layers * variant.n_heads * variant.head_dim * cache_len(context_len)
+    positions = sum(held_len(window, context_len) for window in variant.windows)
+    attention = 2 * variant.n_heads * (variant.score_width + variant.value_width) * positions
     return batch_size * (2 * params.matmul + attention)
 
 
@@ -117,27 +179,33 @@ def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str
     """Transient memory one sequence needs during a decode step, beside weights and cache.
 
     The largest live tensors of the step: the logits row, the SwiGLU hidden (gate and up), and one
-    layer's attention scores (kept in float32), plus residual, normed and projected vectors.
+    layer's attention scores over the most positions a layer holds (kept in float32), plus residual,
+    normed and projected vectors.
     """
     width = DTYPE_BYTES[dtype]
-    q_width = variant.n_heads * variant.head_dim
+    longest = max(held_len(window, context_len) for window in variant.windows)
     return (
         model.vocab_size * width
         + 3 * model.d_ff * width
-        + variant.n_heads * cache_len(context_len) * 4
-        + (4 * model.d_model + 2 * q_width) * width
+        + variant.n_heads * longest * 4
+        + (4 * model.d_model + variant.n_heads * (variant.score_width + variant.value_width)) * width
+    )
+
+
+def bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str, context_len: int) -> int:
+    """Memory each further sequence of the batch takes: its cache plus its activations."""
+    return kv_bytes_per_sequence(variant, dtype, context_len) + activation_bytes_per_sequence(
+        model, variant, dtype, context_len
     )
 
 
 def predicted_max_batch(model: ModelSpec, variant: Variant, dtype: str, context_len: int, budget_bytes: int) -> int:
     """Largest batch the budget should hold (docs/design.md, "Max batch under a budget"):
 
-    floor((budget - weights) / (kv_bytes_per_token · cache_len + activations per sequence)),
-    i.e. the design's formula with the workspace taken as the per-sequence activations. 0 when
-    even the weights do not fit.
+    floor((budget - weights - cache scales) / (KV bytes per sequence + activations per sequence)),
+    i.e. the design's formula with the workspace taken as the per-sequence activations, and the KV
+    bytes per sequence counting each windowed layer's min(cache_len, window) positions. 0 when even
+    the weights do not fit.
     """
-    free = budget_bytes - weight_bytes(model, variant, dtype)
-    per_sequence = kv_bytes_per_token(variant, dtype) * cache_len(context_len) + activation_bytes_per_sequence(
-        model, variant, dtype, context_len
-    )
-    return max(0, free // per_sequence)
+    free = budget_bytes - weight_bytes(model, variant, dtype) - kv_scale_bytes(variant)
+    return max(0, free // bytes_per_sequence(model, variant, dtype, context_len))

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from harness import accounting
+from harness.backend_support import unsupported_reason
 from harness.scenario import LoadedScenario, expand_cells
+from harness.variants import Variant
+
+
+def kv_at_contexts(variant: Variant, dtype: str, contexts: list[int]) -> list[dict[str, Any]]:
+    """Per context: the cache bytes one sequence holds (windows counted) and what that is per cached token."""
+    out = []
+    for context in contexts:
+        per_sequence = accounting.kv_bytes_per_sequence(variant, dtype, context)
+        out.append(
+            {
+                "context_len": context,
+                "kv_bytes_per_sequence": per_sequence,
+                "kv_bytes_per_token": per_sequence / accounting.cache_len(context),
+            }
+        )
+    return out
 
 
 def plan(loaded: LoadedScenario) -> dict[str, Any]:
@@ -25,7 +43,14 @@ def plan(loaded: LoadedScenario) -> dict[str, Any]:
                 "head_dim": v.head_dim,
                 "n_kv_layers": v.n_kv_layers,
                 "kv_layers": list(v.kv_layers),
+                "attention": v.attention,
+                "layer_windows": list(v.windows),
+                "kv_dtype": v.kv_dtype,
+                "kv_scale": v.kv_scale if v.kv_dtype is not None else None,
+                "mla": dataclasses.asdict(v.mla) if v.mla is not None else None,
                 "kv_bytes_per_token": accounting.kv_bytes_per_token(v, model.dtype),
+                "kv_scale_bytes": accounting.kv_scale_bytes(v),
+                "kv_at_context": kv_at_contexts(v, model.dtype, scenario.sweep.context_len),
                 "params_total": params.total,
                 "params_attention": params.attention,
                 "params_kv_projection": params.kv_projection,
@@ -42,6 +67,7 @@ def plan(loaded: LoadedScenario) -> dict[str, Any]:
                 "dtype": dt,
                 "backend": cell.backend,
                 "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dt),
+                "kv_bytes_per_sequence": accounting.kv_bytes_per_sequence(v, dt, ctx),
                 "kv_cache_bytes": accounting.kv_cache_bytes(v, dt, b, ctx),
                 "weight_bytes": accounting.weight_bytes(model, v, dt),
                 "bytes_per_step": accounting.bytes_per_step(model, v, dt, b, ctx),
@@ -50,6 +76,7 @@ def plan(loaded: LoadedScenario) -> dict[str, Any]:
                 "predicted_max_batch": (
                     accounting.predicted_max_batch(model, v, dt, ctx, budget) if budget is not None else None
                 ),
+                "unsupported": unsupported_reason(cell.backend, v),
             }
         )
     return {

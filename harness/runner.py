@@ -13,6 +13,7 @@ CUDA: the workers do.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import accounting
+from harness.backend_support import unsupported_reason
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
@@ -42,6 +44,7 @@ from harness.results.schema import (
 from harness.results.store import load_result, result_filename, result_files, save_result
 from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
 from harness.scenario.schema import MeasureSpec
+from harness.variants import Variant
 
 # --quick: timing windows short enough for smoke runs and CI, still >= min_samples samples each.
 QUICK_WARMUP_S = 0.05
@@ -373,7 +376,18 @@ class Runner:
             "kv_layers": list(v.kv_layers),
             "params_total": accounting.param_counts(model, v).total,
             "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dtype),
+            **cache_fields(v, dtype, cell.context_len),
         }
+        # a backend that cannot run this variant here is not measured under its name: say why instead
+        reason = unsupported_reason(cell.backend, v, self.device_kind)
+        if reason is not None:
+            return CellResult(
+                **base,
+                status="unsupported",
+                error=reason,
+                elapsed_s=time.perf_counter() - start,
+                metrics=derive.derive_metrics(self.loaded, cell, {}, peak_gbps),  # the accounting still applies
+            )
         backend, auto_latencies = cell.backend, None
         if cell.backend == "auto":  # resolved in a worker of its own, so that the cell measures what it reports
             chosen = self._call(cell_worker.choose_auto_backend, self._payload(cell))
@@ -452,9 +466,7 @@ class Runner:
         assert budget is not None  # max_batch is only selected with a budget (MeasureSpec)
         model, v, dtype, context = scenario.model, cell.variant, cell.dtype, cell.context_len
         predicted = accounting.predicted_max_batch(model, v, dtype, context, budget)
-        per_sequence = accounting.kv_bytes_per_token(v, dtype) * accounting.cache_len(
-            context
-        ) + accounting.activation_bytes_per_sequence(model, v, dtype, context)
+        per_sequence = accounting.bytes_per_sequence(model, v, dtype, context)
         payload = self._payload(cell, backend) | {"budget_bytes": budget}
 
         def probe_in_worker(batch: int) -> Probe:
@@ -493,6 +505,19 @@ def _host_load(outcome: WorkerOutcome) -> list[HostLoad]:
     """The host load a measuring worker read around its timed windows (none where it could not)."""
     load = (outcome.value or {}).get("host_load")
     return [HostLoad.model_validate(load)] if load else []
+
+
+def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, Any]:
+    """The CellResult fields that say what a variant caches (see harness/results/schema.py)."""
+    return {
+        "attention": variant.attention,
+        "spelling": variant.describe(),
+        "layer_windows": list(variant.layer_windows) if variant.is_windowed else None,
+        "kv_dtype": variant.kv_dtype,
+        "kv_scale": variant.kv_scale if variant.kv_dtype is not None else None,
+        "mla": dataclasses.asdict(variant.mla) if variant.mla is not None else None,
+        "kv_bytes_per_sequence": accounting.kv_bytes_per_sequence(variant, dtype, context_len),
+    }
 
 
 def _guard_host_memory(probe: Callable[[int], Probe], budget: int) -> Callable[[int], Probe]:

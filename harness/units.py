@@ -6,6 +6,8 @@ import re
 
 # Bytes per element of the dtypes a scenario may name.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Bytes per element of the KV-cache dtypes a variant may name beside the weights' dtype.
+KV_DTYPE_BYTES: dict[str, int] = {"float8_e4m3fn": 1, "float8_e5m2": 1}
 
 _SIZE_UNITS: dict[str, int] = {
     "": 1,

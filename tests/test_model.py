@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import harness.model.decoder as decoder_module
+import harness.model.attention as attention_module
 from harness.accounting import cache_len, kv_cache_bytes, param_counts
 from harness.model import Decoder, available_backends, build_decoder
 from harness.scenario.schema import ModelSpec
@@ -222,13 +222,13 @@ def test_core_attention_reads_every_layers_producer_cache(
     cache = decoder.allocate_cache(2, 9)
     decoder.fill_cache_synthetic(cache, 9, torch.Generator().manual_seed(0))
     read: list[tuple[int, str, int]] = []
-    real_attend = decoder_module.attend
+    real_attend = attention_module.attend
 
-    def recording_attend(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, backend: str) -> Tensor:
+    def recording_attend(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, backend: str, **scales: object) -> Tensor:
         read.append(([id(t) for t in cache.k].index(id(k)), backend, start_pos))
         return real_attend(q, k, v, start_pos=start_pos, backend=backend)
 
-    monkeypatch.setattr(decoder_module, "attend", recording_attend)
+    monkeypatch.setattr(attention_module, "attend", recording_attend)
     q = torch.randn(2, 4, 1, 16)
     out = decoder.core_attention(q, cache, 8)
     assert read == [(0, "grouped", 8), (0, "grouped", 8), (1, "grouped", 8), (2, "grouped", 8)]

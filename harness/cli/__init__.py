@@ -16,7 +16,19 @@ from collections.abc import Sequence
 from harness.errors import UserError
 
 # Subcommands in the order ``attnbench --help`` lists them.
-SUBCOMMANDS = ("validate", "schema", "plan", "hw", "doctor", "run", "report", "compare", "ab", "export")
+SUBCOMMANDS = (
+    "validate",
+    "schema",
+    "plan",
+    "import-config",
+    "hw",
+    "doctor",
+    "run",
+    "report",
+    "compare",
+    "ab",
+    "export",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnbench", description="Decode-time cost of attention configurations, per hardware target.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMANDS:
-        module = importlib.import_module(f"harness.cli.{name}_cmd")
+        module = importlib.import_module(f"harness.cli.{name.replace('-', '_')}_cmd")
         module.register(sub)
     return parser
 

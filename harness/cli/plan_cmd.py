@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from tabulate import tabulate
 
+from harness.cli.notes import print_warnings
 from harness.plan import plan
 from harness.scenario import load_scenario
 from harness.units import format_bytes
@@ -22,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = plan(load_scenario(args.file))
+    loaded = load_scenario(args.file)
+    print_warnings("plan", loaded.warnings)
+    data = plan(loaded)
     if args.json:
         print(json.dumps(data, indent=1))
         return 0
@@ -51,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
             tablefmt="simple",
         )
     )
+    print()
+    print("KV cache per sequence at the scenario's contexts (windowed layers hold at most their window):")
+    print(tabulate(kv_rows(data), headers=kv_headers(data), tablefmt="simple", disable_numparse=True))
     print()
     budget = data["memory_budget_bytes"]
     cell_rows = [
@@ -85,4 +92,36 @@ def run(args: argparse.Namespace) -> int:
             tablefmt="simple",
         )
     )
+    unsupported = {(c["variant"], c["backend"]): c["unsupported"] for c in data["cells"] if c["unsupported"]}
+    for (variant, backend), reason in unsupported.items():
+        print(f"{variant} with backend {backend}: not run ({reason})")
     return 0
+
+
+def _windows(layer_windows: list[int | None]) -> str:
+    sizes = sorted({w for w in layer_windows if w is not None})
+    if not sizes:
+        return "global"
+    local = sum(1 for w in layer_windows if w is not None)
+    return f"{'/'.join(str(w) for w in sizes)} on {local}/{len(layer_windows)} layers"
+
+
+def kv_headers(data: dict[str, Any]) -> list[str]:
+    contexts = [entry["context_len"] for entry in data["variants"][0]["kv_at_context"]]
+    return ["variant", "attention", "windows", "KV dtype", "KV B/token", *(f"ctx {c}" for c in contexts)]
+
+
+def kv_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Per variant: what it caches, and per context the bytes per sequence and per cached token."""
+    rows = []
+    for v in data["variants"]:
+        kind = v["attention"] + (f" d_c {v['mla']['kv_lora_rank']}+{v['mla']['qk_rope_head_dim']}" if v["mla"] else "")
+        kv_dtype = v["kv_dtype"] + f" ({v['kv_scale']} scale)" if v["kv_dtype"] else data["model"]["dtype"]
+        at_context = [
+            f"{format_bytes(entry['kv_bytes_per_sequence'])} ({entry['kv_bytes_per_token']:,.0f} B/token)"
+            for entry in v["kv_at_context"]
+        ]
+        rows.append(
+            [v["name"], kind, _windows(v["layer_windows"]), kv_dtype, f"{v['kv_bytes_per_token']:,}", *at_context]
+        )
+    return rows

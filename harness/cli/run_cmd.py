@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.cli.notes import print_warnings
 from harness.errors import UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.results.schema import CellResult
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     )
     bar = _Bar(args.quiet)
     runner = Runner(options, RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped))
+    print_warnings("run", runner.loaded.warnings)
     try:
         outcome: RunOutcome = runner.run()
     except KeyboardInterrupt:
@@ -105,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     result = outcome.result
-    statuses = ("ok", "oom", "error", "timeout")
+    statuses = ("ok", "oom", "error", "timeout", "unsupported")
     counts = {status: sum(1 for c in result.cells if c.status == status) for status in statuses}
-    summary = ", ".join(f"{counts[s]} {s}" for s in statuses if counts[s] or s != "timeout")
+    summary = ", ".join(f"{counts[s]} {s}" for s in statuses if counts[s] or s in ("ok", "oom", "error"))
     print(f"{outcome.path}  ({summary}; target {result.target})")
     peak_warning = result.environment.get("peak_bandwidth", {}).get("warning")
     if peak_warning:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness.scenario.schema import Scenario
+from harness.scenario.schema import scenario_json_schema
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,8 +14,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    schema = Scenario.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "attnbench scenario"
-    print(json.dumps(schema, indent=2))
+    print(json.dumps(scenario_json_schema(), indent=2))
     return 0

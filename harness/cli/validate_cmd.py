@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from harness.cli.notes import print_warnings
 from harness.scenario import expand_cells, load_scenario
 
 
@@ -16,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     for path in args.files:
         loaded = load_scenario(path)
+        print_warnings("validate", loaded.warnings)
         cells = expand_cells(loaded.scenario, loaded.variants)
         print(f"{path}: ok ({len(loaded.variants)} variants, {len(cells)} cells)")
     return 0

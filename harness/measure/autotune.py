@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.model.attention import attend, available_backends
+from harness.model.attention import available_backends
 from harness.model.decoder import Decoder, KVCache
 
 # Largest |candidate - eager| allowed, absolute and relative, per dtype. float32 on CUDA is looser
@@ -59,12 +59,12 @@ def choose_backend(
     ``decoder.backend`` is restored afterwards. Raises RuntimeError when no candidate qualifies.
     """
     device_type = decoder.device.type
-    available = available_backends(device_type)
-    names = available if candidates is None else candidates
+    names = available_backends(device_type) if candidates is None else candidates
+    available = tuple(name for name in available_backends(device_type) if decoder.supports(name) is None)
     time_one = timer if timer is not None else _default_timer(device_type)
     per_candidate_s = time_budget_s / max(1, len(names))
     q = _query(decoder, cache, seed)
-    expected = _reference(q, cache, pos)
+    expected = decoder.reference_attention(q, cache, pos)
     tolerance = output_tolerance(decoder.dtype, device_type)
     latencies_s: dict[str, float] = {}
     rejected: dict[str, str] = {}
@@ -72,7 +72,7 @@ def choose_backend(
     try:
         for name in names:
             if name not in available:
-                rejected[name] = f"not available on {device_type}"
+                rejected[name] = decoder.supports(name) or f"not available on {device_type}"
                 continue
             decoder.backend = name
             try:
@@ -93,29 +93,10 @@ def choose_backend(
 
 
 def _query(decoder: Decoder, cache: KVCache, seed: int) -> Tensor:
-    """A standard-normal query [B, n_heads, 1, head_dim] in the decoder's dtype, on its device."""
-    variant = decoder.variant
+    """A standard-normal query (:meth:`Decoder.core_query_shape`) in the decoder's dtype, on its device."""
     generator = torch.Generator(device=decoder.device).manual_seed(seed)
-    shape = (cache.batch_size, variant.n_heads, 1, variant.head_dim)
+    shape = decoder.core_query_shape(cache.batch_size)
     return torch.randn(shape, generator=generator, device=decoder.device).to(decoder.dtype)
-
-
-def _reference(q: Tensor, cache: KVCache, pos: int) -> Tensor:
-    """The eager output of the last layer, one query head at a time so no KV head is repeated ``group`` times."""
-    slot = cache.index_of_layer(len(cache.kv_layers) - 1)
-    k, v = cache.k[slot], cache.v[slot]
-    group = q.shape[1] // k.shape[1]
-    heads = [
-        attend(
-            q[:, h : h + 1],
-            k[:, h // group : h // group + 1],
-            v[:, h // group : h // group + 1],
-            start_pos=pos,
-            backend="eager",
-        )
-        for h in range(q.shape[1])
-    ]  # each [B, 1, 1, head_dim]
-    return torch.cat(heads, dim=1)  # [B, n_heads, 1, head_dim]
 
 
 def output_tolerance(dtype: torch.dtype, device_type: str) -> float:

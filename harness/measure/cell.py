@@ -28,7 +28,7 @@ from harness.measure.hostload import HostLoadMeter
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
 from harness.measure.telemetry import NvmlSampler, other_gpu_processes
 from harness.model import build_decoder, sdpa
-from harness.model.attention import attend, prepare_backend, resolve_backend
+from harness.model.attention import prepare_backend, resolve_backend
 from harness.model.decoder import Decoder, KVCache
 from harness.results.schema import Telemetry
 from harness.scenario.schema import ModelSpec
@@ -43,18 +43,11 @@ ENERGY_CHUNK_S = 0.05  # replays between two checks of the clock in that window
 
 
 def variant_payload(variant: Variant) -> dict[str, Any]:
-    return {
-        "name": variant.name,
-        "head_dim": variant.head_dim,
-        "n_heads": variant.n_heads,
-        "n_kv_heads": variant.n_kv_heads,
-        "kv_layers": list(variant.kv_layers),
-    }
+    return variant.to_payload()
 
 
 def _variant(payload: dict[str, Any]) -> Variant:
-    v = payload["variant"]
-    return Variant(v["name"], v["head_dim"], v["n_heads"], v["n_kv_heads"], tuple(v["kv_layers"]))
+    return Variant.from_payload(payload["variant"])
 
 
 def enter_device(device: str) -> None:
@@ -103,7 +96,7 @@ def _concrete_backend(payload: dict[str, Any]) -> str:
     """The cell's backend; ``auto`` must have been resolved (:func:`choose_auto_backend`) before."""
     if payload["backend"] == "auto":
         raise ValueError("backend 'auto' reaches a measurement unresolved; choose_auto_backend resolves it first")
-    return resolve_backend(payload["backend"], "cuda" if is_cuda(payload["device"]) else "cpu")
+    return resolve_backend(payload["backend"], "cuda" if is_cuda(payload["device"]) else "cpu", _variant(payload))
 
 
 def _samples(samples: timing.Samples) -> dict[str, Any]:
@@ -247,13 +240,16 @@ def _energy(timer: _CellTimer, batch_size: int, window_s: float) -> Telemetry | 
 
 
 def _observe_sdpa(decoder: Decoder, cache: KVCache, q: torch.Tensor, pos: int) -> dict[str, Any]:
-    """Which kernel the decode step's SDPA call ran (first layer's shapes), and its self-check."""
-    slot = cache.index_of_layer(0)
-    k, v = cache.k[slot], cache.v[slot]
-    planned = sdpa.plan(q, k[:, :, : pos + 1], v[:, :, : pos + 1])
-    seen = sdpa.observe(lambda: attend(q, k, v, start_pos=pos, backend="sdpa"))
-    check = checks.sdpa_kernel(planned, seen, decoder.device.type, decoder.dtype, decoder.variant)
-    return {"sdpa_kernel": seen.kernel, "sdpa_kv_copied": seen.kv_copied, "check": check.model_dump()}
+    """Which kernel the decode step's SDPA call ran (the first layer's), and its self-check where the call's
+    operands are the cache's own K and V (not MLA's absorbed query over its latent)."""
+    seen = sdpa.observe(decoder.core_attention_layers(q, cache, pos)[0])
+    out: dict[str, Any] = {"sdpa_kernel": seen.kernel, "sdpa_kv_copied": seen.kv_copied, "check": None}
+    if decoder.variant.mla is None:
+        visible = cache.layer(0).visible(pos, 1)
+        planned = sdpa.plan(q, visible.k[:, :, : visible.start_pos + 1], visible.v[:, :, : visible.start_pos + 1])
+        check = checks.sdpa_kernel(planned, seen, decoder.device.type, decoder.dtype, decoder.variant)
+        out["check"] = check.model_dump()
+    return out
 
 
 def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
@@ -279,11 +275,13 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
             out["nvml_process_bytes"] = memory.process_bytes if is_cuda(device) else None
         context_len, batch_size = payload["context_len"], payload["batch_size"]
         variant = decoder.variant
-        q = torch.randn(batch_size, variant.n_heads, 1, variant.head_dim, device=device, dtype=decoder.dtype)
+        q = torch.randn(decoder.core_query_shape(batch_size), device=device, dtype=decoder.dtype)
         timer = _CellTimer(payload, decoder.dtype)
         if backend == "sdpa" and not repeat:
             observed = _observe_sdpa(decoder, cache, q, context_len)
-            timer.checks.append(observed.pop("check"))
+            check = observed.pop("check")
+            if check is not None:
+                timer.checks.append(check)
             out.update(observed)
         others_before = other_gpu_processes(device) if is_cuda(device) else None
         with NvmlSampler(device) as sampler, HostLoadMeter() as load:
@@ -292,7 +290,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
                 def step() -> object:
                     return decoder.decode_step(tokens, cache, context_len)
 
-                reads = [*decoder.parameters(), *cache.k, *cache.v, tokens]
+                reads = [*decoder.parameters(), *cache.tensors(), tokens]
                 for kind, timed in timer.time("decode", step, [step], reads=reads, host=True).items():
                     samples[DECODE_FIELDS[kind]] = timed
                 out["timer"] = samples["decode_latency_s"]["timer"]
@@ -303,7 +301,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
 
                 layers = decoder.core_attention_layers(q, cache, context_len)
                 flags = _reread_flags(cache, variant.n_layers)
-                reads = [*cache.k, *cache.v, q]
+                reads = [*cache.tensors(), q]
                 for kind, timed in timer.time("attention", attention, layers, reads=reads, flush_before=flags).items():
                     samples[ATTENTION_FIELDS[kind]] = timed
         if is_cuda(device):
@@ -334,7 +332,7 @@ def choose_auto_backend(payload: dict[str, Any]) -> dict[str, Any]:
     """
     device = payload["device"]
     enter_device(device)
-    start = resolve_backend("auto", "cuda" if is_cuda(device) else "cpu")
+    start = resolve_backend("auto", "cuda" if is_cuda(device) else "cpu", _variant(payload))
     torch.manual_seed(payload["seed"])
     with torch.inference_mode():
         decoder, cache, _, _ = _build_and_step(payload, start, fill=True)

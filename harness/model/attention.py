@@ -20,6 +20,13 @@ for ``T`` new query positions ``start_pos .. start_pos + T - 1`` against the fir
   it runs FlexAttention's split-KV decoding kernel (flash-decoding).
 
 The decode step (``T == 1``) needs no mask: its one query sees every valid position.
+
+Keys and values may differ in width (MLA's absorbed form reads a d_c + d_h^R latent as keys and its
+first d_c columns as values) and the score scale may be given (MLA scales by 1/sqrt(d_h + d_h^R), not
+by the latent's width). A float8 cache is read by the backends that can read it (eager, which widens
+the slice it reads as it already repeats it per head; grouped on CPU, whose split-KV kernel widens
+it chunk by chunk in the CPU caches); the others refuse it with the reason, never widening the
+whole cache behind the caller's back (harness/backend_support.py says which and why).
 """
 
 from __future__ import annotations
@@ -32,8 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness.backend_support import MLA_FORMS, kv_dtype_unsupported, unsupported_reason
 from harness.model import native, sdpa
 from harness.model.decode_kernels import split_kv_decode
+from harness.model.kvcache import LayerCache, Visible
+from harness.model.quant import dequantize, is_fp8
+from harness.variants import Variant
 
 BACKENDS: tuple[str, ...] = ("eager", "sdpa", "grouped", "native", "flex")
 # Backends that need a CUDA device, and ones that run on CPU only.
@@ -61,12 +72,24 @@ def available_backends(device_type: str) -> tuple[str, ...]:
     return tuple(backend for backend in BACKENDS if backend not in excluded)
 
 
-def resolve_backend(backend: str, device_type: str) -> str:
-    """The concrete backend a scenario's ``backend`` names on this device; ValueError if it cannot run."""
+def resolve_backend(backend: str, device_type: str, variant: Variant | None = None) -> str:
+    """The concrete backend a scenario's ``backend`` names on this device (for this variant, when given);
+    ValueError if it cannot run there. ``auto`` starts from the first preferred backend that can."""
     if backend == "auto":
-        available = available_backends(device_type)
+        available = [
+            name
+            for name in available_backends(device_type)
+            if variant is None or unsupported_reason(name, variant, device_type) is None
+        ]
         preferred = AUTO_BACKENDS.get(device_type, (AUTO_BACKEND,))
-        return next((name for name in preferred if name in available), preferred[-1])
+        fallback = available[0] if available else preferred[-1]
+        return next((name for name in preferred if name in available), fallback)
+    if variant is not None:
+        reason = unsupported_reason(backend, variant, device_type)
+        if reason is not None:
+            raise ValueError(reason)
+        if backend in MLA_FORMS:
+            return backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)} or 'auto'")
     if backend not in available_backends(device_type):
@@ -96,12 +119,25 @@ def causal_mask(start_pos: int, n_new: int, device: torch.device) -> Tensor:
     return key_pos[None, :] <= query_pos[:, None]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, backend: str) -> Tensor:
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    start_pos: int,
+    backend: str,
+    scale: float | None = None,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
+) -> Tensor:
     """Attention of new queries over a static cache.
 
     q: [B, n_heads, T, head_dim] for positions start_pos .. start_pos + T - 1.
-    k, v: [B, n_kv_heads, S, head_dim] with S >= start_pos + T; positions past start_pos + T are not read.
-    Returns [B, n_heads, T, head_dim] in q's dtype.
+    k: [B, n_kv_heads, S, head_dim], v: [B, n_kv_heads, S, v_dim] with S >= start_pos + T; positions
+    past start_pos + T are not read. ``scale`` multiplies the scores (default 1/sqrt(head_dim)).
+    A float8 cache comes with its float32 scales ``k_scale``, ``v_scale`` ([1] or [n_kv_heads]); a
+    backend that cannot read float8 raises ValueError rather than widening the cache.
+    Returns [B, n_heads, T, v_dim] in q's dtype.
     """
     n_heads, n_new = q.shape[1], q.shape[2]
     n_kv_heads, max_len = k.shape[1], k.shape[2]
@@ -110,20 +146,84 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, backend: str) -> 
     n_valid = start_pos + n_new
     if start_pos < 0 or n_valid > max_len:
         raise ValueError(f"positions {start_pos}..{n_valid - 1} do not fit a cache of {max_len} positions")
-    k, v = k[:, :, :n_valid], v[:, :, :n_valid]  # [B, n_kv_heads, L, head_dim], L = start_pos + T
+    k, v = k[:, :, :n_valid], v[:, :, :n_valid]  # [B, n_kv_heads, L, width], L = start_pos + T
+    if is_fp8(k.dtype):
+        reason = kv_dtype_unsupported(backend, q.device.type)
+        if reason is not None:
+            raise ValueError(reason)
+        if k_scale is None or v_scale is None:
+            raise ValueError("a float8 cache needs its k_scale and v_scale")
     if backend == "eager":
-        return _eager(q, k, v, start_pos)
+        return _eager(q, *_widened(k, v, k_scale, v_scale, q.dtype), start_pos, scale)
     if backend == "sdpa":
-        return _sdpa(q, k, v, start_pos)
+        return _sdpa(q, k, v, start_pos, scale)
     if backend == "grouped":
-        return _grouped(q, k, v, start_pos)
+        return _grouped(q, k, v, start_pos, scale, k_scale, v_scale)
     if backend == "native":
-        return _native(q, k, v, start_pos)
+        return _native(q, k, v, start_pos, scale)
     if backend == "flex":
         if q.device.type != "cuda":
             raise ValueError(f"attention backend 'flex' needs CUDA; tensors are on {q.device.type!r}")
-        return _flex(q, k, v, start_pos)
+        return _flex(q, k, v, start_pos, scale)
     raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def _widened(
+    k: Tensor, v: Tensor, k_scale: Tensor | None, v_scale: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """K and V slices in ``dtype``: float8 slices dequantised with their scales, others as they are.
+
+    Only the textbook paths take this (eager, and grouped's multi-token steps), which widen the slice
+    they read as eager already repeats it per query head.
+    """
+    if k_scale is None or v_scale is None or not is_fp8(k.dtype):
+        return k, v
+    return dequantize(k, k_scale, dtype), dequantize(v, v_scale, dtype)
+
+
+def attend_visible(
+    q: Tensor, visible: Visible, slot: LayerCache, *, backend: str, scale: float | None = None
+) -> Tensor:
+    """Attention of q [B, n_heads, T, width] over what a cache slot shows it (see :meth:`LayerCache.visible`):
+    through ``backend``, or for a windowed slot's multi-token step through the masked textbook form."""
+    if visible.mask is None:
+        return attend(
+            q,
+            visible.k,
+            visible.v,
+            start_pos=visible.start_pos,
+            backend=backend,
+            scale=scale,
+            k_scale=slot.k_scale,
+            v_scale=slot.v_scale,
+        )
+    return attend_masked(q, visible.k, visible.v, visible.mask, scale=scale, k_scale=slot.k_scale, v_scale=slot.v_scale)
+
+
+def attend_masked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    *,
+    scale: float | None = None,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
+) -> Tensor:
+    """softmax(q kᵀ · scale + mask) v with an explicit boolean mask [T, S] (True: seen), in the textbook form.
+
+    For a windowed layer's multi-token step, whose queries each see their own window of positions.
+    q: [B, n_heads, T, head_dim]; k, v: [B, n_kv_heads, S, width] (float8 with scales, or not).
+    Returns [B, n_heads, T, v_dim] in q's dtype.
+    """
+    k, v = _widened(k, v, k_scale, v_scale, q.dtype)
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # [B, n_heads, S, head_dim]
+    v = v.repeat_interleave(group, dim=1)  # [B, n_heads, S, v_dim]
+    factor = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.matmul(q * factor, k.transpose(-2, -1)).float()  # [B, n_heads, T, S]
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(_softmax_f32(scores, v.dtype), v).to(q.dtype)  # [B, n_heads, T, v_dim]
 
 
 def _softmax_f32(scores: Tensor, dtype: torch.dtype) -> Tensor:
@@ -131,18 +231,18 @@ def _softmax_f32(scores: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.softmax(scores.float(), dim=-1).to(dtype)
 
 
-def _eager(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+def _eager(q: Tensor, k: Tensor, v: Tensor, start_pos: int, scale: float | None) -> Tensor:
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
-    v = v.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.matmul(q * scale, k.transpose(-2, -1)).float()  # [B, n_heads, T, L]
+    v = v.repeat_interleave(group, dim=1)  # [B, n_heads, L, v_dim]
+    factor = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.matmul(q * factor, k.transpose(-2, -1)).float()  # [B, n_heads, T, L]
     if q.shape[2] > 1:
         scores = scores.masked_fill(~causal_mask(start_pos, q.shape[2], q.device), float("-inf"))
-    return torch.matmul(_softmax_f32(scores, v.dtype), v).to(q.dtype)  # [B, n_heads, T, head_dim]
+    return torch.matmul(_softmax_f32(scores, v.dtype), v).to(q.dtype)  # [B, n_heads, T, v_dim]
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, start_pos: int, scale: float | None) -> Tensor:
     n_new = q.shape[2]
     mask: Tensor | None = None
     is_causal = False
@@ -154,33 +254,47 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
     if call.expand_kv:
         group = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
-        v = v.repeat_interleave(group, dim=1)  # [B, n_heads, L, head_dim]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=call.enable_gqa)
+        v = v.repeat_interleave(group, dim=1)  # [B, n_heads, L, v_dim]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=call.enable_gqa, scale=scale
+    )
 
 
-def _grouped(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+def _grouped(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    start_pos: int,
+    scale: float | None,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
+) -> Tensor:
     batch_size, n_heads, n_new, head_dim = q.shape
     if n_new == 1 and q.device.type == "cpu":
-        return split_kv_decode(q, k, v)
-    n_kv_heads = k.shape[1]
+        return split_kv_decode(q, k, v, scale=scale, k_scale=k_scale, v_scale=v_scale)
+    k, v = _widened(k, v, k_scale, v_scale, q.dtype)  # a multi-token step (prefill): the slice, widened
+    n_kv_heads, v_dim = k.shape[1], v.shape[-1]
     group = n_heads // n_kv_heads
-    scale = 1.0 / math.sqrt(head_dim)
+    factor = scale if scale is not None else 1.0 / math.sqrt(head_dim)
     # query head h = kv_head * group + g, so the heads sharing a KV head are adjacent
-    q = (q * scale).reshape(batch_size, n_kv_heads, group * n_new, head_dim)  # [B, n_kv_heads, group*T, head_dim]
+    q = (q * factor).reshape(batch_size, n_kv_heads, group * n_new, head_dim)  # [B, n_kv_heads, group*T, head_dim]
     scores = torch.matmul(q, k.transpose(-2, -1)).float()  # [B, n_kv_heads, group*T, L]
     if n_new > 1:
         scores = scores.view(batch_size, n_kv_heads, group, n_new, -1)  # [B, n_kv_heads, group, T, L]
         scores = scores.masked_fill(~causal_mask(start_pos, n_new, q.device), float("-inf"))
         scores = scores.view(batch_size, n_kv_heads, group * n_new, -1)  # [B, n_kv_heads, group*T, L]
-    out = torch.matmul(_softmax_f32(scores, v.dtype), v)  # [B, n_kv_heads, group*T, head_dim]
-    return out.view(batch_size, n_heads, n_new, head_dim).to(q.dtype)  # [B, n_heads, T, head_dim]
+    out = torch.matmul(_softmax_f32(scores, v.dtype), v)  # [B, n_kv_heads, group*T, v_dim]
+    return out.view(batch_size, n_heads, n_new, v_dim).to(q.dtype)  # [B, n_heads, T, v_dim]
 
 
-def _native(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+def _native(q: Tensor, k: Tensor, v: Tensor, start_pos: int, scale: float | None) -> Tensor:
+    if v.shape[-1] != k.shape[-1] or (scale is not None and scale != 1.0 / math.sqrt(q.shape[-1])):
+        # the kernel computes softmax(q kᵀ / sqrt(head_dim)) v with one width for K and V
+        raise ValueError("the native kernel takes K and V of one width and the 1/sqrt(head_dim) scale")
     if q.device.type != "cpu":
         return native.decode_attention(q, k, v)  # refuses with the reason
     if native.supports(q, k) is not None:
-        return _grouped(q, k, v, start_pos)  # prefill, or a head_dim the kernel does not take
+        return _grouped(q, k, v, start_pos, None)  # prefill, or a head_dim the kernel does not take
     return native.run(q, k, v)
 
 
@@ -200,7 +314,7 @@ class FlexKernel:
 
         self._attention: Callable[..., Tensor] = torch.compile(flex_attention)
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, start_pos: int, scale: float | None = None) -> Tensor:
         from torch.nn.attention.flex_attention import create_block_mask
 
         n_new, n_valid = q.shape[2], k.shape[2]
@@ -211,7 +325,7 @@ class FlexKernel:
                 return kv_idx <= q_idx + start_pos
 
             block_mask = create_block_mask(shifted_causal, None, None, n_new, n_valid, device=q.device)
-        return self._attention(q, k, v, block_mask=block_mask, enable_gqa=True)
+        return self._attention(q, k, v, block_mask=block_mask, enable_gqa=True, scale=scale)
 
 
 @functools.cache
@@ -220,5 +334,5 @@ def flex_kernel() -> FlexKernel:
     return FlexKernel()
 
 
-def _flex(q: Tensor, k: Tensor, v: Tensor, start_pos: int) -> Tensor:
-    return flex_kernel()(q, k, v, start_pos).to(q.dtype)
+def _flex(q: Tensor, k: Tensor, v: Tensor, start_pos: int, scale: float | None) -> Tensor:
+    return flex_kernel()(q, k, v, start_pos, scale).to(q.dtype)

@@ -2,8 +2,8 @@
 
 - MHA -> GQA/MQA: mean-pool the K and V projection heads within each group (Ainslie et al. 2023,
   "GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints", §2.1).
-- any -> CLA: drop the consumers' K and V projections; consumers read their producer's cache
-  (Brandon et al. 2024, arXiv 2405.12981, §2.2).
+- any -> CLA: drop the consumers' K and V projections (for MLA: the latent projection W^DKV/W^KR and
+  its norm); consumers read their producer's cache (Brandon et al. 2024, arXiv 2405.12981, §2.2).
 
 Every other weight is copied unchanged. The result lives on the source's device and dtype.
 """
@@ -71,6 +71,7 @@ def to_cla(model: Decoder, kv_layers: tuple[int, ...]) -> Decoder:
     if lost:
         raise ValueError(f"layers {lost} would produce K/V but have no K/V projection in {source.name}")
     consumers = {layer for layer in range(variant.n_layers) if layer not in variant.producers}
-    dropped = {f"layers.{layer}.attention.{proj}.weight" for layer in consumers for proj in ("wk", "wv")}
+    cache_writers = ("wkv_a", "kv_norm") if variant.mla is not None else ("wk", "wv")
+    dropped = {f"layers.{layer}.attention.{proj}.weight" for layer in consumers for proj in cache_writers}
     state = {name: tensor for name, tensor in model.state_dict().items() if name not in dropped}
     return _rebuild(model, variant, state)

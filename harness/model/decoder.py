@@ -8,107 +8,35 @@ embeddings on q and k (Su et al. 2021, RoFormer, eq. 34). The parameter count eq
 Cross-layer attention (Brandon et al. 2024, arXiv 2405.12981, §2.2): producer layers
 (``kv_layers[i] == i``) own ``wk``/``wv`` and a slot in the cache; consumer layers have neither
 and attend over their producer's slot with their own queries.
+
+A variant with multi-head latent attention builds :class:`harness.model.mla.LatentAttention` layers
+instead. A layer with a sliding window attends to its last ``window`` positions, from a ring buffer
+of that many positions (harness/model/kvcache.py); an 8-bit cache stores float8 values with float32
+scales, which attention reads and dequantises itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.model.attention import BACKENDS, attend
+from harness.backend_support import MLA_FORMS, unsupported_reason
+from harness.model.attention import BACKENDS, attend_visible
+from harness.model.kvcache import KVCache, LayerCache, Visible
+from harness.model.layers import RMSNorm, Rotation, apply_rope, rope_angles
+from harness.model.mla import LatentAttention
+from harness.model.quant import FP8_DTYPES, fit_scale, quantize
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant
 
+__all__ = ["Decoder", "KVCache", "RMSNorm", "Rotation", "apply_rope", "rope_angles"]
+
 # Positions drawn at random per cache tensor by fill_cache_synthetic; the rest repeat them.
 SYNTHETIC_BLOCK = 256
-
-
-@dataclass
-class KVCache:
-    """Preallocated K and V per producer layer, each [batch_size, n_kv_heads, cache_len, head_dim].
-
-    Static: written in place by position, never grown or concatenated.
-    """
-
-    k: list[Tensor]  # one per producer, in layer order
-    v: list[Tensor]  # one per producer, in layer order
-    kv_layers: tuple[int, ...]  # the variant's map: entry i is the layer whose KV layer i reads
-    _slots: tuple[int, ...] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        producers = [layer for layer, source in enumerate(self.kv_layers) if layer == source]
-        if not len(self.k) == len(self.v) == len(producers):
-            raise ValueError(
-                f"{len(producers)} producer layers need as many K and V tensors, got {len(self.k)}, {len(self.v)}"
-            )
-        self._slots = tuple(producers.index(source) for source in self.kv_layers)
-
-    def index_of_layer(self, layer: int) -> int:
-        """The producer slot (index into ``k`` and ``v``) that ``layer`` reads."""
-        return self._slots[layer]
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of all cache tensors: kv_bytes_per_token · batch_size · cache_len (docs/design.md)."""
-        return sum(t.element_size() * t.numel() for t in (*self.k, *self.v))
-
-    @property
-    def batch_size(self) -> int:
-        return self.k[0].shape[0]
-
-    @property
-    def cache_len(self) -> int:
-        return self.k[0].shape[2]
-
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x²) + eps) · weight, computed in float32 (Zhang & Sennrich 2019, eq. 4)."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
-
-
-def rope_angles(positions: Tensor, head_dim: int, theta: float) -> Tensor:
-    """Rotation angles [T, head_dim // 2] in float32: position · theta^(-2i/head_dim) (RoFormer, eq. 15)."""
-    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    return torch.outer(positions.float(), inv_freq)
-
-
-@dataclass(frozen=True)
-class Rotation:
-    """cos and sin of the rotary angles of one step's positions, each [1, T, 1, head_dim // 2] in float32.
-
-    Computed once per forward pass and shared by the q and k rotations of every layer, as gpt-fast
-    shares its table: per-layer trigonometry would add 4 · n_layers small ops to every decode step.
-    """
-
-    cos: Tensor
-    sin: Tensor
-
-    @classmethod
-    def of(cls, angles: Tensor) -> Rotation:
-        """From angles [T, head_dim // 2] (see :func:`rope_angles`)."""
-        return cls(angles.cos()[None, :, None, :], angles.sin()[None, :, None, :])
-
-
-def apply_rope(x: Tensor, rotation: Rotation) -> Tensor:
-    """Rotate adjacent pairs of x [B, T, heads, head_dim] by the step's rotation, in float32."""
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # [B, T, heads, head_dim/2, 2]
-    cos, sin = rotation.cos, rotation.sin  # [1, T, 1, head_dim/2]
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)  # [B, T, heads, head_dim/2, 2]
-    return rotated.flatten(-2).type_as(x)  # [B, T, heads, head_dim]
 
 
 class Attention(nn.Module):
@@ -126,22 +54,27 @@ class Attention(nn.Module):
             self.wk = nn.Linear(d_model, variant.n_kv_heads * variant.head_dim, bias=False)
             self.wv = nn.Linear(d_model, variant.n_kv_heads * variant.head_dim, bias=False)
         self.wo = nn.Linear(variant.n_heads * variant.head_dim, d_model, bias=False)
+        self.softmax_scale: float | None = None  # the default 1/sqrt(head_dim)
 
-    def forward(
-        self, x: Tensor, rotation: Rotation, cache_k: Tensor, cache_v: Tensor, start_pos: int, backend: str
-    ) -> Tensor:
+    def forward(self, x: Tensor, rotation: Rotation, slot: LayerCache, start_pos: int, backend: str) -> Tensor:
         batch_size, n_new, _ = x.shape
         q = self.wq(x).view(batch_size, n_new, self.n_heads, self.head_dim)  # [B, T, n_heads, head_dim]
         q = apply_rope(q, rotation).transpose(1, 2)  # [B, n_heads, T, head_dim]
         if self.wk is not None and self.wv is not None:
             k = self.wk(x).view(batch_size, n_new, self.n_kv_heads, self.head_dim)  # [B, T, n_kv_heads, head_dim]
             v = self.wv(x).view(batch_size, n_new, self.n_kv_heads, self.head_dim)  # [B, T, n_kv_heads, head_dim]
-            # cache layout [B, n_kv_heads, cache_len, head_dim]: write positions start_pos .. start_pos + T - 1
-            cache_k[:, :, start_pos : start_pos + n_new] = apply_rope(k, rotation).transpose(1, 2)
-            cache_v[:, :, start_pos : start_pos + n_new] = v.transpose(1, 2)
-        out = attend(q, cache_k, cache_v, start_pos=start_pos, backend=backend)  # [B, n_heads, T, head_dim]
+            # cache layout [B, n_kv_heads, held, head_dim]: positions start_pos .. start_pos + T - 1
+            slot.store(apply_rope(k, rotation).transpose(1, 2), v.transpose(1, 2), start_pos)
+        out = self.attend_cache(q, slot, start_pos, backend)  # [B, n_heads, T, head_dim]
         out = out.transpose(1, 2).reshape(batch_size, n_new, self.n_heads * self.head_dim)  # [B, T, n_heads*head_dim]
         return self.wo(out)
+
+    def attend_cache(self, q: Tensor, slot: LayerCache, start_pos: int, backend: str) -> Tensor:
+        """The attention op over the slot, for queries q [B, n_heads, T, head_dim] at positions start_pos ..."""
+        return attend_visible(q, slot.visible(start_pos, q.shape[2]), slot, backend=backend)
+
+    def core_query_width(self, backend: str) -> int:
+        return self.head_dim
 
 
 class FeedForward(nn.Module):
@@ -163,14 +96,16 @@ class Block(nn.Module):
     def __init__(self, model: ModelSpec, variant: Variant, *, produces_kv: bool) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(model.d_model, model.norm_eps)
-        self.attention = Attention(model.d_model, variant, produces_kv=produces_kv)
+        self.attention: Attention | LatentAttention
+        if variant.mla is not None:
+            self.attention = LatentAttention(model.d_model, variant, produces_kv=produces_kv, norm_eps=model.norm_eps)
+        else:
+            self.attention = Attention(model.d_model, variant, produces_kv=produces_kv)
         self.ffn_norm = RMSNorm(model.d_model, model.norm_eps)
         self.feed_forward = FeedForward(model.d_model, model.d_ff)
 
-    def forward(
-        self, x: Tensor, rotation: Rotation, cache_k: Tensor, cache_v: Tensor, start_pos: int, backend: str
-    ) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), rotation, cache_k, cache_v, start_pos, backend)
+    def forward(self, x: Tensor, rotation: Rotation, slot: LayerCache, start_pos: int, backend: str) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rotation, slot, start_pos, backend)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -197,8 +132,12 @@ class Decoder(nn.Module):
 
     @backend.setter
     def backend(self, backend: str) -> None:
-        if backend not in BACKENDS:
+        """Any attention backend that can run this variant (and ``naive`` for MLA); ValueError with the reason."""
+        if backend not in BACKENDS + MLA_FORMS:
             raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        reason = unsupported_reason(backend, self.variant)
+        if reason is not None:
+            raise ValueError(reason)
         self._backend = backend
 
     @property
@@ -208,6 +147,11 @@ class Decoder(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.output.weight.dtype
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The dtype of the cache: the variant's KV dtype, else the weights'."""
+        return FP8_DTYPES[self.variant.kv_dtype] if self.variant.kv_dtype is not None else self.dtype
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -219,38 +163,83 @@ class Decoder(nn.Module):
                 module.weight.fill_(1.0)
 
     def allocate_cache(self, batch_size: int, cache_len: int) -> KVCache:
-        """Zeroed K and V for every producer layer, [batch_size, n_kv_heads, cache_len, head_dim] each."""
-        shape = (batch_size, self.variant.n_kv_heads, cache_len, self.variant.head_dim)
-        n_producers = self.variant.n_kv_layers
+        """Zeroed slots for every producer layer, each holding cache_len positions, or its window's worth.
+
+        K and V: [batch_size, n_kv_heads, held, head_dim] each; MLA: the latent [batch_size, 1, held,
+        d_c + d_h^R], whose first d_c columns are the values (a view). An 8-bit cache gets scales of 1.
+        """
+        variant, device, dtype = self.variant, self.device, self.cache_dtype
+        k, v, k_scale, v_scale, windows = [], [], [], [], []
+        for producer in variant.producers:
+            window = variant.windows[producer]
+            held = cache_len if window is None else min(cache_len, window)
+            windows.append(window)
+            if variant.mla is not None:
+                latent = torch.zeros(batch_size, 1, held, variant.mla.latent_width, device=device, dtype=dtype)
+                k.append(latent)
+                v.append(latent[..., : variant.mla.kv_lora_rank])  # [B, 1, held, d_c], a view
+            else:
+                shape = (batch_size, variant.n_kv_heads, held, variant.head_dim)
+                k.append(torch.zeros(shape, device=device, dtype=dtype))
+                v.append(torch.zeros(shape, device=device, dtype=dtype))
+            if variant.kv_dtype is not None:
+                n_scales = variant.n_kv_heads if variant.kv_scale == "head" else 1
+                k_scale.append(torch.ones(n_scales, device=device))
+                v_scale.append(k_scale[-1] if variant.mla is not None else torch.ones(n_scales, device=device))
         return KVCache(
-            k=[torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(n_producers)],
-            v=[torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(n_producers)],
-            kv_layers=self.variant.kv_layers,
+            k=k,
+            v=v,
+            kv_layers=variant.kv_layers,
+            positions=cache_len,
+            windows=tuple(windows),
+            k_scale=list(k_scale),
+            v_scale=list(v_scale),
         )
 
     @torch.no_grad()
     def fill_cache_synthetic(self, cache: KVCache, length: int, generator: torch.Generator | None = None) -> None:
-        """Standard-normal K and V at positions [0, length) of every producer, without a forward pass.
+        """Standard-normal cache contents for positions [0, length) of every producer, without a forward pass.
 
         For long contexts where only timing matters: one random block of SYNTHETIC_BLOCK positions
         is drawn per tensor and copied along the sequence, so filling runs at memory speed rather
-        than at the random generator's. A ``generator`` must live on the cache's device.
+        than at the random generator's. A windowed slot holds only its last ``window`` positions, so it
+        is filled up to its length. An 8-bit slot's scale is fitted to the drawn block. A ``generator``
+        must live on the cache's device.
         """
         if not 0 <= length <= cache.cache_len:
             raise ValueError(f"cannot fill {length} positions of a cache of {cache.cache_len}")
-        for tensor in (*cache.k, *cache.v):
-            block = tensor[:, :, : min(length, SYNTHETIC_BLOCK)]  # [B, n_kv_heads, block, head_dim]
-            block.normal_(generator=generator)
-            for start in range(block.shape[2], length, block.shape[2]):
-                end = min(start + block.shape[2], length)
+        per_head = self.variant.kv_scale == "head"
+        for tensor, scale in self._filled(cache):
+            n_fill = min(length, tensor.shape[2])
+            n_block = min(n_fill, SYNTHETIC_BLOCK)
+            block = tensor[:, :, :n_block]  # [B, heads, block, width]
+            if scale is None:
+                block.normal_(generator=generator)
+            else:
+                drawn = torch.empty(block.shape, device=tensor.device).normal_(generator=generator)
+                scale.copy_(fit_scale(drawn, tensor.dtype, per_head))
+                block.copy_(quantize(drawn, scale, tensor.dtype))
+            for start in range(n_block, n_fill, n_block):
+                end = min(start + n_block, n_fill)
                 tensor[:, :, start:end].copy_(block[:, :, : end - start])
+
+    @staticmethod
+    def _filled(cache: KVCache) -> list[tuple[Tensor, Tensor | None]]:
+        """Each tensor that owns cache values with its scale: K slots, then V slots that are not views of K."""
+        out: list[tuple[Tensor, Tensor | None]] = []
+        for index, slot in enumerate(cache.slots):
+            out.append((cache.k[index], slot.k_scale))
+        for index, slot in enumerate(cache.slots):
+            if not slot.shares_values:
+                out.append((cache.v[index], slot.v_scale))
+        return out
 
     @torch.no_grad()
     def forward(self, tokens: Tensor, cache: KVCache, start_pos: int) -> Tensor:
         """Logits [B, T, vocab_size] for tokens [B, T] at positions start_pos .. start_pos + T - 1.
 
-        Producers write their new K/V into the cache at those positions before attending. Inference
-        only: no autograd graph is kept, so the cache never holds one across steps.
+        Producers write their new K/V (or latents) into the cache at those positions before attending.
+        Inference only: no autograd graph is kept, so the cache never holds one across steps.
         """
         n_new = tokens.shape[1]
         if start_pos < 0 or start_pos + n_new > cache.cache_len:
@@ -258,11 +247,13 @@ class Decoder(nn.Module):
         if tokens.shape[0] != cache.batch_size:
             raise ValueError(f"batch of {tokens.shape[0]} sequences for a cache of {cache.batch_size}")
         positions = torch.arange(start_pos, start_pos + n_new, device=tokens.device)
-        rotation = Rotation.of(rope_angles(positions, self.variant.head_dim, self.spec.rope_theta))
+        rotation = Rotation.of(rope_angles(positions, self.variant.rope_dim, self.spec.rope_theta))
         h = self.tok_embeddings(tokens)  # [B, T, d_model]
-        for layer, block in enumerate(self.layers):
-            slot = cache.index_of_layer(layer)
-            h = block(h, rotation, cache.k[slot], cache.v[slot], start_pos, self.backend)
+        try:
+            for layer, block in enumerate(self.layers):
+                h = block(h, rotation, cache.layer(layer), start_pos, self.backend)
+        finally:
+            cache.end_step()
         return self.output(self.norm(h))  # [B, T, vocab_size]
 
     def prefill(self, tokens: Tensor, cache: KVCache) -> Tensor:
@@ -273,11 +264,18 @@ class Decoder(nn.Module):
         """Logits [B, 1, vocab_size] for one new token per sequence, tokens [B, 1], at position ``pos``."""
         return self(tokens, cache, pos)
 
-    def core_attention(self, q: Tensor, cache: KVCache, pos: int) -> Tensor:
-        """The attention op alone, for every one of the L layers, over positions 0 .. pos of its producer's cache.
+    def core_query_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        """Shape of the query :meth:`core_attention` takes: [B, n_heads, 1, width], width per the backend's form
+        (head_dim; for MLA the absorbed d_c + d_h^R, or d_h + d_h^R for ``naive``)."""
+        width = self._attention(0).core_query_width(self.backend)
+        return (batch_size, self.variant.n_heads, 1, width)
 
-        q: [B, n_heads, 1, head_dim]. Consumers re-read their producer's cache, as in a decode step
-        (paper §2.3). Returns the last layer's output [B, n_heads, 1, head_dim].
+    def core_attention(self, q: Tensor, cache: KVCache, pos: int) -> Tensor:
+        """The attention op alone, for each of the L layers, over what its producer's slot holds for position ``pos``.
+
+        q: see :meth:`core_query_shape`. Consumers re-read their producer's cache, as in a decode step
+        (paper §2.3). MLA's ``naive`` form decompresses the latent here, as it does in every step.
+        Returns the last layer's output [B, n_heads, 1, value width].
         """
         out = q
         for layer_attention in self.core_attention_layers(q, cache, pos):
@@ -287,7 +285,54 @@ class Decoder(nn.Module):
     def core_attention_layers(self, q: Tensor, cache: KVCache, pos: int) -> list[Callable[[], Tensor]]:
         """:meth:`core_attention` as one call per layer, in layer order (each returns that layer's output)."""
 
-        def layer_attention(slot: int) -> Callable[[], Tensor]:
-            return lambda: attend(q, cache.k[slot], cache.v[slot], start_pos=pos, backend=self.backend)
+        def layer_attention(layer: int) -> Callable[[], Tensor]:
+            return lambda: self._attention(layer).attend_cache(q, cache.layer(layer), pos, self.backend)
 
-        return [layer_attention(cache.index_of_layer(layer)) for layer in range(self.variant.n_layers)]
+        return [layer_attention(layer) for layer in range(self.variant.n_layers)]
+
+    def supports(self, backend: str) -> str | None:
+        """Why ``backend`` cannot run this variant on the decoder's device, or None if it can."""
+        return unsupported_reason(backend, self.variant, self.device.type)
+
+    def reference_attention(self, q: Tensor, cache: KVCache, pos: int) -> Tensor:
+        """The last layer's attention op for q (:meth:`core_query_shape`) in the textbook form, one query head
+        at a time so that no KV head is repeated ``group`` times: what every backend must agree with.
+
+        MLA's ``naive`` form has its own query width and no cheaper reference; it is computed as it runs.
+        """
+        layer = self.variant.n_layers - 1
+        attention, slot = self._attention(layer), cache.layer(layer)
+        if self.backend in MLA_FORMS:
+            return attention.attend_cache(q, slot, pos, self.backend)
+        visible = slot.visible(pos, 1)
+        group = q.shape[1] // visible.k.shape[1]
+        heads = []
+        for head in range(q.shape[1]):
+            kv = head // group
+            one = LayerCache(
+                visible.k[:, kv : kv + 1],
+                visible.v[:, kv : kv + 1],
+                None,
+                _scale_of(slot.k_scale, kv),
+                _scale_of(slot.v_scale, kv),
+            )  # KV head kv alone: [B, 1, S, width]
+            heads.append(
+                attend_visible(
+                    q[:, head : head + 1],
+                    Visible(one.k, one.v, visible.start_pos),
+                    one,
+                    backend="eager",
+                    scale=attention.softmax_scale,
+                )
+            )  # each [B, 1, 1, value width]
+        return torch.cat(heads, dim=1)  # [B, n_heads, 1, value width]
+
+    def _attention(self, layer: int) -> Attention | LatentAttention:
+        return cast(Block, self.layers[layer]).attention
+
+
+def _scale_of(scale: Tensor | None, kv_head: int) -> Tensor | None:
+    """The scale that applies to one KV head: the tensor's one scale, or that head's."""
+    if scale is None or scale.numel() == 1:
+        return scale
+    return scale[kv_head : kv_head + 1]

@@ -106,7 +106,10 @@ def _no_base(cla: VariantShape) -> str:
 
 
 def _no_mha(reduced: VariantShape) -> str:
-    return f"no MHA variant with head_dim {reduced.head_dim}, {reduced.n_heads} heads and the same KV sharing"
+    return (
+        f"no MHA variant with head_dim {reduced.head_dim}, {reduced.n_heads} heads, the same KV sharing and the "
+        "same cache kind (windows, KV dtype)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ class VariantShape:
     n_kv_layers: int  # producer layers, P
     kv_layers: tuple[int, ...]
     params_total: int
+    # What a producer caches beyond heads and width: MLA's latent, windows, an 8-bit dtype. Variants
+    # are compared only with variants that cache the same kind of thing (see cla_pairs, kv_head_pairs).
+    cache_kind: tuple[object, ...] = ()
+    uniform_windows: bool = True  # every layer has the same window (or all are global)
+    is_mla: bool = False  # one latent for all heads: not MQA
 
     @property
     def n_layers(self) -> int:
@@ -96,6 +101,14 @@ def variant_shapes(result: RunResult) -> list[VariantShape]:
                 n_kv_layers=cell.n_kv_layers,
                 kv_layers=tuple(cell.kv_layers),
                 params_total=cell.params_total,
+                cache_kind=(
+                    tuple(sorted((cell.mla or {}).items())),
+                    tuple(cell.layer_windows or ()),
+                    cell.kv_dtype,
+                    cell.kv_scale,
+                ),
+                uniform_windows=len(set(cell.layer_windows or [None])) == 1,
+                is_mla=cell.attention == "mla",
             )
     return list(shapes.values())
 
@@ -104,20 +117,21 @@ Pairing = Callable[[list[VariantShape]], tuple[list[Pair], list[VariantShape]]]
 
 
 def cla_pairs(shapes: list[VariantShape]) -> tuple[list[Pair], list[VariantShape]]:
-    """Each CLA variant with its base: same head dim, heads and KV heads, every layer a producer.
+    """Each CLA variant with its base: same head dim, heads, KV heads and cache kind, every layer a producer.
 
-    Returns the pairs and the CLA variants that have no base in the run.
+    Returns the pairs and the CLA variants that have no base in the run. A variant whose layers have
+    different windows is left out: its cache ratio depends on which layers produce, not on s alone.
     """
     pairs: list[Pair] = []
     unmatched: list[VariantShape] = []
-    for cla in (s for s in shapes if s.is_cla):
+    for cla in (s for s in shapes if s.is_cla and s.uniform_windows):
         base = next(
             (
                 s
                 for s in shapes
                 if not s.is_cla
-                and (s.head_dim, s.n_heads, s.n_kv_heads, s.n_layers)
-                == (cla.head_dim, cla.n_heads, cla.n_kv_heads, cla.n_layers)
+                and (s.head_dim, s.n_heads, s.n_kv_heads, s.n_layers, s.cache_kind)
+                == (cla.head_dim, cla.n_heads, cla.n_kv_heads, cla.n_layers, cla.cache_kind)
             ),
             None,
         )
@@ -129,19 +143,21 @@ def cla_pairs(shapes: list[VariantShape]) -> tuple[list[Pair], list[VariantShape
 
 
 def kv_head_pairs(shapes: list[VariantShape]) -> tuple[list[Pair], list[VariantShape]]:
-    """Each MQA/GQA variant with the MHA variant of the same head dim, heads and KV sharing map.
+    """Each MQA/GQA variant with the MHA variant of the same head dim, heads, KV sharing map and cache kind.
 
-    Returns the pairs and the MQA/GQA variants that have no such MHA variant in the run.
+    Returns the pairs and the MQA/GQA variants that have no such MHA variant in the run. MLA variants
+    (one latent for all heads) are not MQA and are left out.
     """
     pairs: list[Pair] = []
     unmatched: list[VariantShape] = []
-    for reduced in (s for s in shapes if s.n_kv_heads < s.n_heads):
+    for reduced in (s for s in shapes if s.n_kv_heads < s.n_heads and not s.is_mla):
         mha = next(
             (
                 s
                 for s in shapes
                 if s.n_kv_heads == s.n_heads
-                and (s.head_dim, s.n_heads, s.kv_layers) == (reduced.head_dim, reduced.n_heads, reduced.kv_layers)
+                and (s.head_dim, s.n_heads, s.kv_layers, s.cache_kind)
+                == (reduced.head_dim, reduced.n_heads, reduced.kv_layers, reduced.cache_kind)
             ),
             None,
         )

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from harness.report.savings import kv_per_sequence
 from harness.results.schema import RunResult
 from harness.units import format_bytes
 
@@ -53,7 +54,8 @@ def cell_frame(result: RunResult) -> pd.DataFrame:
                 "backend": cell.backend,
                 "batch_size": cell.batch_size,
                 "context_len": cell.context_len,
-                "kv_bytes_per_token": cell.kv_bytes_per_token,
+                # per cached token at this context: windows and 8-bit caches counted (harness/report/savings.py)
+                "kv_bytes_per_token": kv_per_sequence(cell) / (cell.context_len + 1),
                 "decode_ms": None if decode is None else decode.median * 1e3,
                 "decode_p10_ms": None if decode is None else decode.p10 * 1e3,
                 "decode_p90_ms": None if decode is None else decode.p90 * 1e3,
@@ -325,7 +327,7 @@ def kv_bytes_vs_latency(result: RunResult, palette: dict[str, Any]) -> bytes | N
         legend=False,
         ax=ax,
     )
-    ax.set_xlabel("KV cache per token (KiB)")
+    ax.set_xlabel("KV cache per cached token at this context (KiB)")
     ax.set_ylabel("decode step latency (ms, median)")
     ax.set_xlim(left=0, right=float(panel["kv_kib_per_token"].max()) * 1.25)
     _label_points(ax, panel, "kv_kib_per_token", "decode_ms")

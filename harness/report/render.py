@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.report import plots, tables
+from harness.report import plots, savings, tables
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
 
@@ -236,6 +236,7 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         tables.max_batch_table(result),
         [images["max-batch-vs-context"]] if "max-batch-vs-context" in images else [],
     )
+    lines += savings.savings_section(result)
     if "kv-bytes-vs-latency" in images:
         lines += _section(
             "Memory against latency",
@@ -244,7 +245,9 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
             [images["kv-bytes-vs-latency"]],
         )
     lines += _section(
-        "Cells that did not run", "Cells that ran out of memory or failed.", tables.failed_cells_table(result)
+        "Cells that did not run",
+        "Cells that ran out of memory, failed, or whose backend cannot run their variant (unsupported).",
+        tables.failed_cells_table(result),
     )
     return lines
 

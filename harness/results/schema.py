@@ -142,7 +142,18 @@ class CellResult(_Model):
     kv_layers: list[int]
     params_total: int
     kv_bytes_per_token: int
-    status: Literal["ok", "oom", "error", "timeout"]
+    # What a producer caches, beside the heads above (absent in results written before these kinds).
+    attention: str | None = None  # mha | gqa | mqa | mla
+    spelling: str | None = None  # the variant's name-grammar spelling (harness/variants.py)
+    layer_windows: list[int | None] | None = None  # per layer; null: every layer global
+    kv_dtype: str | None = None  # 8-bit cache dtype; null: the cell's dtype
+    kv_scale: str | None = None  # scale granularity of an 8-bit cache: tensor | head
+    # kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim, q_lora_rank
+    mla: dict[str, int | None] | None = None
+    kv_bytes_per_sequence: int | None = None  # cache bytes one sequence holds at this context (windows counted)
+    # timeout: no answer within measure.cell_timeout_s; unsupported: the backend cannot run this variant on this
+    # device (the error says why), not measured
+    status: Literal["ok", "oom", "error", "timeout", "unsupported"]
     error: str | None = None
     elapsed_s: float
     rounds_done: int = 1  # measurement rounds finished for this cell (see measure.rounds)

@@ -15,8 +15,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.errors import UserError
+from harness.scenario.hf_config import ConfigError, import_config, read_json
 from harness.scenario.schema import ModelSpec, Scenario, VariantSpec
-from harness.variants import PAPER_NAME_SPELLING, Variant, kv_map_problem, parse_paper_name, sharing_map
+from harness.variants import (
+    MLA_DEFAULT_NOPE_DIM,
+    MLA_DEFAULT_ROPE_DIM,
+    PAPER_NAME_SPELLING,
+    MLAShape,
+    PaperName,
+    Variant,
+    kv_map_problem,
+    parse_paper_name,
+    sharing_map,
+    window_layers,
+    window_map_problem,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,9 @@ class LoadedScenario:
     variants: tuple[Variant, ...]
     source: str  # the path as given
     content_sha256: str  # hash of the file's bytes, recorded in results
+    # One line per thing a [model] from config.json has that the decoder leaves out or defaults:
+    # "<config path>: <field>: <what>". The command line prints them; loading does not.
+    warnings: tuple[str, ...] = ()
 
 
 def dotted(loc: tuple[int | str, ...]) -> str:
@@ -52,15 +68,46 @@ def _first_error(exc: ValidationError, source: str) -> UserError:
 
 
 def resolve_variant(spec: VariantSpec, model: ModelSpec) -> Variant:
-    """Turn a variant as written into a :class:`Variant`; ValueError(field, reason) on a bad one."""
+    """Turn a variant as written into a :class:`Variant`; _FieldError(field, reason) on a bad one."""
     implied = parse_paper_name(spec.name) if spec.attention is None else None
     if spec.attention is None and implied is None:
         raise _FieldError(
             "name",
-            f"{spec.name!r} is not a CLA-paper name ({PAPER_NAME_SPELLING}) and no 'attention' field backs it",
+            f"{spec.name!r} is not a CLA-paper name or one of its extensions ({PAPER_NAME_SPELLING}) "
+            "and no 'attention' field backs it",
         )
     attention = spec.attention or (implied.attention if implied else "mha")
+    mla: MLAShape | None = None
+    if attention == "mla":
+        mla = _resolve_mla(spec, implied)
+        head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        n_heads = spec.n_heads or model.d_model // mla.qk_nope_head_dim
+        if n_heads < 1:
+            raise _FieldError("qk_nope_head_dim", f"{mla.qk_nope_head_dim} is larger than d_model ({model.d_model})")
+        n_kv_heads = 1
+    else:
+        _reject_mla_fields(spec, attention)
+        head_dim, n_heads, n_kv_heads = _resolve_heads(spec, model, attention, implied)
+    kv_layers = _resolve_kv_layers(spec, model, implied)
+    windows = _resolve_windows(spec, model, implied, kv_layers)
+    kv_dtype, kv_scale = _resolve_kv_dtype(spec, implied)
+    return Variant(
+        name=spec.name,
+        head_dim=head_dim,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        kv_layers=kv_layers,
+        layer_windows=windows,
+        kv_dtype=kv_dtype,
+        kv_scale=kv_scale,
+        mla=mla,
+    )
 
+
+def _resolve_heads(
+    spec: VariantSpec, model: ModelSpec, attention: str, implied: PaperName | None
+) -> tuple[int, int, int]:
+    """head_dim, n_heads and n_kv_heads of an MHA, GQA or MQA variant."""
     head_dim = spec.head_dim or (implied.head_dim if implied else None)
     if head_dim is None:
         if spec.n_heads is None:
@@ -92,7 +139,50 @@ def resolve_variant(spec: VariantSpec, model: ModelSpec) -> Variant:
         raise _FieldError("n_kv_heads", f"more KV heads ({n_kv_heads}) than query heads ({n_heads})")
     if n_heads % n_kv_heads:
         raise _FieldError("n_kv_heads", f"n_heads ({n_heads}) is not divisible by n_kv_heads ({n_kv_heads})")
+    return head_dim, n_heads, n_kv_heads
 
+
+MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+
+
+def _reject_mla_fields(spec: VariantSpec, attention: str) -> None:
+    for field in MLA_FIELDS:
+        if getattr(spec, field) is not None:
+            raise _FieldError(field, f"only for attention 'mla'; this variant is {attention!r}")
+
+
+def _resolve_mla(spec: VariantSpec, implied: PaperName | None) -> MLAShape:
+    """The latent widths of an MLA variant (DeepSeek-V2, arXiv 2405.04434, §2.1)."""
+    if spec.head_dim is not None:
+        raise _FieldError(
+            "head_dim", "attention 'mla' has no head_dim: its head widths are qk_nope_head_dim and qk_rope_head_dim"
+        )
+    if spec.n_kv_heads is not None:
+        raise _FieldError("n_kv_heads", "attention 'mla' caches one latent that every head reads; no n_kv_heads")
+    rank = spec.kv_lora_rank or (implied.kv_lora_rank if implied else None)
+    if rank is None:
+        raise _FieldError("kv_lora_rank", "attention 'mla' needs kv_lora_rank, the width of the cached latent")
+    rope = spec.qk_rope_head_dim or (implied.qk_rope_head_dim if implied else None) or MLA_DEFAULT_ROPE_DIM
+    from_name = implied is not None and spec.kv_lora_rank is None
+    if rank < 1 or rope < 1:
+        raise _FieldError("name", f"kv_lora_rank ({rank}) and qk_rope_head_dim ({rope}) must be positive")
+    if rope % 2:
+        field = "name" if from_name and spec.qk_rope_head_dim is None else "qk_rope_head_dim"
+        raise _FieldError(field, f"qk_rope_head_dim ({rope}) must be even: rotary embeddings turn pairs")
+    nope = spec.qk_nope_head_dim or MLA_DEFAULT_NOPE_DIM
+    q_lora = spec.q_lora_rank or (implied.q_lora_rank if implied else None)
+    if q_lora is not None and q_lora < 1:
+        raise _FieldError("name", f"q_lora_rank ({q_lora}) must be positive")
+    return MLAShape(
+        kv_lora_rank=rank,
+        qk_rope_head_dim=rope,
+        qk_nope_head_dim=nope,
+        v_head_dim=spec.v_head_dim or nope,
+        q_lora_rank=q_lora,
+    )
+
+
+def _resolve_kv_layers(spec: VariantSpec, model: ModelSpec, implied: PaperName | None) -> tuple[int, ...]:
     if spec.kv_layers is not None and spec.kv_sharing is not None:
         raise _FieldError("kv_layers", "give kv_sharing or kv_layers, not both")
     if spec.kv_layers is not None:
@@ -102,14 +192,72 @@ def resolve_variant(spec: VariantSpec, model: ModelSpec) -> Variant:
         problem = kv_map_problem(kv_layers)
         if problem is not None:
             raise _FieldError(f"kv_layers[{problem[0]}]", problem[1])
-    else:
-        sharing = spec.kv_sharing or (implied.kv_sharing if implied else 1)
-        if sharing > model.n_layers:
-            field = "kv_sharing" if spec.kv_sharing else "name"
-            raise _FieldError(field, f"sharing factor {sharing} is larger than model.n_layers ({model.n_layers})")
-        kv_layers = sharing_map(model.n_layers, sharing)
+        return kv_layers
+    sharing = spec.kv_sharing or (implied.kv_sharing if implied else 1)
+    if sharing < 1:
+        raise _FieldError("name", "a CLA sharing factor is at least 1")
+    if sharing > model.n_layers:
+        field = "kv_sharing" if spec.kv_sharing else "name"
+        raise _FieldError(field, f"sharing factor {sharing} is larger than model.n_layers ({model.n_layers})")
+    return sharing_map(model.n_layers, sharing)
 
-    return Variant(name=spec.name, head_dim=head_dim, n_heads=n_heads, n_kv_heads=n_kv_heads, kv_layers=kv_layers)
+
+def _window_pattern(text: str | None, field: str) -> tuple[int, int] | None:
+    """'5:1' -> (5, 1); 'all' or None -> None (every layer windowed)."""
+    if text is None or text == "all":
+        return None
+    local, _, global_ = text.partition(":")
+    if int(local) < 1 or int(global_) < 1:
+        raise _FieldError(field, f"{text!r} needs at least one local and one global layer; 'all' windows every layer")
+    return int(local), int(global_)
+
+
+def _resolve_windows(
+    spec: VariantSpec, model: ModelSpec, implied: PaperName | None, kv_layers: tuple[int, ...]
+) -> tuple[int | None, ...]:
+    """Each layer's window (None: global) from layer_windows, window and window_pattern, or the name."""
+    if spec.layer_windows is not None:
+        if spec.window is not None or spec.window_pattern is not None:
+            raise _FieldError("layer_windows", "give window (with window_pattern) or layer_windows, not both")
+        if len(spec.layer_windows) != model.n_layers:
+            raise _FieldError(
+                "layer_windows", f"has {len(spec.layer_windows)} entries; model.n_layers is {model.n_layers}"
+            )
+        windows = tuple(None if w in (None, "global") else int(w) for w in spec.layer_windows)
+        for index, window in enumerate(windows):
+            if window is not None and window < 1:
+                raise _FieldError(
+                    f"layer_windows[{index}]", f"window must be a positive number of positions, got {window}"
+                )
+        field = "layer_windows[{}]"
+    else:
+        window = spec.window if spec.window is not None else (implied.window if implied else None)
+        if window is None:
+            if spec.window_pattern is not None:
+                raise _FieldError("window_pattern", "needs window, the number of positions a local layer attends to")
+            return ()
+        field_of_window = "window" if spec.window is not None else "name"
+        if window < 1:
+            raise _FieldError(field_of_window, f"window must be a positive number of positions, got {window}")
+        if spec.window_pattern is not None:
+            pattern = _window_pattern(spec.window_pattern, "window_pattern")
+        else:
+            pattern = implied.window_pattern if implied else None
+            if pattern is not None and min(pattern) < 1:
+                raise _FieldError("name", f"window pattern {pattern[0]}:{pattern[1]} needs at least one of each")
+        windows = window_layers(model.n_layers, window, pattern)
+        field = "window_pattern" if spec.window_pattern is not None else field_of_window
+    problem = window_map_problem(kv_layers, windows)
+    if problem is not None:
+        raise _FieldError(field.format(problem[0]), problem[1])
+    return windows
+
+
+def _resolve_kv_dtype(spec: VariantSpec, implied: PaperName | None) -> tuple[str | None, str]:
+    kv_dtype = spec.kv_dtype or (implied.kv_dtype if implied else None)
+    if spec.kv_scale is not None and kv_dtype is None:
+        raise _FieldError("kv_scale", "only for an 8-bit cache: set kv_dtype")
+    return kv_dtype, spec.kv_scale or "tensor"
 
 
 class _FieldError(ValueError):
@@ -119,8 +267,49 @@ class _FieldError(ValueError):
         self.reason = reason
 
 
+def apply_model_source(data: dict[str, Any], source: str, base_dir: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Fill in a ``[model] from = "config.json"`` table and the variants that take ``from_model``.
+
+    The config's shape comes first and the table's other keys override it. A variant with
+    ``from_model = true`` starts from the config's attention (its own keys override; a window key
+    replaces all of the config's window keys); a scenario without variants gets that one variant.
+    Returns the data to validate and the import's warnings. The path is relative to ``base_dir``.
+    """
+    model = data.get("model")
+    if not isinstance(model, dict) or "from" not in model:
+        return data, ()
+    given = model["from"]
+    if not isinstance(given, str) or not given:
+        raise UserError("expected the path of a config.json", source=source, field="model.from")
+    path = Path(given) if Path(given).is_absolute() else base_dir / given
+    try:
+        imported = import_config(read_json(path))
+    except UserError as exc:
+        raise UserError(str(exc), source=source, field="model.from") from None
+    except ConfigError as exc:
+        where = f"{path}: {exc.field}" if exc.field else str(path)
+        raise UserError(f"{where}: {exc.reason}", source=source, field="model.from") from None
+    resolved_model = imported.model | {key: value for key, value in model.items() if key != "from"}
+    variants = data.get("variant") or [{"name": imported.variant["name"], "from_model": True}]
+    merged = []
+    for variant in variants:
+        if isinstance(variant, dict) and variant.get("from_model") is True:
+            base = dict(imported.variant)
+            if WINDOW_KEYS & variant.keys():
+                base = {key: value for key, value in base.items() if key not in WINDOW_KEYS}
+            merged.append(base | variant)
+        else:
+            merged.append(variant)
+    warnings = tuple(f"{path}: {line}" for line in imported.warnings)
+    return data | {"model": resolved_model, "variant": merged}, warnings
+
+
+WINDOW_KEYS = frozenset({"window", "window_pattern", "layer_windows"})
+
+
 def parse_scenario(data: dict[str, Any], source: str) -> tuple[Scenario, tuple[Variant, ...]]:
-    """Validate parsed TOML and resolve its variants; UserError on the first problem."""
+    """Validate parsed TOML (with any [model] from already applied) and resolve its variants;
+    UserError on the first problem."""
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
@@ -159,5 +348,12 @@ def load_scenario(path: str | Path) -> LoadedScenario:
         raise UserError("not UTF-8 text", source=source) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"TOML syntax error: {exc}", source=source) from None
+    uses_source = isinstance(data.get("model"), dict) and "from" in data["model"]
+    for index, variant in enumerate(data.get("variant") or []):
+        if isinstance(variant, dict) and variant.get("from_model") is True and not uses_source:
+            raise UserError(
+                'needs [model] from = "path/config.json"', source=source, field=f"variant[{index}].from_model"
+            )
+    data, warnings = apply_model_source(data, source, Path(path).parent)
     scenario, variants = parse_scenario(data, source)
-    return LoadedScenario(scenario, variants, source, hashlib.sha256(raw).hexdigest())
+    return LoadedScenario(scenario, variants, source, hashlib.sha256(raw).hexdigest(), warnings)

@@ -8,7 +8,7 @@ against ``n_layers``) live in :mod:`harness.scenario.load`, which resolves varia
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, WithJsonSchema, model_validator
 
@@ -16,7 +16,7 @@ from harness.units import parse_bytes
 
 DType = Literal["float32", "bfloat16", "float16"]
 # Attention implementations a cell can be timed with (see harness/model/attention.py).
-Backend = Literal["eager", "sdpa", "grouped", "native", "flex", "auto"]
+Backend = Literal["eager", "sdpa", "grouped", "native", "flex", "naive", "auto"]
 Metric = Literal["decode", "attention", "memory", "max_batch"]
 ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch")
 
@@ -43,20 +43,55 @@ class ModelSpec(_Strict):
     rope_theta: float = Field(10000.0, gt=0, description="rotary embedding base")
 
 
+KVDType = Literal["float8_e4m3fn", "float8_e5m2"]
+# A layer_windows entry: a window in positions, or "global" (TOML has no null; JSON may give null).
+# Windows are range-checked when the variant is resolved, for one clear message per bad entry.
+LayerWindow = int | Literal["global"] | None
+
+
 class VariantSpec(_Strict):
-    """One attention configuration, by CLA-paper name or by explicit fields."""
+    """One attention configuration, by name (see harness/variants.py) or by explicit fields."""
 
     name: str = Field(
-        min_length=1, description="H<head_dim>-{MHA|MQA|GQA<g>}[-CLA<s>], or a label if 'attention' is set"
+        min_length=1,
+        description="H<head_dim>-{MHA|MQA|GQA<g>}[-CLA<s>][-SWA<w>[-<l>:<g>]][-KV8|-KV8E5], "
+        "MLA<kv_lora_rank>-R<qk_rope_head_dim>[-Q<q_lora_rank>][...], or a label if 'attention' is set",
     )
-    attention: Literal["mha", "gqa", "mqa"] | None = Field(None, description="set to specify the variant by fields")
-    head_dim: PositiveInt | None = Field(None, description="width of one head")
+    attention: Literal["mha", "gqa", "mqa", "mla"] | None = Field(
+        None, description="set to specify the variant by fields"
+    )
+    from_model: bool = Field(False, description="start from the attention of [model] from's config.json")
+    head_dim: PositiveInt | None = Field(None, description="width of one head (not for mla)")
     n_heads: PositiveInt | None = Field(None, description="query heads; default d_model // head_dim")
-    n_kv_heads: PositiveInt | None = Field(None, description="key/value heads per producer layer")
+    n_kv_heads: PositiveInt | None = Field(None, description="key/value heads per producer layer (not for mla)")
     kv_sharing: PositiveInt | None = Field(None, description="CLA sharing factor: adjacent layers per K/V projection")
     kv_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="explicit map: entry i is the layer whose KV layer i reads"
     )
+    window: int | None = Field(
+        None, description="sliding window in positions (each windowed layer attends to its last window positions)"
+    )
+    window_pattern: str | None = Field(
+        None,
+        pattern=r"^(all|\d+:\d+)$",
+        description="which layers the window applies to: 'all' (default), or '<local>:<global>' such as '1:1' or '5:1'",
+    )
+    layer_windows: list[LayerWindow] | None = Field(
+        None, description="per-layer windows, n_layers entries: a window in positions or 'global'"
+    )
+    kv_dtype: KVDType | None = Field(None, description="KV-cache dtype when it differs from the weights': 8-bit float")
+    kv_scale: Literal["tensor", "head"] | None = Field(
+        None, description="scale granularity of an 8-bit cache: one per cache tensor (default) or one per KV head"
+    )
+    kv_lora_rank: PositiveInt | None = Field(None, description="mla: cached latent width d_c (required)")
+    q_lora_rank: PositiveInt | None = Field(None, description="mla: compressed query width d_c'; default none")
+    qk_rope_head_dim: PositiveInt | None = Field(
+        None, description="mla: rotary width d_h^R of query and shared key; default 64"
+    )
+    qk_nope_head_dim: PositiveInt | None = Field(
+        None, description="mla: non-rotary query/key width per head; default 128"
+    )
+    v_head_dim: PositiveInt | None = Field(None, description="mla: value width per head; default qk_nope_head_dim")
 
 
 class SweepSpec(_Strict):
@@ -121,3 +156,22 @@ class Scenario(_Strict):
     variant: list[VariantSpec] = Field(min_length=1, description="attention configurations to compare")
     sweep: SweepSpec
     measure: MeasureSpec = MeasureSpec()
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a scenario file, as an editor checks it.
+
+    [model] may take its shape from a config.json (``from``), read before validation
+    (harness/scenario/load.py): with ``from`` the other [model] keys are optional overrides.
+    """
+    schema = Scenario.model_json_schema()
+    model = schema["$defs"]["ModelSpec"]
+    model["properties"]["from"] = {
+        "type": "string",
+        "description": "path of a Hugging Face config.json (relative to the scenario file); other keys override it",
+    }
+    required = model.pop("required")
+    model["anyOf"] = [{"required": required}, {"required": ["from"]}]
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "attnbench scenario"
+    return schema

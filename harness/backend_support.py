@@ -1,0 +1,53 @@
+"""Which attention backend can run which variant on which device (no torch import).
+
+The runner records a cell whose backend cannot run its variant as ``unsupported``, with the reason,
+instead of measuring something else under that backend's name; the decoder refuses such a backend
+with the same reason. Nothing here silently widens an 8-bit cache: a backend that cannot read
+float8 says so.
+"""
+
+from __future__ import annotations
+
+from harness.variants import Variant
+
+# The MLA form that decompresses the latent into per-head K and V every step (not a kernel of its own:
+# it runs sdpa over the decompressed K and V).
+MLA_FORMS: tuple[str, ...] = ("naive",)
+
+_FP8_UNREADABLE: dict[str, str] = {
+    "sdpa": "scaled_dot_product_attention takes no float8 K and V",
+    "native": "the native kernel widens float32, bfloat16 and float16 caches only",
+    "flex": "FlexAttention takes no float8 K and V here",
+}
+
+
+def kv_dtype_unsupported(backend: str, device_type: str | None) -> str | None:
+    """Why ``backend`` cannot read a float8 cache on ``device_type`` (None: on any device), or None if it can."""
+    if backend in _FP8_UNREADABLE:
+        return f"attention backend {backend!r} cannot read a float8 KV cache: {_FP8_UNREADABLE[backend]}"
+    if backend == "grouped" and device_type is not None and device_type != "cpu":
+        return (
+            "attention backend 'grouped' reads a float8 KV cache chunk by chunk only on CPU; "
+            f"on {device_type!r} it would widen the whole cache every step"
+        )
+    return None
+
+
+def unsupported_reason(backend: str, variant: Variant, device_type: str | None = None) -> str | None:
+    """Why ``backend`` cannot run ``variant`` (on ``device_type``; None: the device-independent reasons
+    only), or None if it can. ``auto`` picks among the backends that can."""
+    if backend == "auto":
+        return None
+    if backend in MLA_FORMS and variant.mla is None:
+        return f"backend {backend!r} decompresses an MLA latent; {variant.name} caches K and V, not a latent"
+    if variant.mla is not None and backend == "native":
+        width = variant.mla.latent_width
+        return (
+            f"the native kernel reads K and V of one width; MLA's absorbed form reads a {width}-wide latent as keys "
+            f"and its first {variant.mla.kv_lora_rank} columns as values"
+        )
+    if variant.mla is not None and backend == "flex":
+        return "the flex backend is not verified for MLA's different key and value widths"
+    if variant.kv_dtype is not None:
+        return kv_dtype_unsupported(backend, device_type)
+    return None
