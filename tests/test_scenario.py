@@ -188,6 +188,41 @@ def test_bad_files_are_rejected_with_field_and_reason(tmp_path: Path, text: str,
     assert reason in message
 
 
+def test_every_format_problem_of_a_file_is_reported_on_its_own_line(tmp_path: Path):
+    text = BASE.replace("d_model = 256", "d_model = 0").replace("batch_size = [1, 2]", 'batch_size = ["one"]')
+    path = write(tmp_path, '[[variant]]\nname = "H64-MHA"\nheads = 4\n', base=text)
+    with pytest.raises(UserError) as info:
+        load_scenario(path)
+    assert [line.split(": ")[1] for line in str(info.value).splitlines()] == [
+        "model.d_model",
+        "variant[0].heads",
+        "sweep.batch_size[0]",
+    ]
+
+
+def test_every_variant_problem_of_a_file_is_reported_on_its_own_line(tmp_path: Path):
+    path = write(tmp_path, '[[variant]]\nname = "H64-GQA3"\n[[variant]]\nname = "H64-MHA"\n[[variant]]\nname = "x"\n')
+    with pytest.raises(UserError) as info:
+        load_scenario(path)
+    assert [line.split(": ")[1] for line in str(info.value).splitlines()] == [
+        "variant[0].n_kv_heads",
+        "variant[2].name",
+    ]
+
+
+def test_tables_nested_too_deeply_to_read_are_refused_in_one_line(tmp_path: Path):
+    path = tmp_path / "s.toml"
+    path.write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        load_scenario(path)
+
+
+def test_an_integer_of_thousands_of_digits_is_refused_in_one_line(tmp_path: Path):
+    path = write(tmp_path, "", base=BASE.replace("d_model = 256", "d_model = " + "9" * 5000))
+    with pytest.raises(UserError, match="cannot read: Exceeds the limit"):
+        load_scenario(path)
+
+
 def test_a_missing_file_is_named_in_the_error(tmp_path: Path):
     with pytest.raises(UserError, match=r"nope\.toml: no such file"):
         load_scenario(tmp_path / "nope.toml")

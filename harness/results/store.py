@@ -11,9 +11,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from harness.errors import UserError
+from harness.errors import UserError, dotted
 from harness.results.schema import SCHEMA_VERSION, RunResult
-from harness.scenario.load import dotted
 
 RESULT_SUFFIX = ".json"
 

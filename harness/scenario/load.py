@@ -1,7 +1,8 @@
 """Read a scenario file, validate it, and resolve its variants.
 
-Every problem becomes a :class:`~harness.errors.UserError` naming the file, the dotted field
-(``variant[2].n_kv_heads``; list indices count from 0) and the reason, in one line.
+Every problem becomes one line of a :class:`~harness.errors.UserError` naming the file, the dotted
+field (``variant[2].n_kv_heads``; list indices count from 0) and the reason. A file is checked
+whole: all its format problems at once, or, when the format holds, all its variants' problems.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.errors import UserError
+from harness.errors import Problem, UserError, UserErrors, validation_problems
 from harness.scenario.schema import ModelSpec, Scenario, VariantSpec
 from harness.variants import PAPER_NAME_SPELLING, Variant, kv_map_problem, parse_paper_name, sharing_map
 
@@ -27,28 +28,6 @@ class LoadedScenario:
     variants: tuple[Variant, ...]
     source: str  # the path as given
     content_sha256: str  # hash of the file's bytes, recorded in results
-
-
-def dotted(loc: tuple[int | str, ...]) -> str:
-    """``('variant', 2, 'n_kv_heads')`` -> ``'variant[2].n_kv_heads'``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _first_error(exc: ValidationError, source: str) -> UserError:
-    err = exc.errors(include_url=False)[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    reason = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        reason = "unknown key"
-    elif err["type"] == "missing":
-        reason = "required field is missing"
-    extra = len(exc.errors()) - 1
-    if extra:
-        reason += f" (and {extra} more problem{'s' if extra > 1 else ''})"
-    return UserError(reason, source=source, field=dotted(loc) or None)
 
 
 def resolve_variant(spec: VariantSpec, model: ModelSpec) -> Variant:
@@ -120,25 +99,31 @@ class _FieldError(ValueError):
 
 
 def parse_scenario(data: dict[str, Any], source: str) -> tuple[Scenario, tuple[Variant, ...]]:
-    """Validate parsed TOML and resolve its variants; UserError on the first problem."""
+    """Validate parsed TOML and resolve its variants; UserError listing every problem found."""
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(exc, source) from None
+        raise UserErrors(validation_problems(exc, source)) from None
     variants = []
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
     for index, spec in enumerate(scenario.variant):
         if spec.name in seen:
-            raise UserError(
-                f"duplicate variant name {spec.name!r} (also variant[{seen[spec.name]}])",
-                source=source,
-                field=f"variant[{index}].name",
+            problems.append(
+                Problem(
+                    f"duplicate variant name {spec.name!r} (also variant[{seen[spec.name]}])",
+                    source,
+                    f"variant[{index}].name",
+                )
             )
+            continue
         seen[spec.name] = index
         try:
             variants.append(resolve_variant(spec, scenario.model))
         except _FieldError as exc:
-            raise UserError(exc.reason, source=source, field=f"variant[{index}].{exc.field}") from None
+            problems.append(Problem(exc.reason, source, f"variant[{index}].{exc.field}"))
+    if problems:
+        raise UserErrors(problems)
     return scenario, tuple(variants)
 
 
@@ -159,5 +144,9 @@ def load_scenario(path: str | Path) -> LoadedScenario:
         raise UserError("not UTF-8 text", source=source) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"TOML syntax error: {exc}", source=source) from None
+    except RecursionError:
+        raise UserError("arrays or tables nested too deeply to read", source=source) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise UserError(f"cannot read: {exc}", source=source) from None
     scenario, variants = parse_scenario(data, source)
     return LoadedScenario(scenario, variants, source, hashlib.sha256(raw).hexdigest())
