@@ -6,12 +6,14 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from harness.errors import UserError, dotted
+from harness.errors import UserError, UserErrors, validation_problems
+from harness.results.checks import result_problems
 from harness.results.schema import SCHEMA_VERSION, RunResult
 
 RESULT_SUFFIX = ".json"
@@ -55,12 +57,22 @@ def save_result(result: RunResult, path: Path) -> None:
     write_text_atomic(path, result.model_dump_json(indent=1) + "\n")
 
 
+# Deeper than any result file's structure (cells[].metrics.max_batch.probes[] is 7 levels); a file
+# nested deeper is not a result file, and would exhaust the stack of code that walks it.
+MAX_NESTING = 32
+
+
 def parse_result(text: str, source: str) -> RunResult:
-    """Validate a result file's text; UserError naming the field on a bad one."""
+    """Validate a result file's text: its JSON, its schema (strictly), then the checks that relate
+    several fields (:mod:`harness.results.checks`). UserError with one line per problem found."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"not valid JSON: {exc}", source=source) from None
+    except RecursionError:
+        raise UserError("not a result file (JSON nested too deeply to read)", source=source) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise UserError(f"not a result file: {exc}", source=source) from None
     if not isinstance(data, dict):
         raise UserError("not a result file (expected a JSON object)", source=source)
     if "schema_version" not in data or "cells" not in data:
@@ -72,21 +84,50 @@ def parse_result(text: str, source: str) -> RunResult:
             source=source,
             field="schema_version",
         )
+    if _nesting(data) > MAX_NESTING:
+        raise UserError(f"not a result file (nested deeper than {MAX_NESTING} levels)", source=source)
     try:
-        return RunResult.model_validate(data)
+        result = RunResult.model_validate(data, strict=True)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise UserError(err["msg"], source=source, field=dotted(tuple(err["loc"])) or None) from None
+        raise UserErrors(validation_problems(exc, source)) from None
+    problems = result_problems(result, source)
+    if problems:
+        raise UserErrors(problems)
+    return result
+
+
+def _nesting(data: object) -> int:
+    """How deeply lists and objects nest in parsed JSON (1 for a flat object), without recursion;
+    stops counting once past MAX_NESTING."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack and deepest <= MAX_NESTING:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def load_result(path: str | Path) -> RunResult:
     """Load and validate one result file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError("no such file", source=str(path)) from None
+    except IsADirectoryError:
+        raise UserError("is a folder, not a result file", source=str(path)) from None
     except OSError as exc:
         raise UserError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("not a result file (not UTF-8 text)", source=str(path)) from None
     return parse_result(text, str(path))
 
 
@@ -108,11 +149,11 @@ def result_files(path: str | Path) -> list[Path]:
 def _is_result(path: Path) -> bool:
     """Cheap check that a JSON file is a result file (not a cached probe or an export)."""
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open("rb") as handle:
             head = handle.read(4096)
+            return b'"schema_version"' in head and b'"cells"' in head + handle.read()
     except OSError:
         return False
-    return '"schema_version"' in head and '"cells"' in path.read_text(encoding="utf-8")
 
 
 def newest_results(root: str | Path) -> dict[tuple[str, str], Path]:
