@@ -15,8 +15,11 @@ import math
 import re
 from dataclasses import dataclass
 
-# H128-MHA, H64-MQA, H128-GQA4, H128-MQA-CLA2, H256-GQA4-CLA2, H64-MHA-CLA3
-PAPER_NAME_RE = re.compile(r"^H(?P<head_dim>\d+)-(?P<kind>MHA|MQA|GQA(?P<groups>\d+))(?:-CLA(?P<sharing>\d+))?$")
+# H128-MHA, H64-MQA, H128-GQA4, H128-MQA-CLA2, H256-GQA4-CLA2, H64-MHA-CLA3. Numbers have at most
+# 9 digits: a longer one is no width or count, and Python refuses to convert thousands of digits.
+PAPER_NAME_RE = re.compile(
+    r"^H(?P<head_dim>\d{1,9})-(?P<kind>MHA|MQA|GQA(?P<groups>\d{1,9}))(?:-CLA(?P<sharing>\d{1,9}))?$"
+)
 PAPER_NAME_SPELLING = "H<head_dim>-{MHA|MQA|GQA<n_kv_heads>}[-CLA<sharing>]"
 
 

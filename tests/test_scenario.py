@@ -150,6 +150,7 @@ REJECTIONS = [
     ('[[variant]]\nname = "H64-MHA"\n[[variant]]\nname = "H64-MHA"\n', "variant[1].name", "duplicate variant name"),
     ('[[variant]]\nname = "H64-MHA"\nheads = 4\n', "variant[0].heads", "unknown key"),
     ('[[variant]]\nname = "H64-MHA"\nhead_dim = -64\n', "variant[0].head_dim", "greater than 0"),
+    ('[[variant]]\nname = "H' + "9" * 5000 + '-MHA"\n', "variant[0].name", "not a CLA-paper name"),
 ]
 
 
@@ -174,6 +175,14 @@ FILE_REJECTIONS = [
     (BASE.replace('name = "t"', 'name = "t"\ncolour = 1'), "colour", "unknown key"),
     (BASE.replace("[sweep]", "[sweep\n"), None, "TOML syntax error"),
     (BASE, "variant", "required field is missing"),
+    (BASE.replace("n_layers = 4", "n_layers = 1000000000000"), "model.n_layers", "less than or equal to 65536"),
+    (BASE.replace("d_model = 256", f"d_model = {2**63}"), "model.d_model", "less than or equal to 9223372036854775807"),
+    (BASE.replace('"1GiB"', "1" + "0" * 400), "measure.memory_budget", "larger than 9223372036854775807 bytes"),
+    (BASE.replace('"1GiB"', '"' + "9" * 400 + 'GiB"'), "measure.memory_budget", "larger than"),
+    (BASE.replace('"1GiB"', "1.5"), "measure.memory_budget", "expected a size such as '40GiB'"),
+    (BASE.replace("[measure]", "[measure]\nwarmup_s = inf"), "measure.warmup_s", "finite number"),
+    (BASE.replace("[model]", "[model]\nrope_theta = nan"), "model.rope_theta", "finite number"),
+    (BASE.replace("[measure]", "[measure]\nrounds = 10000000000"), "measure.rounds", "less than or equal to"),
 ]
 
 
