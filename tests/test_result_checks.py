@@ -101,9 +101,9 @@ def test_every_committed_result_file_passes_every_check(path: Path) -> None:
             "r.json: cells[0].params_total: Input should be a valid integer (got True)",
         ),
         (
-            lambda d: d["cells"][0]["metrics"].update(bytes_per_step=2**64),
+            lambda d: d["cells"][0]["metrics"].update(bytes_per_step=2**63),
             "r.json: cells[0].metrics.bytes_per_step: Input should be less than or equal to 9223372036854775807 "
-            "(got 18446744073709551616)",
+            "(got 9223372036854775808)",
         ),
         (
             lambda d: decode(d)["samples"].__setitem__(3, -0.01),
@@ -163,6 +163,28 @@ def test_non_finite_latencies_are_refused_however_json_spells_them(token: str, r
     assert str(info.value) == (
         f"r.json: cells[0].metrics.decode_latency_s.median: Input should be a finite number (got {read_as})"
     )
+
+
+def test_numbers_anywhere_in_the_file_are_finite_and_fit_64_bits_even_where_the_schema_is_open() -> None:
+    def open_tables(d: dict[str, Any]) -> None:
+        d["environment"]["memory_total_bytes"] = 10**30
+        d["scenario"]["measure"]["warmup_s"] = math.nan
+
+    assert problems_of(edited(open_tables)) == [
+        "r.json: environment.memory_total_bytes: Input should be a whole number within 64 bits (got one of 31 digits)",
+        "r.json: scenario.measure.warmup_s: Input should be a finite number (got nan)",
+    ]
+
+
+def test_text_with_a_lone_surrogate_is_refused_in_a_value_or_a_key() -> None:
+    def surrogates(d: dict[str, Any]) -> None:
+        d["cells"][0]["variant"] = "H128\ud800"
+        d["environment"]["\udfff"] = 1
+
+    assert problems_of(edited(surrogates)) == [
+        "r.json: environment: the key holds a lone surrogate, not a character",
+        "r.json: cells[0].variant: Input holds a lone surrogate, not a character",
+    ]
 
 
 def test_a_median_that_does_not_follow_from_the_samples_is_refused() -> None:

@@ -1,7 +1,16 @@
-"""Checks of a result file that relate several fields, run on every load after the schema's own.
+"""Checks of a result file beyond its schema, run on every load, every problem reported.
 
-The schema (:mod:`harness.results.schema`) checks each field alone: types, ranges, finiteness.
-What it cannot see is checked here, every problem reported rather than the first:
+:func:`json_problems` runs on the parsed JSON before the schema, and holds for every value,
+including the free-form ``environment`` and ``scenario`` tables that the schema leaves open:
+
+- nesting at most ``MAX_NESTING`` levels deep (deeper, nothing else is checked);
+- every number finite (Python's json reads ``NaN``, ``Infinity`` and ``1e999``) and every integer
+  within 64 bits (it reads integers of thousands of digits too);
+- no lone surrogate in any text or key (JSON can spell ``"\\ud800"``, which no UTF-8 file can hold
+  and no report can write).
+
+The schema (:mod:`harness.results.schema`) then checks each field alone: types, ranges. What it
+cannot see, :func:`result_problems` checks on the validated result:
 
 - an ``ok`` cell has metrics;
 - every latency summary agrees with its raw samples: ``median``, ``p10``, ``p90``, ``ci_low`` and
@@ -16,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from harness.errors import Problem
+from harness.errors import Problem, dotted
 from harness.measure.stats import summarize
 from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
 
@@ -26,6 +35,54 @@ from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
 REL_TOLERANCE = 1e-6
 ABS_TOLERANCE_S = 1e-9
 SUMMARY_STATISTICS = ("median", "p10", "p90", "ci_low", "ci_high")
+
+
+# Deeper than any result file's structure (cells[].metrics.max_batch.probes[] is 7 levels); a file
+# nested deeper is not a result file, and would exhaust the stack of code that walks it.
+MAX_NESTING = 32
+# Any integer a result holds: counts are signed 64-bit, seeds (scenario.measure.seed) unsigned.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+
+def json_problems(data: object, source: str) -> list[Problem]:
+    """What is wrong with parsed JSON whatever the field (module doc), in file order."""
+    problems: list[Problem] = []
+    stack: list[tuple[tuple[int | str, ...], object]] = [((), data)]
+    while stack:
+        loc, item = stack.pop()
+        if len(loc) > MAX_NESTING:
+            return [Problem(f"not a result file (nested deeper than {MAX_NESTING} levels)", source)]
+        if isinstance(item, dict):
+            for key in item:
+                if not _is_text(key):
+                    problems.append(Problem("the key holds a lone surrogate, not a character", source, dotted(loc)))
+            stack.extend(((*loc, key), value) for key, value in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend(((*loc, index), value) for index, value in reversed(list(enumerate(item))))
+        elif (reason := _value_problem(item)) is not None:
+            problems.append(Problem(reason, source, dotted(loc) or None))
+    return problems
+
+
+def _value_problem(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        return f"Input should be a whole number within 64 bits (got one of {len(str(abs(value)))} digits)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"Input should be a finite number (got {value!r})"
+    if isinstance(value, str) and not _is_text(value):
+        return "Input holds a lone surrogate, not a character"
+    return None
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` can be written as UTF-8 (no lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def result_problems(result: RunResult, source: str) -> list[Problem]:

@@ -21,8 +21,10 @@ SCHEMA_VERSION = 1
 # Every count this harness records (bytes, FLOPs, parameters) is what torch or the OS reports as a
 # signed 64-bit integer; anything larger is not a measurement, and would overflow as a float.
 INT64_MAX = 2**63 - 1
-Count = Annotated[int, Field(ge=0, le=INT64_MAX)]  # bytes, FLOPs, parameters: 0 or more
-Size = Annotated[int, Field(ge=1, le=INT64_MAX)]  # batch sizes, lengths, heads: 1 or more
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]  # what may be 0: peak memory above a baseline, a max batch
+# What a decode step cannot do without (bytes moved, FLOPs, parameters, a KV cache), and batch
+# sizes, lengths and heads: 1 or more, so that readers may divide by them.
+Size = Annotated[int, Field(ge=1, le=INT64_MAX)]
 Positive = Annotated[float, Field(gt=0)]  # floats are finite too (see _Model)
 Seconds = Positive  # a latency
 NonNegative = Annotated[float, Field(ge=0)]
@@ -52,7 +54,7 @@ class Summary(_Model):
 class MaxBatch(_Model):
     """Largest batch under the memory budget, for this cell's variant, dtype and context length."""
 
-    budget_bytes: Count
+    budget_bytes: Size
     predicted: Count  # harness.accounting.predicted_max_batch
     measured: Count | None  # largest batch whose build plus one decode step fit; None if not searched
     error_fraction: float | None  # (predicted - measured) / measured
@@ -78,9 +80,9 @@ class CellMetrics(_Model):
     decode_latency_host_s: Summary | None = None  # CUDA: host-inclusive eager step
     attention_latency_s: Summary | None = None  # core attention over all L layers, warm
     attention_latency_cold_s: Summary | None = None
-    bytes_per_step: Count  # harness.accounting.bytes_per_step
-    attention_bytes_per_step: Count  # harness.accounting.attention_bytes_per_step
-    flops_per_step: Count
+    bytes_per_step: Size  # harness.accounting.bytes_per_step
+    attention_bytes_per_step: Size  # harness.accounting.attention_bytes_per_step
+    flops_per_step: Size
     bandwidth_basis: Literal["cold", "warm"] | None = None  # which latency the bandwidths divide by
     bandwidth_gbps: NonNegative | None = None  # bytes_per_step / decode latency median, 1e9 bytes/s
     bandwidth_fraction: NonNegative | None = None  # of the target's measured peak
@@ -90,8 +92,8 @@ class CellMetrics(_Model):
     peak_memory_bytes: Count | None = None  # CUDA: allocator peak allocated; CPU: worker peak RSS above baseline
     peak_reserved_bytes: Count | None = None  # CUDA allocator peak reserved
     nvml_process_bytes: Count | None = None  # device memory NVML attributes to this process
-    kv_cache_bytes: Count | None = None  # bytes the built model's cache tensors hold
-    kv_cache_bytes_expected: Count  # harness.accounting.kv_cache_bytes
+    kv_cache_bytes: Size | None = None  # bytes the built model's cache tensors hold
+    kv_cache_bytes_expected: Size  # harness.accounting.kv_cache_bytes
     max_batch: MaxBatch | None = None
     telemetry: Telemetry | None = None
     timer: str | None = None  # how latencies were timed: "perf_counter", "cuda-graph+events" or "cuda-events"
@@ -112,8 +114,8 @@ class CellResult(_Model):
     n_kv_heads: Size
     n_kv_layers: Size
     kv_layers: list[Count]
-    params_total: Count
-    kv_bytes_per_token: Count
+    params_total: Size
+    kv_bytes_per_token: Size
     status: Literal["ok", "oom", "error"]
     error: str | None = None
     elapsed_s: NonNegative

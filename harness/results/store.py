@@ -6,14 +6,13 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from harness.errors import UserError, UserErrors, validation_problems
-from harness.results.checks import result_problems
+from harness.results.checks import json_problems, result_problems
 from harness.results.schema import SCHEMA_VERSION, RunResult
 
 RESULT_SUFFIX = ".json"
@@ -57,14 +56,10 @@ def save_result(result: RunResult, path: Path) -> None:
     write_text_atomic(path, result.model_dump_json(indent=1) + "\n")
 
 
-# Deeper than any result file's structure (cells[].metrics.max_batch.probes[] is 7 levels); a file
-# nested deeper is not a result file, and would exhaust the stack of code that walks it.
-MAX_NESTING = 32
-
-
 def parse_result(text: str, source: str) -> RunResult:
-    """Validate a result file's text: its JSON, its schema (strictly), then the checks that relate
-    several fields (:mod:`harness.results.checks`). UserError with one line per problem found."""
+    """Validate a result file's text: its JSON (:func:`~harness.results.checks.json_problems`), its
+    schema (strictly), then the checks that relate several fields (:mod:`harness.results.checks`).
+    UserError with one line per problem found."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -84,34 +79,18 @@ def parse_result(text: str, source: str) -> RunResult:
             source=source,
             field="schema_version",
         )
-    if _nesting(data) > MAX_NESTING:
-        raise UserError(f"not a result file (nested deeper than {MAX_NESTING} levels)", source=source)
+    problems = json_problems(data, source)
+    if problems and problems[0].field is None:  # nested too deeply: nothing else is worth checking
+        raise UserErrors(problems)
     try:
         result = RunResult.model_validate(data, strict=True)
     except ValidationError as exc:
-        raise UserErrors(validation_problems(exc, source)) from None
-    problems = result_problems(result, source)
+        named = {p.field for p in problems}  # the schema sees some of these too: one line each
+        raise UserErrors(problems + [p for p in validation_problems(exc, source) if p.field not in named]) from None
+    problems += result_problems(result, source)
     if problems:
         raise UserErrors(problems)
     return result
-
-
-def _nesting(data: object) -> int:
-    """How deeply lists and objects nest in parsed JSON (1 for a flat object), without recursion;
-    stops counting once past MAX_NESTING."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(data, 1)]
-    while stack and deepest <= MAX_NESTING:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[object] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def load_result(path: str | Path) -> RunResult:
