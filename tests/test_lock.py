@@ -176,3 +176,14 @@ def test_a_report_file_that_cannot_be_written_is_one_line_naming_it(
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"attnbench report: error: {out / 'cpu-test-2c' / 'REPORT.md'}: cannot write: ")
     assert not (out / ".attnbench-report.lock").exists()
+
+
+def test_a_link_planted_at_the_lock_path_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    (folder / ".attnbench-report.lock").symlink_to(precious)
+    with pytest.raises(UserError, match=r"cannot write here"):
+        folder_lock(folder, "report").acquire()
+    assert precious.read_text() == "keep me\n"

@@ -94,7 +94,8 @@ class AdvisoryLock:
     def _open(self) -> int:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            # O_NOFOLLOW: a link planted at the lock's path must not make us truncate what it points to
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
         except OSError as exc:
             raise UserError(f"cannot write here: {exc.strerror or exc}", source=str(self.path.parent)) from None
 
