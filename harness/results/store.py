@@ -12,10 +12,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from harness.errors import UserError, UserErrors, validation_problems
+from harness.inputs import MIB, read_input
 from harness.results.checks import json_problems, result_problems
 from harness.results.schema import SCHEMA_VERSION, RunResult
 
 RESULT_SUFFIX = ".json"
+# A run of ten thousand cells with a thousand samples per latency is about 250 MiB of JSON; a
+# larger file is no result file, and parsing it would take many times its size in memory.
+MAX_RESULT_BYTES = 256 * MIB
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -95,14 +99,7 @@ def parse_result(text: str, source: str) -> RunResult:
 
 def load_result(path: str | Path) -> RunResult:
     """Load and validate one result file."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError("no such file", source=str(path)) from None
-    except IsADirectoryError:
-        raise UserError("is a folder, not a result file", source=str(path)) from None
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    raw = read_input(path, MAX_RESULT_BYTES, "result file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

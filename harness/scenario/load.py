@@ -16,8 +16,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.errors import Problem, UserError, UserErrors, validation_problems
+from harness.inputs import MIB, read_input
 from harness.scenario.schema import ModelSpec, Scenario, VariantSpec
 from harness.variants import PAPER_NAME_SPELLING, Variant, kv_map_problem, parse_paper_name, sharing_map
+
+# A scenario of a hundred variants is a few kilobytes; a larger file is no scenario.
+MAX_SCENARIO_BYTES = 16 * MIB
 
 
 @dataclass(frozen=True)
@@ -130,14 +134,7 @@ def parse_scenario(data: dict[str, Any], source: str) -> tuple[Scenario, tuple[V
 def load_scenario(path: str | Path) -> LoadedScenario:
     """Load and validate one scenario file."""
     source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError("no such file", source=source) from None
-    except IsADirectoryError:
-        raise UserError("is a directory, not a scenario file", source=source) from None
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    raw = read_input(path, MAX_SCENARIO_BYTES, "scenario file")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
