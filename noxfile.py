@@ -6,15 +6,18 @@ pulls CUDA packages. The ``gpu`` session instead uses the CUDA PyTorch already o
 
 from __future__ import annotations
 
+import glob
+
 import nox
 from nox.command import CommandFailed
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "workflows"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 DEV = PYPROJECT["project"]["optional-dependencies"]["dev"]
+WORKFLOW_TOOLS = PYPROJECT["project"]["optional-dependencies"]["workflows"]
 # The CPU build; an unpinned torch would pull the CUDA build and its gigabytes of packages.
 CPU_TORCH = "torch==2.13.0"
 
@@ -44,6 +47,15 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy."""
     install_project(session, "dev")
     session.run("mypy")
+
+
+@nox.session
+def workflows(session: nox.Session) -> None:
+    """Audit the CI workflows: zizmor (no finding of medium severity or above) and GitHub's schema."""
+    session.install(*WORKFLOW_TOOLS)
+    session.run("zizmor", "--offline", "--min-severity=medium", ".github/workflows/")
+    files = sorted(glob.glob(".github/workflows/*.yml"))
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *files)
 
 
 @nox.session(default=False)

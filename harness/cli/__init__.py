@@ -2,7 +2,7 @@
 
 A subcommand module defines ``register(subparsers)``, which adds its parser and sets
 ``func=run``, and ``run(args) -> int``, which returns the exit code. :func:`main` turns a
-:class:`~harness.errors.UserError` into one line on stderr and exit code 2.
+:class:`~harness.errors.UserError` into one line per problem on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -46,13 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_problems(command: str, error: UserError) -> None:
+    """Each problem of ``error`` on its own line of stderr: ``attnbench <command>: error: <problem>``."""
+    for problem in error.problems:
+        print(f"attnbench {command}: error: {problem}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
     except UserError as exc:
-        print(f"attnbench {args.command}: error: {exc}", file=sys.stderr)
+        print_problems(args.command, exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"attnbench {args.command}: interrupted", file=sys.stderr)

@@ -11,11 +11,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from harness.errors import UserError
+from harness.errors import UserError, UserErrors, validation_problems
+from harness.inputs import MIB, read_input
+from harness.results.checks import json_problems, result_problems
 from harness.results.schema import SCHEMA_VERSION, RunResult
-from harness.scenario.load import dotted
 
 RESULT_SUFFIX = ".json"
+# A run of ten thousand cells with a thousand samples per latency is about 250 MiB of JSON; a
+# larger file is no result file, and parsing it would take many times its size in memory.
+MAX_RESULT_BYTES = 256 * MIB
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -57,11 +61,17 @@ def save_result(result: RunResult, path: Path) -> None:
 
 
 def parse_result(text: str, source: str) -> RunResult:
-    """Validate a result file's text; UserError naming the field on a bad one."""
+    """Validate a result file's text: its JSON (:func:`~harness.results.checks.json_problems`), its
+    schema (strictly), then the checks that relate several fields (:mod:`harness.results.checks`).
+    UserError with one line per problem found."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"not valid JSON: {exc}", source=source) from None
+    except RecursionError:
+        raise UserError("not a result file (JSON nested too deeply to read)", source=source) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise UserError(f"not a result file: {exc}", source=source) from None
     if not isinstance(data, dict):
         raise UserError("not a result file (expected a JSON object)", source=source)
     if "schema_version" not in data or "cells" not in data:
@@ -73,21 +83,27 @@ def parse_result(text: str, source: str) -> RunResult:
             source=source,
             field="schema_version",
         )
+    problems = json_problems(data, source)
+    if problems and problems[0].field is None:  # nested too deeply: nothing else is worth checking
+        raise UserErrors(problems)
     try:
-        return RunResult.model_validate(data)
+        result = RunResult.model_validate(data, strict=True)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise UserError(err["msg"], source=source, field=dotted(tuple(err["loc"])) or None) from None
+        named = {p.field for p in problems}  # the schema sees some of these too: one line each
+        raise UserErrors(problems + [p for p in validation_problems(exc, source) if p.field not in named]) from None
+    problems += result_problems(result, source)
+    if problems:
+        raise UserErrors(problems)
+    return result
 
 
 def load_result(path: str | Path) -> RunResult:
     """Load and validate one result file."""
+    raw = read_input(path, MAX_RESULT_BYTES, "result file")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("no such file", source=str(path)) from None
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("not a result file (not UTF-8 text)", source=str(path)) from None
     return parse_result(text, str(path))
 
 
@@ -109,11 +125,11 @@ def result_files(path: str | Path) -> list[Path]:
 def _is_result(path: Path) -> bool:
     """Cheap check that a JSON file is a result file (not a cached probe or an export)."""
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open("rb") as handle:
             head = handle.read(4096)
+            return b'"schema_version"' in head and b'"cells"' in head + handle.read()
     except OSError:
         return False
-    return '"schema_version"' in head and '"cells"' in path.read_text(encoding="utf-8")
 
 
 def newest_results(root: str | Path) -> dict[tuple[str, str], Path]:
