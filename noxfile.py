@@ -90,6 +90,14 @@ def ab(session: nox.Session) -> None:
 
 
 @nox.session(default=False, venv_params=["--system-site-packages"])
+def gpu_ab(session: nox.Session) -> None:
+    """On a GPU machine (its own CUDA PyTorch): nox -s gpu_ab -- BASE HEAD [SCENARIO] [options], interleaved."""
+    session.run("python", "-c", "import torch; assert torch.cuda.is_available(), 'no CUDA device'", silent=True)
+    session.install("-e", ".")
+    session.run("attnbench", "ab", *(session.posargs or ["HEAD", "."]), "--device", "cuda")
+
+
+@nox.session(default=False, venv_params=["--system-site-packages"])
 def gpu(session: nox.Session) -> None:
     """On a GPU machine (its own CUDA PyTorch): doctor, CUDA tests, GPU scenarios, reports; fails after all ran."""
     session.run("python", "-c", "import torch; assert torch.cuda.is_available(), 'no CUDA device'", silent=True)
