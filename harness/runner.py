@@ -1,54 +1,41 @@
-"""The measurement run: a scenario's cells, each measured in an isolated worker, saved as it goes.
+"""The measurement run: a scenario's cells, each round measured by an executor, saved as it goes.
 
-    load scenario -> target + fingerprint + peak bandwidth (workers) -> for each cell:
-    [auto: choose the backend (worker)] -> measure (worker) -> metrics + self-checks ->
-    max batch (search of worker probes, once per variant/dtype/context/backend) -> result file
+    load scenario -> [local: target + fingerprint + peak bandwidth (workers)] -> for each cell round:
+    CellJob -> executor (local: this process; ray: a task on a cluster) -> CellOutcome ->
+    the result file of the target it ran on
 
-The result file is rewritten atomically after every cell, so an interrupted run (Ctrl-C, a
-killed process) loses no finished cell; ``resume`` continues the newest unfinished file of the
-same scenario and target. Every worker call has a time limit (``measure.cell_timeout_s``): a hung
-device ends that cell as ``timeout`` and the run goes on. Nothing here imports torch or touches
-CUDA: the workers do.
+What a round measures is harness/execute/cellround.py, the same on every executor; the runner plans
+the jobs, in round-major order (every cell's round 1, then every cell's round 2, ...), and is the one
+writer of result files: one per hardware target the cells ran on. A file is rewritten atomically after
+every round, so an interrupted run (Ctrl-C, a killed process) loses no finished cell; ``resume``
+continues the newest unfinished file of the same scenario per target. Every worker call has a time
+limit (``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run goes on.
+Nothing here imports torch or touches CUDA: the workers do.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
-import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import accounting
-from harness.backend_support import unsupported_reason
 from harness.errors import RunFailure, UserError
+from harness.execute.cellround import max_batch_key
+from harness.execute.executor import Executor, NoPlacement
+from harness.execute.jobs import CellJob, CellOutcome, NodeInfo
+from harness.execute.local import LocalExecutor
+from harness.execute.shards import shard_cells
 from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
-from harness.measure import derive, stability
-from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
+from harness.measure import stability
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
-from harness.results.schema import (
-    CellMetrics,
-    CellResult,
-    Check,
-    GitInfo,
-    HostLoad,
-    MaxBatch,
-    Pairing,
-    RunResult,
-    ScenarioRef,
-)
+from harness.results.schema import CellResult, GitInfo, MaxBatch, Pairing, RunResult, ScenarioRef, Shard
 from harness.results.store import load_result, result_filename, result_files, save_result
 from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
-from harness.scenario.schema import MeasureSpec
-from harness.variants import Variant
-
-# --quick: timing windows short enough for smoke runs and CI, still >= min_samples samples each.
-QUICK_WARMUP_S = 0.05
-QUICK_MIN_TIME_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -60,6 +47,7 @@ class RunOptions:
     resume: bool = False
     rerun_unstable: bool = False  # with resume: measure again the cells the newest run found unstable
     rounds: int | None = None  # measurement rounds, instead of the scenario's measure.rounds
+    shard: Shard | None = None  # measure only this shard of the cells (harness/execute/shards.py)
 
 
 @dataclass
@@ -74,10 +62,23 @@ class RunProgress:
 
 
 @dataclass
-class RunOutcome:
+class ResultFile:
+    """One target's result file of this run, and where each of its cells is in it."""
+
     path: Path
     result: RunResult
+    index: dict[tuple[str, int, int, str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index = {c.key: i for i, c in enumerate(self.result.cells)}
+
+
+@dataclass
+class RunOutcome:
+    path: Path  # the first target's file (the only one unless cells ran on several kinds of hardware)
+    result: RunResult
     failed_cells: list[CellResult] = field(default_factory=list)
+    files: list[tuple[Path, RunResult]] = field(default_factory=list)  # every target's file, first one first
 
     @property
     def exit_code(self) -> int:
@@ -88,9 +89,10 @@ class RunOutcome:
     def failed_checks(self) -> dict[str, list[CellResult]]:
         """Cells by the name of each self-check they failed."""
         by_name: dict[str, list[CellResult]] = {}
-        for cell in self.result.cells:
-            for name in dict.fromkeys(cell.checks_failed):
-                by_name.setdefault(name, []).append(cell)
+        for _, result in self.files or [(self.path, self.result)]:
+            for cell in result.cells:
+                for name in dict.fromkeys(cell.checks_failed):
+                    by_name.setdefault(name, []).append(cell)
         return by_name
 
 
@@ -116,137 +118,283 @@ def git_info(cwd: Path | None = None) -> GitInfo:
     )
 
 
-def timing_settings(measure: MeasureSpec, quick: bool) -> dict[str, Any]:
-    warmup_s, min_time_s = measure.warmup_s, measure.min_time_s
-    if quick:
-        warmup_s, min_time_s = min(warmup_s, QUICK_WARMUP_S), min(min_time_s, QUICK_MIN_TIME_S)
-    return {
-        "warmup_s": warmup_s,
-        "min_time_s": min_time_s,
-        "min_samples": measure.min_samples,
-        "max_samples": measure.max_samples,
-    }
-
-
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _find_resumable(
-    out_dir: Path, target: str, loaded: LoadedScenario, device: str, *, finished_too: bool = False
+    out_dir: Path,
+    target: str,
+    loaded: LoadedScenario,
+    device: str,
+    *,
+    finished_too: bool = False,
+    shard: Shard | None = None,
 ) -> tuple[Path, RunResult] | None:
-    """The newest unfinished result of this scenario (same content) on this target, if any; with
-    ``finished_too``, the newest one whether finished or not."""
+    """The newest unfinished result of this scenario (same content) and shard on this target, if any;
+    with ``finished_too``, the newest one whether finished or not."""
     folder = out_dir / target
     if not folder.is_dir():
         return None
     for path in reversed(result_files(folder)):
         result = load_result(path)
-        same = result.scenario.sha256 == loaded.content_sha256 and result.device == device
+        same = result.scenario.sha256 == loaded.content_sha256 and result.device == device and result.shard == shard
         if same and (finished_too or result.finished_utc is None):
             return path, result
     return None
 
 
+def _resumable_targets(out_dir: Path) -> list[str]:
+    """Targets with a result folder under ``out_dir``, in name order."""
+    if not out_dir.is_dir():
+        return []
+    return sorted(p.name for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 FAILED_STATUSES = ("error", "timeout")  # cell outcomes that make a run exit 1 (out-of-memory does not)
 
 
-def cache_bytes(environment: dict[str, Any], device: str) -> int | None:
-    """The cache a cold sample is flushed of: the GPU's L2, else the CPU's last-level cache."""
-    keys = ("l2_cache_bytes",) if device == "cuda" else ("cpu_l3_cache_bytes", "cpu_l2_cache_bytes")
-    sizes = [environment.get(key) for key in keys]
-    return next((int(size) for size in sizes if isinstance(size, int) and size > 0), None)
-
-
 class Runner:
-    """Measures the cells of one scenario on one device and keeps the result file current."""
+    """Measures the cells of one scenario and keeps one result file per hardware target current.
 
-    def __init__(self, options: RunOptions, progress: RunProgress | None = None) -> None:
+    Without an ``executor`` the cells run on this machine's ``options.device``, one at a time.
+    """
+
+    def __init__(self, options: RunOptions, progress: RunProgress | None = None, executor: Executor | None = None):
         self.options = options
         self.progress = progress or RunProgress()
         self.loaded = load_scenario(options.scenario)
-        self.device = resolve_device(options.device)
+        self.executor = executor
+        self.device = executor.device if executor is not None else resolve_device(options.device)
         self.device_kind = "cuda" if is_cuda(self.device) else "cpu"
         self.workers = IsolatedRunner()
         self.timeout_s = self.loaded.scenario.measure.cell_timeout_s
         self.rounds = options.rounds or self.loaded.scenario.measure.rounds
-        self._max_batch: dict[tuple[str, str, int, str], MaxBatch] = {}
-        self._environment: dict[str, Any] = {}
-        # the run being measured, set by begin()
+        self._max_batch: dict[tuple[str, tuple[str, str, int, str]], MaxBatch] = {}  # by target and max_batch_key
+        self._started = datetime.now(UTC)
+        self._git: GitInfo | None = None
+        # the run being measured, set by begin(): one file per target, the first also as path/result
+        self.files: dict[str, ResultFile] = {}
         self.path: Path = Path()
         self.result: RunResult
-        self._index: dict[tuple[str, int, int, str, str], int] = {}
+        self._where: dict[tuple[str, int, int, str, str], str] = {}  # cell key -> the target whose file holds it
         self._failed: list[CellResult] = []
 
     def run(self) -> RunOutcome:
-        """Every round of every cell, round after round, then the run's assessment: the whole run."""
+        """Every round of every cell, then the run's assessment: the whole run."""
         cells = self.begin()
-        # Round after round over all cells, each time in a new process: the rounds of one cell are
-        # spread over the whole run, so their spread shows the machine's drift, not just its jitter.
-        for round_index in range(self.rounds):
-            for cell in cells:
-                self.measure_round(cell, round_index)
+        self.sweep(cells)
         return self.finish()
 
     def begin(self, pairing: Pairing | None = None) -> list[Cell]:
-        """Open (or reopen) the result file and probe the peak; the cells to measure, in scenario order.
+        """Open (or reopen) the result files and, measuring locally, probe the peak; the cells to measure,
+        in scenario order.
 
         :meth:`run` then measures every round of every cell; a driver that orders the measurements
         itself (``attnbench ab``, interleaving two revisions) calls :meth:`measure_round` and
         :meth:`finish` directly. ``pairing`` marks the file as one side of such a comparison.
         """
-        scenario = self.loaded.scenario
-        target, environment = self._describe()
-        self.path, self.result = self._open_result(target, environment)
-        if pairing is not None:
-            self.result.pairing = pairing
-        self._environment = self.result.environment
-        if self.result.peak_bandwidth_gbps is None:
-            peak = self._peak(target, environment)
-            self.result.environment["peak_bandwidth"] = peak
-            self.result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
-        save_result(self.result, self.path)
-        for c in self.result.cells:
-            if c.metrics is not None and c.metrics.max_batch is not None:
-                self._max_batch[(c.variant, c.dtype, c.context_len, c.backend)] = c.metrics.max_batch
-        cells = expand_cells(scenario, self.loaded.variants)
+        if self.executor is None:
+            self._begin_local(pairing)
+        else:
+            self._reopen_remote()
+        cells = expand_cells(self.loaded.scenario, self.loaded.variants)
         rounds = self.rounds
-        self._index = {c.key: i for i, c in enumerate(self.result.cells)}
+        if self.options.shard is not None:
+            cells = shard_cells(self.loaded, cells, self.options.shard, rounds)
         # a failed cell is not measured again in later rounds, so it counts as done for all of them
-        done = sum(min(c.rounds_done, rounds) if c.status == "ok" else rounds for c in self.result.cells)
+        existing = [c for f in self.files.values() for c in f.result.cells]
+        done = sum(min(c.rounds_done, rounds) if c.status == "ok" else rounds for c in existing)
         self.progress.start(len(cells) * rounds, done)
-        self._failed = [c for c in self.result.cells if c.status in FAILED_STATUSES]
+        self._failed = [c for c in existing if c.status in FAILED_STATUSES]
         return cells
+
+    def _begin_local(self, pairing: Pairing | None) -> None:
+        target, environment = self._describe()
+        path, result = self._open_result(target, environment)
+        if pairing is not None:
+            result.pairing = pairing
+        if result.peak_bandwidth_gbps is None:
+            peak = self._peak(target, environment)
+            result.environment["peak_bandwidth"] = peak
+            result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
+        save_result(result, path)
+        self._add_file(target, path, result)
+        node = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
+        self.executor = LocalExecutor(self.workers, node, self.device)
+
+    def _reopen_remote(self) -> None:
+        """Cells run where the executor puts them: files open as targets report, and with --resume the
+        unfinished file of this scenario of every target under the results folder is continued."""
+        if not self.options.resume:
+            return
+        out_dir = self.options.out_dir
+        for target in _resumable_targets(out_dir):
+            if self.options.rerun_unstable:
+                found = _find_resumable(
+                    out_dir, target, self.loaded, self.device_kind, finished_too=True, shard=self.options.shard
+                )
+                if found is not None:
+                    found = self._without_unstable(*found)
+            else:
+                found = _find_resumable(out_dir, target, self.loaded, self.device_kind, shard=self.options.shard)
+            if found is not None:
+                self._add_file(target, *found)
+        if not self.files:
+            what = "run" if self.options.rerun_unstable else "unfinished run"
+            raise UserError(
+                f"no {what} of scenario {self.loaded.scenario.name!r} (same file content) on any target to resume",
+                source=str(out_dir),
+            )
+
+    def _add_file(self, target: str, path: Path, result: RunResult) -> ResultFile:
+        file = ResultFile(path, result)
+        if not self.files:
+            self.path, self.result = path, result
+        self.files[target] = file
+        for cell in result.cells:
+            self._where[cell.key] = target
+            if cell.metrics is not None and cell.metrics.max_batch is not None:
+                key = (cell.variant, cell.dtype, cell.context_len, cell.backend)
+                self._max_batch[(target, key)] = cell.metrics.max_batch
+        return file
+
+    def existing(self, cell: Cell) -> CellResult | None:
+        """The cell as a result file holds it, if it was measured before."""
+        target = self._where.get(cell.key)
+        if target is None:
+            return None
+        file = self.files[target]
+        return file.result.cells[file.index[cell.key]]
+
+    def _next_round(self, cell: Cell) -> int | None:
+        """The round of ``cell`` to measure next; None when all are done or the cell failed."""
+        existing = self.existing(cell)
+        if existing is None:
+            return 0
+        if existing.status != "ok" or existing.rounds_done >= self.rounds:
+            return None
+        return existing.rounds_done
+
+    def job(self, cell: Cell, round_index: int) -> CellJob:
+        """The job that measures round ``round_index`` of ``cell``."""
+        key = max_batch_key(cell)
+        return CellJob(
+            scenario=self.loaded,
+            cell=cell,
+            round_index=round_index,
+            previous=self.existing(cell) if round_index > 0 else None,
+            device=self.device,
+            quick=self.options.quick,
+            max_batch={target: found for (target, k), found in self._max_batch.items() if k == key},
+            target=self._where.get(cell.key) if round_index > 0 else None,
+        )
 
     def measure_round(self, cell: Cell, round_index: int) -> CellResult | None:
         """Measure round ``round_index`` (from 0) of ``cell`` and save the file; None when that round is
         done already or the cell failed in an earlier one."""
-        result, rounds = self.result, self.rounds
-        existing = result.cells[self._index[cell.key]] if cell.key in self._index else None
+        existing = self.existing(cell)
         if existing is not None and (existing.status != "ok" or existing.rounds_done > round_index):
             return None
-        self.progress.cell_started(cell)
-        if existing is None:
-            cell_result = self._measure(cell, result.peak_bandwidth_gbps)
-            self._index[cell.key] = len(result.cells)
-            result.cells.append(cell_result)
+        started = self._start(self.job(cell, round_index))
+        if started is None:
+            assert self.executor is not None
+            raise RuntimeError(f"the {self.executor.name} executor has no room for a job with none running")
+        return started if isinstance(started, CellResult) else self._record(started.result())
+
+    def sweep(self, cells: list[Cell]) -> None:
+        """Every remaining round of every cell, as many at once as the executor takes, in round-major order.
+
+        A cell's next round is planned when its previous one arrives; a first round whose max batch
+        another cell's running first round is searching waits for it (one search per target). Ctrl-C
+        cancels the executor's outstanding jobs; every finished round is saved already.
+        """
+        assert self.executor is not None, "begin() first"
+        position = {cell.key: i for i, cell in enumerate(cells)}
+        ready = {(r, position[c.key]) for c in cells if (r := self._next_round(c)) is not None}
+        running: dict[Future[CellOutcome], tuple[int, int]] = {}
+        try:
+            while ready or running:
+                for round_index, i in sorted(ready):
+                    searching = [cells[j] for r, j in running.values() if r == 0]
+                    if round_index == 0 and self._searching(cells[i], searching):
+                        continue
+                    started = self._start(self.job(cells[i], round_index))
+                    if started is None:
+                        continue
+                    ready.discard((round_index, i))
+                    if not isinstance(started, CellResult):  # else recorded at once: it could run nowhere
+                        running[started] = (round_index, i)
+                        if started.done():  # measured already (the local executor): record it before going on
+                            break
+                if not running:
+                    if ready:
+                        raise RuntimeError(f"the {self.executor.name} executor took none of {len(ready)} jobs")
+                    break
+                done = [f for f in running if f.done()] or list(wait(list(running), return_when=FIRST_COMPLETED)[0])
+                for future in sorted(done, key=running.__getitem__):
+                    round_index, i = running.pop(future)
+                    measured = self._record(future.result())
+                    if measured.status == "ok" and round_index + 1 < self.rounds:
+                        ready.add((round_index + 1, i))
+        except BaseException:
+            self.executor.cancel()
+            raise
+
+    def _searching(self, cell: Cell, first_rounds: list[Cell]) -> bool:
+        """Whether a running first round of another cell is searching the max batch ``cell`` would search."""
+        if "max_batch" not in self.loaded.scenario.measure.selected_metrics:
+            return False
+        key = max_batch_key(cell)
+        if any(k == key for _, k in self._max_batch):
+            return False
+        return any(max_batch_key(other) == key for other in first_rounds)
+
+    def _start(self, job: CellJob) -> Future[CellOutcome] | CellResult | None:
+        """Hand ``job`` to the executor: its future, None when it has no room now, or the cell as recorded
+        when the job can run nowhere (a later round whose target is gone: that round's error)."""
+        assert self.executor is not None
+        try:
+            return self.executor.try_submit(job, lambda: self.progress.cell_started(job.cell))
+        except NoPlacement as exc:
+            previous, target = job.previous, job.target
+            if previous is None or target is None:
+                raise RunFailure(f"{job.label} can run nowhere: {exc}", source=self.executor.name) from None
+            failed = previous.model_copy(update={"status": "error", "error": f"round {job.round_index + 1}: {exc}"})
+            return self._record(CellOutcome(job, failed, NodeInfo(target, {}, None)))
+
+    def _record(self, outcome: CellOutcome) -> CellResult:
+        """Put a measured round into its target's file and save it; the cell as it now stands."""
+        job, result = outcome.job, outcome.result
+        target = job.target or outcome.node.target
+        file = self.files.get(target) or self._add_file(target, *self._new_result(outcome.node))
+        cell = job.cell
+        if cell.key in file.index:
+            file.result.cells[file.index[cell.key]] = result
         else:
-            cell_result = self._repeat(cell, existing, result.peak_bandwidth_gbps)
-            result.cells[self._index[cell.key]] = cell_result
-        save_result(result, self.path)
-        if cell_result.status in FAILED_STATUSES:
-            self._failed.append(cell_result)
-        self.progress.cell_finished(cell, cell_result)
-        if cell_result.status != "ok" and round_index + 1 < rounds:
-            self.progress.rounds_skipped(cell, rounds - round_index - 1)
-        return cell_result
+            file.index[cell.key] = len(file.result.cells)
+            file.result.cells.append(result)
+        self._where[cell.key] = target
+        if job.round_index == 0 and result.metrics is not None and result.metrics.max_batch is not None:
+            self._max_batch.setdefault((target, max_batch_key(cell)), result.metrics.max_batch)
+        save_result(file.result, file.path)
+        if result.status in FAILED_STATUSES:
+            self._failed.append(result)
+        self.progress.cell_finished(cell, result)
+        if result.status != "ok" and job.round_index + 1 < self.rounds:
+            self.progress.rounds_skipped(cell, self.rounds - job.round_index - 1)
+        return result
 
     def finish(self) -> RunOutcome:
-        """Assess every cell's stability against the run's, mark the file finished, save it."""
-        stability.assess_run(self.result)
-        self.result.finished_utc = _now()
-        save_result(self.result, self.path)
-        return RunOutcome(self.path, self.result, self._failed)
+        """Assess every cell's stability against its file's other cells, mark the files finished, save them."""
+        for file in self.files.values():
+            stability.assess_run(file.result)
+            file.result.finished_utc = _now()
+            save_result(file.result, file.path)
+        files = [(f.path, f.result) for f in self.files.values()]
+        if not files:
+            raise RunFailure("no cell was measured, so no result file was written", source=self.options.scenario)
+        return RunOutcome(files[0][0], files[0][1], self._failed, files)
 
     def _call(self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> WorkerOutcome:
         return self.workers.call(fn, payload, timeout_s=self.timeout_s)
@@ -263,7 +411,7 @@ class Runner:
         if self.options.resume and self.options.rerun_unstable:
             return self._reopen_unstable(out_dir, target)
         if self.options.resume:
-            found = _find_resumable(out_dir, target, self.loaded, self.device_kind)
+            found = _find_resumable(out_dir, target, self.loaded, self.device_kind, shard=self.options.shard)
             if found is None:
                 raise UserError(
                     f"no unfinished run of scenario {self.loaded.scenario.name!r} (same file content) "
@@ -271,9 +419,15 @@ class Runner:
                     source=str(out_dir / target),
                 )
             return found
-        git = git_info()
-        started = datetime.now(UTC)
-        path = out_dir / target / result_filename(started, git.short)
+        return self._create(target, environment)
+
+    def _create(self, target: str, environment: dict[str, Any]) -> tuple[Path, RunResult]:
+        """A new result file for ``target``: every file of one run has the run's start time and commit."""
+        if self._git is None:
+            self._git = git_info()
+        git, started, shard = self._git, self._started, self.options.shard
+        part = f"shard-{shard.index}-of-{shard.count}" if shard is not None else None
+        path = self.options.out_dir / target / result_filename(started, git.short, part)
         if path.exists():  # two runs started within one second: never overwrite
             raise UserError("exists already; wait a second and run again", source=str(path))
         scenario = self.loaded.scenario
@@ -292,21 +446,33 @@ class Runner:
             device=self.device_kind,
             quick=self.options.quick,
             started_utc=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            shard=shard,
         )
         save_result(result, path)
+        return path, result
+
+    def _new_result(self, node: NodeInfo) -> tuple[Path, RunResult]:
+        """The file of a target whose first cell just arrived, with that node's fingerprint and peak."""
+        path, result = self._create(node.target, node.environment)
+        result.peak_bandwidth_gbps = node.peak_gbps
         return path, result
 
     def _reopen_unstable(self, out_dir: Path, target: str) -> tuple[Path, RunResult]:
         """The newest run of this scenario on this target, finished or not, with its unstable cells
         removed (they are measured again, every round, into the same file)."""
-        found = _find_resumable(out_dir, target, self.loaded, self.device_kind, finished_too=True)
+        found = _find_resumable(
+            out_dir, target, self.loaded, self.device_kind, finished_too=True, shard=self.options.shard
+        )
         if found is None:
             raise UserError(
                 f"no run of scenario {self.loaded.scenario.name!r} (same file content) for target {target} "
                 "to re-measure unstable cells of",
                 source=str(out_dir / target),
             )
-        path, result = found
+        return self._without_unstable(*found)
+
+    @staticmethod
+    def _without_unstable(path: Path, result: RunResult) -> tuple[Path, RunResult]:
         kept = [cell for cell in result.cells if not cell.unstable]
         result = result.model_copy(update={"cells": kept, "finished_utc": None})
         save_result(result, path)
@@ -319,216 +485,3 @@ class Runner:
         if outcome.status != "ok" or outcome.value is None:
             raise RunFailure(f"the peak bandwidth probe failed: {outcome.error}", source=target)
         return outcome.value
-
-    def _payload(self, cell: Cell, backend: str | None = None) -> dict[str, Any]:
-        scenario = self.loaded.scenario
-        return {
-            "device": self.device,
-            "model": scenario.model.model_dump(),
-            "variant": cell_worker.variant_payload(cell.variant),
-            "batch_size": cell.batch_size,
-            "context_len": cell.context_len,
-            "dtype": cell.dtype,
-            "backend": backend or cell.backend,
-            "seed": scenario.measure.seed,
-            "metrics": list(scenario.measure.selected_metrics),
-            "timing": timing_settings(scenario.measure, self.options.quick),
-            "cold": scenario.measure.cold,
-            "energy_window_s": scenario.measure.energy_window_s,
-            "repeat": False,
-            "graphs": True,
-        }
-
-    def _measure_in_worker(self, payload: dict[str, Any]) -> WorkerOutcome:
-        """measure_cell in a worker; once more with CUDA graphs off if a failed capture broke the first one."""
-        outcome = self._call(cell_worker.measure_cell, payload)
-        if outcome.exception == "GraphCaptureStateError":
-            return self._call(cell_worker.measure_cell, payload | {"graphs": False})
-        return outcome
-
-    def _checks(self, cell: Cell, worker: list[Check], metrics: CellMetrics | None, peak: float | None) -> list[Check]:
-        vendor = self._environment.get("vendor_peak_bandwidth_gbps")
-        return derive.cell_checks(
-            worker,
-            metrics,
-            loaded=self.loaded,
-            cell=cell,
-            peak_gbps=peak,
-            vendor_gbps=float(vendor) if isinstance(vendor, int | float) else None,
-            cache_bytes=cache_bytes(self._environment, self.device_kind),
-            device=self.device_kind,
-        )
-
-    def _measure(self, cell: Cell, peak_gbps: float | None) -> CellResult:
-        start = time.perf_counter()
-        model = self.loaded.scenario.model
-        v, dtype = cell.variant, cell.dtype
-        base = {
-            "variant": v.name,
-            "batch_size": cell.batch_size,
-            "context_len": cell.context_len,
-            "dtype": dtype,
-            "backend": cell.backend,
-            "head_dim": v.head_dim,
-            "n_heads": v.n_heads,
-            "n_kv_heads": v.n_kv_heads,
-            "n_kv_layers": v.n_kv_layers,
-            "kv_layers": list(v.kv_layers),
-            "params_total": accounting.param_counts(model, v).total,
-            "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dtype),
-            **cache_fields(v, dtype, cell.context_len),
-        }
-        # a backend that cannot run this variant here is not measured under its name: say why instead
-        reason = unsupported_reason(cell.backend, v, self.device_kind)
-        if reason is not None:
-            return CellResult(
-                **base,
-                status="unsupported",
-                error=reason,
-                elapsed_s=time.perf_counter() - start,
-                metrics=derive.derive_metrics(self.loaded, cell, {}, peak_gbps),  # the accounting still applies
-            )
-        backend, auto_latencies = cell.backend, None
-        if cell.backend == "auto":  # resolved in a worker of its own, so that the cell measures what it reports
-            chosen = self._call(cell_worker.choose_auto_backend, self._payload(cell))
-            if chosen.status != "ok" or chosen.value is None:
-                return CellResult(
-                    **base,
-                    status=chosen.status,
-                    error=f"choosing the backend for 'auto': {chosen.error}",
-                    elapsed_s=time.perf_counter() - start,
-                )
-            backend, auto_latencies = chosen.value["backend"], chosen.value["latencies_s"]
-        outcome = self._measure_in_worker(self._payload(cell, backend))
-        metrics, worker_checks = None, []
-        if outcome.status == "ok" and outcome.value is not None:
-            measured = dict(outcome.value)
-            worker_checks = [Check.model_validate(c) for c in measured.pop("checks", [])]
-            metrics = derive.derive_metrics(self.loaded, cell, measured, peak_gbps)
-            metrics.auto_latencies_s = auto_latencies
-            if "max_batch" in self.loaded.scenario.measure.selected_metrics:
-                metrics.max_batch = self._max_batch_for(cell, backend)
-        elif outcome.status == "oom":  # the accounting still says what the cell would have needed
-            metrics = derive.derive_metrics(self.loaded, cell, {}, peak_gbps)
-        checks = self._checks(cell, worker_checks, metrics, peak_gbps) if outcome.status == "ok" else []
-        return CellResult(
-            **base,
-            backend_used=backend,
-            status=outcome.status,
-            error=outcome.error,
-            elapsed_s=time.perf_counter() - start,
-            metrics=metrics,
-            checks=checks,
-            checks_failed=[c.name for c in checks if not c.passed],
-            host_load=_host_load(outcome),
-        )
-
-    def _repeat(self, cell: Cell, previous: CellResult, peak_gbps: float | None) -> CellResult:
-        """A later round: time the cell again in a new process, as the first round did, and pool the samples."""
-        start = time.perf_counter()
-        assert previous.metrics is not None  # an ok cell has metrics (RunResult validation)
-        payload = self._payload(cell, previous.backend_used or cell.backend) | {
-            "repeat": True,
-            "inner_reps": derive.inner_reps(previous.metrics),
-        }
-        outcome = self._measure_in_worker(payload)
-        if outcome.status != "ok" or outcome.value is None:
-            return previous.model_copy(
-                update={"status": outcome.status, "error": f"round {previous.rounds_done + 1}: {outcome.error}"}
-            )
-        metrics, raised = derive.pool_round(previous.metrics, outcome.value["samples"], cell.batch_size, peak_gbps)
-        round_checks = [Check.model_validate(c) for c in outcome.value.get("checks", [])]
-        label = f"round {previous.rounds_done + 1}: "
-        worker = [c for c in previous.checks if c.name not in derive.DERIVED_CHECKS]
-        worker += [c.model_copy(update={"detail": label + c.detail}) for c in round_checks if not c.passed] + raised
-        checks = self._checks(cell, worker, metrics, peak_gbps)
-        return previous.model_copy(
-            update={
-                "metrics": metrics,
-                "rounds_done": previous.rounds_done + 1,
-                "elapsed_s": previous.elapsed_s + time.perf_counter() - start,
-                "checks": checks,
-                "checks_failed": [c.name for c in checks if not c.passed],
-                "host_load": previous.host_load + _host_load(outcome),
-            }
-        )
-
-    def _max_batch_for(self, cell: Cell, backend: str) -> MaxBatch:
-        key = (cell.variant.name, cell.dtype, cell.context_len, cell.backend)
-        if key not in self._max_batch:
-            self._max_batch[key] = self._search_max_batch(cell, backend)
-        return self._max_batch[key]
-
-    def _search_max_batch(self, cell: Cell, backend: str) -> MaxBatch:
-        """The largest batch under the budget, probed with ``backend``: the one the cell reports."""
-        scenario = self.loaded.scenario
-        budget = scenario.measure.memory_budget
-        assert budget is not None  # max_batch is only selected with a budget (MeasureSpec)
-        model, v, dtype, context = scenario.model, cell.variant, cell.dtype, cell.context_len
-        predicted = accounting.predicted_max_batch(model, v, dtype, context, budget)
-        per_sequence = accounting.bytes_per_sequence(model, v, dtype, context)
-        payload = self._payload(cell, backend) | {"budget_bytes": budget}
-
-        def probe_in_worker(batch: int) -> Probe:
-            outcome = self._call(cell_worker.probe_batch, payload | {"batch_size": batch})
-            if outcome.status == "ok" and outcome.value is not None:
-                return Probe(batch, bool(outcome.value["fits"]), int(outcome.value["peak_bytes"]), "ok")
-            if outcome.status == "oom":
-                return Probe(batch, False, None, "oom")
-            return Probe(batch, False, None, f"{outcome.status}: {outcome.error}")
-
-        probe = probe_in_worker if is_cuda(self.device) else _guard_host_memory(probe_in_worker, budget)
-        found: SearchResult = search_max_batch(probe, predicted, budget, per_sequence)
-        measured = found.measured
-        probes, uncertainty = list(found.probes), 0 if is_cuda(self.device) else None
-        if measured is not None and not is_cuda(self.device):
-            # A resident set moves by a few pages between identical processes: probe the boundary again
-            # and turn the spread of peaks at one batch into sequences.
-            again = [probe(measured), probe(measured + 1)] if measured > 0 else []
-            probes += again
-            uncertainty = boundary_uncertainty(probes, measured, per_sequence)
-        return MaxBatch(
-            budget_bytes=budget,
-            predicted=predicted,
-            measured=measured,
-            error_fraction=(predicted - measured) / measured if measured else None,
-            probes=[
-                {"batch_size": p.batch_size, "fits": p.fits, "peak_bytes": p.peak_bytes, "status": p.status}
-                for p in probes
-            ]
-            + ([{"note": found.note}] if found.note else []),
-            uncertainty=uncertainty,
-        )
-
-
-def _host_load(outcome: WorkerOutcome) -> list[HostLoad]:
-    """The host load a measuring worker read around its timed windows (none where it could not)."""
-    load = (outcome.value or {}).get("host_load")
-    return [HostLoad.model_validate(load)] if load else []
-
-
-def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, Any]:
-    """The CellResult fields that say what a variant caches (see harness/results/schema.py)."""
-    return {
-        "attention": variant.attention,
-        "spelling": variant.describe(),
-        "layer_windows": list(variant.layer_windows) if variant.is_windowed else None,
-        "kv_dtype": variant.kv_dtype,
-        "kv_scale": variant.kv_scale if variant.kv_dtype is not None else None,
-        "mla": dataclasses.asdict(variant.mla) if variant.mla is not None else None,
-        "kv_bytes_per_sequence": accounting.kv_bytes_per_sequence(variant, dtype, context_len),
-    }
-
-
-def _guard_host_memory(probe: Callable[[int], Probe], budget: int) -> Callable[[int], Probe]:
-    """On CPU a probe cannot be capped like the CUDA allocator; refuse a budget the host lacks."""
-    import psutil
-
-    available = int(psutil.virtual_memory().available)
-    if budget > 0.8 * available:
-
-        def refuse(batch: int) -> Probe:
-            return Probe(batch, False, None, f"error: budget {budget} B exceeds 80% of available host memory")
-
-        return refuse
-    return probe

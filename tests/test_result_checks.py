@@ -400,3 +400,43 @@ def test_the_console_script_prints_no_traceback_for_a_bad_result_file(tmp_path: 
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def placed(started: str, finished: str) -> dict[str, Any]:
+    return {
+        "executor": "ray",
+        "node_id": "a1b2",
+        "host": "node-1",
+        "device": "cuda",
+        "device_id": "3",
+        "device_uuid": "GPU-0f1e",
+        "pid": 4242,
+        "started_utc": started,
+        "finished_utc": finished,
+    }
+
+
+def test_a_cell_placed_on_a_node_and_gpu_is_accepted() -> None:
+    data = edited(lambda d: d["cells"][0].update(placement=[placed("2026-11-24T06:15:00.5Z", "2026-11-24T06:15:09Z")]))
+    assert problems_of(data) == []
+
+
+def test_a_placement_that_finishes_before_it_starts_is_refused() -> None:
+    data = edited(
+        lambda d: d["cells"][1].update(placement=[placed("2026-11-24T06:15:09.000001Z", "2026-11-24T06:15:09Z")])
+    )
+    assert problems_of(data) == [
+        "r.json: cells[1].placement[0].finished_utc: finishes (2026-11-24T06:15:09Z) before it starts "
+        "(2026-11-24T06:15:09.000001Z)"
+    ]
+
+
+def test_a_placement_time_that_is_not_utc_iso_is_refused_by_field() -> None:
+    data = edited(lambda d: d["cells"][0].update(placement=[placed("yesterday", "2026-11-24T06:15:09Z")]))
+    (line,) = problems_of(data)
+    assert line.startswith("r.json: cells[0].placement[0].started_utc: String should match pattern")
+
+
+def test_a_shard_whose_index_exceeds_its_count_is_refused() -> None:
+    (line,) = problems_of(edited(lambda d: d.update(shard={"index": 3, "count": 2})))
+    assert line.startswith("r.json: shard: ") and "the index exceeds the count" in line

@@ -439,3 +439,29 @@ def test_rerun_unstable_without_resume_is_a_one_line_error(tmp_path: Path, capsy
     assert capsys.readouterr().err.strip() == (
         "attnbench run: error: --rerun-unstable: re-measures cells of an existing run; give --resume too"
     )
+
+
+def test_every_cell_records_where_its_round_ran(finished: RunResult):
+    import os
+    import socket
+    from datetime import datetime
+
+    for cell in finished.cells:
+        (where,) = cell.placement  # one round
+        assert where.executor == "local" and where.node_id == where.host == socket.gethostname()
+        assert where.device == "cpu" and where.device_uuid is None
+        assert where.pid == os.getpid()  # this process ran the round's workers
+        assert finished.peak_bandwidth_gbps is not None and where.peak_bandwidth_gbps == finished.peak_bandwidth_gbps
+        assert datetime.fromisoformat(where.started_utc) <= datetime.fromisoformat(where.finished_utc)
+    # one after the other: each round starts once the one before it has finished
+    spans = [(c.placement[0].started_utc, c.placement[0].finished_utc) for c in finished.cells]
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False))
+
+
+def test_each_measurement_round_appends_its_placement(tmp_path: Path):
+    text = TINY.replace('memory_budget = "{budget}"\n', 'metrics = ["decode"]\nrounds = 2\n').replace("[1, 2]", "[1]")
+    code, result = run_cli(tmp_path, text)
+    assert code == 0
+    for cell in result.cells:
+        assert [p.executor for p in cell.placement] == ["local", "local"]
+        assert cell.placement[0].finished_utc <= cell.placement[1].started_utc

@@ -17,13 +17,15 @@ cannot see, :func:`result_problems` checks on the validated result:
   ``ci_high`` equal a recomputation from the samples (harness/measure/stats.py) within rounding,
   which also puts them inside ``[min, max]`` of the samples and in order; each of
   ``process_medians`` lies within ``[min, max]`` (each is the median of some of the samples);
-- no two cells have the same coordinates (variant, batch size, context length, dtype, backend).
+- no two cells have the same coordinates (variant, batch size, context length, dtype, backend);
+- each of a cell's placements finishes no earlier than it starts.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from datetime import datetime
 
 from harness.errors import Problem, dotted
 from harness.measure.stats import summarize
@@ -97,6 +99,15 @@ def result_problems(result: RunResult, source: str) -> list[Problem]:
             first_index[cell.key] = index
         if cell.status == "ok" and cell.metrics is None:
             problems.append(Problem("an ok cell has no metrics", source, f"{path}.metrics"))
+        for round_index, placement in enumerate(cell.placement):
+            if datetime.fromisoformat(placement.finished_utc) < datetime.fromisoformat(placement.started_utc):
+                problems.append(
+                    Problem(
+                        f"finishes ({placement.finished_utc}) before it starts ({placement.started_utc})",
+                        source,
+                        f"{path}.placement[{round_index}].finished_utc",
+                    )
+                )
         if cell.metrics is not None:
             for name, summary in _summaries(cell.metrics):
                 problems += [

@@ -30,6 +30,8 @@ Seconds = Positive  # a latency
 NonNegative = Annotated[float, Field(ge=0)]
 # A folder name under results/ (and under a report's output folder): no separators, no leading dot.
 TARGET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+# A UTC time to the microsecond, e.g. 2026-11-24T06:15:00.123456Z (placements, which overlap tests compare).
+UtcTime = Annotated[str, Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")]
 
 
 class _Model(BaseModel):
@@ -145,6 +147,24 @@ class Stability(_Model):
     reasons: list[str] = []  # one sentence per rule that fired, with its numbers
 
 
+class Placement(_Model):
+    """Where one measurement round of a cell ran: which executor, node, device and process, and when."""
+
+    executor: Literal["local", "ray"]
+    node_id: str = Field(min_length=1, max_length=200)  # Ray's node id; the host name for a local run
+    host: str = Field(max_length=200)  # the host name of that node
+    device: str = Field(min_length=1, max_length=50)  # what the workers measured on: cpu, cuda or cuda:N
+    # CUDA_VISIBLE_DEVICES as the cell's workers saw it (on Ray: the GPU Ray assigned); None where unset
+    device_id: str | None = Field(default=None, max_length=200)
+    device_uuid: str | None = Field(default=None, max_length=200)  # the GPU's UUID; None on a CPU
+    pid: Size  # the process that ran the round's workers (each worker is a child of it)
+    started_utc: UtcTime
+    finished_utc: UtcTime
+    attempt: Size = 1  # 2: an earlier attempt was lost with its Ray worker or node, and this one ran it again
+    retried_after: str | None = None  # how that earlier attempt ended
+    peak_bandwidth_gbps: Positive | None = None  # the node's measured peak this round's fractions divide by
+
+
 class CellResult(_Model):
     """One cell: its coordinates, whether it ran, and what it measured."""
 
@@ -183,6 +203,7 @@ class CellResult(_Model):
     checks_failed: list[str] = []
     host_load: list[HostLoad] = []  # one per measurement round (CPU hosts; empty where unknown)
     stability: Stability | None = None  # assessed at the end of the run, against the run's other cells
+    placement: list[Placement] = []  # one per measurement round, in order (empty in files written before)
 
     @property
     def unstable(self) -> bool:
@@ -231,6 +252,34 @@ class Pairing(_Model):
     orders: dict[str, str] = {}
 
 
+class Shard(_Model):
+    """The part of a scenario's cells one run measured (``attnbench run --shard K/N``)."""
+
+    index: Size  # K, from 1
+    count: Size  # N
+
+    @model_validator(mode="after")
+    def _index_within_count(self) -> Shard:
+        if self.index > self.count:
+            raise ValueError(f"shard {self.index} of {self.count}: the index exceeds the count")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+class MergedPart(_Model):
+    """One result file that ``attnbench merge`` took cells from."""
+
+    file: str  # its name
+    shard: Shard | None = None
+    commit: str | None
+    started_utc: str
+    finished_utc: str | None
+    cells: Count  # cells taken from it
+
+
 class RunResult(_Model):
     """A whole result file."""
 
@@ -245,4 +294,6 @@ class RunResult(_Model):
     finished_utc: str | None = None  # None while the run is still going (or was interrupted)
     peak_bandwidth_gbps: Positive | None = None  # the target's measured copy/read peak used for fractions
     pairing: Pairing | None = None  # set when this run is one side of an interleaved comparison
+    shard: Shard | None = None  # set when this run measured one shard of the scenario's cells
+    merged_from: list[MergedPart] = []  # set by attnbench merge: the files whose cells this one holds
     cells: list[CellResult] = []

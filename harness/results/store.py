@@ -107,9 +107,12 @@ def load_result(path: str | Path) -> RunResult:
     return parse_result(text, str(path))
 
 
-def result_filename(started: datetime, short_commit: str | None) -> str:
-    """``20261124T061500Z_ab12cd3.json``: sortable by time, with the commit that produced it."""
-    return f"{started.strftime('%Y%m%dT%H%M%SZ')}_{short_commit or 'nogit'}{RESULT_SUFFIX}"
+def result_filename(started: datetime, short_commit: str | None, part: str | None = None) -> str:
+    """``20261124T061500Z_ab12cd3.json``: sortable by time, with the commit that produced it; a shard's
+    or a merged file's ``part`` follows (``..._ab12cd3_shard-2-of-4.json``), so that shards started in
+    the same second on one target never share a name."""
+    suffix = f"_{part}" if part else ""
+    return f"{started.strftime('%Y%m%dT%H%M%SZ')}_{short_commit or 'nogit'}{suffix}{RESULT_SUFFIX}"
 
 
 def result_files(path: str | Path) -> list[Path]:
