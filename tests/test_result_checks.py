@@ -120,7 +120,8 @@ def test_every_committed_result_file_passes_every_check(path: Path) -> None:
         ),
         (
             lambda d: d["cells"][0].update(status="fine"),
-            "r.json: cells[0].status: Input should be 'ok', 'oom', 'error', 'timeout' or 'unsupported' (got 'fine')",
+            "r.json: cells[0].status: Input should be 'ok', 'oom', 'error', 'timeout', 'unsupported' or 'killed' "
+            "(got 'fine')",
         ),
         (
             lambda d: d["cells"][0].pop("kv_layers"),
