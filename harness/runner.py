@@ -8,14 +8,18 @@ What a round measures is harness/execute/cellround.py, the same on every executo
 the jobs, in round-major order (every cell's round 1, then every cell's round 2, ...), and is the one
 writer of result files: one per hardware target the cells ran on. A file is rewritten atomically after
 every round, so an interrupted run (Ctrl-C, a killed process) loses no finished cell; ``resume``
-continues the newest unfinished file of the same scenario per target. Every worker call has a time
-limit (``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run goes on.
-Nothing here imports torch or touches CUDA: the workers do.
+continues the newest unfinished file of the same scenario per target. A stop signal
+(:class:`~harness.signals.Interrupted`) ends the worker and is recorded in every file of the run
+(``interruptions``). Files are claimed, locked while written and saved as harness/runfiles.py says;
+the folder is checked writable, with room for the files, before anything is measured, and a save
+that fails later (a full disk) stops the run with the last good file in place. Every worker call has
+a time limit (``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run
+goes on. Nothing here imports torch or touches CUDA: the workers do.
 """
 
 from __future__ import annotations
 
-import subprocess
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness import runfiles
 from harness.errors import RunFailure, UserError
 from harness.execute.cellround import max_batch_key
 from harness.execute.executor import Executor, NoPlacement
@@ -33,9 +38,11 @@ from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
 from harness.measure import stability
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
-from harness.results.schema import CellResult, GitInfo, MaxBatch, Pairing, RunResult, ScenarioRef, Shard
-from harness.results.store import load_result, result_filename, result_files, save_result
-from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
+from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
+from harness.results.store import check_writable
+from harness.runfiles import ResultFile, RunIdentity, git_info, needed_bytes
+from harness.scenario import Cell, expand_cells, load_scenario
+from harness.signals import Interrupted
 
 
 @dataclass(frozen=True)
@@ -62,18 +69,6 @@ class RunProgress:
 
 
 @dataclass
-class ResultFile:
-    """One target's result file of this run, and where each of its cells is in it."""
-
-    path: Path
-    result: RunResult
-    index: dict[tuple[str, int, int, str, str], int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.index = {c.key: i for i, c in enumerate(self.result.cells)}
-
-
-@dataclass
 class RunOutcome:
     path: Path  # the first target's file (the only one unless cells ran on several kinds of hardware)
     result: RunResult
@@ -96,62 +91,14 @@ class RunOutcome:
         return by_name
 
 
-def git_info(cwd: Path | None = None) -> GitInfo:
-    """The commit of the working tree and whether tracked files differ from it."""
-
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return GitInfo(commit=None, short=None, dirty=None)
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return GitInfo(
-        commit=commit,
-        short=git("rev-parse", "--short", "HEAD"),
-        dirty=None if status is None else bool(status),
-        branch=git("rev-parse", "--abbrev-ref", "HEAD"),
-    )
-
-
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _find_resumable(
-    out_dir: Path,
-    target: str,
-    loaded: LoadedScenario,
-    device: str,
-    *,
-    finished_too: bool = False,
-    shard: Shard | None = None,
-) -> tuple[Path, RunResult] | None:
-    """The newest unfinished result of this scenario (same content) and shard on this target, if any;
-    with ``finished_too``, the newest one whether finished or not."""
-    folder = out_dir / target
-    if not folder.is_dir():
-        return None
-    for path in reversed(result_files(folder)):
-        result = load_result(path)
-        same = result.scenario.sha256 == loaded.content_sha256 and result.device == device and result.shard == shard
-        if same and (finished_too or result.finished_utc is None):
-            return path, result
-    return None
-
-
-def _resumable_targets(out_dir: Path) -> list[str]:
-    """Targets with a result folder under ``out_dir``, in name order."""
-    if not out_dir.is_dir():
-        return []
-    return sorted(p.name for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-FAILED_STATUSES = ("error", "timeout")  # cell outcomes that make a run exit 1 (out-of-memory does not)
+# Cell outcomes that make a run exit 1. Out-of-memory does not, nor does a worker killed without a
+# word (``killed``: a SIGKILL the cgroup did not count as an OOM kill, or where it keeps no count;
+# its error names the likely cause).
+FAILED_STATUSES = ("error", "timeout")
 
 
 class Runner:
@@ -171,8 +118,7 @@ class Runner:
         self.timeout_s = self.loaded.scenario.measure.cell_timeout_s
         self.rounds = options.rounds or self.loaded.scenario.measure.rounds
         self._max_batch: dict[tuple[str, tuple[str, str, int, str]], MaxBatch] = {}  # by target and max_batch_key
-        self._started = datetime.now(UTC)
-        self._git: GitInfo | None = None
+        self._identity: RunIdentity | None = None
         # the run being measured, set by begin(): one file per target, the first also as path/result
         self.files: dict[str, ResultFile] = {}
         self.path: Path = Path()
@@ -180,11 +126,24 @@ class Runner:
         self._where: dict[tuple[str, int, int, str, str], str] = {}  # cell key -> the target whose file holds it
         self._failed: list[CellResult] = []
 
+    @property
+    def result_path(self) -> Path | None:
+        """The (first) result file, once begin() has opened one."""
+        return self.path if self.files else None
+
     def run(self) -> RunOutcome:
-        """Every round of every cell, then the run's assessment: the whole run."""
-        cells = self.begin()
-        self.sweep(cells)
-        return self.finish()
+        """Every round of every cell, then the run's assessment: the whole run.
+
+        A stop signal is recorded in the files (:meth:`record_interruption`) and raised again."""
+        try:
+            cells = self.begin()
+            self.sweep(cells)
+            return self.finish()
+        except Interrupted as stop:
+            self.record_interruption(stop)
+            raise
+        finally:
+            self.close()
 
     def begin(self, pairing: Pairing | None = None) -> list[Cell]:
         """Open (or reopen) the result files and, measuring locally, probe the peak; the cells to measure,
@@ -192,16 +151,19 @@ class Runner:
 
         :meth:`run` then measures every round of every cell; a driver that orders the measurements
         itself (``attnbench ab``, interleaving two revisions) calls :meth:`measure_round` and
-        :meth:`finish` directly. ``pairing`` marks the file as one side of such a comparison.
+        :meth:`finish` directly, and :meth:`close` if it stops before finishing. ``pairing`` marks the
+        file as one side of such a comparison.
         """
+        scenario = self.loaded.scenario
+        cells = expand_cells(scenario, self.loaded.variants)
+        rounds = self.rounds
+        if self.options.shard is not None:
+            cells = shard_cells(self.loaded, cells, self.options.shard, rounds)
+        check_writable(self.options.out_dir, needed_bytes(len(cells), rounds, scenario.measure.max_samples))
         if self.executor is None:
             self._begin_local(pairing)
         else:
             self._reopen_remote()
-        cells = expand_cells(self.loaded.scenario, self.loaded.variants)
-        rounds = self.rounds
-        if self.options.shard is not None:
-            cells = shard_cells(self.loaded, cells, self.options.shard, rounds)
         # a failed cell is not measured again in later rounds, so it counts as done for all of them
         existing = [c for f in self.files.values() for c in f.result.cells]
         done = sum(min(c.rounds_done, rounds) if c.status == "ok" else rounds for c in existing)
@@ -209,50 +171,58 @@ class Runner:
         self._failed = [c for c in existing if c.status in FAILED_STATUSES]
         return cells
 
+    def _run_identity(self) -> RunIdentity:
+        """What every file of this run shares; taken once, so that all its files name one start and commit."""
+        if self._identity is None:
+            self._identity = RunIdentity(
+                self.loaded, self.device_kind, self.options.quick, datetime.now(UTC), git_info(), self.options.shard
+            )
+        return self._identity
+
     def _begin_local(self, pairing: Pairing | None) -> None:
         target, environment = self._describe()
-        path, result = self._open_result(target, environment)
+        out_dir, resume = self.options.out_dir, self.options.resume
+        if resume:
+            reopened = runfiles.reopen(
+                out_dir, target, self._run_identity(), unstable=self.options.rerun_unstable, required=True
+            )
+            assert reopened is not None  # required: a UserError otherwise
+            file = self._add_file(target, reopened)
+        else:
+            file = self._add_file(target, runfiles.create(out_dir, target, environment, self._run_identity()))
+        result = file.result
         if pairing is not None:
             result.pairing = pairing
         if result.peak_bandwidth_gbps is None:
-            peak = self._peak(target, environment)
+            peak = self._peak(target, result.environment)
             result.environment["peak_bandwidth"] = peak
             result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
-        save_result(result, path)
-        self._add_file(target, path, result)
+        file.save()
         node = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
         self.executor = LocalExecutor(self.workers, node, self.device)
 
     def _reopen_remote(self) -> None:
         """Cells run where the executor puts them: files open as targets report, and with --resume the
-        unfinished file of this scenario of every target under the results folder is continued."""
+        file of this scenario to continue on every target under the results folder is reopened."""
         if not self.options.resume:
             return
-        out_dir = self.options.out_dir
-        for target in _resumable_targets(out_dir):
-            if self.options.rerun_unstable:
-                found = _find_resumable(
-                    out_dir, target, self.loaded, self.device_kind, finished_too=True, shard=self.options.shard
-                )
-                if found is not None:
-                    found = self._without_unstable(*found)
-            else:
-                found = _find_resumable(out_dir, target, self.loaded, self.device_kind, shard=self.options.shard)
+        out_dir, unstable = self.options.out_dir, self.options.rerun_unstable
+        for target in runfiles.target_folders(out_dir):
+            found = runfiles.reopen(out_dir, target, self._run_identity(), unstable=unstable, required=False)
             if found is not None:
-                self._add_file(target, *found)
+                self._add_file(target, found)
         if not self.files:
-            what = "run" if self.options.rerun_unstable else "unfinished run"
+            what = "run" if unstable else "unfinished run"
             raise UserError(
                 f"no {what} of scenario {self.loaded.scenario.name!r} (same file content) on any target to resume",
                 source=str(out_dir),
             )
 
-    def _add_file(self, target: str, path: Path, result: RunResult) -> ResultFile:
-        file = ResultFile(path, result)
+    def _add_file(self, target: str, file: ResultFile) -> ResultFile:
         if not self.files:
-            self.path, self.result = path, result
+            self.path, self.result = file.path, file.result
         self.files[target] = file
-        for cell in result.cells:
+        for cell in file.result.cells:
             self._where[cell.key] = target
             if cell.metrics is not None and cell.metrics.max_batch is not None:
                 key = (cell.variant, cell.dtype, cell.context_len, cell.backend)
@@ -305,9 +275,11 @@ class Runner:
     def sweep(self, cells: list[Cell]) -> None:
         """Every remaining round of every cell, as many at once as the executor takes, in round-major order.
 
-        A cell's next round is planned when its previous one arrives; a first round whose max batch
-        another cell's running first round is searching waits for it (one search per target). Ctrl-C
-        cancels the executor's outstanding jobs; every finished round is saved already.
+        Round after round over all cells, each time in a new process: the rounds of one cell are spread
+        over the whole run, so their spread shows the machine's drift, not just its jitter. A cell's next
+        round is planned when its previous one arrives; a first round whose max batch another cell's
+        running first round is searching waits for it (one search per target). A stop (Ctrl-C) cancels
+        the executor's outstanding jobs; every finished round is saved already.
         """
         assert self.executor is not None, "begin() first"
         position = {cell.key: i for i, cell in enumerate(cells)}
@@ -367,7 +339,7 @@ class Runner:
         """Put a measured round into its target's file and save it; the cell as it now stands."""
         job, result = outcome.job, outcome.result
         target = job.target or outcome.node.target
-        file = self.files.get(target) or self._add_file(target, *self._new_result(outcome.node))
+        file = self.files.get(target) or self._add_file(target, self._new_file(outcome.node))
         cell = job.cell
         if cell.key in file.index:
             file.result.cells[file.index[cell.key]] = result
@@ -377,7 +349,7 @@ class Runner:
         self._where[cell.key] = target
         if job.round_index == 0 and result.metrics is not None and result.metrics.max_batch is not None:
             self._max_batch.setdefault((target, max_batch_key(cell)), result.metrics.max_batch)
-        save_result(file.result, file.path)
+        file.save()
         if result.status in FAILED_STATUSES:
             self._failed.append(result)
         self.progress.cell_finished(cell, result)
@@ -385,16 +357,38 @@ class Runner:
             self.progress.rounds_skipped(cell, self.rounds - job.round_index - 1)
         return result
 
+    def _new_file(self, node: NodeInfo) -> ResultFile:
+        """The file of a target whose first cell just arrived, with that node's fingerprint and peak."""
+        file = runfiles.create(self.options.out_dir, node.target, node.environment, self._run_identity())
+        file.result.peak_bandwidth_gbps = node.peak_gbps
+        return file
+
     def finish(self) -> RunOutcome:
         """Assess every cell's stability against its file's other cells, mark the files finished, save them."""
         for file in self.files.values():
             stability.assess_run(file.result)
             file.result.finished_utc = _now()
-            save_result(file.result, file.path)
+            file.save()
+        self.close()
         files = [(f.path, f.result) for f in self.files.values()]
         if not files:
             raise RunFailure("no cell was measured, so no result file was written", source=self.options.scenario)
         return RunOutcome(files[0][0], files[0][1], self._failed, files)
+
+    def record_interruption(self, stop: Interrupted) -> None:
+        """Note the signal that stopped the run in each of its files (nothing before a file exists). The
+        files stay unfinished, for ``--resume``; a save that fails leaves the last good one."""
+        for file in self.files.values():
+            cells_done = len(file.result.cells)
+            file.result.interruptions.append(Interruption(utc=_now(), signal=stop.name, cells_done=cells_done))
+            # if this save fails, the file on disk is the last one saved: every finished cell, without the note
+            with contextlib.suppress(OSError):
+                file.save()
+
+    def close(self) -> None:
+        """Let go of the result files' locks; the runner measures nothing more."""
+        for file in self.files.values():
+            file.release()
 
     def _call(self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> WorkerOutcome:
         return self.workers.call(fn, payload, timeout_s=self.timeout_s)
@@ -405,78 +399,6 @@ class Runner:
         if outcome.status != "ok" or outcome.value is None:
             raise RunFailure(f"describing the device failed: {outcome.error}", source=self.device)
         return outcome.value["target"], outcome.value["environment"]
-
-    def _open_result(self, target: str, environment: dict[str, Any]) -> tuple[Path, RunResult]:
-        out_dir = self.options.out_dir
-        if self.options.resume and self.options.rerun_unstable:
-            return self._reopen_unstable(out_dir, target)
-        if self.options.resume:
-            found = _find_resumable(out_dir, target, self.loaded, self.device_kind, shard=self.options.shard)
-            if found is None:
-                raise UserError(
-                    f"no unfinished run of scenario {self.loaded.scenario.name!r} (same file content) "
-                    f"for target {target} to resume",
-                    source=str(out_dir / target),
-                )
-            return found
-        return self._create(target, environment)
-
-    def _create(self, target: str, environment: dict[str, Any]) -> tuple[Path, RunResult]:
-        """A new result file for ``target``: every file of one run has the run's start time and commit."""
-        if self._git is None:
-            self._git = git_info()
-        git, started, shard = self._git, self._started, self.options.shard
-        part = f"shard-{shard.index}-of-{shard.count}" if shard is not None else None
-        path = self.options.out_dir / target / result_filename(started, git.short, part)
-        if path.exists():  # two runs started within one second: never overwrite
-            raise UserError("exists already; wait a second and run again", source=str(path))
-        scenario = self.loaded.scenario
-        result = RunResult(
-            target=target,
-            environment=environment,
-            git=git,
-            scenario=ScenarioRef(
-                name=scenario.name,
-                source=self.loaded.source,
-                sha256=self.loaded.content_sha256,
-                description=scenario.description,
-                model=scenario.model.model_dump(),
-                measure=scenario.measure.model_dump(),
-            ),
-            device=self.device_kind,
-            quick=self.options.quick,
-            started_utc=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            shard=shard,
-        )
-        save_result(result, path)
-        return path, result
-
-    def _new_result(self, node: NodeInfo) -> tuple[Path, RunResult]:
-        """The file of a target whose first cell just arrived, with that node's fingerprint and peak."""
-        path, result = self._create(node.target, node.environment)
-        result.peak_bandwidth_gbps = node.peak_gbps
-        return path, result
-
-    def _reopen_unstable(self, out_dir: Path, target: str) -> tuple[Path, RunResult]:
-        """The newest run of this scenario on this target, finished or not, with its unstable cells
-        removed (they are measured again, every round, into the same file)."""
-        found = _find_resumable(
-            out_dir, target, self.loaded, self.device_kind, finished_too=True, shard=self.options.shard
-        )
-        if found is None:
-            raise UserError(
-                f"no run of scenario {self.loaded.scenario.name!r} (same file content) for target {target} "
-                "to re-measure unstable cells of",
-                source=str(out_dir / target),
-            )
-        return self._without_unstable(*found)
-
-    @staticmethod
-    def _without_unstable(path: Path, result: RunResult) -> tuple[Path, RunResult]:
-        kept = [cell for cell in result.cells if not cell.unstable]
-        result = result.model_copy(update={"cells": kept, "finished_utc": None})
-        save_result(result, path)
-        return path, result
 
     def _peak(self, target: str, environment: dict[str, Any]) -> dict[str, Any]:
         outcome = self._call(

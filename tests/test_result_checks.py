@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers_results import make_cell, make_run
 
-from harness import runner
+from harness import runfiles
 from harness.cli import main
 from harness.errors import UserError
 from harness.results import gitrev
@@ -120,7 +120,8 @@ def test_every_committed_result_file_passes_every_check(path: Path) -> None:
         ),
         (
             lambda d: d["cells"][0].update(status="fine"),
-            "r.json: cells[0].status: Input should be 'ok', 'oom', 'error', 'timeout' or 'unsupported' (got 'fine')",
+            "r.json: cells[0].status: Input should be 'ok', 'oom', 'error', 'timeout', 'unsupported' or 'killed' "
+            "(got 'fine')",
         ),
         (
             lambda d: d["cells"][0].pop("kv_layers"),
@@ -356,7 +357,7 @@ def test_resume_refuses_an_unfinished_result_that_fails_the_checks(tmp_path: Pat
     write(tmp_path / "cpu-test-2c", data, "20260105T100000Z_a1b2c3d.json")
     loaded = load_scenario(REPO / "scenarios" / "default.toml")
     with pytest.raises(UserError, match=r"cells\[0\]\.batch_size: Input should be greater than or equal to 1"):
-        runner._find_resumable(tmp_path, "cpu-test-2c", loaded, "cpu")
+        runfiles.find_resumable(tmp_path, "cpu-test-2c", loaded, "cpu")
 
 
 # --- validate ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -455,7 +456,7 @@ def test_every_cell_records_where_its_round_ran(finished: RunResult):
         assert datetime.fromisoformat(where.started_utc) <= datetime.fromisoformat(where.finished_utc)
     # one after the other: each round starts once the one before it has finished
     spans = [(c.placement[0].started_utc, c.placement[0].finished_utc) for c in finished.cells]
-    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:], strict=False))
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
 
 
 def test_each_measurement_round_appends_its_placement(tmp_path: Path):

@@ -28,7 +28,11 @@ def check(path: str) -> str:
     """What ``path`` holds, in a few words; UserError listing its problems when it is not valid."""
     if Path(path).suffix.lower() == RESULT_SUFFIX:
         result = load_result(path)
-        unfinished = "" if result.finished_utc else ", unfinished"
+        stops = result.interruptions
+        if result.finished_utc is None:
+            unfinished = f", unfinished: interrupted by {stops[-1].signal}" if stops else ", unfinished"
+        else:
+            unfinished = f", finished after {len(stops)} interruption(s)" if stops else ""
         return (
             f"ok (result of scenario {result.scenario.name!r} on {result.target}, "
             f"{len(result.cells)} cells{unfinished})"

@@ -181,7 +181,7 @@ class _CellRound:
             if "max_batch" in self.loaded.scenario.measure.selected_metrics:
                 known = self.job.max_batch.get(self.target)
                 metrics.max_batch = known if known is not None else self._search_max_batch(backend)
-        elif outcome.status == "oom":  # the accounting still says what the cell would have needed
+        elif outcome.status in ("oom", "killed"):  # the accounting still says what the cell would have needed
             metrics = derive.derive_metrics(self.loaded, cell, {}, peak_gbps)
         checks = self._checks(worker_checks, metrics) if outcome.status == "ok" else []
         return CellResult(
@@ -243,6 +243,8 @@ class _CellRound:
                 return Probe(batch, bool(outcome.value["fits"]), int(outcome.value["peak_bytes"]), "ok")
             if outcome.status == "oom":
                 return Probe(batch, False, None, "oom")
+            if outcome.status == "killed":  # most often the out-of-memory killer: the batch does not fit
+                return Probe(batch, False, None, f"killed: {outcome.error}")
             return Probe(batch, False, None, f"{outcome.status}: {outcome.error}")
 
         cuda = is_cuda(self.device)

@@ -43,9 +43,10 @@ class AdvisoryLock:
     Not reentrant: a second :meth:`acquire` of the same file, even from this process, is refused.
     """
 
-    def __init__(self, path: Path, purpose: str) -> None:
+    def __init__(self, path: Path, purpose: str, subject: Path | None = None) -> None:
         self.path = path
         self.purpose = purpose
+        self.subject = subject if subject is not None else path.parent  # what a refusal names as written
         self._fd: int | None = None
 
     @property
@@ -67,7 +68,7 @@ class AdvisoryLock:
                 named = f"pid {holder}" if holder is not None else "pid unknown"
                 raise LockHeld(
                     f"another attnbench {self.purpose} is writing here ({named}); run again once it has finished",
-                    source=str(self.path.parent),
+                    source=str(self.subject),
                     holder_pid=holder,
                 ) from None
             except BaseException:
@@ -118,6 +119,11 @@ class AdvisoryLock:
 def folder_lock(folder: Path, purpose: str) -> AdvisoryLock:
     """The lock that writers doing ``purpose`` (``"report"``, ``"run"``) take on ``folder``."""
     return AdvisoryLock(folder / f".attnbench-{purpose}.lock", purpose)
+
+
+def file_lock(path: Path, purpose: str) -> AdvisoryLock:
+    """The lock that writers doing ``purpose`` take on one file: ``.<name>.lock`` beside it."""
+    return AdvisoryLock(path.with_name(f".{path.name}.lock"), purpose, subject=path)
 
 
 def _holder_pid(fd: int) -> int | None:

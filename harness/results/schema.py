@@ -191,8 +191,9 @@ class CellResult(_Model):
     mla: dict[str, Size | None] | None = None
     kv_bytes_per_sequence: Size | None = None  # cache bytes one sequence holds at this context (windows counted)
     # timeout: no answer within measure.cell_timeout_s; unsupported: the backend cannot run this variant on this
-    # device (the error says why), not measured
-    status: Literal["ok", "oom", "error", "timeout", "unsupported"]
+    # device (the error says why), not measured; killed: the worker was ended by SIGKILL without a word (the
+    # error names the likely cause: the out-of-memory killer, or another process)
+    status: Literal["ok", "oom", "error", "timeout", "unsupported", "killed"]
     error: str | None = None
     elapsed_s: NonNegative
     rounds_done: Size = 1  # measurement rounds finished for this cell (see measure.rounds)
@@ -280,6 +281,14 @@ class MergedPart(_Model):
     cells: Count  # cells taken from it
 
 
+class Interruption(_Model):
+    """A stop signal that ended a run before it finished; ``run --resume`` continues it."""
+
+    utc: str  # when it arrived, e.g. 2026-11-30T01:23:45Z
+    signal: str = Field(pattern=r"^SIG[A-Z0-9]+$")  # SIGINT, SIGTERM or SIGHUP
+    cells_done: Count  # cells in the file then (each with at least one finished round)
+
+
 class RunResult(_Model):
     """A whole result file."""
 
@@ -294,6 +303,7 @@ class RunResult(_Model):
     finished_utc: str | None = None  # None while the run is still going (or was interrupted)
     peak_bandwidth_gbps: Positive | None = None  # the target's measured copy/read peak used for fractions
     pairing: Pairing | None = None  # set when this run is one side of an interleaved comparison
+    interruptions: list[Interruption] = []  # every stop signal that ended this run, oldest first
     shard: Shard | None = None  # set when this run measured one shard of the scenario's cells
     merged_from: list[MergedPart] = []  # set by attnbench merge: the files whose cells this one holds
     cells: list[CellResult] = []

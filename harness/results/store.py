@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -107,12 +108,46 @@ def load_result(path: str | Path) -> RunResult:
     return parse_result(text, str(path))
 
 
-def result_filename(started: datetime, short_commit: str | None, part: str | None = None) -> str:
+def result_filename(started: datetime, short_commit: str | None, n: int = 1, part: str | None = None) -> str:
     """``20261124T061500Z_ab12cd3.json``: sortable by time, with the commit that produced it; a shard's
-    or a merged file's ``part`` follows (``..._ab12cd3_shard-2-of-4.json``), so that shards started in
-    the same second on one target never share a name."""
-    suffix = f"_{part}" if part else ""
-    return f"{started.strftime('%Y%m%dT%H%M%SZ')}_{short_commit or 'nogit'}{suffix}{RESULT_SUFFIX}"
+    or a merged file's ``part`` follows (``..._ab12cd3_shard-2-of-4.json``), and the ``n``-th run to
+    start in that second at that commit (and part) gets ``-n`` at the end (``_ab12cd3-2.json``)."""
+    middle = f"_{part}" if part else ""
+    suffix = f"-{n}" if n > 1 else ""
+    return f"{started.strftime('%Y%m%dT%H%M%SZ')}_{short_commit or 'nogit'}{middle}{suffix}{RESULT_SUFFIX}"
+
+
+def claim_result_path(folder: Path, started: datetime, short_commit: str | None, part: str | None = None) -> Path:
+    """A new result file's path in ``folder``, created empty so that no other run can take it: two runs
+    started in the same second get different names, and neither overwrites the other (an empty file is
+    no result file to the readers here, and is replaced by the first save)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = folder / result_filename(started, short_commit, n, part)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise UserError("a thousand runs started in one second already; wait a second", source=str(folder))
+
+
+def check_writable(folder: Path, needed_bytes: int) -> None:
+    """UserError unless ``folder`` (made if missing) takes a new file and has ``needed_bytes`` free:
+    checked before a run measures anything, so that it cannot measure for an hour and then fail to save."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".attnbench-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write here: {exc.strerror or exc}", source=str(folder)) from None
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise UserError(
+            f"only {free / MIB:.1f} MiB free; this run needs about {needed_bytes / MIB:.1f} MiB for its result file",
+            source=str(folder),
+        )
 
 
 def result_files(path: str | Path) -> list[Path]:
