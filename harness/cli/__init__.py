@@ -30,6 +30,7 @@ SUBCOMMANDS = (
     "report",
     "compare",
     "ab",
+    "merge",
     "export",
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from tqdm import tqdm
 
 from harness.cli.notes import print_warnings
 from harness.errors import UserError
+from harness.execute.shards import parse_shard
 from harness.hardware import is_cuda, resolve_device
 from harness.results.schema import CellResult
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
@@ -45,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rerun-unstable",
         action="store_true",
         help="with --resume: measure again, into the newest run of this scenario, the cells it found unstable",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="measure only part K of N (balanced by predicted cost; the same split on every machine); "
+        "index/N takes K from $JOB_COMPLETION_INDEX + 1 (a Kubernetes Indexed Job). Join with attnbench merge",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress display; only the result path")
     parser.set_defaults(func=run)
@@ -94,6 +102,8 @@ def resume_command(args: argparse.Namespace, scenario: str) -> str:
         words += ["--out", str(args.out)]
     if args.quick:
         words.append("--quick")
+    if args.shard is not None:
+        words += ["--shard", args.shard]
     return shlex.join(words)
 
 
@@ -108,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         resume=args.resume,
         rerun_unstable=args.rerun_unstable,
+        shard=parse_shard(args.shard, os.environ) if args.shard is not None else None,
     )
     bar = _Bar(args.quiet)
     runner = Runner(options, RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped))
@@ -150,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             f"warning: {len(unstable)} of {sum(c.status == 'ok' for c in result.cells)} cells are unstable "
             f"(e.g. {first.variant} b{first.batch_size} ctx{first.context_len}: "
             f"{first.stability.reasons[0] if first.stability else ''}); claims resting on them are inconclusive. "
-            f"Measure them again with: attnbench run {scenario} --resume --rerun-unstable",
+            f"Measure them again with: {resume_command(args, scenario)} --rerun-unstable",
             file=sys.stderr,
         )
     for failed in outcome.failed_cells:
