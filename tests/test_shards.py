@@ -97,3 +97,19 @@ def test_a_bad_shard_is_a_one_line_error_naming_the_option(text: str, env: dict[
     with pytest.raises(UserError) as info:
         parse_shard(text, env)
     assert str(info.value) == f"--shard: {reason}"
+
+
+def test_the_example_indexed_job_runs_every_shard_once(default) -> None:
+    """examples/k8s-indexed-job.yaml: N pods with indexes 0..N-1 and --shard index/N measure every cell once."""
+    import re
+
+    text = (REPO / "examples" / "k8s-indexed-job.yaml").read_text()
+    assert re.search(r"^\s+completionMode: Indexed$", text, re.MULTILINE)
+    (completions,) = re.findall(r"^\s+completions: (\d+)", text, re.MULTILINE)
+    (count,) = set(re.findall(r"--shard index/(\d+)", text))
+    assert count == completions
+    loaded, cells = default
+    shards = [parse_shard(f"index/{count}", {"JOB_COMPLETION_INDEX": str(i)}) for i in range(int(completions))]
+    assert [s.index for s in shards] == list(range(1, int(count) + 1))
+    parts = split(loaded, cells, int(count), rounds=1)
+    assert sorted(c.key for s in shards for c in parts[s.index - 1]) == sorted(c.key for c in cells)
