@@ -34,6 +34,13 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+@nox.session(default=False)
+def ray(session: nox.Session) -> None:
+    """Run the tests of the Ray executor on a local two-node Ray cluster with fake GPUs."""
+    install_project(session, "dev", "ray")
+    session.run("pytest", "-m", "ray", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Check style and common mistakes with ruff."""

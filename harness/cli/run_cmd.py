@@ -54,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure only part K of N (balanced by predicted cost; the same split on every machine); "
         "index/N takes K from $JOB_COMPLETION_INDEX + 1 (a Kubernetes Indexed Job). Join with attnbench merge",
     )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where cells run: this machine (default), or one Ray task per cell on a cluster (pip install -e '.[ray]')",
+    )
+    parser.add_argument("--address", help="with --executor ray: the cluster to join (default: start a local one)")
+    parser.add_argument("--gpu-type", help="with --executor ray: only nodes of this accelerator type, e.g. H100")
     parser.add_argument("--quiet", action="store_true", help="no progress display; only the result path")
     parser.set_defaults(func=run)
 
@@ -104,13 +112,26 @@ def resume_command(args: argparse.Namespace, scenario: str) -> str:
         words.append("--quick")
     if args.shard is not None:
         words += ["--shard", args.shard]
+    if args.executor != "local":
+        words += ["--executor", args.executor]
+        words += ["--address", args.address] if args.address else []
+        words += ["--gpu-type", args.gpu_type] if args.gpu_type else []
     return shlex.join(words)
 
 
 def run(args: argparse.Namespace) -> int:
-    scenario = args.file if args.file is not None else default_scenario(resolve_device(args.device))
     if args.rerun_unstable and not args.resume:
         raise UserError("re-measures cells of an existing run; give --resume too", field="--rerun-unstable")
+    shard = parse_shard(args.shard, os.environ) if args.shard is not None else None
+    if args.executor == "local" and (args.address or args.gpu_type):
+        raise UserError("only with --executor ray", field="--address" if args.address else "--gpu-type")
+    executor = None
+    if args.executor == "ray":
+        from harness.execute.raytasks import RayExecutor
+
+        executor = RayExecutor(address=args.address, gpu_type=args.gpu_type, device=args.device)
+    device = executor.device if executor is not None else resolve_device(args.device)
+    scenario = args.file if args.file is not None else default_scenario(device)
     options = RunOptions(
         scenario=scenario,
         device=args.device,
@@ -118,10 +139,11 @@ def run(args: argparse.Namespace) -> int:
         quick=args.quick,
         resume=args.resume,
         rerun_unstable=args.rerun_unstable,
-        shard=parse_shard(args.shard, os.environ) if args.shard is not None else None,
+        shard=shard,
     )
     bar = _Bar(args.quiet)
-    runner = Runner(options, RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped))
+    progress = RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped)
+    runner = Runner(options, progress, executor)
     print_warnings("run", runner.loaded.warnings)
     try:
         outcome: RunOutcome = runner.run()

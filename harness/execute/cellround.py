@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from harness import accounting
 from harness.backend_support import unsupported_reason
@@ -71,6 +71,34 @@ def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, An
         "mla": dataclasses.asdict(variant.mla) if variant.mla is not None else None,
         "kv_bytes_per_sequence": accounting.kv_bytes_per_sequence(variant, dtype, context_len),
     }
+
+
+def cell_fields(job: CellJob) -> dict[str, Any]:
+    """A CellResult's coordinates and accounting: what it says before anything is measured."""
+    cell, model = job.cell, job.scenario.scenario.model
+    v, dtype = cell.variant, cell.dtype
+    return {
+        "variant": v.name,
+        "batch_size": cell.batch_size,
+        "context_len": cell.context_len,
+        "dtype": dtype,
+        "backend": cell.backend,
+        "head_dim": v.head_dim,
+        "n_heads": v.n_heads,
+        "n_kv_heads": v.n_kv_heads,
+        "n_kv_layers": v.n_kv_layers,
+        "kv_layers": list(v.kv_layers),
+        "params_total": accounting.param_counts(model, v).total,
+        "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dtype),
+        **cache_fields(v, dtype, cell.context_len),
+    }
+
+
+def lost_round(job: CellJob, status: Literal["oom", "error", "killed"], error: str) -> CellResult:
+    """The cell after a round that never reported: its process or node was lost (an executor's word)."""
+    if job.previous is not None:
+        return job.previous.model_copy(update={"status": status, "error": f"round {job.round_index + 1}: {error}"})
+    return CellResult(**cell_fields(job), status=status, error=error, elapsed_s=0.0)
 
 
 class _CellRound:
@@ -133,23 +161,9 @@ class _CellRound:
     def first(self) -> CellResult:
         """Round 0: choose ``auto``'s backend, measure, search the max batch."""
         start = time.perf_counter()
-        cell, model, peak_gbps = self.cell, self.loaded.scenario.model, self.peak_gbps
-        v, dtype = cell.variant, cell.dtype
-        base = {
-            "variant": v.name,
-            "batch_size": cell.batch_size,
-            "context_len": cell.context_len,
-            "dtype": dtype,
-            "backend": cell.backend,
-            "head_dim": v.head_dim,
-            "n_heads": v.n_heads,
-            "n_kv_heads": v.n_kv_heads,
-            "n_kv_layers": v.n_kv_layers,
-            "kv_layers": list(v.kv_layers),
-            "params_total": accounting.param_counts(model, v).total,
-            "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dtype),
-            **cache_fields(v, dtype, cell.context_len),
-        }
+        cell, peak_gbps = self.cell, self.peak_gbps
+        v = cell.variant
+        base = cell_fields(self.job)
         # a backend that cannot run this variant here is not measured under its name: say why instead
         reason = unsupported_reason(cell.backend, v, self.device_kind)
         if reason is not None:
