@@ -56,12 +56,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--executor",
-        choices=("local", "ray"),
+        choices=("local", "ray", "slurm"),
         default="local",
-        help="where cells run: this machine (default), or one Ray task per cell on a cluster (pip install -e '.[ray]')",
+        help="where cells run: this machine (default), one Ray task per cell on a cluster (pip install -e '.[ray]'), "
+        "or one Slurm array task per shard, merged into --out (pip install -e '.[slurm]')",
     )
     parser.add_argument("--address", help="with --executor ray: the cluster to join (default: start a local one)")
     parser.add_argument("--gpu-type", help="with --executor ray: only nodes of this accelerator type, e.g. H100")
+    slurm = parser.add_argument_group("--executor slurm")
+    slurm.add_argument("--shards", type=int, default=None, metavar="N", help="array tasks: the scenario in N shards")
+    slurm.add_argument("--partition", help="Slurm partition")
+    slurm.add_argument("--constraint", help="Slurm node constraint (feature), e.g. h100")
+    slurm.add_argument("--time", type=int, default=120, metavar="MIN", help="each task's time limit (default 120)")
+    slurm.add_argument(
+        "--slurm-folder", type=Path, default=Path("slurm-runs"), help="logs and the shards' files (default slurm-runs)"
+    )
+    slurm.add_argument("--slurm-cluster", choices=("slurm", "local"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no progress display; only the result path")
     parser.set_defaults(func=run)
 
@@ -130,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         from harness.execute.raytasks import RayExecutor
 
         executor = RayExecutor(address=args.address, gpu_type=args.gpu_type, device=args.device)
+    if args.executor == "slurm":
+        return _run_slurm(args, shard)
     device = executor.device if executor is not None else resolve_device(args.device)
     scenario = args.file if args.file is not None else default_scenario(device)
     options = RunOptions(
@@ -191,3 +203,30 @@ def run(args: argparse.Namespace) -> int:
             f"error in {failed.variant} b{failed.batch_size} ctx{failed.context_len}: {failed.error}", file=sys.stderr
         )
     return outcome.exit_code
+
+
+def _run_slurm(args: argparse.Namespace, shard: object) -> int:
+    """--executor slurm: every shard as one task of a job array, their files merged into --out."""
+    from harness.execute.slurm import SlurmOptions, submit_and_merge
+
+    if args.shards is None or args.shards < 1:
+        raise UserError("--executor slurm needs --shards N (N at least 1): one array task per shard", field="--shards")
+    if shard is not None or args.resume:
+        raise UserError("--executor slurm runs every shard itself", field="--shard" if shard else "--resume")
+    if args.file is None:
+        raise UserError("--executor slurm needs a scenario file: the nodes' devices are not known here", field="FILE")
+    options = RunOptions(scenario=args.file, device=args.device, out_dir=args.out, quick=args.quick)
+    slurm = SlurmOptions(
+        shards=args.shards,
+        folder=args.slurm_folder.resolve(),
+        partition=args.partition,
+        constraint=args.constraint,
+        time_min=args.time,
+        cluster=args.slurm_cluster,
+    )
+    written = submit_and_merge(options, slurm, args.out)
+    failed = 0
+    for path, result in written:
+        failed += sum(c.status in ("error", "timeout") for c in result.cells)
+        print(f"{path}  ({len(result.cells)} cells from {len(result.merged_from)} shards; target {result.target})")
+    return 1 if failed else 0
