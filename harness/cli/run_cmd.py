@@ -77,24 +77,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class _Bar:
-    """A tqdm bar over cells: done / total, the cell being measured, and time left."""
+    """A tqdm bar over cells: done / total, the cell being measured (or, once rounds finished on several
+    hosts, the rounds each host finished), and time left."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.bar: tqdm | None = None
+        self.per_host: dict[str, int] = {}
 
     def start(self, total: int, done: int) -> None:
         if not self.quiet:
             self.bar = tqdm(total=total, initial=done, unit="cell", file=sys.stderr, dynamic_ncols=True)
 
     def cell_started(self, cell: Cell) -> None:
-        if self.bar is not None:
+        if self.bar is not None and len(self.per_host) < 2:
             self.bar.set_postfix_str(cell.label)
 
     def cell_finished(self, cell: Cell, result: CellResult) -> None:
+        if result.placement:
+            host = result.placement[-1].host
+            self.per_host[host] = self.per_host.get(host, 0) + 1
         if self.bar is not None:
             if result.status != "ok":
                 self.bar.write(f"{cell.label}: {result.status}: {result.error}", file=sys.stderr)
+            if len(self.per_host) > 1:
+                self.bar.set_postfix_str(", ".join(f"{h}: {n}" for h, n in sorted(self.per_host.items())))
             self.bar.update()
 
     def rounds_skipped(self, cell: Cell, n: int) -> None:
