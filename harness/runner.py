@@ -27,7 +27,7 @@ from harness.backend_support import unsupported_reason
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
-from harness.measure import derive, stability
+from harness.measure import derive, opt_in, stability
 from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import (
@@ -408,6 +408,8 @@ class Runner:
             metrics.auto_latencies_s = auto_latencies
             if "max_batch" in self.loaded.scenario.measure.selected_metrics:
                 metrics.max_batch = self._max_batch_for(cell, backend)
+            if "train_step" in self.loaded.scenario.measure.selected_metrics:
+                metrics.train_step = opt_in.train_step(self._call, cell, self._payload(cell, backend))
         elif outcome.status == "oom":  # the accounting still says what the cell would have needed
             metrics = derive.derive_metrics(self.loaded, cell, {}, peak_gbps)
         checks = self._checks(cell, worker_checks, metrics, peak_gbps) if outcome.status == "ok" else []

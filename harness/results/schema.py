@@ -75,6 +75,24 @@ class Check(_Model):
     detail: str  # the numbers behind the verdict, in words
 
 
+Outcome = Literal["ok", "oom", "error", "timeout", "unsupported"]
+
+
+class TrainStep(_Model):
+    """Metric ``train_step``: one forward and backward pass over the cell's batch (batch_size sequences of
+    context_len tokens, next-token cross-entropy), measured in a worker of its own (docs/results.md)."""
+
+    status: Outcome  # as a cell's: oom is an outcome; unsupported says why in error
+    error: str | None = None
+    tokens: int  # batch_size * context_len: positions the step trains on
+    # CUDA: allocator peak allocated over build, forward and backward; CPU: the worker's peak RSS above baseline
+    peak_memory_bytes: int | None = None
+    peak_reserved_bytes: int | None = None  # CUDA only
+    saved_activation_bytes: int | None = None  # what autograd saved for backward, parameters left out
+    kv_activation_bytes: int | None = None  # of it, the producers' K/V (MLA: latent) slots, measured
+    kv_activation_bytes_expected: int  # harness.accounting.train_kv_activation_bytes
+
+
 class CellMetrics(_Model):
     """Everything measured or derived for one cell. Latencies are per decode step."""
 
@@ -103,6 +121,7 @@ class CellMetrics(_Model):
     auto_latencies_s: dict[str, float] | None = None  # backend 'auto': core-attention median per candidate
     sdpa_kernel: str | None = None  # backend sdpa: the kernel that ran (flash, efficient, cudnn, math)
     sdpa_kv_copied: bool | None = None  # backend sdpa: K/V were repeated to every query head (a copy per step)
+    train_step: TrainStep | None = None  # metric train_step (opt-in); null when not measured
 
 
 class HostLoad(_Model):
@@ -153,7 +172,7 @@ class CellResult(_Model):
     kv_bytes_per_sequence: int | None = None  # cache bytes one sequence holds at this context (windows counted)
     # timeout: no answer within measure.cell_timeout_s; unsupported: the backend cannot run this variant on this
     # device (the error says why), not measured
-    status: Literal["ok", "oom", "error", "timeout", "unsupported"]
+    status: Outcome
     error: str | None = None
     elapsed_s: float
     rounds_done: int = 1  # measurement rounds finished for this cell (see measure.rounds)

@@ -17,8 +17,10 @@ from harness.units import parse_bytes
 DType = Literal["float32", "bfloat16", "float16"]
 # Attention implementations a cell can be timed with (see harness/model/attention.py).
 Backend = Literal["eager", "sdpa", "grouped", "native", "flex", "naive", "auto"]
-Metric = Literal["decode", "attention", "memory", "max_batch"]
-ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch")
+Metric = Literal["decode", "attention", "memory", "max_batch", "train_step"]
+ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch", "train_step")
+# What a scenario without measure.metrics measures: train_step is opt-in, as max_batch is without a budget.
+DEFAULT_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch")
 
 ByteSize = Annotated[
     int,
@@ -115,7 +117,10 @@ class MeasureSpec(_Strict):
     """How cells are measured."""
 
     memory_budget: ByteSize | None = Field(None, description="device memory the max-batch search may use, e.g. '40GiB'")
-    metrics: list[Metric] | None = Field(None, description="default: all (max_batch only with a memory_budget)")
+    metrics: list[Metric] | None = Field(
+        None,
+        description="default: decode, attention, memory (and max_batch with a memory_budget); train_step on request",
+    )
     warmup_s: float = Field(0.5, gt=0, description="warm-up time before each timed window")
     min_time_s: float = Field(1.0, gt=0, description="timed window per metric and cell")
     min_samples: int = Field(15, ge=5, description="fewest timed samples per metric")
@@ -144,7 +149,7 @@ class MeasureSpec(_Strict):
     def selected_metrics(self) -> tuple[Metric, ...]:
         if self.metrics is not None:
             return tuple(self.metrics)
-        return tuple(m for m in ALL_METRICS if m != "max_batch" or self.memory_budget is not None)
+        return tuple(m for m in DEFAULT_METRICS if m != "max_batch" or self.memory_budget is not None)
 
 
 class Scenario(_Strict):
