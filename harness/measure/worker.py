@@ -100,6 +100,11 @@ class IsolatedRunner:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(list(preload))
 
+    @property
+    def context(self) -> multiprocessing.context.ForkServerContext:
+        """The forkserver context children start from (harness/measure/ranks.py starts groups of them)."""
+        return self._context
+
     def call(
         self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any], timeout_s: float | None = None
     ) -> WorkerOutcome:
@@ -134,12 +139,16 @@ class IsolatedRunner:
 
     @staticmethod
     def _died(process: multiprocessing.process.BaseProcess, start: float) -> WorkerOutcome:
-        process.join()
-        code = process.exitcode
-        elapsed = time.perf_counter() - start
-        if code is not None and code == -signal.SIGKILL:
-            return WorkerOutcome(
-                "oom", None, "worker killed by SIGKILL (most likely the system ran out of memory)", elapsed
-            )
-        reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return WorkerOutcome("error", None, f"worker died with {reason} before reporting", elapsed)
+        return died(process, start)
+
+
+def died(process: multiprocessing.process.BaseProcess, start: float) -> WorkerOutcome:
+    """The outcome of a child that ended without reporting (waits for it to end); ``start`` as perf_counter."""
+    process.join()
+    code = process.exitcode
+    elapsed = time.perf_counter() - start
+    if code is not None and code == -signal.SIGKILL:
+        why = "worker killed by SIGKILL (most likely the system ran out of memory)"
+        return WorkerOutcome("oom", None, why, elapsed)
+    reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    return WorkerOutcome("error", None, f"worker died with {reason} before reporting", elapsed)
