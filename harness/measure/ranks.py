@@ -11,6 +11,7 @@ within ``timeout_s`` is ended whole. No child outlives the call.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import tempfile
 import time
@@ -55,11 +56,14 @@ def run_ranks(
                 for rank, (process, receiver) in enumerate(zip(processes, receivers, strict=True)):
                     if outcomes[rank] is None:
                         outcomes[rank] = _poll(process, receiver, start)
-                failed = next((r for r, o in enumerate(outcomes) if o is not None and o.status != "ok"), None)
+                failed = _first_failure(outcomes)
                 elapsed = time.perf_counter() - start
                 if failed is not None:
                     why = f"rank {failed} ended with {outcomes[failed].status}"  # type: ignore[union-attr]
-                    outcomes = [o if o is not None else _ended(r, why, elapsed) for r, o in enumerate(outcomes)]
+                    outcomes = [
+                        o if r == failed or (o is not None and o.status == "ok") else _ended(r, why, elapsed)
+                        for r, o in enumerate(outcomes)
+                    ]
                 elif elapsed > timeout_s:
                     limit = f"no answer within {timeout_s:g} s (measure.cell_timeout_s); the group was killed"
                     late = WorkerOutcome("timeout", None, limit, elapsed)
@@ -77,14 +81,28 @@ def run_ranks(
     return [o for o in outcomes if o is not None]
 
 
+def _first_failure(outcomes: Sequence[WorkerOutcome | None]) -> int | None:
+    """The rank that failed first: the earliest the child says it ended (a rank whose peer left fails in a
+    collective just after, and may be read first); a rank that died unannounced counts from when it was seen."""
+    failures = [(r, o) for r, o in enumerate(outcomes) if o is not None and o.status != "ok"]
+    if not failures:
+        return None
+    return min(failures, key=lambda item: (item[1].ended_at or 0.0, item[0]))[0]
+
+
 def _poll(process: multiprocessing.process.BaseProcess, receiver: Connection, start: float) -> WorkerOutcome | None:
     """The rank's outcome once it answered or ended; None while it is still working."""
     if receiver.poll(0):
         try:
-            status, value, error, exception = receiver.recv()
+            status, value, error, exception, ended_at = receiver.recv()
         except EOFError:  # it closed its end without answering
-            return died(process, start)
-        return WorkerOutcome(status, value, error, time.perf_counter() - start, exception)
+            return _seen_dead(process, start)
+        return WorkerOutcome(status, value, error, time.perf_counter() - start, exception, ended_at)
     if not process.is_alive():
-        return _poll(process, receiver, start) if receiver.poll(0) else died(process, start)
+        return _poll(process, receiver, start) if receiver.poll(0) else _seen_dead(process, start)
     return None
+
+
+def _seen_dead(process: multiprocessing.process.BaseProcess, start: float) -> WorkerOutcome:
+    """A rank that ended without answering, stamped when the parent saw it (it ended no later)."""
+    return dataclasses.replace(died(process, start), ended_at=time.monotonic())

@@ -40,6 +40,7 @@ class WorkerOutcome:
     error: str | None
     elapsed_s: float
     exception: str | None = None  # the type name of what the child raised, when it raised
+    ended_at: float | None = None  # time.monotonic() in the child when it finished (one clock for all processes)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -83,10 +84,11 @@ def _child_main(conn: Connection, fn: Callable[[dict[str, Any]], dict[str, Any]]
     gc.freeze()
     try:
         value = fn(payload)
-        conn.send(("ok", value, None, None))
+        conn.send(("ok", value, None, None, time.monotonic()))
     except BaseException as exc:  # report everything, including MemoryError, to the parent
+        ended_at = time.monotonic()
         status = "oom" if is_out_of_memory(exc) else "error"
-        conn.send((status, None, describe_exception(exc), type(exc).__name__))
+        conn.send((status, None, describe_exception(exc), type(exc).__name__, ended_at))
     finally:
         conn.close()
 
@@ -126,11 +128,11 @@ class IsolatedRunner:
                         time.perf_counter() - start,
                     )
             try:
-                status, value, error, exception = receiver.recv()
+                status, value, error, exception, ended_at = receiver.recv()
             except EOFError:
                 return self._died(process, start)
             process.join()
-            return WorkerOutcome(status, value, error, time.perf_counter() - start, exception)
+            return WorkerOutcome(status, value, error, time.perf_counter() - start, exception, ended_at)
         finally:
             receiver.close()
             if process.is_alive():
