@@ -410,6 +410,15 @@ class Runner:
                 metrics.max_batch = self._max_batch_for(cell, backend)
             if "train_step" in self.loaded.scenario.measure.selected_metrics:
                 metrics.train_step = opt_in.train_step(self._call, cell, self._payload(cell, backend))
+            if self.loaded.scenario.sweep.tp != [1]:
+                metrics.tp = opt_in.tensor_parallel(
+                    self.workers,
+                    self.timeout_s,
+                    model,
+                    cell,
+                    self._payload(cell, backend),
+                    self.loaded.scenario.sweep.tp,
+                )
         elif outcome.status == "oom":  # the accounting still says what the cell would have needed
             metrics = derive.derive_metrics(self.loaded, cell, {}, peak_gbps)
         checks = self._checks(cell, worker_checks, metrics, peak_gbps) if outcome.status == "ok" else []

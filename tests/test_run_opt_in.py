@@ -1,4 +1,5 @@
-"""A run that asks for the opt-in measurements: a training step per cell, recorded beside the decode cell."""
+"""A run that asks for the opt-in measurements: a training step per cell and its decode step sharded over tp ranks,
+recorded beside the decode cell."""
 
 from __future__ import annotations
 
@@ -22,10 +23,19 @@ name = "H16-MHA"
 [[variant]]
 name = "H16-MHA-CLA2"
 [[variant]]
+name = "H16-MQA"
+[[variant]]
 name = "H16-GQA2-SWA8"
+[[variant]]
+name = "threes"
+attention = "gqa"
+head_dim = 16
+n_heads = 3
+n_kv_heads = 3
 [sweep]
 batch_size = [2]
 context_len = [64]
+tp = [1, 2]
 [measure]
 metrics = ["memory", "train_step"]
 warmup_s = 0.01
@@ -79,3 +89,30 @@ def test_a_variant_that_does_not_train_here_keeps_its_decode_cell_and_says_why(o
     assert cell.status == "ok" and cell.metrics is not None and cell.metrics.train_step is not None
     assert cell.metrics.train_step.status == "unsupported"
     assert "ring buffer holds only its window" in (cell.metrics.train_step.error or "")
+
+
+def test_each_cell_is_measured_sharded_at_every_degree_with_each_ranks_cache_as_accounted(opt_in_run: RunResult):
+    cell = next(c for c in opt_in_run.cells if c.variant == "H16-MHA")
+    assert cell.metrics is not None
+    assert [(m.tp, m.status, len(m.ranks)) for m in cell.metrics.tp] == [(1, "ok", 1), (2, "ok", 2)]
+    two = cell.metrics.tp[1]
+    assert two.comm_backend == "gloo" and two.kv_heads_per_rank == 2 and two.kv_replication == 1.0
+    assert [r.kv_cache_bytes for r in two.ranks] == [cell.metrics.kv_cache_bytes // 2] * 2
+    assert two.decode_latency_s is not None and len(two.decode_latency_s.samples) >= 5
+    assert all(r.peak_memory_bytes is not None and r.peak_memory_bytes > 0 for r in two.ranks)
+    assert {c.name: c.passed for c in cell.checks}["tp_kv_as_accounted"]
+
+
+def test_mqa_keeps_its_whole_cache_on_every_rank(opt_in_run: RunResult):
+    cell = next(c for c in opt_in_run.cells if c.variant == "H16-MQA")
+    assert cell.metrics is not None
+    two = cell.metrics.tp[1]
+    assert two.kv_replication == 2.0
+    assert [r.kv_cache_bytes for r in two.ranks] == [cell.metrics.kv_cache_bytes] * 2
+
+
+def test_a_layout_that_does_not_split_is_recorded_unsupported_and_the_run_goes_on(opt_in_run: RunResult):
+    cell = next(c for c in opt_in_run.cells if c.variant == "threes")
+    assert cell.status == "ok" and cell.metrics is not None
+    assert [(m.tp, m.status) for m in cell.metrics.tp] == [(1, "ok"), (2, "unsupported")]
+    assert cell.metrics.tp[1].error == "threes at tp 2: its 3 query heads do not split evenly over 2 ranks"

@@ -173,6 +173,9 @@ FILE_REJECTIONS = [
     (BASE.replace('dtype = "float32"', 'dtype = "float8"'), "model.dtype", "Input should be"),
     (BASE.replace('name = "t"', 'name = "t"\ncolour = 1'), "colour", "unknown key"),
     (BASE.replace("[sweep]", "[sweep\n"), None, "TOML syntax error"),
+    (BASE.replace("[sweep]", "[sweep]\ntp = [2, 2]"), "sweep", "sweep.tp repeats a value: [2, 2]"),
+    (BASE.replace("[sweep]", "[sweep]\ntp = [0]"), "sweep.tp[0]", "greater than 0"),
+    (BASE.replace('"1GiB"', '"1GiB"\nmetrics = ["train"]'), "measure.metrics[0]", "'train_step'"),
     (BASE, "variant", "required field is missing"),
 ]
 

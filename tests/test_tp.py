@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -11,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from harness import accounting
+from harness.cli import main
 from harness.measure.ranks import run_ranks
 from harness.measure.tp_rank import process_group
 from harness.measure.worker import IsolatedRunner
@@ -34,6 +37,23 @@ MLA = Variant(
     mla=MLAShape(kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16),
 )
 PROMPT_LEN = 8
+TP_SCENARIO = """
+name = "tp"
+[model]
+d_model = 64
+n_layers = 4
+d_ff = 96
+vocab_size = 97
+dtype = "float32"
+[[variant]]
+name = "H16-MQA"
+[[variant]]
+name = "H16-MHA-CLA2"
+[sweep]
+batch_size = [1]
+context_len = [8]
+tp = [1, 2, 4]
+"""
 
 
 def prompt() -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,3 +160,17 @@ def test_a_group_that_does_not_answer_in_time_is_killed_whole(workers: IsolatedR
     outcomes = run_ranks(workers, sleep_forever, [{"tp": 2, "device": "cpu"}] * 2, timeout_s=2)
     assert [o.status for o in outcomes] == ["timeout", "timeout"]
     assert outcomes[0].error is not None and "no answer within 2 s" in outcomes[0].error
+
+
+def test_plan_shows_each_ranks_kv_bytes_and_replication_per_degree(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = tmp_path / "tp.toml"
+    path.write_text(TP_SCENARIO)
+    assert main(["plan", str(path), "--json"]) == 0
+    layouts = {v["name"]: v["tp"] for v in json.loads(capsys.readouterr().out)["variants"]}
+    assert [(t["tp"], t["kv_heads_per_rank"], t["kv_replication"]) for t in layouts["H16-MQA"]] == [
+        (1, 1, 1.0),
+        (2, 1, 2.0),
+        (4, 1, 4.0),
+    ]
+    # 2 producers · 2 · 4/tp K/V heads · 16 wide · 4 bytes on each rank
+    assert [t["kv_bytes_per_token_per_rank"] for t in layouts["H16-MHA-CLA2"]] == [1024, 512, 256]

@@ -37,6 +37,7 @@ KV_CACHE_AS_ACCOUNTED = "kv_cache_as_accounted"
 MEMORY_HOLDS_WEIGHTS_AND_KV = "peak_memory_holds_weights_and_kv"
 TRAIN_KV_AS_ACCOUNTED = "train_kv_as_accounted"
 TRAIN_PEAK_HOLDS_ACTIVATIONS = "train_peak_holds_activations"
+TP_KV_AS_ACCOUNTED = "tp_kv_as_accounted"
 
 # On CPU the peak is a resident set: pages of the weights and cache can be shared or not yet
 # counted by the kernel at the moment it is read; allow this much below weights + KV.
@@ -202,6 +203,17 @@ def derived_checks(
         )
     if metrics.train_step is not None:
         out += train_step_checks(metrics, weight_bytes=weight_bytes, device=device)
+    measured_tp = [m for m in metrics.tp if m.ranks]
+    if measured_tp:
+        off = [
+            f"tp {m.tp} rank {r.rank}: {r.kv_cache_bytes} B, accounting {m.kv_cache_bytes_per_rank_expected} B"
+            for m in measured_tp
+            for r in m.ranks
+            if r.kv_cache_bytes != m.kv_cache_bytes_per_rank_expected
+        ]
+        degrees = ", ".join(str(m.tp) for m in measured_tp)
+        detail = "; ".join(off) if off else f"every rank's cache as accounted at tp {degrees}"
+        out.append(Check(name=TP_KV_AS_ACCOUNTED, passed=not off, detail=detail))
     return out
 
 

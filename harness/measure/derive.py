@@ -25,6 +25,7 @@ DERIVED_CHECKS = frozenset(
         checks.MEMORY_HOLDS_WEIGHTS_AND_KV,
         checks.TRAIN_KV_AS_ACCOUNTED,
         checks.TRAIN_PEAK_HOLDS_ACTIVATIONS,
+        checks.TP_KV_AS_ACCOUNTED,
     }
 )
 ROUNDS_TIMED_ALIKE = "rounds_timed_alike"

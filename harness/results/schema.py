@@ -93,6 +93,29 @@ class TrainStep(_Model):
     kv_activation_bytes_expected: int  # harness.accounting.train_kv_activation_bytes
 
 
+class TPRank(_Model):
+    """One rank of a tensor-parallel decode measurement."""
+
+    rank: int
+    kv_cache_bytes: int  # bytes this rank's cache tensors hold
+    peak_memory_bytes: int | None = None  # CUDA: allocator peak; CPU: the rank process's peak RSS above baseline
+
+
+class TPMeasurement(_Model):
+    """The cell's decode step sharded over ``tp`` ranks, each a process of its own (docs/results.md)."""
+
+    tp: int
+    status: Outcome
+    error: str | None = None
+    comm_backend: str | None = None  # torch.distributed backend: gloo (CPU) or nccl (CUDA); null for tp 1
+    threads_per_rank: int | None = None  # CPU: torch threads each rank ran with (the machine's cores shared out)
+    kv_heads_per_rank: int  # ceil(n_kv_heads / tp): K/V heads each rank holds per producer (MLA: the latent)
+    kv_replication: float  # K/V bytes over all ranks / the unsharded model's: 1.0 while heads split evenly
+    kv_cache_bytes_per_rank_expected: int | None = None  # the accounting of one rank's cache; null if unsupported
+    ranks: list[TPRank] = []
+    decode_latency_s: Summary | None = None  # per step, the slowest rank's time (all ranks step in lockstep)
+
+
 class CellMetrics(_Model):
     """Everything measured or derived for one cell. Latencies are per decode step."""
 
@@ -122,6 +145,7 @@ class CellMetrics(_Model):
     sdpa_kernel: str | None = None  # backend sdpa: the kernel that ran (flash, efficient, cudnn, math)
     sdpa_kv_copied: bool | None = None  # backend sdpa: K/V were repeated to every query head (a copy per step)
     train_step: TrainStep | None = None  # metric train_step (opt-in); null when not measured
+    tp: list[TPMeasurement] = []  # one per sweep.tp degree (opt-in); empty when not measured
 
 
 class HostLoad(_Model):

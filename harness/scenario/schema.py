@@ -103,10 +103,16 @@ class SweepSpec(_Strict):
     context_len: list[PositiveInt] = Field(min_length=1, description="tokens already in the cache")
     backend: list[Backend] = Field(["sdpa"], min_length=1, description="attention implementations")
     dtype: list[DType] | None = Field(None, min_length=1, description="default: [model.dtype]")
+    tp: list[PositiveInt] = Field(
+        [1],
+        min_length=1,
+        description="tensor-parallel degrees; unless [1] (the default), each cell's decode step is also measured "
+        "sharded over each degree, one process per rank (1: the same harness, unsharded)",
+    )
 
     @model_validator(mode="after")
     def _no_repeats(self) -> SweepSpec:
-        for axis in ("batch_size", "context_len", "backend", "dtype"):
+        for axis in ("batch_size", "context_len", "backend", "dtype", "tp"):
             values = getattr(self, axis)
             if values is not None and len(set(values)) != len(values):
                 raise ValueError(f"sweep.{axis} repeats a value: {values}")
