@@ -1,7 +1,8 @@
-"""The CLA paper's training-memory claim on a run's train_step measurements: verdicts on data built each way.
+"""The CLA paper's training-memory and tensor-parallel claims on a run's opt-in measurements: verdicts on data
+built each way, and the report's sections for them.
 
 Starts from the golden 2-core result in tests/data/report/ (4 layers; H64-MQA, H64-MQA-CLA2, ... at batch 1 and 8,
-context 1024 and 4096) and gives its cells training steps whose numbers follow the variant's producers.
+context 1024 and 4096) and gives its cells training steps and sharded measurements whose numbers follow the variant.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers_results import lognormal_samples, make_summary
 
-from harness.report.claims import CLAIM_TRAIN_KV, check_train_kv
+from harness.measure.checks import derived_checks
+from harness.report.claims import CLAIM_TRAIN_KV, check_tp, check_train_kv
 from harness.report.pairing import ClaimCheck
 from harness.report.render import LoadedResult, render_target
-from harness.results.schema import CellResult, Check, RunResult, TrainStep
+from harness.results.schema import CellResult, Check, RunResult, TPMeasurement, TPRank, TrainStep
 from harness.results.store import load_result
 
 GOLDEN = Path(__file__).parent / "data" / "report" / "cpu-amd-epyc-2c.json"
 HEAD_DIM, BYTES = 64, 4
+CHECK_CONTEXT = {"peak_gbps": None, "vendor_gbps": None, "cache_bytes": None, "weight_bytes": 0, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +130,75 @@ def test_the_report_shows_training_step_memory_and_the_training_claim(golden: Ru
 def test_the_report_has_no_training_section_when_no_step_was_measured(golden: RunResult, tmp_path: Path):
     report = render_target([LoadedResult(GOLDEN, golden)], tmp_path)["REPORT.md"]
     assert isinstance(report, str) and "### Training step memory" not in report
+
+
+def with_tp(result: RunResult, degrees: tuple[int, ...] = (1, 2, 4), unshared: str | None = None) -> RunResult:
+    """Every ok cell measured at ``degrees``: each rank holds ceil(n_kv_heads / tp) of the cell's K/V heads.
+    The cells of ``unshared`` hold twice their cache on every rank, as if consumers kept their own."""
+    cells = []
+    for cell in result.cells:
+        if cell.metrics is not None and cell.status == "ok" and cell.metrics.kv_cache_bytes is not None:
+            measured = []
+            for tp in degrees:
+                heads = -(-cell.n_kv_heads // tp)
+                per_rank = cell.metrics.kv_cache_bytes * heads // cell.n_kv_heads
+                held = per_rank * (2 if cell.variant == unshared else 1)
+                measured.append(
+                    TPMeasurement(
+                        tp=tp,
+                        status="ok",
+                        kv_heads_per_rank=heads,
+                        kv_replication=tp * heads / cell.n_kv_heads,
+                        kv_cache_bytes_per_rank_expected=per_rank,
+                        ranks=[TPRank(rank=r, kv_cache_bytes=held, peak_memory_bytes=10 * held) for r in range(tp)],
+                        decode_latency_s=make_summary(lognormal_samples(0.01 * tp, seed=tp)),
+                    )
+                )
+            cell = cell.model_copy(update={"metrics": cell.metrics.model_copy(update={"tp": measured})})
+        cells.append(cell)
+    return result.model_copy(update={"cells": cells})
+
+
+def test_cla_composes_with_tp_when_every_rank_holds_half_its_bases_cache(golden: RunResult):
+    check = only(check_tp(with_tp(golden)), "H64-MQA-CLA2 vs H64-MQA")
+    assert check.verdict == "holds"
+    assert check.evidence == (
+        "expected 4/2 producer layers = 2.000 (s=2); per-rank cache ratio 2.000 at tp 1, 2, 4 (12 cases)"
+    )
+
+
+def test_cla_does_not_compose_with_tp_when_ranks_keep_the_consumers_cache(golden: RunResult):
+    check = only(check_tp(with_tp(golden, unshared="H64-MHA-CLA2")), "H64-MHA-CLA2 vs H64-MHA")
+    assert check.verdict == "does not hold"
+    assert "per-rank cache ratio 1.000 at tp 1, 2, 4" in check.evidence
+    assert "fails at B=1 ctx=1024 float32 sdpa tp 1 (1.000)" in check.evidence
+
+
+def test_the_tp_claim_is_not_testable_without_a_sharded_measurement(golden: RunResult):
+    check = only(check_tp(golden), "H64-MQA-CLA2 vs H64-MQA")
+    assert (check.verdict, check.evidence) == (
+        "not testable",
+        "expected 4/2 producer layers = 2.000 (s=2); no tp degree measured for both (sweep.tp)",
+    )
+
+
+def test_a_rank_whose_cache_differs_from_the_accounting_fails_its_check():
+    cell = with_tp(load_result(GOLDEN), degrees=(2,), unshared="H64-MQA").cells[8]
+    assert cell.variant == "H64-MQA" and cell.metrics is not None
+    (check,) = [c for c in derived_checks(cell.metrics, **CHECK_CONTEXT) if c.name == "tp_kv_as_accounted"]
+    assert not check.passed
+    assert check.detail == "tp 2 rank 0: 4198400 B, accounting 2099200 B; tp 2 rank 1: 4198400 B, accounting 2099200 B"
+
+
+def test_the_report_shows_each_ranks_cache_and_the_cost_of_replicating_mqa(golden: RunResult, tmp_path: Path):
+    report = render_target([LoadedResult(GOLDEN, with_tp(golden))], tmp_path)["REPORT.md"]
+    assert isinstance(report, str)
+    section = report.split("### Tensor parallelism", 1)[1].split("###", 1)[0]
+    table = rows(section)
+    mqa_tp4 = next(row for row in table if row[:4] == ["H64-MQA", "8", "4096", "4"])
+    assert mqa_tp4[4:8] == ["1 of 1", "4.0×", "64.02 MiB (= expected)", "640.16 MiB"]
+    assert (
+        "- `H64-MQA` (1 K/V heads) at tp 4, batch 8, context 4096: every rank holds 1 K/V head(s) per producer, "
+        "64.02 MiB of cache per rank, 4.0× the unsharded cache over all ranks" in section
+    )
+    assert "`H64-MHA`" not in section.split("Replicated K/V heads:", 1)[1]  # 8 K/V heads split over 4 ranks

@@ -39,7 +39,7 @@ from harness.report.pairing import (
     variant_shapes,
     where,
 )
-from harness.report.scaling_claims import CLAIM_TRAIN_KV, TRAIN_NOTES, judge_train_kv
+from harness.report.scaling_claims import CLAIM_TP, CLAIM_TRAIN_KV, TRAIN_NOTES, judge_tp, judge_train_kv
 from harness.results.schema import CellResult, RunResult, Summary
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "CLAIM_KV",
     "CLAIM_MAX_BATCH",
     "CLAIM_PARAMS",
+    "CLAIM_TP",
     "CLAIM_TRAIN_KV",
     "TOLERANCE_NOTES",
     "ClaimCheck",
@@ -59,6 +60,7 @@ __all__ = [
     "check_kv_cache",
     "check_max_batch",
     "check_params",
+    "check_tp",
     "check_train_kv",
     "cla_pairs",
     "kv_head_pairs",
@@ -282,6 +284,7 @@ RULES = (
     Rule(CLAIM_ATTENTION_CLA, cla_pairs, NO_CLA, _no_base, _judge_attention_unchanged),
     Rule(CLAIM_ATTENTION_KV_HEADS, kv_head_pairs, "no MQA or GQA variant in this run", _no_mha, _judge_attention_cut),
     Rule(CLAIM_TRAIN_KV, cla_pairs, NO_CLA, _no_base, judge_train_kv),
+    Rule(CLAIM_TP, cla_pairs, NO_CLA, _no_base, judge_tp),
 )
 
 
@@ -313,6 +316,11 @@ def check_attention_cut_by_kv_heads(result: RunResult) -> list[ClaimCheck]:
 def check_train_kv(result: RunResult) -> list[ClaimCheck]:
     """Claim 5: measured training K/V activations of base / CLA equal the producer ratio within 1%."""
     return check_rule(result, RULES[5])
+
+
+def check_tp(result: RunResult) -> list[ClaimCheck]:
+    """Claim 6: one rank's measured cache, base / CLA, equals the producer ratio within 1% at every tp."""
+    return check_rule(result, RULES[6])
 
 
 def check_claims(result: RunResult) -> list[ClaimCheck]:

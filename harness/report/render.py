@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.report import plots, savings, tables
+from harness.report import plots, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
 
@@ -244,6 +244,7 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         [images["max-batch-vs-context"]] if "max-batch-vs-context" in images else [],
     )
     lines += savings.savings_section(result)
+    lines += tp_section.tp_section(result)
     if "kv-bytes-vs-latency" in images:
         lines += _section(
             "Memory against latency",

@@ -15,7 +15,7 @@ runs them after the decode claims.
 
 from __future__ import annotations
 
-from harness.measure.checks import TRAIN_KV_AS_ACCOUNTED, TRAIN_PEAK_HOLDS_ACTIVATIONS
+from harness.measure.checks import TP_KV_AS_ACCOUNTED, TRAIN_KV_AS_ACCOUNTED, TRAIN_PEAK_HOLDS_ACTIVATIONS
 from harness.report.pairing import (
     ClaimCheck,
     Coord,
@@ -27,7 +27,7 @@ from harness.report.pairing import (
     value_range,
     where,
 )
-from harness.results.schema import RunResult, TrainStep
+from harness.results.schema import CellResult, RunResult, TPMeasurement, TrainStep
 from harness.units import format_bytes
 
 # Measured K/V activation ratio may differ from the exact producer ratio by this much (none is expected:
@@ -35,11 +35,14 @@ from harness.units import format_bytes
 TRAIN_KV_RATIO_TOLERANCE = 0.01
 
 CLAIM_TRAIN_KV = "CLA cuts training K/V activations by the sharing factor"
+CLAIM_TP = "CLA composes with TP: per-rank KV cache shrinks by the sharing factor at every tp"
 
 TRAIN_NOTES = (
     f"Training K/V activations: the ratio base/CLA of the K/V bytes autograd saved for the backward pass must be "
     f"the producer ratio within ±{TRAIN_KV_RATIO_TOLERANCE:.0%}; the change of the measured training peak is shown "
-    "beside it (it also holds the consumers' dropped K/V projections and their gradients)."
+    "beside it (it also holds the consumers' dropped K/V projections and their gradients). Tensor parallelism: "
+    "the ratio base/CLA of one rank's measured cache bytes must be the producer ratio within "
+    f"±{TRAIN_KV_RATIO_TOLERANCE:.0%} at every measured tp, K/V heads replicated over ranks included."
 )
 
 
@@ -89,3 +92,36 @@ def judge_train_kv(result: RunResult, pair: Pair) -> list[ClaimCheck]:
     ]
     summary = f"{basis}; measured {value_range(r for _, r, _ in found)} in {len(found)} cells" + _peak_change(steps)
     return [conclude(CLAIM_TRAIN_KV, pair.label, summary, evidence)]
+
+
+def _ranks_measured(cell: CellResult) -> dict[int, TPMeasurement]:
+    """The cell's tensor-parallel measurements that ran, by degree."""
+    measured = [] if cell.metrics is None else cell.metrics.tp
+    return {m.tp: m for m in measured if m.status == "ok" and m.ranks}
+
+
+def judge_tp(result: RunResult, pair: Pair) -> list[ClaimCheck]:
+    """One rank's measured cache, base / CLA, equals the producer ratio within 1% at every tp, per cell."""
+    expected = pair.kv_ratio
+    basis = (
+        f"expected {pair.reference.n_kv_layers}/{pair.subject.n_kv_layers} producer layers = {expected:.3f} "
+        f"(s={pair.subject.sharing_label})"
+    )
+    found: list[tuple[Coord, int, float, str | None]] = []
+    for coord, sub, ref in paired_cells(result, pair):
+        sub_tp, ref_tp = _ranks_measured(sub), _ranks_measured(ref)
+        suspect = distrust([sub, ref], {TP_KV_AS_ACCOUNTED}, timing=False)
+        for tp in sorted(sub_tp.keys() & ref_tp.keys()):
+            per_rank = [max(r.kv_cache_bytes for r in m.ranks) for m in (sub_tp[tp], ref_tp[tp])]
+            found.append((coord, tp, per_rank[1] / per_rank[0], suspect))
+    if not found:
+        return [conclude(CLAIM_TP, pair.label, f"{basis}; no tp degree measured for both (sweep.tp)", [])]
+    evidence = [
+        Evidence(f"{where(c)} tp {tp} ({r:.3f})" if abs(r / expected - 1) > TRAIN_KV_RATIO_TOLERANCE else None, s)
+        for c, tp, r, s in found
+    ]
+    degrees = ", ".join(str(tp) for tp in sorted({tp for _, tp, _, _ in found}))
+    summary = (
+        f"{basis}; per-rank cache ratio {value_range(r for _, _, r, _ in found)} at tp {degrees} ({len(found)} cases)"
+    )
+    return [conclude(CLAIM_TP, pair.label, summary, evidence)]
