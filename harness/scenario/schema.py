@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, WithJsonSchema, model_validator
 
+from harness.scenario.quality import QualitySpec
 from harness.units import parse_bytes
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -167,6 +168,9 @@ class Scenario(_Strict):
     variant: list[VariantSpec] = Field(min_length=1, description="attention configurations to compare")
     sweep: SweepSpec
     measure: MeasureSpec = MeasureSpec()
+    quality: QualitySpec | None = Field(
+        None, description="training every variant at toy scale for its validation loss (attnbench train)"
+    )
 
 
 def scenario_json_schema() -> dict[str, Any]:
