@@ -28,6 +28,8 @@ SUBCOMMANDS = (
     "compare",
     "ab",
     "export",
+    "train",
+    "convert",
 )
 
 
