@@ -6,15 +6,18 @@ pulls CUDA packages. The ``gpu`` session instead uses the CUDA PyTorch already o
 
 from __future__ import annotations
 
+import glob
+
 import nox
 from nox.command import CommandFailed
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "workflows"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 DEV = PYPROJECT["project"]["optional-dependencies"]["dev"]
+WORKFLOW_TOOLS = PYPROJECT["project"]["optional-dependencies"]["workflows"]
 # The CPU build; an unpinned torch would pull the CUDA build and its gigabytes of packages.
 CPU_TORCH = "torch==2.13.0"
 
@@ -46,6 +49,15 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
+@nox.session
+def workflows(session: nox.Session) -> None:
+    """Audit the CI workflows: zizmor (no finding of medium severity or above) and GitHub's schema."""
+    session.install(*WORKFLOW_TOOLS)
+    session.run("zizmor", "--offline", "--min-severity=medium", ".github/workflows/")
+    files = sorted(glob.glob(".github/workflows/*.yml"))
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *files)
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Measure the default scenario on this machine and write its report under results/."""
@@ -75,6 +87,14 @@ def ab(session: nox.Session) -> None:
     """Measure two revisions interleaved and compare them: nox -s ab -- BASE HEAD (default: HEAD .)."""
     install_project(session)
     session.run("attnbench", "ab", *(session.posargs or ["HEAD", "."]))
+
+
+@nox.session(default=False, venv_params=["--system-site-packages"])
+def gpu_ab(session: nox.Session) -> None:
+    """On a GPU machine (its own CUDA PyTorch): nox -s gpu_ab -- BASE HEAD [SCENARIO] [options], interleaved."""
+    session.run("python", "-c", "import torch; assert torch.cuda.is_available(), 'no CUDA device'", silent=True)
+    session.install("-e", ".")
+    session.run("attnbench", "ab", *(session.posargs or ["HEAD", "."]), "--device", "cuda")
 
 
 @nox.session(default=False, venv_params=["--system-site-packages"])

@@ -6,13 +6,19 @@
 
 The result file is rewritten atomically after every cell, so an interrupted run (Ctrl-C, a
 killed process) loses no finished cell; ``resume`` continues the newest unfinished file of the
-same scenario and target. Every worker call has a time limit (``measure.cell_timeout_s``): a hung
-device ends that cell as ``timeout`` and the run goes on. Nothing here imports torch or touches
-CUDA: the workers do.
+same scenario and target. A stop signal (:class:`~harness.signals.Interrupted`) ends the worker
+and is recorded in the file (``interruptions``). While a run writes its file it holds a lock on
+it (``.<file>.lock``), so that no ``--resume`` elsewhere writes it too; a new run's file name is
+claimed before it is written, so that two runs never overwrite each other. The folder is checked
+writable, with room for the file, before anything is measured; a save that fails later (a full
+disk) stops the run with the last good file in place. Every worker call has a time limit
+(``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run goes on.
+Nothing here imports torch or touches CUDA: the workers do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import subprocess
 import time
@@ -26,24 +32,28 @@ from harness import accounting
 from harness.backend_support import unsupported_reason
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
+from harness.inputs import MIB
 from harness.measure import cell as cell_worker
 from harness.measure import derive, opt_in, stability
 from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
+from harness.results.lock import AdvisoryLock, file_lock
 from harness.results.schema import (
     CellMetrics,
     CellResult,
     Check,
     GitInfo,
     HostLoad,
+    Interruption,
     MaxBatch,
     Pairing,
     RunResult,
     ScenarioRef,
 )
-from harness.results.store import load_result, result_filename, result_files, save_result
+from harness.results.store import check_writable, claim_result_path, load_result, result_files, save_result
 from harness.scenario import Cell, LoadedScenario, expand_cells, load_scenario
 from harness.scenario.schema import MeasureSpec
+from harness.signals import Interrupted
 from harness.variants import Variant
 
 # --quick: timing windows short enough for smoke runs and CI, still >= min_samples samples each.
@@ -148,7 +158,17 @@ def _find_resumable(
     return None
 
 
-FAILED_STATUSES = ("error", "timeout")  # cell outcomes that make a run exit 1 (out-of-memory does not)
+# Cell outcomes that make a run exit 1. Out-of-memory does not, nor does a worker killed without a
+# word (``killed``: a SIGKILL the cgroup did not count as an OOM kill, or where it keeps no count;
+# its error names the likely cause).
+FAILED_STATUSES = ("error", "timeout")
+
+
+def needed_bytes(cells: int, rounds: int, max_samples: int) -> int:
+    """Room a run's result file needs, generously: about 8 KiB per cell and round beside its samples
+    (a few tens of bytes each, per timed part), twice over for the atomic rewrite, plus 1 MiB."""
+    per_round = 8 * 1024 + 100 * max_samples
+    return 2 * (cells * rounds * per_round) + MIB
 
 
 def cache_bytes(environment: dict[str, Any], device: str) -> int | None:
@@ -177,27 +197,42 @@ class Runner:
         self.result: RunResult
         self._index: dict[tuple[str, int, int, str, str], int] = {}
         self._failed: list[CellResult] = []
+        self.result_path: Path | None = None  # the result file, once begin() has opened it
+        self._lock: AdvisoryLock | None = None  # held on the result file from begin() to close()
 
     def run(self) -> RunOutcome:
-        """Every round of every cell, round after round, then the run's assessment: the whole run."""
-        cells = self.begin()
-        # Round after round over all cells, each time in a new process: the rounds of one cell are
-        # spread over the whole run, so their spread shows the machine's drift, not just its jitter.
-        for round_index in range(self.rounds):
-            for cell in cells:
-                self.measure_round(cell, round_index)
-        return self.finish()
+        """Every round of every cell, round after round, then the run's assessment: the whole run.
+
+        A stop signal is recorded in the file (:meth:`record_interruption`) and raised again."""
+        try:
+            cells = self.begin()
+            # Round after round over all cells, each time in a new process: the rounds of one cell are
+            # spread over the whole run, so their spread shows the machine's drift, not just its jitter.
+            for round_index in range(self.rounds):
+                for cell in cells:
+                    self.measure_round(cell, round_index)
+            return self.finish()
+        except Interrupted as stop:
+            self.record_interruption(stop)
+            raise
+        finally:
+            self.close()
 
     def begin(self, pairing: Pairing | None = None) -> list[Cell]:
         """Open (or reopen) the result file and probe the peak; the cells to measure, in scenario order.
 
         :meth:`run` then measures every round of every cell; a driver that orders the measurements
         itself (``attnbench ab``, interleaving two revisions) calls :meth:`measure_round` and
-        :meth:`finish` directly. ``pairing`` marks the file as one side of such a comparison.
+        :meth:`finish` directly, and :meth:`close` if it stops before finishing. ``pairing`` marks the
+        file as one side of such a comparison.
         """
         scenario = self.loaded.scenario
+        cells = expand_cells(scenario, self.loaded.variants)
+        rounds = self.rounds
+        check_writable(self.options.out_dir, needed_bytes(len(cells), rounds, scenario.measure.max_samples))
         target, environment = self._describe()
         self.path, self.result = self._open_result(target, environment)
+        self.result_path = self.path
         if pairing is not None:
             self.result.pairing = pairing
         self._environment = self.result.environment
@@ -205,12 +240,10 @@ class Runner:
             peak = self._peak(target, environment)
             self.result.environment["peak_bandwidth"] = peak
             self.result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
-        save_result(self.result, self.path)
+        self._save()
         for c in self.result.cells:
             if c.metrics is not None and c.metrics.max_batch is not None:
                 self._max_batch[(c.variant, c.dtype, c.context_len, c.backend)] = c.metrics.max_batch
-        cells = expand_cells(scenario, self.loaded.variants)
-        rounds = self.rounds
         self._index = {c.key: i for i, c in enumerate(self.result.cells)}
         # a failed cell is not measured again in later rounds, so it counts as done for all of them
         done = sum(min(c.rounds_done, rounds) if c.status == "ok" else rounds for c in self.result.cells)
@@ -233,7 +266,7 @@ class Runner:
         else:
             cell_result = self._repeat(cell, existing, result.peak_bandwidth_gbps)
             result.cells[self._index[cell.key]] = cell_result
-        save_result(result, self.path)
+        self._save()
         if cell_result.status in FAILED_STATUSES:
             self._failed.append(cell_result)
         self.progress.cell_finished(cell, cell_result)
@@ -245,8 +278,42 @@ class Runner:
         """Assess every cell's stability against the run's, mark the file finished, save it."""
         stability.assess_run(self.result)
         self.result.finished_utc = _now()
-        save_result(self.result, self.path)
+        self._save()
+        self.close()
         return RunOutcome(self.path, self.result, self._failed)
+
+    def record_interruption(self, stop: Interrupted) -> None:
+        """Note the signal that stopped the run in its file (nothing before the file exists). The file
+        stays unfinished, for ``--resume``; a save that fails leaves the last good one."""
+        if self.result_path is None:
+            return
+        self.result.interruptions.append(Interruption(utc=_now(), signal=stop.name, cells_done=len(self.result.cells)))
+        # if this save fails, the file on disk is the last one saved: every finished cell, without the note
+        with contextlib.suppress(OSError):
+            save_result(self.result, self.path)
+
+    def close(self) -> None:
+        """Let go of the result file's lock; the runner measures nothing more."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _save(self) -> None:
+        """Save the result file; RunFailure, with the last good file left in place, when it cannot."""
+        try:
+            save_result(self.result, self.path)
+        except OSError as exc:
+            raise RunFailure(
+                f"could not save the result ({exc.strerror or exc}); the file keeps what was saved before it, "
+                f"every cell measured before this one: make room and continue with --resume",
+                source=str(self.path),
+            ) from None
+
+    def _take(self, path: Path) -> None:
+        """Lock ``path`` for this run (LockHeld, naming the holder's pid, when another run has it)."""
+        lock = file_lock(path, "run")
+        lock.acquire()
+        self._lock = lock
 
     def _call(self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> WorkerOutcome:
         return self.workers.call(fn, payload, timeout_s=self.timeout_s)
@@ -260,22 +327,12 @@ class Runner:
 
     def _open_result(self, target: str, environment: dict[str, Any]) -> tuple[Path, RunResult]:
         out_dir = self.options.out_dir
-        if self.options.resume and self.options.rerun_unstable:
-            return self._reopen_unstable(out_dir, target)
         if self.options.resume:
-            found = _find_resumable(out_dir, target, self.loaded, self.device_kind)
-            if found is None:
-                raise UserError(
-                    f"no unfinished run of scenario {self.loaded.scenario.name!r} (same file content) "
-                    f"for target {target} to resume",
-                    source=str(out_dir / target),
-                )
-            return found
+            return self._reopen(out_dir, target, unstable=self.options.rerun_unstable)
         git = git_info()
         started = datetime.now(UTC)
-        path = out_dir / target / result_filename(started, git.short)
-        if path.exists():  # two runs started within one second: never overwrite
-            raise UserError("exists already; wait a second and run again", source=str(path))
+        path = claim_result_path(out_dir / target, started, git.short)
+        self._take(path)
         scenario = self.loaded.scenario
         result = RunResult(
             target=target,
@@ -293,23 +350,37 @@ class Runner:
             quick=self.options.quick,
             started_utc=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
-        save_result(result, path)
+        try:
+            save_result(result, path)
+        except OSError as exc:
+            path.unlink(missing_ok=True)  # the claimed, still empty name
+            raise RunFailure(f"could not save the result: {exc.strerror or exc}", source=str(path)) from None
         return path, result
 
-    def _reopen_unstable(self, out_dir: Path, target: str) -> tuple[Path, RunResult]:
-        """The newest run of this scenario on this target, finished or not, with its unstable cells
-        removed (they are measured again, every round, into the same file)."""
-        found = _find_resumable(out_dir, target, self.loaded, self.device_kind, finished_too=True)
+    def _reopen(self, out_dir: Path, target: str, *, unstable: bool) -> tuple[Path, RunResult]:
+        """The run to continue: the newest unfinished run of this scenario on this target; with
+        ``unstable``, the newest one finished or not, with its unstable cells removed (they are measured
+        again, every round, into the same file). Locked, then read again: what another run wrote
+        before it let go is what this one continues."""
+        found = _find_resumable(out_dir, target, self.loaded, self.device_kind, finished_too=unstable)
         if found is None:
+            what = "to re-measure unstable cells of" if unstable else "to resume"
+            kind = "run" if unstable else "unfinished run"
             raise UserError(
-                f"no run of scenario {self.loaded.scenario.name!r} (same file content) for target {target} "
-                "to re-measure unstable cells of",
+                f"no {kind} of scenario {self.loaded.scenario.name!r} (same file content) for target {target} {what}",
                 source=str(out_dir / target),
             )
-        path, result = found
-        kept = [cell for cell in result.cells if not cell.unstable]
-        result = result.model_copy(update={"cells": kept, "finished_utc": None})
-        save_result(result, path)
+        path = found[0]
+        self._take(path)
+        result = load_result(path)
+        if result.finished_utc is not None and not unstable:
+            raise UserError("another run finished this file meanwhile; nothing to resume", source=str(path))
+        if unstable:
+            kept = [cell for cell in result.cells if not cell.unstable]
+            result = result.model_copy(update={"cells": kept, "finished_utc": None})
+            self.result = result
+            self.path = path
+            self._save()
         return path, result
 
     def _peak(self, target: str, environment: dict[str, Any]) -> dict[str, Any]:
@@ -419,7 +490,7 @@ class Runner:
                     self._payload(cell, backend),
                     self.loaded.scenario.sweep.tp,
                 )
-        elif outcome.status == "oom":  # the accounting still says what the cell would have needed
+        elif outcome.status in ("oom", "killed"):  # the accounting still says what the cell would have needed
             metrics = derive.derive_metrics(self.loaded, cell, {}, peak_gbps)
         checks = self._checks(cell, worker_checks, metrics, peak_gbps) if outcome.status == "ok" else []
         return CellResult(
@@ -486,6 +557,8 @@ class Runner:
                 return Probe(batch, bool(outcome.value["fits"]), int(outcome.value["peak_bytes"]), "ok")
             if outcome.status == "oom":
                 return Probe(batch, False, None, "oom")
+            if outcome.status == "killed":  # most often the out-of-memory killer: the batch does not fit
+                return Probe(batch, False, None, f"killed: {outcome.error}")
             return Probe(batch, False, None, f"{outcome.status}: {outcome.error}")
 
         probe = probe_in_worker if is_cuda(self.device) else _guard_host_memory(probe_in_worker, budget)

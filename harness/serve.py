@@ -11,7 +11,9 @@ answer per line on stdout:
   that round was done already or the cell failed earlier)
 - ``{"op": "finish"}`` -> ``{"ok": true, "path": FILE}``, and the server exits.
 
-A user's mistake answers ``{"ok": false, "error": LINE}``. ``PROTOCOL`` is bumped on any incompatible
+A user's mistake answers ``{"ok": false, "error": LINE}``. A stop signal (the driver's, or one sent to
+the whole process group) is recorded in the result file, as ``attnbench run`` does, and ends the server
+with exit code 128 + the signal's number. ``PROTOCOL`` is bumped on any incompatible
 change; a driver refuses a server that speaks another. Anything else the code prints goes to stderr,
 so that nothing can corrupt the answers.
 """
@@ -28,6 +30,7 @@ from harness.errors import UserError
 from harness.results.schema import Pairing
 from harness.runner import Runner, RunOptions
 from harness.scenario import Cell
+from harness.signals import Interrupted, stop_signals
 
 PROTOCOL = 1
 
@@ -77,21 +80,32 @@ class Server:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 
-def serve(requests: IO[str], answers: IO[str]) -> None:
-    """Answer requests line by line until 'finish' or the end of input."""
+def serve(requests: IO[str], answers: IO[str]) -> int:
+    """Answer requests line by line until 'finish' or the end of input; the exit code."""
     server = Server()
-    for line in requests:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            answer = server.handle(request)
-        except UserError as exc:
-            request, answer = {}, {"ok": False, "error": str(exc)}
-        answers.write(json.dumps(answer) + "\n")
-        answers.flush()
-        if request.get("op") == "finish" and answer.get("ok"):
-            return
+    try:
+        for line in requests:
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+                answer = server.handle(request)
+            except UserError as exc:
+                request, answer = {}, {"ok": False, "error": str(exc)}
+            answers.write(json.dumps(answer) + "\n")
+            answers.flush()
+            if request.get("op") == "finish" and answer.get("ok"):
+                return 0
+        return 0
+    except Interrupted as stop:
+        if server.runner is not None:
+            server.runner.record_interruption(stop)
+        return stop.exit_code
+    except BrokenPipeError:  # the driver went away: nobody to answer
+        return 1
+    finally:
+        if server.runner is not None:
+            server.runner.close()
 
 
 def main() -> None:
@@ -100,7 +114,9 @@ def main() -> None:
     answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    serve(sys.stdin, answers)
+    with stop_signals():
+        code = serve(sys.stdin, answers)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 # Bytes per element of the dtypes a scenario may name.
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -21,6 +22,8 @@ _SIZE_UNITS: dict[str, int] = {
     "gib": 2**30,
     "tib": 2**40,
 }
+# The largest size a byte count holds (a signed 64-bit integer, as torch and the OS report sizes).
+MAX_BYTES = 2**63 - 1
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -31,16 +34,20 @@ def parse_bytes(text: str | int) -> int:
     """
     if isinstance(text, bool):
         raise ValueError("expected a size such as '40GiB', got a boolean")
+    if not isinstance(text, int | str):  # a file may hold anything here
+        raise ValueError(f"expected a size such as '40GiB' or a whole number of bytes, got {type(text).__name__}")
     if isinstance(text, int):
-        value, unit = float(text), ""
+        size = text
     else:
         match = _SIZE_RE.match(text)
         if not match:
             raise ValueError(f"cannot parse size {text!r}; expected e.g. '40GiB' or '512MB'")
-        value, unit = float(match.group(1)), match.group(2).lower()
-    if unit not in _SIZE_UNITS:
-        raise ValueError(f"unknown size unit {unit!r} in {text!r}; use B, KB, MB, GB, KiB, MiB, GiB, TiB")
-    size = int(value * _SIZE_UNITS[unit])
+        unit = match.group(2).lower()
+        if unit not in _SIZE_UNITS:
+            raise ValueError(f"unknown size unit {unit!r} in {text!r}; use B, KB, MB, GB, KiB, MiB, GiB, TiB")
+        size = int(Fraction(match.group(1)) * _SIZE_UNITS[unit])  # exact, however many digits
+    if size > MAX_BYTES:
+        raise ValueError(f"size {text!r} is larger than {MAX_BYTES} bytes")
     if size <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
     return size

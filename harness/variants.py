@@ -30,12 +30,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# H128-MHA, H64-MQA-CLA2, MLA512-R64, MLA512-R64-Q1536-CLA2, H128-GQA8-SWA4096-5:1-KV8
+# H128-MHA, H64-MQA-CLA2, MLA512-R64, MLA512-R64-Q1536-CLA2, H128-GQA8-SWA4096-5:1-KV8. Numbers have at most
+# 9 digits: a longer one is no width or count, and Python refuses to convert thousands of digits.
 PAPER_NAME_RE = re.compile(
-    r"^(?:H(?P<head_dim>\d+)-(?P<kind>MHA|MQA|GQA(?P<groups>\d+))"
-    r"|MLA(?P<kv_lora_rank>\d+)-R(?P<rope_dim>\d+)(?:-Q(?P<q_lora_rank>\d+))?)"
-    r"(?:-CLA(?P<sharing>\d+))?"
-    r"(?:-SWA(?P<window>\d+)(?:-(?P<local>\d+):(?P<global>\d+))?)?"
+    r"^(?:H(?P<head_dim>\d{1,9})-(?P<kind>MHA|MQA|GQA(?P<groups>\d{1,9}))"
+    r"|MLA(?P<kv_lora_rank>\d{1,9})-R(?P<rope_dim>\d{1,9})(?:-Q(?P<q_lora_rank>\d{1,9}))?)"
+    r"(?:-CLA(?P<sharing>\d{1,9}))?"
+    r"(?:-SWA(?P<window>\d{1,9})(?:-(?P<local>\d{1,9}):(?P<global>\d{1,9}))?)?"
     r"(?:-KV8(?P<e5m2>E5)?)?$"
 )
 PAPER_NAME_SPELLING = (

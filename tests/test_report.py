@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,14 @@ def test_cli_writes_the_report_beside_a_results_folder_given_without_out(
     assert main(["report", str(tmp_path / "elsewhere")]) == 0
     assert (folder / "REPORT.md").is_file()
     assert not (tmp_path / "results").exists()
+
+
+def test_names_with_characters_the_font_lacks_render_without_a_warning(tmp_path: Path) -> None:
+    result = load_result(TWO_CORE)
+    names = {"H64-MHA": "H64-MHA \x1b\u0378\U000fed23", "H64-MQA": "H64-MQA " + "\U0001b493" * 40}
+    cells = [c.model_copy(update={"variant": names.get(c.variant, c.variant)}) for c in result.cells]
+    odd = result.model_copy(update={"cells": cells})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files = render_target([LoadedResult(TWO_CORE, odd)], tmp_path)
+    assert {f"cla-small-{suffix}.png" for suffix in PLOT_SUFFIXES} <= set(files)

@@ -150,6 +150,7 @@ REJECTIONS = [
     ('[[variant]]\nname = "H64-MHA"\n[[variant]]\nname = "H64-MHA"\n', "variant[1].name", "duplicate variant name"),
     ('[[variant]]\nname = "H64-MHA"\nheads = 4\n', "variant[0].heads", "unknown key"),
     ('[[variant]]\nname = "H64-MHA"\nhead_dim = -64\n', "variant[0].head_dim", "greater than 0"),
+    ('[[variant]]\nname = "H' + "9" * 5000 + '-MHA"\n', "variant[0].name", "not a CLA-paper name"),
 ]
 
 
@@ -177,6 +178,14 @@ FILE_REJECTIONS = [
     (BASE.replace("[sweep]", "[sweep]\ntp = [0]"), "sweep.tp[0]", "greater than 0"),
     (BASE.replace('"1GiB"', '"1GiB"\nmetrics = ["train"]'), "measure.metrics[0]", "'train_step'"),
     (BASE, "variant", "required field is missing"),
+    (BASE.replace("n_layers = 4", "n_layers = 1000000000000"), "model.n_layers", "less than or equal to 65536"),
+    (BASE.replace("d_model = 256", f"d_model = {2**63}"), "model.d_model", "less than or equal to 9223372036854775807"),
+    (BASE.replace('"1GiB"', "1" + "0" * 400), "measure.memory_budget", "larger than 9223372036854775807 bytes"),
+    (BASE.replace('"1GiB"', '"' + "9" * 400 + 'GiB"'), "measure.memory_budget", "larger than"),
+    (BASE.replace('"1GiB"', "1.5"), "measure.memory_budget", "expected a size such as '40GiB'"),
+    (BASE.replace("[measure]", "[measure]\nwarmup_s = inf"), "measure.warmup_s", "finite number"),
+    (BASE.replace("[model]", "[model]\nrope_theta = nan"), "model.rope_theta", "finite number"),
+    (BASE.replace("[measure]", "[measure]\nrounds = 10000000000"), "measure.rounds", "less than or equal to"),
 ]
 
 
@@ -189,6 +198,41 @@ def test_bad_files_are_rejected_with_field_and_reason(tmp_path: Path, text: str,
     message = str(info.value)
     assert message.startswith(f"{path}: {field + ': ' if field else ''}")
     assert reason in message
+
+
+def test_every_format_problem_of_a_file_is_reported_on_its_own_line(tmp_path: Path):
+    text = BASE.replace("d_model = 256", "d_model = 0").replace("batch_size = [1, 2]", 'batch_size = ["one"]')
+    path = write(tmp_path, '[[variant]]\nname = "H64-MHA"\nheads = 4\n', base=text)
+    with pytest.raises(UserError) as info:
+        load_scenario(path)
+    assert [line.split(": ")[1] for line in str(info.value).splitlines()] == [
+        "model.d_model",
+        "variant[0].heads",
+        "sweep.batch_size[0]",
+    ]
+
+
+def test_every_variant_problem_of_a_file_is_reported_on_its_own_line(tmp_path: Path):
+    path = write(tmp_path, '[[variant]]\nname = "H64-GQA3"\n[[variant]]\nname = "H64-MHA"\n[[variant]]\nname = "x"\n')
+    with pytest.raises(UserError) as info:
+        load_scenario(path)
+    assert [line.split(": ")[1] for line in str(info.value).splitlines()] == [
+        "variant[0].n_kv_heads",
+        "variant[2].name",
+    ]
+
+
+def test_tables_nested_too_deeply_to_read_are_refused_in_one_line(tmp_path: Path):
+    path = tmp_path / "s.toml"
+    path.write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        load_scenario(path)
+
+
+def test_an_integer_of_thousands_of_digits_is_refused_in_one_line(tmp_path: Path):
+    path = write(tmp_path, "", base=BASE.replace("d_model = 256", "d_model = " + "9" * 5000))
+    with pytest.raises(UserError, match="cannot read: Exceeds the limit"):
+        load_scenario(path)
 
 
 def test_a_missing_file_is_named_in_the_error(tmp_path: Path):

@@ -2,7 +2,9 @@
 
 A subcommand module defines ``register(subparsers)``, which adds its parser and sets
 ``func=run``, and ``run(args) -> int``, which returns the exit code. :func:`main` turns a
-:class:`~harness.errors.UserError` into one line on stderr and exit code 2.
+:class:`~harness.errors.UserError` into one line per problem on stderr and exit code 2 (1 for a
+:class:`~harness.errors.RunFailure`), and a stop signal (SIGINT, SIGTERM, SIGHUP; see
+harness/signals.py) into one line and exit code 128 + its number: 130, 143, 129.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.errors import UserError
+from harness.signals import Interrupted, stop_signals
 
 # Subcommands in the order ``attnbench --help`` lists them.
 SUBCOMMANDS = (
@@ -48,15 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_problems(command: str, error: UserError) -> None:
+    """Each problem of ``error`` on its own line of stderr: ``attnbench <command>: error: <problem>``."""
+    for problem in error.problems:
+        print(f"attnbench {command}: error: {problem}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.func(args)
+        with stop_signals():
+            code: int = args.func(args)
     except UserError as exc:
-        print(f"attnbench {args.command}: error: {exc}", file=sys.stderr)
+        print_problems(args.command, exc)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except Interrupted as stop:
+        print(f"attnbench {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # SIGINT outside the handler's reach
         print(f"attnbench {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -20,6 +20,7 @@ from harness.cli.run_cmd import default_scenario
 from harness.errors import UserError
 from harness.hardware import resolve_device
 from harness.results.store import write_text_atomic
+from harness.signals import Interrupted
 
 DEFAULT_OUT = "results-ab"
 
@@ -82,10 +83,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"\r[{done}/{total}] {label}"[:120].ljust(120), end="", file=sys.stderr, flush=True)
 
-    measured = interleave(
-        args.base, args.head, scenario, device=device, out_dir=args.out, rounds=args.rounds, quick=args.quick,
-        seed=args.seed, progress=progress,
-    )  # fmt: skip
+    try:
+        measured = interleave(
+            args.base, args.head, scenario, device=device, out_dir=args.out, rounds=args.rounds, quick=args.quick,
+            seed=args.seed, progress=progress,
+        )  # fmt: skip
+    except Interrupted as stop:
+        # each side's runner recorded the stop in its file; the temporary worktrees are gone
+        if not args.quiet:
+            print(file=sys.stderr)  # end the progress line
+        print(f"attnbench ab: {stop}: the unfinished result files are under {args.out}", file=sys.stderr)
+        return stop.exit_code
     if not args.quiet:
         print(f"\rmeasured in {time.perf_counter() - started:.0f} s".ljust(120), file=sys.stderr)
     base, head = compare.load_sides(str(measured.base_path), str(measured.head_path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from harness.hardware import is_cuda, resolve_device
 from harness.results.schema import CellResult
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.scenario import Cell
+from harness.signals import Interrupted
 
 # What `attnbench run` measures without a file on a GPU: the CPU default's small stack would time
 # kernel launches there, not KV-cache traffic.
@@ -83,6 +85,18 @@ def _first(cell: CellResult, name: str) -> str:
     return next(check.detail for check in cell.checks if check.name == name and not check.passed)
 
 
+def resume_command(args: argparse.Namespace, scenario: str) -> str:
+    """The command that continues this run where it stopped."""
+    words = ["attnbench", "run", scenario, "--resume"]
+    if args.device != "auto":
+        words += ["--device", args.device]
+    if args.out != RunOptions.out_dir:
+        words += ["--out", str(args.out)]
+    if args.quick:
+        words.append("--quick")
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     scenario = args.file if args.file is not None else default_scenario(resolve_device(args.device))
     if args.rerun_unstable and not args.resume:
@@ -100,14 +114,21 @@ def run(args: argparse.Namespace) -> int:
     print_warnings("run", runner.loaded.warnings)
     try:
         outcome: RunOutcome = runner.run()
-    except KeyboardInterrupt:
+    except Interrupted as stop:
         bar.close()
-        print("interrupted: finished cells are saved; continue with --resume", file=sys.stderr)
-        raise
+        if runner.result_path is None:
+            print(f"attnbench run: {stop} before anything was measured", file=sys.stderr)
+        else:
+            print(
+                f"attnbench run: {stop}: finished cells are saved in {runner.result_path}; "
+                f"continue with: {resume_command(args, scenario)}",
+                file=sys.stderr,
+            )
+        return stop.exit_code
     finally:
         bar.close()
     result = outcome.result
-    statuses = ("ok", "oom", "error", "timeout", "unsupported")
+    statuses = ("ok", "oom", "killed", "error", "timeout", "unsupported")
     counts = {status: sum(1 for c in result.cells if c.status == status) for status in statuses}
     summary = ", ".join(f"{counts[s]} {s}" for s in statuses if counts[s] or s in ("ok", "oom", "error"))
     print(f"{outcome.path}  ({summary}; target {result.target})")

@@ -17,7 +17,7 @@ the one target committed at both, or the ``target`` given). An argument naming a
 read as that path, never as a revision. Cells are matched on
 ``(scenario, variant, batch_size, context_len, dtype, backend)``; cells found on one side only, or
 not ``ok`` on either side, are listed rather than dropped. A cell that ran at BASE but failed
-(``oom``/``error``) at HEAD counts as a regression.
+(``oom``, ``killed``, ``error``, ``timeout``) at HEAD counts as a regression.
 """
 
 from harness.compare.cells import (

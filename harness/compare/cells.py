@@ -54,7 +54,7 @@ class SkippedCell:
     @property
     def is_regression(self) -> bool:
         """It ran at BASE and failed at HEAD."""
-        return self.base_status == "ok" and self.head_status in ("oom", "error", "timeout")
+        return self.base_status == "ok" and self.head_status in ("oom", "killed", "error", "timeout")
 
 
 def cell_label(cell: CellResult) -> str:

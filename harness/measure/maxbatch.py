@@ -25,7 +25,7 @@ class Probe:
     batch_size: int
     fits: bool
     peak_bytes: int | None  # None when the probe ran out of memory or failed
-    status: str  # "ok", "oom", "error: ..." or "timeout: ..."
+    status: str  # "ok", "oom", "killed: ..." (does not fit), "error: ..." or "timeout: ..."
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from harness.measure.worker import KILL_WAIT_S, POLL_S, IsolatedRunner, WorkerOutcome, _child_main, died
+from harness.measure.worker import (
+    KILL_WAIT_S,
+    POLL_S,
+    IsolatedRunner,
+    WorkerOutcome,
+    _child_main,
+    died,
+    oom_kills,
+)
 
 STORE_NAME = "store"  # the file store's name in the group's folder
 
@@ -38,24 +46,28 @@ def run_ranks(
     """``fn(payloads[r] | {"rank": r, "store_path": ..., "timeout_s": ...})`` in one process per rank, all at
     once; each rank's outcome, in rank order. Never raises for what a rank does."""
     start = time.perf_counter()
+    kills_before = oom_kills()
     context = workers.context
     outcomes: list[WorkerOutcome | None] = [None] * len(payloads)
     with tempfile.TemporaryDirectory(prefix="attnbench-ranks-") as folder:
         store = str(Path(folder) / STORE_NAME)
-        processes, receivers = [], []
+        processes, receivers, lifelines = [], [], []
         try:
             for rank, payload in enumerate(payloads):
                 receiver, sender = context.Pipe(duplex=False)
+                lifeline_reader, lifeline = context.Pipe(duplex=False)  # a rank exits when this process dies
+                lifelines.append(lifeline)
                 task = payload | {"rank": rank, "store_path": store, "timeout_s": timeout_s}
-                process = context.Process(target=_child_main, args=(sender, fn, task), daemon=True)
+                process = context.Process(target=_child_main, args=(sender, lifeline_reader, fn, task), daemon=True)
                 process.start()
                 sender.close()
+                lifeline_reader.close()
                 processes.append(process)
                 receivers.append(receiver)
             while any(outcome is None for outcome in outcomes):
                 for rank, (process, receiver) in enumerate(zip(processes, receivers, strict=True)):
                     if outcomes[rank] is None:
-                        outcomes[rank] = _poll(process, receiver, start)
+                        outcomes[rank] = _poll(process, receiver, start, kills_before)
                 failed = _first_failure(outcomes)
                 elapsed = time.perf_counter() - start
                 if failed is not None:
@@ -71,8 +83,8 @@ def run_ranks(
                 elif any(o is None for o in outcomes):
                     time.sleep(POLL_S)
         finally:
-            for receiver in receivers:
-                receiver.close()
+            for connection in receivers + lifelines:
+                connection.close()
             for process in processes:
                 if process.is_alive():
                     process.kill()
@@ -90,19 +102,25 @@ def _first_failure(outcomes: Sequence[WorkerOutcome | None]) -> int | None:
     return min(failures, key=lambda item: (item[1].ended_at or 0.0, item[0]))[0]
 
 
-def _poll(process: multiprocessing.process.BaseProcess, receiver: Connection, start: float) -> WorkerOutcome | None:
+def _poll(
+    process: multiprocessing.process.BaseProcess, receiver: Connection, start: float, kills_before: int | None
+) -> WorkerOutcome | None:
     """The rank's outcome once it answered or ended; None while it is still working."""
     if receiver.poll(0):
         try:
             status, value, error, exception, ended_at = receiver.recv()
         except EOFError:  # it closed its end without answering
-            return _seen_dead(process, start)
+            return _seen_dead(process, start, kills_before)
         return WorkerOutcome(status, value, error, time.perf_counter() - start, exception, ended_at)
     if not process.is_alive():
-        return _poll(process, receiver, start) if receiver.poll(0) else _seen_dead(process, start)
+        return (
+            _poll(process, receiver, start, kills_before)
+            if receiver.poll(0)
+            else _seen_dead(process, start, kills_before)
+        )
     return None
 
 
-def _seen_dead(process: multiprocessing.process.BaseProcess, start: float) -> WorkerOutcome:
+def _seen_dead(process: multiprocessing.process.BaseProcess, start: float, kills_before: int | None) -> WorkerOutcome:
     """A rank that ended without answering, stamped when the parent saw it (it ended no later)."""
-    return dataclasses.replace(died(process, start), ended_at=time.monotonic())
+    return dataclasses.replace(died(process, start, kills_before), ended_at=time.monotonic())

@@ -5,19 +5,27 @@ peak belongs to that cell alone, an out-of-memory or a crash in one cell leaves 
 for the next, and a CUDA error cannot poison the rest of the run. Children come from a
 ``forkserver`` that imported torch once, so starting one costs milliseconds, not an import; the
 server itself never touches CUDA, so every child starts with a clean device.
+
+A child outlives nothing: it holds the reading end of a "lifeline" pipe whose only writer is the
+parent, and a thread of its own blocked on it exits the child, silently, the moment the parent is
+gone (however it went, SIGKILL included). A child that finds nobody to report to exits silently too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import os
+import re
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Literal
 
 # Modules the forkserver imports once, so that children start warm.
@@ -31,11 +39,16 @@ KILL_WAIT_S = 10.0
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
+Status = Literal["ok", "oom", "error", "timeout", "killed"]
+
+
 @dataclass(frozen=True)
 class WorkerOutcome:
     """What a child returned, or why it returned nothing."""
 
-    status: Literal["ok", "oom", "error", "timeout"]
+    # oom also covers a SIGKILL the cgroup counted as an OOM kill; killed: any other SIGKILL without a
+    # word (the error names the likely cause; see killed_cause)
+    status: Status
     value: dict[str, Any] | None
     error: str | None
     elapsed_s: float
@@ -76,21 +89,83 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return any(marker in text for marker in OUT_OF_MEMORY_MARKERS)
 
 
-def _child_main(conn: Connection, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> None:
+def _exit_when_orphaned(lifeline: Connection) -> None:
+    """Block until the parent's end of the lifeline closes, then end this process at once."""
+    with contextlib.suppress(EOFError, OSError):
+        lifeline.recv_bytes()  # the parent never writes: this returns only by raising at its end
+    os._exit(0)
+
+
+def _child_main(
+    conn: Connection,
+    lifeline: Connection,
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    payload: dict[str, Any],
+) -> None:
     # The parent handles Ctrl-C and ends its children; a child must not die half-way on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(lifeline,), daemon=True, name="lifeline").start()
     # Objects inherited from the forkserver (torch's modules) are never garbage: keep them out of
     # the collections that the timing loops run before each timed window.
     gc.freeze()
     try:
         value = fn(payload)
-        conn.send(("ok", value, None, None, time.monotonic()))
+        message: tuple[Any, ...] = ("ok", value, None, None, time.monotonic())
     except BaseException as exc:  # report everything, including MemoryError, to the parent
         ended_at = time.monotonic()
         status = "oom" if is_out_of_memory(exc) else "error"
-        conn.send((status, None, describe_exception(exc), type(exc).__name__, ended_at))
-    finally:
+        message = (status, None, describe_exception(exc), type(exc).__name__, ended_at)
+    try:
+        try:
+            conn.send(message)
+        except OSError:
+            raise
+        except Exception as exc:  # the value would not pickle: say so instead
+            conn.send(("error", None, describe_exception(exc), type(exc).__name__, time.monotonic()))
         conn.close()
+    except OSError:  # BrokenPipeError: the parent stopped listening; there is nobody to tell
+        os._exit(0)
+
+
+def oom_kills() -> int | None:
+    """How many processes of this process's memory cgroup an out-of-memory killer has ended so far.
+
+    cgroup v2 counts them in ``memory.events`` (``oom_kill``, the kernel's and the cgroup's OOM killer
+    alike), v1 in ``memory.oom_control``; None where neither can be read.
+    """
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    v2 = next((line.split(":", 2)[2] for line in lines if line.startswith("0::")), "")
+    v1 = next((line.split(":", 2)[2] for line in lines if re.match(r"\d+:([^:]*,)?memory(,[^:]*)?:", line)), "")
+    candidates = [
+        Path("/sys/fs/cgroup", v2.lstrip("/"), "memory.events"),
+        Path("/sys/fs/cgroup/memory.events"),
+        Path("/sys/fs/cgroup/memory", v1.lstrip("/"), "memory.oom_control"),
+        Path("/sys/fs/cgroup/memory/memory.oom_control"),  # a container sees its own cgroup at the root
+    ]
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        found = re.search(r"^oom_kill (\d+)$", text, re.MULTILINE)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def killed_cause(oom_kills_before: int | None, oom_kills_after: int | None) -> str:
+    """Why a worker most likely ended by SIGKILL without reporting, from the OOM-kill count around it."""
+    if oom_kills_before is None or oom_kills_after is None:
+        return "most likely the kernel's out-of-memory killer (its kill count cannot be read here)"
+    if oom_kills_after > oom_kills_before:
+        return (
+            f"the out-of-memory killer: this cgroup's oom_kill count rose from {oom_kills_before} "
+            f"to {oom_kills_after} meanwhile"
+        )
+    return "not the out-of-memory killer (this cgroup's oom_kill count did not change): another process sent it SIGKILL"
 
 
 class IsolatedRunner:
@@ -112,14 +187,17 @@ class IsolatedRunner:
     ) -> WorkerOutcome:
         """Run ``fn(payload)`` in a child and wait for it; never raises for what the child does."""
         start = time.perf_counter()
+        kills_before = oom_kills()
         receiver, sender = self._context.Pipe(duplex=False)
-        process = self._context.Process(target=_child_main, args=(sender, fn, payload), daemon=True)
+        lifeline_reader, lifeline = self._context.Pipe(duplex=False)  # this process holds the only writer
+        process = self._context.Process(target=_child_main, args=(sender, lifeline_reader, fn, payload), daemon=True)
         process.start()
         sender.close()
+        lifeline_reader.close()
         try:
             while not receiver.poll(POLL_S):
                 if not process.is_alive() and not receiver.poll(0):
-                    return self._died(process, start)
+                    return self._died(process, start, kills_before)
                 if timeout_s is not None and time.perf_counter() - start > timeout_s:
                     return WorkerOutcome(
                         "timeout",
@@ -130,27 +208,33 @@ class IsolatedRunner:
             try:
                 status, value, error, exception, ended_at = receiver.recv()
             except EOFError:
-                return self._died(process, start)
+                return self._died(process, start, kills_before)
             process.join()
             return WorkerOutcome(status, value, error, time.perf_counter() - start, exception, ended_at)
         finally:
             receiver.close()
+            lifeline.close()
             if process.is_alive():
                 process.kill()
                 process.join(KILL_WAIT_S)  # a process stuck in the GPU driver may not die at once
 
     @staticmethod
-    def _died(process: multiprocessing.process.BaseProcess, start: float) -> WorkerOutcome:
-        return died(process, start)
+    def _died(process: multiprocessing.process.BaseProcess, start: float, kills_before: int | None) -> WorkerOutcome:
+        return died(process, start, kills_before)
 
 
-def died(process: multiprocessing.process.BaseProcess, start: float) -> WorkerOutcome:
-    """The outcome of a child that ended without reporting (waits for it to end); ``start`` as perf_counter."""
+def died(process: multiprocessing.process.BaseProcess, start: float, kills_before: int | None) -> WorkerOutcome:
+    """The outcome of a child that ended without reporting (waits for it to end); ``start`` as perf_counter,
+    ``kills_before`` the cgroup's OOM-kill count (:func:`oom_kills`) when the child started."""
     process.join()
     code = process.exitcode
     elapsed = time.perf_counter() - start
     if code is not None and code == -signal.SIGKILL:
-        why = "worker killed by SIGKILL (most likely the system ran out of memory)"
-        return WorkerOutcome("oom", None, why, elapsed)
+        kills_after = oom_kills()
+        cause = killed_cause(kills_before, kills_after)
+        # Only a counted OOM kill is known to be one; an unexplained SIGKILL is recorded as what it was.
+        counted = kills_before is not None and kills_after is not None and kills_after > kills_before
+        status: Status = "oom" if counted else "killed"
+        return WorkerOutcome(status, None, f"worker killed by SIGKILL before reporting: {cause}", elapsed)
     reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     return WorkerOutcome("error", None, f"worker died with {reason} before reporting", elapsed)

@@ -2,7 +2,9 @@
 
 :func:`build_reports` loads every result first (a bad file stops everything before anything is
 written), renders each target's report in memory, then writes each file atomically, plots before
-the markdown that links them.
+the markdown that links them, while holding the output folder's report lock
+(:mod:`harness.results.lock`), so that two reports into one folder never write its files at once:
+the second is refused, naming the first's pid.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.report.render import CROSS_TARGET_NAME, LoadedResult, render_cross_target, render_target
+from harness.results.lock import folder_lock
 from harness.results.store import load_result, newest_results, write_bytes_atomic, write_text_atomic
 
 __all__ = ["LoadedResult", "build_reports", "load_results"]
@@ -65,6 +68,10 @@ def build_reports(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
     if cross is not None:
         rendered.append((out_dir / CROSS_TARGET_NAME, cross))
 
-    for path, content in rendered:
-        _write(path, content)
+    with folder_lock(out_dir, "report"):
+        for path, content in rendered:
+            try:
+                _write(path, content)
+            except OSError as exc:  # the file keeps its previous content (atomic write)
+                raise UserError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
     return [path for path, _ in rendered]

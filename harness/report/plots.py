@@ -9,6 +9,7 @@ writes them to disk.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,7 +108,13 @@ def _figure(n_rows: int, n_cols: int, sharey: bool = False) -> tuple[Figure, lis
 
 def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    with warnings.catch_warnings():
+        # A variant or scenario name may hold any character, and be of any length: a character the
+        # font lacks is drawn as a box, and labels too long for the layout overlap. The plot is
+        # still written; a warning per character on stderr would tell the reader nothing more.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"constrained_layout not applied", category=UserWarning)
+        fig.savefig(buffer, format="png", dpi=DPI)
     fig.clear()
     return buffer.getvalue()
 

@@ -115,9 +115,13 @@ def scenario_rows(result: RunResult, source: str) -> list[tuple[str, str]]:
         ("Git commit", f"`{commit}`" + (f" on {git.branch}" if git.branch else "")),
         ("Quick run", "yes (fewer samples; numbers are indicative)" if result.quick else "no"),
         ("Started (UTC)", result.started_utc),
-        ("Finished (UTC)", result.finished_utc or "not finished (interrupted?)"),
+        ("Finished (UTC)", result.finished_utc or "not finished" + (" (interrupted)" if result.interruptions else "")),
         ("Result file", source),
     ]
+    if result.interruptions:
+        stops = "; ".join(f"{i.signal} at {i.utc} after {i.cells_done} cells" for i in result.interruptions)
+        resumed = ", resumed with --resume" if result.finished_utc else ""
+        rows.insert(-1, ("Interrupted", stops + resumed))
     return rows
 
 

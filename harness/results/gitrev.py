@@ -19,11 +19,19 @@ from harness.results.store import RESULT_SUFFIX, parse_result
 RESULTS_DIR = "results"  # relative to the repository's top folder
 
 
-def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _git_bytes(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
     except FileNotFoundError:
         raise UserError("git is not installed, so a revision cannot be read") from None
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """git's output as text; bytes that are not UTF-8 (in a file name, say) become U+FFFD."""
+    proc = _git_bytes(args, cwd)
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    )
 
 
 def repo_root(cwd: Path | None = None) -> Path | None:
@@ -60,10 +68,14 @@ def _result_paths(commit: str, root: Path, folder: str) -> list[str]:
 
 
 def _show(commit: str, path: str, root: Path) -> str:
-    proc = _git(["show", f"{commit}:{path}"], root)
+    proc = _git_bytes(["show", f"{commit}:{path}"], root)
     if proc.returncode != 0:
-        raise UserError(f"git show failed: {proc.stderr.strip()}", source=f"{commit}:{path}")
-    return proc.stdout
+        stderr = proc.stderr.decode("utf-8", "replace").strip()
+        raise UserError(f"git show failed: {stderr}", source=f"{commit}:{path}")
+    try:
+        return proc.stdout.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("not a result file (not UTF-8 text)", source=f"{commit}:{path}") from None
 
 
 def committed_targets(rev: str, cwd: Path | None = None, results_dir: str = RESULTS_DIR) -> list[str]:

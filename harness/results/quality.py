@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import UserError
+from harness.errors import UserError, UserErrors, validation_problems
+from harness.inputs import read_input
 from harness.results.schema import GitInfo
-from harness.results.store import write_text_atomic
-from harness.scenario.load import dotted
+from harness.results.store import MAX_RESULT_BYTES, write_text_atomic
 
 QUALITY_FORMAT = 1
 QUALITY_PREFIX = "quality_"
@@ -122,12 +122,11 @@ def save_quality(result: QualityResult, path: Path) -> None:
 def load_quality(path: str | Path) -> QualityResult:
     """Read and validate a quality result; UserError naming the file and field on a bad one."""
     source = str(path)
+    raw = read_input(path, MAX_RESULT_BYTES, "quality result")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("no such file", source=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read: {exc}", source=source) from None
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("not a quality result (not UTF-8 text)", source=source) from None
     except json.JSONDecodeError as exc:
         raise UserError(f"not valid JSON: {exc}", source=source) from None
     if not isinstance(data, dict) or data.get("quality_format") != QUALITY_FORMAT:
@@ -135,5 +134,4 @@ def load_quality(path: str | Path) -> QualityResult:
     try:
         return QualityResult.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise UserError(err["msg"], source=source, field=dotted(tuple(err["loc"])) or None) from None
+        raise UserErrors(validation_problems(exc, source)) from None

@@ -3,55 +3,74 @@
 One file holds one run of one scenario on one hardware target. ``docs/results.md`` documents
 every field; bump ``SCHEMA_VERSION`` on any incompatible change. Raw timing samples are kept so
 that a later comparison can test significance on them.
+
+Result files come from other machines and other people, so every field says what values make
+sense, and a file is read in pydantic's strict mode (no ``"8"`` for 8, no ``true`` for 1): counts
+are integers in range, latencies positive, every float finite. Checks that relate several fields
+(a summary against its samples, cells unique) are in :mod:`harness.results.checks`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
+# Every count this harness records (bytes, FLOPs, parameters) is what torch or the OS reports as a
+# signed 64-bit integer; anything larger is not a measurement, and would overflow as a float.
+INT64_MAX = 2**63 - 1
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]  # what may be 0: peak memory above a baseline, a max batch
+# What a decode step cannot do without (bytes moved, FLOPs, parameters, a KV cache), and batch
+# sizes, lengths and heads: 1 or more, so that readers may divide by them.
+Size = Annotated[int, Field(ge=1, le=INT64_MAX)]
+Positive = Annotated[float, Field(gt=0)]  # floats are finite too (see _Model)
+Seconds = Positive  # a latency
+NonNegative = Annotated[float, Field(ge=0)]
+# A folder name under results/ (and under a report's output folder): no separators, no leading dot.
+TARGET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan: NaN and infinities are never measurements (Python's json reads "NaN", "1e999")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Summary(_Model):
     """Raw samples (seconds) and their order statistics; see harness/measure/stats.py."""
 
-    samples: list[float] = Field(min_length=1)
-    median: float
-    p10: float
-    p90: float
-    ci_low: float  # 95% confidence interval of the median (distribution-free, order statistics)
-    ci_high: float
+    samples: list[Seconds] = Field(min_length=1)
+    median: Seconds
+    p10: Seconds
+    p90: Seconds
+    ci_low: Seconds  # 95% confidence interval of the median (distribution-free, order statistics)
+    ci_high: Seconds
     # Median of each worker process's samples, one per measurement round: their spread is the
     # run-to-run noise that compare requires a change to exceed (one entry: no such estimate).
-    process_medians: list[float] = []
+    process_medians: list[Seconds] = []
     # Samples each process contributed, in order (samples[:n0] came from the first): each round's own
     # spread is then known. Empty in files written before they were recorded.
-    process_sizes: list[int] = []
+    process_sizes: list[Size] = []
     # How the samples were taken (None in files written before these were recorded):
     timer: str | None = None  # "perf_counter", "cuda-graph+events" or "cuda-events" (eager, graph not used)
     graph_used: bool | None = None  # CUDA: the samples are CUDA-graph replays; None on CPU
     graph_error: str | None = None  # CUDA: why the graph was not used, when it was asked for
-    inner_reps: int | None = None  # calls per sample: a sample is their mean (1: single calls, e.g. cold)
+    inner_reps: Size | None = None  # calls per sample: a sample is their mean (1: single calls, e.g. cold)
     flush: str | None = None  # cold samples: how caches were emptied before each one
 
 
 class MaxBatch(_Model):
     """Largest batch under the memory budget, for this cell's variant, dtype and context length."""
 
-    budget_bytes: int
-    predicted: int  # harness.accounting.predicted_max_batch
-    measured: int | None  # largest batch whose build plus one decode step fit; None if not searched
+    budget_bytes: Size
+    predicted: Count  # harness.accounting.predicted_max_batch
+    measured: Count | None  # largest batch whose build plus one decode step fit; None if not searched
     error_fraction: float | None  # (predicted - measured) / measured
     probes: list[dict[str, Any]] = []  # each probe: batch_size, fits, peak_bytes, status
     # ± sequences the measured value moves between identical probes: on CPU from probing the boundary
     # (measured and measured + 1) a second time; 0 on CUDA, whose allocator is deterministic
-    uncertainty: int | None = None
+    uncertainty: Count | None = None
 
 
 class Telemetry(_Model):
@@ -63,7 +82,7 @@ class Telemetry(_Model):
     temperature_c: float | None = None
     throttle_reasons: list[str] = []  # clock-event reasons seen while timing, "gpu_idle" left out
     energy_per_token_j: float | None = None  # energy counter over the energy window / tokens decoded in it
-    energy_window_s: float | None = None  # length of that window
+    energy_window_s: Positive | None = None  # length of that window
     energy_timer: str | None = None  # what it ran: "cuda-graph" replays of the decode step, or "eager" steps
 
 
@@ -75,7 +94,7 @@ class Check(_Model):
     detail: str  # the numbers behind the verdict, in words
 
 
-Outcome = Literal["ok", "oom", "error", "timeout", "unsupported"]
+Outcome = Literal["ok", "oom", "error", "timeout", "unsupported", "killed"]
 
 
 class TrainStep(_Model):
@@ -124,24 +143,24 @@ class CellMetrics(_Model):
     decode_latency_host_s: Summary | None = None  # CUDA: host-inclusive eager step
     attention_latency_s: Summary | None = None  # core attention over all L layers, warm
     attention_latency_cold_s: Summary | None = None
-    bytes_per_step: int  # harness.accounting.bytes_per_step
-    attention_bytes_per_step: int  # harness.accounting.attention_bytes_per_step
-    flops_per_step: int
+    bytes_per_step: Size  # harness.accounting.bytes_per_step
+    attention_bytes_per_step: Size  # harness.accounting.attention_bytes_per_step
+    flops_per_step: Size
     bandwidth_basis: Literal["cold", "warm"] | None = None  # which latency the bandwidths divide by
-    bandwidth_gbps: float | None = None  # bytes_per_step / decode latency median, 1e9 bytes/s
-    bandwidth_fraction: float | None = None  # of the target's measured peak
-    attention_bandwidth_gbps: float | None = None  # attention_bytes_per_step / attention latency median
-    attention_bandwidth_fraction: float | None = None
-    tokens_per_s: float | None = None  # batch_size / decode latency median
-    peak_memory_bytes: int | None = None  # CUDA: allocator peak allocated; CPU: worker peak RSS above baseline
-    peak_reserved_bytes: int | None = None  # CUDA allocator peak reserved
-    nvml_process_bytes: int | None = None  # device memory NVML attributes to this process
-    kv_cache_bytes: int | None = None  # bytes the built model's cache tensors hold
-    kv_cache_bytes_expected: int  # harness.accounting.kv_cache_bytes
+    bandwidth_gbps: NonNegative | None = None  # bytes_per_step / decode latency median, 1e9 bytes/s
+    bandwidth_fraction: NonNegative | None = None  # of the target's measured peak
+    attention_bandwidth_gbps: NonNegative | None = None  # attention_bytes_per_step / attention latency median
+    attention_bandwidth_fraction: NonNegative | None = None
+    tokens_per_s: NonNegative | None = None  # batch_size / decode latency median
+    peak_memory_bytes: Count | None = None  # CUDA: allocator peak allocated; CPU: worker peak RSS above baseline
+    peak_reserved_bytes: Count | None = None  # CUDA allocator peak reserved
+    nvml_process_bytes: Count | None = None  # device memory NVML attributes to this process
+    kv_cache_bytes: Size | None = None  # bytes the built model's cache tensors hold
+    kv_cache_bytes_expected: Size  # harness.accounting.kv_cache_bytes
     max_batch: MaxBatch | None = None
     telemetry: Telemetry | None = None
     timer: str | None = None  # how the warm decode latency was timed (each Summary says its own)
-    auto_latencies_s: dict[str, float] | None = None  # backend 'auto': core-attention median per candidate
+    auto_latencies_s: dict[str, Seconds] | None = None  # backend 'auto': core-attention median per candidate
     sdpa_kernel: str | None = None  # backend sdpa: the kernel that ran (flash, efficient, cudnn, math)
     sdpa_kv_copied: bool | None = None  # backend sdpa: K/V were repeated to every query head (a copy per step)
     train_step: TrainStep | None = None  # metric train_step (opt-in); null when not measured
@@ -151,10 +170,10 @@ class CellMetrics(_Model):
 class HostLoad(_Model):
     """How busy the rest of the host was while one round of a cell was timed (harness/measure/hostload.py)."""
 
-    wall_s: float  # length of the timed windows
-    other_cpu_s: float  # CPU seconds other processes used meanwhile (all CPUs)
-    steal_s: float  # CPU seconds the hypervisor gave this machine's CPUs to other guests meanwhile
-    cores: float  # CPUs of the machine
+    wall_s: NonNegative  # length of the timed windows
+    other_cpu_s: NonNegative  # CPU seconds other processes used meanwhile (all CPUs)
+    steal_s: NonNegative  # CPU seconds the hypervisor gave this machine's CPUs to other guests meanwhile
+    cores: Positive  # CPUs of the machine
 
     @property
     def other_cores(self) -> float:
@@ -172,34 +191,35 @@ class Stability(_Model):
 class CellResult(_Model):
     """One cell: its coordinates, whether it ran, and what it measured."""
 
-    variant: str
-    batch_size: int
-    context_len: int
-    dtype: str
-    backend: str  # as asked for in the scenario
+    variant: str = Field(min_length=1)
+    batch_size: Size
+    context_len: Size
+    dtype: str = Field(min_length=1)
+    backend: str = Field(min_length=1)  # as asked for in the scenario
     backend_used: str | None = None  # what 'auto' resolved to
-    head_dim: int
-    n_heads: int
-    n_kv_heads: int
-    n_kv_layers: int
-    kv_layers: list[int]
-    params_total: int
-    kv_bytes_per_token: int
+    head_dim: Size
+    n_heads: Size
+    n_kv_heads: Size
+    n_kv_layers: Size
+    kv_layers: list[Count]
+    params_total: Size
+    kv_bytes_per_token: Size
     # What a producer caches, beside the heads above (absent in results written before these kinds).
     attention: str | None = None  # mha | gqa | mqa | mla
     spelling: str | None = None  # the variant's name-grammar spelling (harness/variants.py)
-    layer_windows: list[int | None] | None = None  # per layer; null: every layer global
+    layer_windows: list[Size | None] | None = None  # per layer; null: every layer global
     kv_dtype: str | None = None  # 8-bit cache dtype; null: the cell's dtype
     kv_scale: str | None = None  # scale granularity of an 8-bit cache: tensor | head
     # kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim, q_lora_rank
-    mla: dict[str, int | None] | None = None
-    kv_bytes_per_sequence: int | None = None  # cache bytes one sequence holds at this context (windows counted)
+    mla: dict[str, Size | None] | None = None
+    kv_bytes_per_sequence: Size | None = None  # cache bytes one sequence holds at this context (windows counted)
     # timeout: no answer within measure.cell_timeout_s; unsupported: the backend cannot run this variant on this
-    # device (the error says why), not measured
+    # device (the error says why), not measured; killed: the worker was ended by SIGKILL without a word (the
+    # error names the likely cause: the out-of-memory killer, or another process)
     status: Outcome
     error: str | None = None
-    elapsed_s: float
-    rounds_done: int = 1  # measurement rounds finished for this cell (see measure.rounds)
+    elapsed_s: NonNegative
+    rounds_done: Size = 1  # measurement rounds finished for this cell (see measure.rounds)
     metrics: CellMetrics | None = None
     checks: list[Check] = []  # self-checks of the numbers (docs/results.md, "Checks")
     # Names of the checks that failed: the cell's numbers are suspect (its status stays "ok"), and
@@ -250,16 +270,24 @@ class Pairing(_Model):
     dirty: bool  # the working tree with uncommitted changes
     partner_revision: str
     partner_commit: str | None
-    rounds: int
+    rounds: Size
     # per cell label ("H64-MHA b1 ctx512 float32 sdpa"): which side went first in each round, e.g. "BA AB AB BA"
     orders: dict[str, str] = {}
+
+
+class Interruption(_Model):
+    """A stop signal that ended a run before it finished; ``run --resume`` continues it."""
+
+    utc: str  # when it arrived, e.g. 2026-11-30T01:23:45Z
+    signal: str = Field(pattern=r"^SIG[A-Z0-9]+$")  # SIGINT, SIGTERM or SIGHUP
+    cells_done: Count  # cells in the file then (each with at least one finished round)
 
 
 class RunResult(_Model):
     """A whole result file."""
 
     schema_version: int = SCHEMA_VERSION
-    target: str  # stable hardware id, e.g. nvidia-h100-80gb-hbm3, cpu-amd-epyc-2c
+    target: str = Field(pattern=TARGET_PATTERN)  # stable hardware id, e.g. nvidia-h100-80gb-hbm3, cpu-amd-epyc-2c
     environment: dict[str, Any]  # fingerprint: harness/hardware.py
     git: GitInfo
     scenario: ScenarioRef
@@ -267,6 +295,7 @@ class RunResult(_Model):
     quick: bool
     started_utc: str
     finished_utc: str | None = None  # None while the run is still going (or was interrupted)
-    peak_bandwidth_gbps: float | None = None  # the target's measured copy/read peak used for fractions
+    peak_bandwidth_gbps: Positive | None = None  # the target's measured copy/read peak used for fractions
     pairing: Pairing | None = None  # set when this run is one side of an interleaved comparison
+    interruptions: list[Interruption] = []  # every stop signal that ended this run, oldest first
     cells: list[CellResult] = []

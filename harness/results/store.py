@@ -5,17 +5,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from harness.errors import UserError
+from harness.errors import UserError, UserErrors, validation_problems
+from harness.inputs import MIB, read_input
+from harness.results.checks import json_problems, result_problems
 from harness.results.schema import SCHEMA_VERSION, RunResult
-from harness.scenario.load import dotted
 
 RESULT_SUFFIX = ".json"
+# A run of ten thousand cells with a thousand samples per latency is about 250 MiB of JSON; a
+# larger file is no result file, and parsing it would take many times its size in memory.
+MAX_RESULT_BYTES = 256 * MIB
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -57,11 +62,17 @@ def save_result(result: RunResult, path: Path) -> None:
 
 
 def parse_result(text: str, source: str) -> RunResult:
-    """Validate a result file's text; UserError naming the field on a bad one."""
+    """Validate a result file's text: its JSON (:func:`~harness.results.checks.json_problems`), its
+    schema (strictly), then the checks that relate several fields (:mod:`harness.results.checks`).
+    UserError with one line per problem found."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"not valid JSON: {exc}", source=source) from None
+    except RecursionError:
+        raise UserError("not a result file (JSON nested too deeply to read)", source=source) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise UserError(f"not a result file: {exc}", source=source) from None
     if not isinstance(data, dict):
         raise UserError("not a result file (expected a JSON object)", source=source)
     if "schema_version" not in data or "cells" not in data:
@@ -73,27 +84,68 @@ def parse_result(text: str, source: str) -> RunResult:
             source=source,
             field="schema_version",
         )
+    problems = json_problems(data, source)
+    if problems and problems[0].field is None:  # nested too deeply: nothing else is worth checking
+        raise UserErrors(problems)
     try:
-        return RunResult.model_validate(data)
+        result = RunResult.model_validate(data, strict=True)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise UserError(err["msg"], source=source, field=dotted(tuple(err["loc"])) or None) from None
+        named = {p.field for p in problems}  # the schema sees some of these too: one line each
+        raise UserErrors(problems + [p for p in validation_problems(exc, source) if p.field not in named]) from None
+    problems += result_problems(result, source)
+    if problems:
+        raise UserErrors(problems)
+    return result
 
 
 def load_result(path: str | Path) -> RunResult:
     """Load and validate one result file."""
+    raw = read_input(path, MAX_RESULT_BYTES, "result file")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("no such file", source=str(path)) from None
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("not a result file (not UTF-8 text)", source=str(path)) from None
     return parse_result(text, str(path))
 
 
-def result_filename(started: datetime, short_commit: str | None) -> str:
-    """``20261124T061500Z_ab12cd3.json``: sortable by time, with the commit that produced it."""
-    return f"{started.strftime('%Y%m%dT%H%M%SZ')}_{short_commit or 'nogit'}{RESULT_SUFFIX}"
+def result_filename(started: datetime, short_commit: str | None, n: int = 1) -> str:
+    """``20261124T061500Z_ab12cd3.json``: sortable by time, with the commit that produced it; the
+    ``n``-th run to start in that second at that commit gets ``_ab12cd3-n.json``."""
+    suffix = f"-{n}" if n > 1 else ""
+    return f"{started.strftime('%Y%m%dT%H%M%SZ')}_{short_commit or 'nogit'}{suffix}{RESULT_SUFFIX}"
+
+
+def claim_result_path(folder: Path, started: datetime, short_commit: str | None) -> Path:
+    """A new result file's path in ``folder``, created empty so that no other run can take it: two runs
+    started in the same second get different names, and neither overwrites the other (an empty file is
+    no result file to the readers here, and is replaced by the first save)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = folder / result_filename(started, short_commit, n)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise UserError("a thousand runs started in one second already; wait a second", source=str(folder))
+
+
+def check_writable(folder: Path, needed_bytes: int) -> None:
+    """UserError unless ``folder`` (made if missing) takes a new file and has ``needed_bytes`` free:
+    checked before a run measures anything, so that it cannot measure for an hour and then fail to save."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".attnbench-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write here: {exc.strerror or exc}", source=str(folder)) from None
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise UserError(
+            f"only {free / MIB:.1f} MiB free; this run needs about {needed_bytes / MIB:.1f} MiB for its result file",
+            source=str(folder),
+        )
 
 
 def result_files(path: str | Path) -> list[Path]:
@@ -109,11 +161,11 @@ def result_files(path: str | Path) -> list[Path]:
 def _is_result(path: Path) -> bool:
     """Cheap check that a JSON file is a result file (not a cached probe or an export)."""
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open("rb") as handle:
             head = handle.read(4096)
+            return b'"schema_version"' in head and b'"cells"' in head + handle.read()
     except OSError:
         return False
-    return '"schema_version"' in head and '"cells"' in path.read_text(encoding="utf-8")
 
 
 def newest_results(root: str | Path) -> dict[tuple[str, str], Path]:

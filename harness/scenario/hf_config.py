@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.inputs import MIB, read_input
 from harness.variants import MLAShape, Variant
 
 PARAMETERS_COVER = (
@@ -103,23 +104,20 @@ class ImportedModel:
     warnings: tuple[str, ...]  # one per field left out or defaulted: "field: what"
 
 
+# A model's config.json is a few kilobytes; a file far larger is no config.
+MAX_CONFIG_BYTES = 4 * MIB
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
     """The JSON object in a local file; UserError naming the file when it is missing or not a JSON object."""
     source = str(path)
+    raw = read_input(path, MAX_CONFIG_BYTES, "config.json")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("no such file", source=source) from None
-    except IsADirectoryError:
-        raise UserError("is a directory, not a config.json", source=source) from None
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", source=source) from None
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", source=source) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not JSON: {exc}", source=source) from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise UserError(f"not JSON: {exc}".splitlines()[0], source=source) from None
     if not isinstance(data, dict):
         raise UserError(f"not a JSON object but a JSON {type(data).__name__}", source=source)
     return data

@@ -1,7 +1,8 @@
 """Read a scenario file, validate it, and resolve its variants.
 
-Every problem becomes a :class:`~harness.errors.UserError` naming the file, the dotted field
-(``variant[2].n_kv_heads``; list indices count from 0) and the reason, in one line.
+Every problem becomes one line of a :class:`~harness.errors.UserError` naming the file, the dotted
+field (``variant[2].n_kv_heads``; list indices count from 0) and the reason. A file is checked
+whole: all its format problems at once, or, when the format holds, all its variants' problems.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.errors import UserError
+from harness.errors import Problem, UserError, UserErrors, validation_problems
+from harness.inputs import MIB, read_input
 from harness.scenario.hf_config import ConfigError, import_config, read_json
 from harness.scenario.quality import BYTE_VOCAB, conversion_problem
 from harness.scenario.schema import ModelSpec, Scenario, VariantSpec
@@ -32,6 +34,9 @@ from harness.variants import (
     window_map_problem,
 )
 
+# A scenario of a hundred variants is a few kilobytes; a larger file is no scenario.
+MAX_SCENARIO_BYTES = 16 * MIB
+
 
 @dataclass(frozen=True)
 class LoadedScenario:
@@ -44,28 +49,6 @@ class LoadedScenario:
     # One line per thing a [model] from config.json has that the decoder leaves out or defaults:
     # "<config path>: <field>: <what>". The command line prints them; loading does not.
     warnings: tuple[str, ...] = ()
-
-
-def dotted(loc: tuple[int | str, ...]) -> str:
-    """``('variant', 2, 'n_kv_heads')`` -> ``'variant[2].n_kv_heads'``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _first_error(exc: ValidationError, source: str) -> UserError:
-    err = exc.errors(include_url=False)[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    reason = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        reason = "unknown key"
-    elif err["type"] == "missing":
-        reason = "required field is missing"
-    extra = len(exc.errors()) - 1
-    if extra:
-        reason += f" (and {extra} more problem{'s' if extra > 1 else ''})"
-    return UserError(reason, source=source, field=dotted(loc) or None)
 
 
 def resolve_variant(spec: VariantSpec, model: ModelSpec) -> Variant:
@@ -291,7 +274,11 @@ def apply_model_source(data: dict[str, Any], source: str, base_dir: Path) -> tup
         where = f"{path}: {exc.field}" if exc.field else str(path)
         raise UserError(f"{where}: {exc.reason}", source=source, field="model.from") from None
     resolved_model = imported.model | {key: value for key, value in model.items() if key != "from"}
-    variants = data.get("variant") or [{"name": imported.variant["name"], "from_model": True}]
+    warnings = tuple(f"{path}: {line}" for line in imported.warnings)
+    declared = data.get("variant")
+    if declared is not None and not isinstance(declared, list):  # validation says what is wrong with it
+        return data | {"model": resolved_model}, warnings
+    variants = declared or [{"name": imported.variant["name"], "from_model": True}]
     merged = []
     for variant in variants:
         if isinstance(variant, dict) and variant.get("from_model") is True:
@@ -301,7 +288,6 @@ def apply_model_source(data: dict[str, Any], source: str, base_dir: Path) -> tup
             merged.append(base | variant)
         else:
             merged.append(variant)
-    warnings = tuple(f"{path}: {line}" for line in imported.warnings)
     return data | {"model": resolved_model, "variant": merged}, warnings
 
 
@@ -310,25 +296,31 @@ WINDOW_KEYS = frozenset({"window", "window_pattern", "layer_windows"})
 
 def parse_scenario(data: dict[str, Any], source: str) -> tuple[Scenario, tuple[Variant, ...]]:
     """Validate parsed TOML (with any [model] from already applied) and resolve its variants;
-    UserError on the first problem."""
+    UserError listing every problem found."""
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(exc, source) from None
+        raise UserErrors(validation_problems(exc, source)) from None
     variants = []
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
     for index, spec in enumerate(scenario.variant):
         if spec.name in seen:
-            raise UserError(
-                f"duplicate variant name {spec.name!r} (also variant[{seen[spec.name]}])",
-                source=source,
-                field=f"variant[{index}].name",
+            problems.append(
+                Problem(
+                    f"duplicate variant name {spec.name!r} (also variant[{seen[spec.name]}])",
+                    source,
+                    f"variant[{index}].name",
+                )
             )
+            continue
         seen[spec.name] = index
         try:
             variants.append(resolve_variant(spec, scenario.model))
         except _FieldError as exc:
-            raise UserError(exc.reason, source=source, field=f"variant[{index}].{exc.field}") from None
+            problems.append(Problem(exc.reason, source, f"variant[{index}].{exc.field}"))
+    if problems:
+        raise UserErrors(problems)
     if scenario.quality is not None:
         check_quality(scenario, tuple(variants), source)
     return scenario, tuple(variants)
@@ -388,22 +380,20 @@ def check_quality(scenario: Scenario, variants: tuple[Variant, ...], source: str
 def load_scenario(path: str | Path) -> LoadedScenario:
     """Load and validate one scenario file."""
     source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UserError("no such file", source=source) from None
-    except IsADirectoryError:
-        raise UserError("is a directory, not a scenario file", source=source) from None
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    raw = read_input(path, MAX_SCENARIO_BYTES, "scenario file")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", source=source) from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"TOML syntax error: {exc}", source=source) from None
+    except RecursionError:
+        raise UserError("arrays or tables nested too deeply to read", source=source) from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise UserError(f"cannot read: {exc}", source=source) from None
     uses_source = isinstance(data.get("model"), dict) and "from" in data["model"]
-    for index, variant in enumerate(data.get("variant") or []):
+    declared = data.get("variant")
+    for index, variant in enumerate(declared if isinstance(declared, list) else []):
         if isinstance(variant, dict) and variant.get("from_model") is True and not uses_source:
             raise UserError(
                 'needs [model] from = "path/config.json"', source=source, field=f"variant[{index}].from_model"

@@ -9,18 +9,26 @@ the original steps (Ainslie et al. 2023, §2.2).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.variants import Variant
 
 BUILTIN_CORPORA = ("pydoc-topics",)
 BYTE_VOCAB = 256  # one token per byte value
+# Scenario files are untrusted input: every number is bounded (as in harness/scenario/schema.py), so that
+# a mistyped ``steps = 1e18`` is refused instead of training forever.
+MAX_STEPS = 10**7
+Steps = Annotated[int, Field(gt=0, le=MAX_STEPS)]
+Tokens = Annotated[int, Field(gt=0, le=2**40)]  # bytes of a corpus or of a validation split
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class QualitySpec(BaseModel):
     """Training at toy scale: what data, how long, how many seeds, and which conversions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     corpus: str | None = Field(
         None,
@@ -28,29 +36,31 @@ class QualitySpec(BaseModel):
         "help() shows; the default when no corpus_file is given)",
     )
     corpus_file: str | None = Field(None, description="a local file to train on instead, relative to the scenario")
-    corpus_bytes: PositiveInt | None = Field(None, description="use only the first this many bytes of the corpus")
+    corpus_bytes: Tokens | None = Field(None, description="use only the first this many bytes of the corpus")
     validation_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="the corpus's last fraction of bytes is the validation split, never trained on"
     )
     dtype: str = Field("float32", pattern="^(float32|bfloat16)$", description="training dtype of weights and math")
-    seq_len: PositiveInt = Field(128, description="training context in bytes (tokens)")
-    batch_size: PositiveInt = Field(16, description="sequences per training step")
-    steps: PositiveInt = Field(300, description="optimizer steps per run")
-    learning_rate: float = Field(3e-3, gt=0, description="peak learning rate")
-    warmup_steps: int = Field(30, ge=0, description="linear warm-up steps, then cosine decay")
+    seq_len: int = Field(128, gt=0, le=2**20, description="training context in bytes (tokens)")
+    batch_size: int = Field(16, gt=0, le=2**16, description="sequences per training step")
+    steps: Steps = Field(300, description="optimizer steps per run")
+    learning_rate: float = Field(3e-3, gt=0, le=10, description="peak learning rate")
+    warmup_steps: int = Field(30, ge=0, le=MAX_STEPS, description="linear warm-up steps, then cosine decay")
     min_lr_fraction: float = Field(0.1, ge=0, le=1, description="cosine decays to this fraction of the peak")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
-    grad_clip: float = Field(1.0, gt=0, description="clip the global gradient norm to this")
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="one run per seed: weights and batch order")
-    eval_tokens: PositiveInt | None = Field(
+    weight_decay: float = Field(0.1, ge=0, le=10, description="AdamW weight decay (matrices only)")
+    grad_clip: float = Field(1.0, gt=0, le=1e6, description="clip the global gradient norm to this")
+    seeds: list[Seed] = Field(
+        [0, 1, 2], min_length=1, max_length=1000, description="one run per seed: weights and batch order"
+    )
+    eval_tokens: Tokens | None = Field(
         None, description="predict at most this many validation bytes (default: the whole validation split)"
     )
-    log_every: PositiveInt = Field(10, description="record the training loss every this many steps")
-    quick_steps: PositiveInt = Field(20, description="steps per run with --quick")
-    quick_seeds: int = Field(2, ge=1, description="seeds used with --quick (the first ones)")
-    quick_eval_tokens: PositiveInt = Field(16384, description="validation bytes with --quick")
+    log_every: Steps = Field(10, description="record the training loss every this many steps")
+    quick_steps: Steps = Field(20, description="steps per run with --quick")
+    quick_seeds: int = Field(2, ge=1, le=1000, description="seeds used with --quick (the first ones)")
+    quick_eval_tokens: Tokens = Field(16384, description="validation bytes with --quick")
     convert_from: str | None = Field(None, description="a variant of this scenario whose trained runs are converted")
-    convert_to: list[str] = Field([], description="variants (by name or spelling) to convert it into")
+    convert_to: list[str] = Field([], max_length=1000, description="variants (by name or spelling) to convert it into")
     uptrain_fraction: float = Field(
         0.05, gt=0, le=1, description="uptraining after a conversion: this fraction of the original steps"
     )

@@ -4,13 +4,17 @@ These models are the single definition of the format: ``attnbench schema`` print
 Schema and ``docs/scenarios.md`` documents the same fields. Unknown keys are rejected everywhere.
 Checks that need more than one field (a variant's heads against ``d_model``, a sharing factor
 against ``n_layers``) live in :mod:`harness.scenario.load`, which resolves variants.
+
+Every number has an upper bound as well as a lower one, and floats must be finite: a scenario is
+untrusted input, and ``n_layers = 1e18`` would otherwise have validation build a per-layer map
+until memory runs out, and ``warmup_s = inf`` would have a run warm up forever.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from harness.scenario.quality import QualitySpec
 from harness.units import parse_bytes
@@ -23,6 +27,19 @@ ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch",
 # What a scenario without measure.metrics measures: train_step is opt-in, as max_batch is without a budget.
 DEFAULT_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch")
 
+# Widths, heads, batch sizes and lengths: at most a signed 64-bit count, what torch can index (far
+# beyond what fits in memory; an absurd batch is a cell that runs out of memory, not a bad file).
+MAX_SIZE = 2**63 - 1
+# Layers: a per-layer KV map is built while validating, so this also bounds validation's memory;
+# the deepest published stacks have a few hundred.
+MAX_LAYERS = 65_536
+# Sample counts and rounds: far beyond any run that finishes.
+MAX_COUNT = 10**9
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
+LayerIndex = Annotated[int, Field(ge=0, le=MAX_LAYERS - 1)]
+# one process per rank: no engine shards a decoder over more ranks than it has query heads to give each
+TPDegree = Annotated[int, Field(gt=0, le=1024)]
+
 ByteSize = Annotated[
     int,
     BeforeValidator(parse_bytes),
@@ -31,16 +48,16 @@ ByteSize = Annotated[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
     """Shape of the Llama-style decoder stack every variant of the scenario shares."""
 
-    d_model: PositiveInt = Field(description="residual stream width")
-    n_layers: PositiveInt = Field(description="decoder layers")
-    d_ff: PositiveInt = Field(description="SwiGLU hidden width")
-    vocab_size: PositiveInt = Field(description="embedding and LM-head rows")
+    d_model: Size = Field(description="residual stream width")
+    n_layers: int = Field(gt=0, le=MAX_LAYERS, description="decoder layers")
+    d_ff: Size = Field(description="SwiGLU hidden width")
+    vocab_size: Size = Field(description="embedding and LM-head rows")
     dtype: DType = Field("bfloat16", description="parameter and KV-cache dtype, unless the sweep sets dtype")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     rope_theta: float = Field(10000.0, gt=0, description="rotary embedding base")
@@ -64,11 +81,11 @@ class VariantSpec(_Strict):
         None, description="set to specify the variant by fields"
     )
     from_model: bool = Field(False, description="start from the attention of [model] from's config.json")
-    head_dim: PositiveInt | None = Field(None, description="width of one head (not for mla)")
-    n_heads: PositiveInt | None = Field(None, description="query heads; default d_model // head_dim")
-    n_kv_heads: PositiveInt | None = Field(None, description="key/value heads per producer layer (not for mla)")
-    kv_sharing: PositiveInt | None = Field(None, description="CLA sharing factor: adjacent layers per K/V projection")
-    kv_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+    head_dim: Size | None = Field(None, description="width of one head (not for mla)")
+    n_heads: Size | None = Field(None, description="query heads; default d_model // head_dim")
+    n_kv_heads: Size | None = Field(None, description="key/value heads per producer layer (not for mla)")
+    kv_sharing: Size | None = Field(None, description="CLA sharing factor: adjacent layers per K/V projection")
+    kv_layers: list[LayerIndex] | None = Field(
         None, description="explicit map: entry i is the layer whose KV layer i reads"
     )
     window: int | None = Field(
@@ -86,27 +103,26 @@ class VariantSpec(_Strict):
     kv_scale: Literal["tensor", "head"] | None = Field(
         None, description="scale granularity of an 8-bit cache: one per cache tensor (default) or one per KV head"
     )
-    kv_lora_rank: PositiveInt | None = Field(None, description="mla: cached latent width d_c (required)")
-    q_lora_rank: PositiveInt | None = Field(None, description="mla: compressed query width d_c'; default none")
-    qk_rope_head_dim: PositiveInt | None = Field(
+    kv_lora_rank: Size | None = Field(None, description="mla: cached latent width d_c (required)")
+    q_lora_rank: Size | None = Field(None, description="mla: compressed query width d_c'; default none")
+    qk_rope_head_dim: Size | None = Field(
         None, description="mla: rotary width d_h^R of query and shared key; default 64"
     )
-    qk_nope_head_dim: PositiveInt | None = Field(
-        None, description="mla: non-rotary query/key width per head; default 128"
-    )
-    v_head_dim: PositiveInt | None = Field(None, description="mla: value width per head; default qk_nope_head_dim")
+    qk_nope_head_dim: Size | None = Field(None, description="mla: non-rotary query/key width per head; default 128")
+    v_head_dim: Size | None = Field(None, description="mla: value width per head; default qk_nope_head_dim")
 
 
 class SweepSpec(_Strict):
     """Axes crossed with every variant: one cell per combination."""
 
-    batch_size: list[PositiveInt] = Field(min_length=1, description="sequences decoded together")
-    context_len: list[PositiveInt] = Field(min_length=1, description="tokens already in the cache")
+    batch_size: list[Size] = Field(min_length=1, description="sequences decoded together")
+    context_len: list[Size] = Field(min_length=1, description="tokens already in the cache")
     backend: list[Backend] = Field(["sdpa"], min_length=1, description="attention implementations")
     dtype: list[DType] | None = Field(None, min_length=1, description="default: [model.dtype]")
-    tp: list[PositiveInt] = Field(
+    tp: list[TPDegree] = Field(
         [1],
         min_length=1,
+        max_length=64,
         description="tensor-parallel degrees; unless [1] (the default), each cell's decode step is also measured "
         "sharded over each degree, one process per rank (1: the same harness, unsharded)",
     )
@@ -130,13 +146,18 @@ class MeasureSpec(_Strict):
     )
     warmup_s: float = Field(0.5, gt=0, description="warm-up time before each timed window")
     min_time_s: float = Field(1.0, gt=0, description="timed window per metric and cell")
-    min_samples: int = Field(15, ge=5, description="fewest timed samples per metric")
-    max_samples: int = Field(200, ge=5, description="most timed samples per metric")
+    min_samples: int = Field(15, ge=5, le=MAX_COUNT, description="fewest timed samples per metric")
+    max_samples: int = Field(200, ge=5, le=MAX_COUNT, description="most timed samples per metric")
     cold: bool = Field(True, description="also time with caches flushed between samples")
     rounds: int = Field(
-        1, ge=1, description="passes over all cells, each timing every cell in a new process; their spread is the noise"
+        1,
+        ge=1,
+        le=MAX_COUNT,
+        description="passes over all cells, each timing every cell in a new process; their spread is the noise",
     )
-    seed: int = Field(0, description="seed for weights and synthetic cache contents")
+    seed: int = Field(  # the range torch.manual_seed accepts
+        0, ge=-(2**63), le=2**64 - 1, description="seed for weights and synthetic cache contents"
+    )
     cell_timeout_s: float = Field(
         600.0, gt=0, description="longest a worker may take (a cell, a max-batch probe) before it is killed: 'timeout'"
     )
