@@ -142,7 +142,8 @@ def tp_rows(data: dict[str, Any]) -> list[list[str]]:
         cells = [
             f"not split: {entry['problem']}"
             if entry["problem"]
-            else f"{entry['kv_heads_per_rank']} heads, {entry['kv_bytes_per_token_per_rank']:,} B/token "
+            else f"{entry['kv_heads_per_rank']} K/V head{'s' if entry['kv_heads_per_rank'] != 1 else ''}, "
+            f"{entry['kv_bytes_per_token_per_rank']:,} B/token "
             f"({entry['kv_replication']:.1f}x)"
             for entry in v["tp"]
         ]
