@@ -209,3 +209,14 @@ def predicted_max_batch(model: ModelSpec, variant: Variant, dtype: str, context_
     """
     free = budget_bytes - weight_bytes(model, variant, dtype) - kv_scale_bytes(variant)
     return max(0, free // bytes_per_sequence(model, variant, dtype, context_len))
+
+
+def train_kv_activation_bytes(variant: Variant, dtype: str, batch_size: int, seq_len: int) -> int:
+    """K/V activations one training step keeps for the backward pass: every producer's K and V (MLA: its
+    latent and rotary key) for all batch_size · seq_len tokens, in the weights' ``dtype``.
+
+    P · width · bytes · B · T, width as in :func:`kv_bytes_per_token`. Consumers keep none of their own,
+    so CLA divides this by the producer ratio, as it does the cache (Brandon et al. 2024, arXiv
+    2405.12981, §2.3: CLA also shrinks the K/V activations materialised during training).
+    """
+    return variant.n_kv_layers * variant.cache_width * DTYPE_BYTES[dtype] * batch_size * seq_len

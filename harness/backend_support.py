@@ -1,4 +1,4 @@
-"""Which attention backend can run which variant on which device (no torch import).
+"""Which attention backend can run which variant on which device, and which variants train (no torch import).
 
 The runner records a cell whose backend cannot run its variant as ``unsupported``, with the reason,
 instead of measuring something else under that backend's name; the decoder refuses such a backend
@@ -50,4 +50,18 @@ def unsupported_reason(backend: str, variant: Variant, device_type: str | None =
         return "the flex backend is not verified for MLA's different key and value widths"
     if variant.kv_dtype is not None:
         return kv_dtype_unsupported(backend, device_type)
+    return None
+
+
+def training_problem(variant: Variant) -> str | None:
+    """Why a training step of ``variant`` is not built (harness/model/training.py), or None if it is."""
+    if variant.mla is not None:
+        return (
+            "MLA trains from per-head K and V decompressed from the latent, which is not built here "
+            "(the absorbed decode form would make SDPA repeat the latent for every head)"
+        )
+    if variant.kv_dtype is not None:
+        return "an 8-bit KV cache is a serving choice: training keeps K/V activations in the weights' dtype"
+    if variant.is_windowed:
+        return "a windowed layer's ring buffer holds only its window, while training keeps K/V of every position"
     return None

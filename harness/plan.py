@@ -7,7 +7,9 @@ from typing import Any
 
 from harness import accounting
 from harness.backend_support import unsupported_reason
+from harness.parallel import kv_heads_per_rank, kv_replication, rank_variant, tp_problem
 from harness.scenario import LoadedScenario, expand_cells
+from harness.scenario.schema import ModelSpec
 from harness.variants import Variant
 
 
@@ -21,6 +23,27 @@ def kv_at_contexts(variant: Variant, dtype: str, contexts: list[int]) -> list[di
                 "context_len": context,
                 "kv_bytes_per_sequence": per_sequence,
                 "kv_bytes_per_token": per_sequence / accounting.cache_len(context),
+            }
+        )
+    return out
+
+
+def tp_layouts(model: ModelSpec, variant: Variant, degrees: list[int]) -> list[dict[str, Any]]:
+    """Per tensor-parallel degree of the sweep (none for the default [1]): the K/V heads one rank holds, the
+    cache bytes one token adds on one rank, the replication over ranks, or why the variant does not split."""
+    if degrees == [1]:
+        return []
+    out = []
+    for tp in degrees:
+        problem = tp_problem(model, variant, tp)
+        per_rank = None if problem else accounting.kv_bytes_per_token(rank_variant(variant, tp), model.dtype)
+        out.append(
+            {
+                "tp": tp,
+                "kv_heads_per_rank": kv_heads_per_rank(variant, tp),
+                "kv_bytes_per_token_per_rank": per_rank,
+                "kv_replication": None if problem else kv_replication(variant, tp),
+                "problem": problem,
             }
         )
     return out
@@ -54,6 +77,7 @@ def plan(loaded: LoadedScenario) -> dict[str, Any]:
                 "params_total": params.total,
                 "params_attention": params.attention,
                 "params_kv_projection": params.kv_projection,
+                "tp": tp_layouts(model, v, scenario.sweep.tp),
             }
         )
     cells = []

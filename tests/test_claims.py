@@ -235,6 +235,8 @@ def test_claims_are_not_testable_without_a_cla_variant(golden: RunResult) -> Non
         "Parameters shrink slightly (< 10%)",
         "Max batch under the budget grows by the KV ratio",
         "Core attention latency unchanged by CLA",
+        "CLA cuts training K/V activations by the sharing factor",
+        "CLA composes with TP: per-rank KV cache shrinks by the sharing factor at every tp",
     ]
     assert {c.evidence for c in untestable} == {"no CLA variant (fewer producer layers than layers) in this run"}
 

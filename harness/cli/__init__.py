@@ -32,6 +32,8 @@ SUBCOMMANDS = (
     "ab",
     "merge",
     "export",
+    "train",
+    "convert",
 )
 
 

@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
             tablefmt="simple",
         )
     )
+    if any(v["tp"] for v in data["variants"]):
+        print()
+        print("Tensor parallelism (sweep.tp): K/V heads and cache bytes per token on one rank, replication over ranks:")
+        print(tabulate(tp_rows(data), headers=tp_headers(data), tablefmt="simple", disable_numparse=True))
     unsupported = {(c["variant"], c["backend"]): c["unsupported"] for c in data["cells"] if c["unsupported"]}
     for (variant, backend), reason in unsupported.items():
         print(f"{variant} with backend {backend}: not run ({reason})")
@@ -124,4 +128,24 @@ def kv_rows(data: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [v["name"], kind, _windows(v["layer_windows"]), kv_dtype, f"{v['kv_bytes_per_token']:,}", *at_context]
         )
+    return rows
+
+
+def tp_headers(data: dict[str, Any]) -> list[str]:
+    return ["variant", *(f"tp {entry['tp']}" for entry in data["variants"][0]["tp"])]
+
+
+def tp_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Per variant and degree: ``2 heads, 4,096 B/token (1.0x)``, or why it does not split."""
+    rows = []
+    for v in data["variants"]:
+        cells = [
+            f"not split: {entry['problem']}"
+            if entry["problem"]
+            else f"{entry['kv_heads_per_rank']} K/V head{'s' if entry['kv_heads_per_rank'] != 1 else ''}, "
+            f"{entry['kv_bytes_per_token_per_rank']:,} B/token "
+            f"({entry['kv_replication']:.1f}x)"
+            for entry in v["tp"]
+        ]
+        rows.append([v["name"], *cells])
     return rows

@@ -20,10 +20,10 @@ from harness.backend_support import unsupported_reason
 from harness.execute.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
 from harness.hardware import is_cuda
 from harness.measure import cell as cell_worker
-from harness.measure import derive
+from harness.measure import derive, opt_in
 from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
-from harness.measure.worker import WorkerOutcome
-from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch
+from harness.measure.worker import IsolatedRunner, WorkerOutcome
+from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch, TPMeasurement
 from harness.scenario import Cell
 from harness.scenario.schema import MeasureSpec
 from harness.variants import Variant
@@ -138,6 +138,16 @@ class _CellRound:
             "graphs": True,
         }
 
+    def _tensor_parallel(self, backend: str) -> list[TPMeasurement]:
+        """The decode step sharded over each ``sweep.tp`` degree: a group of rank processes per degree, started
+        from the same forkserver as the workers (so ``workers`` must be an IsolatedRunner)."""
+        if not isinstance(self.workers, IsolatedRunner):
+            raise TypeError("tensor-parallel measurements start rank groups from an IsolatedRunner")
+        scenario = self.loaded.scenario
+        return opt_in.tensor_parallel(
+            self.workers, self.timeout_s, scenario.model, self.cell, self._payload(backend), scenario.sweep.tp
+        )
+
     def _measure_in_worker(self, payload: dict[str, Any]) -> WorkerOutcome:
         """measure_cell in a worker; once more with CUDA graphs off if a failed capture broke the first one."""
         outcome = self._call(cell_worker.measure_cell, payload)
@@ -195,6 +205,10 @@ class _CellRound:
             if "max_batch" in self.loaded.scenario.measure.selected_metrics:
                 known = self.job.max_batch.get(self.target)
                 metrics.max_batch = known if known is not None else self._search_max_batch(backend)
+            if "train_step" in self.loaded.scenario.measure.selected_metrics:
+                metrics.train_step = opt_in.train_step(self._call, cell, self._payload(backend))
+            if self.loaded.scenario.sweep.tp != [1]:
+                metrics.tp = self._tensor_parallel(backend)
         elif outcome.status in ("oom", "killed"):  # the accounting still says what the cell would have needed
             metrics = derive.derive_metrics(self.loaded, cell, {}, peak_gbps)
         checks = self._checks(worker_checks, metrics) if outcome.status == "ok" else []

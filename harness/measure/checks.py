@@ -35,6 +35,9 @@ PEAK_WITHIN_VENDOR = "peak_within_vendor"
 COLD_NOT_FASTER = "cold_not_faster_than_warm"
 KV_CACHE_AS_ACCOUNTED = "kv_cache_as_accounted"
 MEMORY_HOLDS_WEIGHTS_AND_KV = "peak_memory_holds_weights_and_kv"
+TRAIN_KV_AS_ACCOUNTED = "train_kv_as_accounted"
+TRAIN_PEAK_HOLDS_ACTIVATIONS = "train_peak_holds_activations"
+TP_KV_AS_ACCOUNTED = "tp_kv_as_accounted"
 
 # On CPU the peak is a resident set: pages of the weights and cache can be shared or not yet
 # counted by the kernel at the moment it is read; allow this much below weights + KV.
@@ -196,6 +199,48 @@ def derived_checks(
                 name=MEMORY_HOLDS_WEIGHTS_AND_KV,
                 passed=metrics.peak_memory_bytes >= allowed,
                 detail=f"peak {metrics.peak_memory_bytes} B, weights + KV cache {floor} B",
+            )
+        )
+    if metrics.train_step is not None:
+        out += train_step_checks(metrics, weight_bytes=weight_bytes, device=device)
+    measured_tp = [m for m in metrics.tp if m.ranks]
+    if measured_tp:
+        off = [
+            f"tp {m.tp} rank {r.rank}: {r.kv_cache_bytes} B, accounting {m.kv_cache_bytes_per_rank_expected} B"
+            for m in measured_tp
+            for r in m.ranks
+            if r.kv_cache_bytes != m.kv_cache_bytes_per_rank_expected
+        ]
+        degrees = ", ".join(str(m.tp) for m in measured_tp)
+        detail = "; ".join(off) if off else f"every rank's cache as accounted at tp {degrees}"
+        out.append(Check(name=TP_KV_AS_ACCOUNTED, passed=not off, detail=detail))
+    return out
+
+
+def train_step_checks(metrics: CellMetrics, *, weight_bytes: int, device: str) -> list[Check]:
+    """A training step's K/V activations equal the accounting, and its peak holds the weights and every
+    activation autograd saved (all alive at the end of the forward pass)."""
+    step = metrics.train_step
+    if step is None or step.kv_activation_bytes is None:
+        return []
+    out = [
+        Check(
+            name=TRAIN_KV_AS_ACCOUNTED,
+            passed=step.kv_activation_bytes == step.kv_activation_bytes_expected,
+            detail=(
+                f"K/V activations saved for backward {step.kv_activation_bytes} B, "
+                f"accounting {step.kv_activation_bytes_expected} B"
+            ),
+        )
+    ]
+    if step.peak_memory_bytes is not None and step.saved_activation_bytes is not None:
+        floor = weight_bytes + step.saved_activation_bytes
+        allowed = floor * (1 - CPU_MEMORY_SLACK) if device == "cpu" else floor
+        out.append(
+            Check(
+                name=TRAIN_PEAK_HOLDS_ACTIVATIONS,
+                passed=step.peak_memory_bytes >= allowed,
+                detail=f"training peak {step.peak_memory_bytes} B, weights + saved activations {floor} B",
             )
         )
     return out

@@ -23,6 +23,9 @@ DERIVED_CHECKS = frozenset(
         checks.COLD_NOT_FASTER,
         checks.KV_CACHE_AS_ACCOUNTED,
         checks.MEMORY_HOLDS_WEIGHTS_AND_KV,
+        checks.TRAIN_KV_AS_ACCOUNTED,
+        checks.TRAIN_PEAK_HOLDS_ACTIVATIONS,
+        checks.TP_KV_AS_ACCOUNTED,
     }
 )
 ROUNDS_TIMED_ALIKE = "rounds_timed_alike"

@@ -53,6 +53,7 @@ class WorkerOutcome:
     error: str | None
     elapsed_s: float
     exception: str | None = None  # the type name of what the child raised, when it raised
+    ended_at: float | None = None  # time.monotonic() in the child when it finished (one clock for all processes)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -109,17 +110,18 @@ def _child_main(
     gc.freeze()
     try:
         value = fn(payload)
-        message: tuple[Any, ...] = ("ok", value, None, None)
+        message: tuple[Any, ...] = ("ok", value, None, None, time.monotonic())
     except BaseException as exc:  # report everything, including MemoryError, to the parent
+        ended_at = time.monotonic()
         status = "oom" if is_out_of_memory(exc) else "error"
-        message = (status, None, describe_exception(exc), type(exc).__name__)
+        message = (status, None, describe_exception(exc), type(exc).__name__, ended_at)
     try:
         try:
             conn.send(message)
         except OSError:
             raise
         except Exception as exc:  # the value would not pickle: say so instead
-            conn.send(("error", None, describe_exception(exc), type(exc).__name__))
+            conn.send(("error", None, describe_exception(exc), type(exc).__name__, time.monotonic()))
         conn.close()
     except OSError:  # BrokenPipeError: the parent stopped listening; there is nobody to tell
         os._exit(0)
@@ -175,6 +177,11 @@ class IsolatedRunner:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(list(preload))
 
+    @property
+    def context(self) -> multiprocessing.context.ForkServerContext:
+        """The forkserver context children start from (harness/measure/ranks.py starts groups of them)."""
+        return self._context
+
     def call(
         self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any], timeout_s: float | None = None
     ) -> WorkerOutcome:
@@ -199,11 +206,11 @@ class IsolatedRunner:
                         time.perf_counter() - start,
                     )
             try:
-                status, value, error, exception = receiver.recv()
+                status, value, error, exception, ended_at = receiver.recv()
             except EOFError:
                 return self._died(process, start, kills_before)
             process.join()
-            return WorkerOutcome(status, value, error, time.perf_counter() - start, exception)
+            return WorkerOutcome(status, value, error, time.perf_counter() - start, exception, ended_at)
         finally:
             receiver.close()
             lifeline.close()
@@ -213,15 +220,21 @@ class IsolatedRunner:
 
     @staticmethod
     def _died(process: multiprocessing.process.BaseProcess, start: float, kills_before: int | None) -> WorkerOutcome:
-        process.join()
-        code = process.exitcode
-        elapsed = time.perf_counter() - start
-        if code is not None and code == -signal.SIGKILL:
-            kills_after = oom_kills()
-            cause = killed_cause(kills_before, kills_after)
-            # Only a counted OOM kill is known to be one; an unexplained SIGKILL is recorded as what it was.
-            counted = kills_before is not None and kills_after is not None and kills_after > kills_before
-            status: Status = "oom" if counted else "killed"
-            return WorkerOutcome(status, None, f"worker killed by SIGKILL before reporting: {cause}", elapsed)
-        reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return WorkerOutcome("error", None, f"worker died with {reason} before reporting", elapsed)
+        return died(process, start, kills_before)
+
+
+def died(process: multiprocessing.process.BaseProcess, start: float, kills_before: int | None) -> WorkerOutcome:
+    """The outcome of a child that ended without reporting (waits for it to end); ``start`` as perf_counter,
+    ``kills_before`` the cgroup's OOM-kill count (:func:`oom_kills`) when the child started."""
+    process.join()
+    code = process.exitcode
+    elapsed = time.perf_counter() - start
+    if code is not None and code == -signal.SIGKILL:
+        kills_after = oom_kills()
+        cause = killed_cause(kills_before, kills_after)
+        # Only a counted OOM kill is known to be one; an unexplained SIGKILL is recorded as what it was.
+        counted = kills_before is not None and kills_after is not None and kills_after > kills_before
+        status: Status = "oom" if counted else "killed"
+        return WorkerOutcome(status, None, f"worker killed by SIGKILL before reporting: {cause}", elapsed)
+    reason = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    return WorkerOutcome("error", None, f"worker died with {reason} before reporting", elapsed)

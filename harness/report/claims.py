@@ -39,6 +39,7 @@ from harness.report.pairing import (
     variant_shapes,
     where,
 )
+from harness.report.scaling_claims import CLAIM_TP, CLAIM_TRAIN_KV, TRAIN_NOTES, judge_tp, judge_train_kv
 from harness.results.schema import CellResult, RunResult, Summary
 
 __all__ = [
@@ -47,6 +48,8 @@ __all__ = [
     "CLAIM_KV",
     "CLAIM_MAX_BATCH",
     "CLAIM_PARAMS",
+    "CLAIM_TP",
+    "CLAIM_TRAIN_KV",
     "TOLERANCE_NOTES",
     "ClaimCheck",
     "Pair",
@@ -57,6 +60,8 @@ __all__ = [
     "check_kv_cache",
     "check_max_batch",
     "check_params",
+    "check_tp",
+    "check_train_kv",
     "cla_pairs",
     "kv_head_pairs",
     "variant_shapes",
@@ -91,7 +96,7 @@ TOLERANCE_NOTES = (
     "cold core attention where it was measured (every layer, CLA consumers included, reads its producer's "
     "cache from memory). A claim is inconclusive when none of its trusted cells contradicts it but some of its "
     "evidence comes from cells that failed self-checks or were measured differently (another backend or SDPA "
-    "kernel)."
+    "kernel). " + TRAIN_NOTES
 )
 
 
@@ -278,6 +283,8 @@ RULES = (
     Rule(CLAIM_MAX_BATCH, cla_pairs, NO_CLA, _no_base, _judge_max_batch),
     Rule(CLAIM_ATTENTION_CLA, cla_pairs, NO_CLA, _no_base, _judge_attention_unchanged),
     Rule(CLAIM_ATTENTION_KV_HEADS, kv_head_pairs, "no MQA or GQA variant in this run", _no_mha, _judge_attention_cut),
+    Rule(CLAIM_TRAIN_KV, cla_pairs, NO_CLA, _no_base, judge_train_kv),
+    Rule(CLAIM_TP, cla_pairs, NO_CLA, _no_base, judge_tp),
 )
 
 
@@ -304,6 +311,16 @@ def check_attention_unchanged_by_cla(result: RunResult) -> list[ClaimCheck]:
 def check_attention_cut_by_kv_heads(result: RunResult) -> list[ClaimCheck]:
     """Claim 4b: MQA/GQA have a smaller core attention median than MHA of the same head dim, per cell."""
     return check_rule(result, RULES[4])
+
+
+def check_train_kv(result: RunResult) -> list[ClaimCheck]:
+    """Claim 5: measured training K/V activations of base / CLA equal the producer ratio within 1%."""
+    return check_rule(result, RULES[5])
+
+
+def check_tp(result: RunResult) -> list[ClaimCheck]:
+    """Claim 6: one rank's measured cache, base / CLA, equals the producer ratio within 1% at every tp."""
+    return check_rule(result, RULES[6])
 
 
 def check_claims(result: RunResult) -> list[ClaimCheck]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.report import plots, savings, tables
+from harness.report import plots, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
 
@@ -223,6 +223,13 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
     )
     lines += _section("Peak memory", "Peak memory of one cell (build plus decode).", tables.peak_memory_table(result))
     lines += _section(
+        "Training step memory",
+        "One training step of the cell's batch (forward and backward over batch_size sequences of context_len "
+        "tokens, the model built inside it): peak memory, and the K/V activations autograd kept for the backward "
+        "pass against the accounting. Measured only where measure.metrics lists train_step.",
+        tables.train_step_table(result),
+    )
+    lines += _section(
         "KV cache",
         "Bytes held by the built model's cache tensors, against the accounting "
         "(kv_bytes_per_token · batch_size · (context_len + 1)).",
@@ -237,6 +244,7 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         [images["max-batch-vs-context"]] if "max-batch-vs-context" in images else [],
     )
     lines += savings.savings_section(result)
+    lines += tp_section.tp_section(result)
     if "kv-bytes-vs-latency" in images:
         lines += _section(
             "Memory against latency",

@@ -216,6 +216,26 @@ def peak_memory_table(result: RunResult) -> str | None:
     return grid_table(result, value)
 
 
+def train_step_table(result: RunResult) -> str | None:
+    """Training step per cell: peak memory, and the K/V activations saved for backward against the accounting."""
+
+    def value(m: CellMetrics) -> str | None:
+        step = m.train_step
+        if step is None:
+            return None
+        if step.status != "ok":
+            return step.status
+        peak = MISSING if step.peak_memory_bytes is None else format_bytes(step.peak_memory_bytes)
+        if step.kv_activation_bytes is None:
+            return peak
+        kv = format_bytes(step.kv_activation_bytes)
+        same = step.kv_activation_bytes == step.kv_activation_bytes_expected
+        expected = "= expected" if same else f"expected {format_bytes(step.kv_activation_bytes_expected)}"
+        return f"{peak}; K/V {kv} ({expected})"
+
+    return grid_table(result, value)
+
+
 def kv_cache_table(result: RunResult) -> str | None:
     """Measured KV cache bytes against the accounting: ``4.00 MiB (= expected)`` or the difference."""
 

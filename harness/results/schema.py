@@ -96,6 +96,47 @@ class Check(_Model):
     detail: str  # the numbers behind the verdict, in words
 
 
+Outcome = Literal["ok", "oom", "error", "timeout", "unsupported", "killed"]
+
+
+class TrainStep(_Model):
+    """Metric ``train_step``: one forward and backward pass over the cell's batch (batch_size sequences of
+    context_len tokens, next-token cross-entropy), measured in a worker of its own (docs/results.md)."""
+
+    status: Outcome  # as a cell's: oom is an outcome; unsupported says why in error
+    error: str | None = None
+    tokens: int  # batch_size * context_len: positions the step trains on
+    # CUDA: allocator peak allocated over build, forward and backward; CPU: the worker's peak RSS above baseline
+    peak_memory_bytes: int | None = None
+    peak_reserved_bytes: int | None = None  # CUDA only
+    saved_activation_bytes: int | None = None  # what autograd saved for backward, parameters left out
+    kv_activation_bytes: int | None = None  # of it, the producers' K/V (MLA: latent) slots, measured
+    kv_activation_bytes_expected: int  # harness.accounting.train_kv_activation_bytes
+
+
+class TPRank(_Model):
+    """One rank of a tensor-parallel decode measurement."""
+
+    rank: int
+    kv_cache_bytes: int  # bytes this rank's cache tensors hold
+    peak_memory_bytes: int | None = None  # CUDA: allocator peak; CPU: the rank process's peak RSS above baseline
+
+
+class TPMeasurement(_Model):
+    """The cell's decode step sharded over ``tp`` ranks, each a process of its own (docs/results.md)."""
+
+    tp: int
+    status: Outcome
+    error: str | None = None
+    comm_backend: str | None = None  # torch.distributed backend: gloo (CPU) or nccl (CUDA); null for tp 1
+    threads_per_rank: int | None = None  # CPU: torch threads each rank ran with (the machine's cores shared out)
+    kv_heads_per_rank: int  # ceil(n_kv_heads / tp): K/V heads each rank holds per producer (MLA: the latent)
+    kv_replication: float  # K/V bytes over all ranks / the unsharded model's: 1.0 while heads split evenly
+    kv_cache_bytes_per_rank_expected: int | None = None  # the accounting of one rank's cache; null if unsupported
+    ranks: list[TPRank] = []
+    decode_latency_s: Summary | None = None  # per step, the slowest rank's time (all ranks step in lockstep)
+
+
 class CellMetrics(_Model):
     """Everything measured or derived for one cell. Latencies are per decode step."""
 
@@ -124,6 +165,8 @@ class CellMetrics(_Model):
     auto_latencies_s: dict[str, Seconds] | None = None  # backend 'auto': core-attention median per candidate
     sdpa_kernel: str | None = None  # backend sdpa: the kernel that ran (flash, efficient, cudnn, math)
     sdpa_kv_copied: bool | None = None  # backend sdpa: K/V were repeated to every query head (a copy per step)
+    train_step: TrainStep | None = None  # metric train_step (opt-in); null when not measured
+    tp: list[TPMeasurement] = []  # one per sweep.tp degree (opt-in); empty when not measured
 
 
 class HostLoad(_Model):
@@ -193,7 +236,7 @@ class CellResult(_Model):
     # timeout: no answer within measure.cell_timeout_s; unsupported: the backend cannot run this variant on this
     # device (the error says why), not measured; killed: the worker was ended by SIGKILL without a word (the
     # error names the likely cause: the out-of-memory killer, or another process)
-    status: Literal["ok", "oom", "error", "timeout", "unsupported", "killed"]
+    status: Outcome
     error: str | None = None
     elapsed_s: NonNegative
     rounds_done: Size = 1  # measurement rounds finished for this cell (see measure.rounds)

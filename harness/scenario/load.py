@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from harness.errors import Problem, UserError, UserErrors, validation_problems
 from harness.inputs import MIB, read_input
 from harness.scenario.hf_config import ConfigError, import_config, read_json
+from harness.scenario.quality import BYTE_VOCAB, conversion_problem
 from harness.scenario.schema import ModelSpec, Scenario, VariantSpec
 from harness.variants import (
     MLA_DEFAULT_NOPE_DIM,
@@ -320,7 +321,60 @@ def parse_scenario(data: dict[str, Any], source: str) -> tuple[Scenario, tuple[V
             problems.append(Problem(exc.reason, source, f"variant[{index}].{exc.field}"))
     if problems:
         raise UserErrors(problems)
+    if scenario.quality is not None:
+        check_quality(scenario, tuple(variants), source)
     return scenario, tuple(variants)
+
+
+def conversion_targets(scenario: Scenario, variants: tuple[Variant, ...], source: str) -> list[Variant]:
+    """The variants ``quality.convert_to`` names: a variant of the scenario by name, else a spelling of the name
+    grammar resolved on the scenario's model; UserError naming the entry when neither."""
+    assert scenario.quality is not None
+    by_name = {v.name: v for v in variants}
+    targets = []
+    for index, name in enumerate(scenario.quality.convert_to):
+        if name in by_name:
+            targets.append(by_name[name])
+            continue
+        targets.append(resolve_spelling(name, scenario.model, source, f"quality.convert_to[{index}]"))
+    return targets
+
+
+def resolve_spelling(name: str, model: ModelSpec, source: str, field: str) -> Variant:
+    """A variant from its name-grammar spelling alone (``H16-GQA2-CLA2``) on ``model``; UserError naming ``field``."""
+    try:
+        return resolve_variant(VariantSpec(name=name), model)
+    except _FieldError as exc:
+        raise UserError(exc.reason, source=source, field=field) from None
+
+
+def check_quality(scenario: Scenario, variants: tuple[Variant, ...], source: str) -> None:
+    """What the [quality] table needs of the rest of the scenario: a byte vocabulary, and conversions from one
+    of its variants into variants that one can become."""
+    quality = scenario.quality
+    assert quality is not None
+    if scenario.model.vocab_size < BYTE_VOCAB:
+        raise UserError(
+            f"[quality] trains on bytes: needs at least {BYTE_VOCAB} tokens, got {scenario.model.vocab_size}",
+            source=source,
+            field="model.vocab_size",
+        )
+    if quality.convert_from is None:
+        return
+    convertible = {v.name: v for v in variants}
+    if quality.convert_from not in convertible:
+        raise UserError(
+            f"{quality.convert_from!r} is not a variant of this scenario ({', '.join(convertible)})",
+            source=source,
+            field="quality.convert_from",
+        )
+    origin = convertible[quality.convert_from]
+    for index, target in enumerate(conversion_targets(scenario, variants, source)):
+        problem = conversion_problem(origin, target)
+        if problem is not None:
+            raise UserError(
+                f"{origin.name} -> {target.name}: {problem}", source=source, field=f"quality.convert_to[{index}]"
+            )
 
 
 def load_scenario(path: str | Path) -> LoadedScenario:

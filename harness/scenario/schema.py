@@ -16,13 +16,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
+from harness.scenario.quality import QualitySpec
 from harness.units import parse_bytes
 
 DType = Literal["float32", "bfloat16", "float16"]
 # Attention implementations a cell can be timed with (see harness/model/attention.py).
 Backend = Literal["eager", "sdpa", "grouped", "native", "flex", "naive", "auto"]
-Metric = Literal["decode", "attention", "memory", "max_batch"]
-ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch")
+Metric = Literal["decode", "attention", "memory", "max_batch", "train_step"]
+ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch", "train_step")
+# What a scenario without measure.metrics measures: train_step is opt-in, as max_batch is without a budget.
+DEFAULT_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch")
 
 # Widths, heads, batch sizes and lengths: at most a signed 64-bit count, what torch can index (far
 # beyond what fits in memory; an absurd batch is a cell that runs out of memory, not a bad file).
@@ -34,6 +37,8 @@ MAX_LAYERS = 65_536
 MAX_COUNT = 10**9
 Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 LayerIndex = Annotated[int, Field(ge=0, le=MAX_LAYERS - 1)]
+# one process per rank: no engine shards a decoder over more ranks than it has query heads to give each
+TPDegree = Annotated[int, Field(gt=0, le=1024)]
 
 ByteSize = Annotated[
     int,
@@ -114,10 +119,17 @@ class SweepSpec(_Strict):
     context_len: list[Size] = Field(min_length=1, description="tokens already in the cache")
     backend: list[Backend] = Field(["sdpa"], min_length=1, description="attention implementations")
     dtype: list[DType] | None = Field(None, min_length=1, description="default: [model.dtype]")
+    tp: list[TPDegree] = Field(
+        [1],
+        min_length=1,
+        max_length=64,
+        description="tensor-parallel degrees; unless [1] (the default), each cell's decode step is also measured "
+        "sharded over each degree, one process per rank (1: the same harness, unsharded)",
+    )
 
     @model_validator(mode="after")
     def _no_repeats(self) -> SweepSpec:
-        for axis in ("batch_size", "context_len", "backend", "dtype"):
+        for axis in ("batch_size", "context_len", "backend", "dtype", "tp"):
             values = getattr(self, axis)
             if values is not None and len(set(values)) != len(values):
                 raise ValueError(f"sweep.{axis} repeats a value: {values}")
@@ -128,7 +140,10 @@ class MeasureSpec(_Strict):
     """How cells are measured."""
 
     memory_budget: ByteSize | None = Field(None, description="device memory the max-batch search may use, e.g. '40GiB'")
-    metrics: list[Metric] | None = Field(None, description="default: all (max_batch only with a memory_budget)")
+    metrics: list[Metric] | None = Field(
+        None,
+        description="default: decode, attention, memory (and max_batch with a memory_budget); train_step on request",
+    )
     warmup_s: float = Field(0.5, gt=0, description="warm-up time before each timed window")
     min_time_s: float = Field(1.0, gt=0, description="timed window per metric and cell")
     min_samples: int = Field(15, ge=5, le=MAX_COUNT, description="fewest timed samples per metric")
@@ -162,7 +177,7 @@ class MeasureSpec(_Strict):
     def selected_metrics(self) -> tuple[Metric, ...]:
         if self.metrics is not None:
             return tuple(self.metrics)
-        return tuple(m for m in ALL_METRICS if m != "max_batch" or self.memory_budget is not None)
+        return tuple(m for m in DEFAULT_METRICS if m != "max_batch" or self.memory_budget is not None)
 
 
 class Scenario(_Strict):
@@ -174,6 +189,9 @@ class Scenario(_Strict):
     variant: list[VariantSpec] = Field(min_length=1, description="attention configurations to compare")
     sweep: SweepSpec
     measure: MeasureSpec = MeasureSpec()
+    quality: QualitySpec | None = Field(
+        None, description="training every variant at toy scale for its validation loss (attnbench train)"
+    )
 
 
 def scenario_json_schema() -> dict[str, Any]:
