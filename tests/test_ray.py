@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from helpers_tiny import TINY
 
 from harness.errors import UserError
 from harness.execute.jobs import CellJob, CellOutcome, NodeInfo
@@ -25,29 +26,6 @@ from harness.runner import Runner, RunOptions, RunProgress
 
 pytestmark = pytest.mark.ray
 
-TINY = """
-name = "tiny"
-[model]
-d_model = 64
-n_layers = 4
-d_ff = 128
-vocab_size = 97
-dtype = "float32"
-[[variant]]
-name = "H16-MHA"
-[[variant]]
-name = "H16-MQA-CLA2"
-[sweep]
-batch_size = [1, 2]
-context_len = [32]
-backend = ["sdpa"]
-[measure]
-metrics = ["decode"]
-warmup_s = 0.01
-min_time_s = 0.01
-min_samples = 5
-max_samples = 10
-"""
 MIB = 1024 * 1024
 
 

@@ -9,34 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers_tiny import TINY
 
 from harness.cli import main
 from harness.results.schema import Shard
 from harness.results.store import load_result, result_files
-
-TINY = """
-name = "tiny"
-[model]
-d_model = 64
-n_layers = 4
-d_ff = 128
-vocab_size = 97
-dtype = "float32"
-[[variant]]
-name = "H16-MHA"
-[[variant]]
-name = "H16-MQA-CLA2"
-[sweep]
-batch_size = [1, 2]
-context_len = [32]
-backend = ["sdpa"]
-[measure]
-metrics = ["decode"]
-warmup_s = 0.01
-min_time_s = 0.01
-min_samples = 5
-max_samples = 10
-"""
 
 
 def test_a_slurm_array_measures_every_shard_and_merges_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
