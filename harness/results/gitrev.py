@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from harness.errors import UserError
 from harness.results.schema import RunResult
-from harness.results.store import RESULT_SUFFIX, parse_result
+from harness.results.store import RESULT_SUFFIX, name_order, parse_result
 
 RESULTS_DIR = "results"  # relative to the repository's top folder
 
@@ -64,7 +64,8 @@ def _result_paths(commit: str, root: Path, folder: str) -> list[str]:
     if proc.returncode != 0:
         raise UserError(f"git ls-tree failed: {proc.stderr.strip()}", source=commit)
     paths = [p for p in proc.stdout.split("\0") if p.endswith(RESULT_SUFFIX)]
-    return sorted((p for p in paths if not PurePosixPath(p).name.startswith(".")), key=lambda p: PurePosixPath(p).name)
+    kept = (p for p in paths if not PurePosixPath(p).name.startswith("."))
+    return sorted(kept, key=lambda p: name_order(PurePosixPath(p).name))
 
 
 def _show(commit: str, path: str, root: Path) -> str:

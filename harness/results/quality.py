@@ -9,6 +9,7 @@ skips it, and :func:`load_quality` reads it.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from harness.errors import UserError, UserErrors, validation_problems
 from harness.inputs import read_input
 from harness.results.schema import GitInfo
-from harness.results.store import MAX_RESULT_BYTES, write_text_atomic
+from harness.results.store import MAX_RESULT_BYTES, claim_result_path, write_text_atomic
 
 QUALITY_FORMAT = 1
 QUALITY_PREFIX = "quality_"
@@ -110,9 +111,10 @@ class QualityResult(_Model):
     conversions: list[Conversion] = []
 
 
-def quality_filename(started: str, short_commit: str | None) -> str:
-    """``quality_20261124T061500Z_ab12cd3.json``, from ``started`` as ``%Y%m%dT%H%M%SZ``."""
-    return f"{QUALITY_PREFIX}{started}_{short_commit or 'nogit'}.json"
+def claim_quality_path(folder: Path, started: datetime, short_commit: str | None) -> Path:
+    """A new ``quality_20261124T061500Z_ab12cd3.json`` in ``folder``, claimed as a decode result's name is
+    (a second run started in the same second gets ``-2``; neither overwrites the other)."""
+    return claim_result_path(folder, started, short_commit, prefix=QUALITY_PREFIX)
 
 
 def save_quality(result: QualityResult, path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from datetime import datetime
@@ -108,22 +109,28 @@ def load_result(path: str | Path) -> RunResult:
     return parse_result(text, str(path))
 
 
-def result_filename(started: datetime, short_commit: str | None, n: int = 1, part: str | None = None) -> str:
+def result_filename(
+    started: datetime, short_commit: str | None, n: int = 1, part: str | None = None, prefix: str = ""
+) -> str:
     """``20261124T061500Z_ab12cd3.json``: sortable by time, with the commit that produced it; a shard's
     or a merged file's ``part`` follows (``..._ab12cd3_shard-2-of-4.json``), and the ``n``-th run to
-    start in that second at that commit (and part) gets ``-n`` at the end (``_ab12cd3-2.json``)."""
+    start in that second at that commit (and part) gets ``-n`` at the end (``_ab12cd3-2.json``). Other
+    kinds of result file put a ``prefix`` in front (``quality_20261124T061500Z_ab12cd3.json``)."""
     middle = f"_{part}" if part else ""
     suffix = f"-{n}" if n > 1 else ""
-    return f"{started.strftime('%Y%m%dT%H%M%SZ')}_{short_commit or 'nogit'}{middle}{suffix}{RESULT_SUFFIX}"
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}{stamp}_{short_commit or 'nogit'}{middle}{suffix}{RESULT_SUFFIX}"
 
 
-def claim_result_path(folder: Path, started: datetime, short_commit: str | None, part: str | None = None) -> Path:
+def claim_result_path(
+    folder: Path, started: datetime, short_commit: str | None, part: str | None = None, prefix: str = ""
+) -> Path:
     """A new result file's path in ``folder``, created empty so that no other run can take it: two runs
     started in the same second get different names, and neither overwrites the other (an empty file is
     no result file to the readers here, and is replaced by the first save)."""
     folder.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
-        path = folder / result_filename(started, short_commit, n, part)
+        path = folder / result_filename(started, short_commit, n, part, prefix)
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
         except FileExistsError:
@@ -150,14 +157,28 @@ def check_writable(folder: Path, needed_bytes: int) -> None:
         )
 
 
+_CLAIM_SUFFIX = re.compile(r"^(?P<base>.*)-(?P<n>[0-9]+)$")
+
+
+def name_order(name: str) -> tuple[str, int]:
+    """Sort key of a result file name, oldest first: by start time, then by the ``-n`` that a later run
+    started in the same second got (plain string order would put ``…_ab12cd3-2.json`` before
+    ``…_ab12cd3.json``, the run it came after)."""
+    stem = name.removesuffix(RESULT_SUFFIX)
+    match = _CLAIM_SUFFIX.match(stem)
+    return (match["base"], int(match["n"])) if match else (stem, 1)
+
+
 def result_files(path: str | Path) -> list[Path]:
-    """Result files at ``path``: the file itself, or every ``*.json`` below a folder, sorted."""
+    """Result files at ``path``: the file itself, or every ``*.json`` below a folder, oldest first within
+    each folder (:func:`name_order`)."""
     root = Path(path)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise UserError("no such file or folder", source=str(path))
-    return sorted(p for p in root.rglob(f"*{RESULT_SUFFIX}") if not p.name.startswith(".") and _is_result(p))
+    found = (p for p in root.rglob(f"*{RESULT_SUFFIX}") if not p.name.startswith(".") and _is_result(p))
+    return sorted(found, key=lambda p: (p.parent.parts, name_order(p.name)))
 
 
 def _is_result(path: Path) -> bool:
@@ -176,6 +197,6 @@ def newest_results(root: str | Path) -> dict[tuple[str, str], Path]:
     for path in result_files(root):
         result = load_result(path)
         key = (result.target, result.scenario.name)
-        if key not in newest or path.name > newest[key].name:
+        if key not in newest or name_order(path.name) > name_order(newest[key].name):
             newest[key] = path
     return newest

@@ -31,7 +31,7 @@ from harness.results.quality import (
     QualityResult,
     SeedRun,
     VariantQuality,
-    quality_filename,
+    claim_quality_path,
     save_quality,
 )
 from harness.runner import git_info
@@ -146,9 +146,7 @@ def run_quality(loaded: LoadedScenario, options: QualityOptions, progress: Progr
     target = detect_target(device)
     started = datetime.now(UTC)
     git = git_info()
-    path = options.out_dir / target / quality_filename(started.strftime("%Y%m%dT%H%M%SZ"), git.short)
-    if path.exists():
-        raise UserError("exists already; wait a second and run again", source=str(path))
+    path = claim_quality_path(options.out_dir / target, started, git.short)
     result = QualityResult(
         target=target,
         environment=fingerprint(device),
