@@ -89,9 +89,10 @@ def flagged(markdown: str, metric: str = "decode_latency_s") -> tuple[int, int]:
     return regressions, cells
 
 
-def ab(clone: Path, base: str, head: str, out: Path, rounds: int) -> dict[str, Any]:
+def ab(clone: Path, base: str, head: str, out: Path, rounds: int | None) -> dict[str, Any]:
     start = time.perf_counter()
-    proc = attnbench(["ab", base, head, SCENARIO, "--rounds", str(rounds), "--out", str(out), "--quiet"], clone)
+    more = ["--rounds", str(rounds)] if rounds else []
+    proc = attnbench(["ab", base, head, SCENARIO, *more, "--out", str(out), "--quiet"], clone)
     caught, cells = flagged(proc.stdout)
     return {
         "exit": proc.returncode,
@@ -99,6 +100,8 @@ def ab(clone: Path, base: str, head: str, out: Path, rounds: int) -> dict[str, A
         "decode_flagged": caught,
         "cells": cells,
         "summary": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr.strip()[-300:],
+        "rounds": next((line for line in proc.stderr.splitlines() if line.startswith("rounds:")), ""),
+        "unstable_cells": proc.stdout.count("| unstable "),
     }
 
 
@@ -160,7 +163,7 @@ def main() -> int:
     parser.add_argument(
         "--slowdowns", default="10,5", help="percent slowdowns to compare against (default %(default)s)"
     )
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of each interleaved comparison")
+    parser.add_argument("--rounds", type=int, default=None, help="the most rounds per cell (default: attnbench ab's)")
     parser.add_argument("--no-hog", action="store_true", help="skip the CPU-hog run")
     parser.add_argument("--out", default="compare-power.json", help="where to write every figure (JSON)")
     args = parser.parse_args()

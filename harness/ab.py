@@ -7,6 +7,12 @@ HEAD back to back, in an order drawn at random per cell and round (asv ``continu
 compare revisions the same way). The drift over a round moves both sides alike; the per-round
 ratios (harness/compare/paired.py) cancel it.
 
+How many rounds (:class:`Plan`): each latency's interval is asked for a confidence that holds for all
+of the comparison's latencies together (5% family-wise), which sets the most rounds a cell gets (12
+for the default scenario's 80 latencies). After every round a cell whose ratios already lie on both
+sides of 1 in every latency stops: no later round could make its interval exclude 1. An unchanged
+revision so costs a few rounds per cell, a changed one all of them.
+
 Each side writes its own result file, marked with the pairing (``RunResult.pairing``: the shared
 session, its role and revision, its partner, and which side went first in each round), under
 ``<out>/base/<target>/`` and ``<out>/head/<target>/``; ``attnbench compare`` on the two files (or
@@ -27,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.compare.paired import can_still_change, family_confidence, round_ratios, rounds_needed
 from harness.errors import UserError
 from harness.results.gitrev import repo_root
 from harness.revisions import Revision, checkout
+from harness.scenario.cells import expand_cells
+from harness.scenario.load import load_scenario
 
 PROTOCOL = 1  # harness/serve.py speaks this version
-DEFAULT_ROUNDS = 6  # the fewest whose median-ratio interval reaches 95% (harness/compare/paired.py)
 
 
 @dataclass
@@ -42,15 +50,24 @@ class ServedRevision:
     role: str  # "base" or "head"
     revision: Revision
     process: subprocess.Popen[str]
+    features: frozenset[str] = frozenset()  # what this revision's server offers beyond the protocol
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        self.send(request)
+        return self.receive(request["op"])
+
+    def send(self, request: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
+
+    def receive(self, op: str) -> dict[str, Any]:
+        """The answer to the request sent last (``op`` names it in an error)."""
+        assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
             code = self.process.wait()
-            raise UserError(f"its runner stopped (exit code {code}) during {request['op']!r}", source=self.label)
+            raise UserError(f"its runner stopped (exit code {code}) during {op!r}", source=self.label)
         answer: dict[str, Any] = json.loads(line)
         if not answer.get("ok"):
             raise UserError(str(answer.get("error")), source=self.label)
@@ -76,9 +93,11 @@ def serve(role: str, revision: Revision) -> Iterator[ServedRevision]:
     )
     served = ServedRevision(role, revision, process)
     try:
-        protocol = served.ask({"op": "hello"}).get("protocol")
+        hello = served.ask({"op": "hello"})
+        protocol = hello.get("protocol")
         if protocol != PROTOCOL:
             raise UserError(f"its runner speaks protocol {protocol}, this attnbench {PROTOCOL}", source=served.label)
+        served.features = frozenset(hello.get("features") or ())
         yield served
     finally:
         if process.poll() is None:
@@ -104,13 +123,46 @@ def scenario_in(revision: Revision, scenario: str) -> str:
     return str(given)
 
 
+def latency_comparisons(scenario: str) -> int:
+    """How many latencies one comparison of ``scenario`` decides: its cells times the latencies each is
+    timed for (decode and core attention as asked, each also cold unless ``measure.cold`` is off)."""
+    loaded = load_scenario(scenario)
+    measure = loaded.scenario.measure
+    timed = sum(metric in ("decode", "attention") for metric in measure.selected_metrics)
+    return max(1, len(expand_cells(loaded.scenario, loaded.variants)) * timed * (2 if measure.cold else 1))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many rounds a cell gets at most, and the confidence each latency's interval is decided at."""
+
+    rounds: int
+    confidence: float
+    comparisons: int  # latencies decided together (the family of the Bonferroni correction)
+
+    @classmethod
+    def for_scenario(cls, scenario: str, rounds: int | None) -> Plan:
+        comparisons = latency_comparisons(scenario)
+        confidence = family_confidence(comparisons)
+        return cls(rounds or rounds_needed(confidence), confidence, comparisons)
+
+    def goes_on(self, medians: dict[str, dict[str, list[float]]]) -> bool:
+        """Whether a cell with these per-round medians (``{"base"|"head": {metric: [...]}}``) could still
+        show a change in some latency by its last round (harness/compare/paired.py)."""
+        base, head = medians.get("base", {}), medians.get("head", {})
+        shared = [m for m in base if m in head and len(base[m]) == len(head[m]) and base[m]]
+        return any(can_still_change(round_ratios(base[m], head[m]), self.rounds, self.confidence) for m in shared)
+
+
 @dataclass
 class AbRun:
     """What an interleaved comparison measured: the two result files, and cells only one side has."""
 
     base_path: Path
     head_path: Path
+    plan: Plan
     only_one_side: list[str] = field(default_factory=list)
+    rounds_done: dict[str, int] = field(default_factory=dict)  # per cell: rounds before it stopped
 
 
 def interleave(
@@ -120,26 +172,27 @@ def interleave(
     *,
     device: str,
     out_dir: Path,
-    rounds: int = DEFAULT_ROUNDS,
+    rounds: int | None = None,
     quick: bool = False,
     seed: int | None = None,
     progress: Callable[[int, int, str], None] = lambda done, total, label: None,
 ) -> AbRun:
-    """Measure ``scenario`` at both revisions, round by round, each cell's sides in a random order."""
+    """Measure ``scenario`` at both revisions, round by round, each cell's sides in a random order, until
+    each cell either has ``rounds`` rounds or can no longer show a change (:class:`Plan`)."""
     rng = random.Random(seed)
     session = uuid.uuid4().hex[:12]
     with ExitStack() as stack:
         base = stack.enter_context(checkout(base_spec))
         head = stack.enter_context(checkout(head_spec))
         files = {"base": scenario_in(base, scenario), "head": scenario_in(head, scenario)}
+        plan = Plan.for_scenario(files["head"], rounds)
         sides = {
             "base": stack.enter_context(serve("base", base)),
             "head": stack.enter_context(serve("head", head)),
         }
-        opened = {}
         for role, side in sides.items():
             partner = head if role == "base" else base
-            pairing = {
+            pairing: dict[str, Any] = {
                 "session": session,
                 "role": role,
                 "revision": side.revision.spec,
@@ -147,25 +200,43 @@ def interleave(
                 "dirty": side.revision.dirty,
                 "partner_revision": partner.spec,
                 "partner_commit": partner.commit,
-                "rounds": rounds,
+                "rounds": plan.rounds,
             }
-            request = {"op": "open", "scenario": files[role], "device": device, "quick": quick, "rounds": rounds}
-            opened[role] = side.ask(request | {"out_dir": str(out_dir / role), "pairing": pairing})
+            if "confidence" in side.features:
+                pairing["confidence"] = plan.confidence
+            request = {"op": "open", "scenario": files[role], "device": device, "quick": quick, "rounds": plan.rounds}
+            side.send(request | {"out_dir": str(out_dir / role), "pairing": pairing})
+        # both open at once (each describes the machine in a worker of its own): nothing is timed yet
+        opened = {role: side.receive("open") for role, side in sides.items()}
         cells = [label for label in opened["head"]["cells"] if label in opened["base"]["cells"]]
         only = sorted(set(opened["head"]["cells"]) ^ set(opened["base"]["cells"]))
         orders: dict[str, list[str]] = {label: [] for label in cells}
-        total, done = rounds * len(cells) * 2, 0
-        for round_index in range(rounds):
-            for label in cells:
+        answers: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in cells}
+        going = list(cells)
+        done = 0
+        for round_index in range(plan.rounds):
+            total = done + (plan.rounds - round_index) * len(going) * 2  # at most; cells that stop take less
+            for label in going:
                 order = rng.choice((("base", "head"), ("head", "base")))
                 orders[label].append("".join("A" if role == "base" else "B" for role in order))
                 for role in order:
                     progress(done, total, f"round {round_index + 1}: {label} at {role}")
-                    sides[role].ask({"op": "measure", "cell": label, "round": round_index})
+                    answers[label][role] = sides[role].ask({"op": "measure", "cell": label, "round": round_index})
                     done += 1
-        progress(done, total, "finishing")
+            going = [label for label in going if _goes_on(plan, answers[label])]
+        progress(done, done, "finishing")
         finished = {
             role: side.ask({"op": "finish", "orders": {k: " ".join(v) for k, v in orders.items()}})
             for role, side in sides.items()
         }
-    return AbRun(Path(finished["base"]["path"]), Path(finished["head"]["path"]), only)
+    rounds_done = {label: len(order) for label, order in orders.items()}
+    return AbRun(Path(finished["base"]["path"]), Path(finished["head"]["path"]), plan, only, rounds_done)
+
+
+def _goes_on(plan: Plan, answers: dict[str, dict[str, Any]]) -> bool:
+    """Whether a cell gets another round, from both sides' answers to its last one."""
+    if set(answers) != {"base", "head"} or any(a.get("status") != "ok" for a in answers.values()):
+        return False  # it failed on a side: its later rounds would be skipped there anyway
+    if any("medians" not in a for a in answers.values()):
+        return True  # a revision whose server does not report medians: every round
+    return plan.goes_on({role: a["medians"] for role, a in answers.items()})

@@ -5,10 +5,12 @@ code (runner, workers, model) while a driver decides the order of the measuremen
 revisions can be interleaved round by round on one machine. One JSON object per line on stdin, one
 answer per line on stdout:
 
+- ``{"op": "hello"}`` -> ``{"ok": true, "protocol": N, "features": [...]}``
 - ``{"op": "open", "scenario": PATH, "device": D, "out_dir": DIR, "quick": BOOL, "pairing": {...}}``
   -> ``{"ok": true, "cells": [LABEL, ...], "target": T, "rounds": N}``
-- ``{"op": "measure", "cell": LABEL, "round": R}`` -> ``{"ok": true, "status": S}`` (``"skipped"`` when
-  that round was done already or the cell failed earlier)
+- ``{"op": "measure", "cell": LABEL, "round": R}`` -> ``{"ok": true, "status": S, "medians": {METRIC:
+  [SECONDS, ...]}}`` (``"skipped"`` when that round was done already or the cell failed earlier; the
+  medians of each latency's rounds so far, from which the driver decides whether to go on)
 - ``{"op": "finish"}`` -> ``{"ok": true, "path": FILE}``, and the server exits.
 
 A user's mistake answers ``{"ok": false, "error": LINE}``. A stop signal (the driver's, or one sent to
@@ -27,12 +29,26 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness.errors import UserError
-from harness.results.schema import Pairing
+from harness.results.schema import CellResult, Pairing
 from harness.runner import Runner, RunOptions
 from harness.scenario import Cell
 from harness.signals import Interrupted, stop_signals
 
 PROTOCOL = 1
+# Additions a driver may use when a server lists them (older servers list none): the pairing's
+# ``confidence``, and each round's latency medians in the ``measure`` answer.
+FEATURES = ("confidence", "medians")
+
+
+LATENCIES = ("decode_latency_s", "attention_latency_s", "decode_latency_cold_s", "attention_latency_cold_s")
+
+
+def round_medians(cell: CellResult) -> dict[str, list[float]]:
+    """Each latency's median per round so far (none for a cell that is not ``ok``)."""
+    if cell.status != "ok" or cell.metrics is None:
+        return {}
+    summaries = {name: getattr(cell.metrics, name) for name in LATENCIES}
+    return {name: list(summary.process_medians) for name, summary in summaries.items() if summary is not None}
 
 
 class Server:
@@ -45,7 +61,7 @@ class Server:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "hello":
-            return {"ok": True, "protocol": PROTOCOL}
+            return {"ok": True, "protocol": PROTOCOL, "features": list(FEATURES)}
         if op == "open":
             options = RunOptions(
                 scenario=request["scenario"],
@@ -70,7 +86,9 @@ class Server:
             if cell is None:
                 return {"ok": False, "error": f"no cell {request.get('cell')!r} in this scenario"}
             measured = self.runner.measure_round(cell, int(request["round"]))
-            return {"ok": True, "status": "skipped" if measured is None else measured.status}
+            if measured is None:
+                return {"ok": True, "status": "skipped", "medians": {}}
+            return {"ok": True, "status": measured.status, "medians": round_medians(measured)}
         if op == "finish":
             orders = request.get("orders")
             if orders and self.runner.result.pairing is not None:

@@ -8,12 +8,13 @@ import pytest
 from helpers_results import make_cell, make_run
 
 from harness import compare
-from harness.ab import scenario_in
+from harness.ab import Plan, _goes_on, scenario_in
 from harness.cli import main
 from harness.compare.comparison import is_paired
+from harness.compare.paired import family_confidence
 from harness.errors import UserError
 from harness.measure.derive import pooled_summary
-from harness.results.schema import CellResult, Pairing, RunResult
+from harness.results.schema import CellResult, HostLoad, Pairing, RunResult, Stability
 from harness.results.store import load_result
 from harness.revisions import Revision
 
@@ -138,3 +139,64 @@ def test_files_of_different_sessions_are_compared_unpaired() -> None:
     assert head.pairing is not None
     other = head.model_copy(update={"pairing": head.pairing.model_copy(update={"session": "s2"})})
     assert not is_paired(compare.Side("b", "file", (base,)), compare.Side("h", "file", (other,)))
+
+
+def _with_host_load(run: RunResult, load: HostLoad) -> RunResult:
+    cell = run.cells[0].model_copy(update={"host_load": [load]})
+    return run.model_copy(update={"cells": [cell]})
+
+
+def _marked_unstable(run: RunResult, reason: str) -> RunResult:
+    cell = run.cells[0].model_copy(update={"stability": Stability(unstable=True, reasons=[reason])})
+    return run.model_copy(update={"cells": [cell]})
+
+
+def test_rounds_that_drift_apart_do_not_keep_a_paired_cell_from_its_verdict() -> None:
+    # each side alone disagrees between its rounds (the drift); the pairing cancels that
+    drift = [1.0, 1.2, 0.8, 1.1, 0.9, 1.15]
+    reason = "decode_latency_s: rounds 2 and 3 disagree by 50% (medians 12 and 8 ms, 95% intervals disjoint)"
+    base = _marked_unstable(_side("base", [0.010 * d for d in drift]), reason)
+    head = _marked_unstable(_side("head", [0.0105 * d for d in drift]), reason)
+    assert _decode_verdict(base, head)[0] == "regression"
+
+
+def test_a_host_busy_while_a_paired_cell_was_timed_makes_it_unstable() -> None:
+    base = _side("base", [0.010] * 6)
+    head = _with_host_load(_side("head", [0.0105] * 6), HostLoad(wall_s=2.0, other_cpu_s=1.9, steal_s=0.0, cores=2))
+    comparison = compare.compare_sides(compare.Side("b", "file", (base,)), compare.Side("h", "file", (head,)))
+    assert comparison.cells == () and comparison.exit_code == 0
+    (skipped,) = comparison.skipped
+    assert skipped.verdict == "unstable" and skipped.reason.startswith("head: host busy while timing (round 1)")
+
+
+def test_a_comparison_planned_for_many_latencies_needs_every_one_of_its_rounds() -> None:
+    # 6 rounds reach 95%, not the 99.94% a comparison of 80 latencies asks of each: no change yet
+    confidence = family_confidence(80)
+    base, head = _side("base", [0.010] * 6), _side("head", [0.0105] * 6)
+    sides = [run.model_copy(update={"pairing": run.pairing.model_copy(update={"confidence": confidence})})
+             for run in (base, head) if run.pairing is not None]  # fmt: skip
+    verdict, change = _decode_verdict(*sides)
+    assert verdict == "~" and change.paired is not None and not change.paired.covered
+    twelve = [_side(role, [m] * 12) for role, m in (("base", 0.010), ("head", 0.0105))]
+    sides = [run.model_copy(update={"pairing": run.pairing.model_copy(update={"confidence": confidence})})
+             for run in twelve if run.pairing is not None]  # fmt: skip
+    assert _decode_verdict(*sides)[0] == "regression"
+
+
+def test_the_plan_of_the_default_scenario_asks_twelve_rounds_for_eighty_latencies() -> None:
+    plan = Plan.for_scenario(str(REPO / "scenarios/default.toml"), None)
+    assert (plan.comparisons, plan.rounds, plan.confidence) == (80, 12, pytest.approx(0.999375))
+    assert Plan.for_scenario(str(REPO / "scenarios/default.toml"), 20).rounds == 20
+
+
+def test_a_cell_stops_once_every_latency_has_ratios_on_both_sides_of_one() -> None:
+    plan = Plan(rounds=12, confidence=family_confidence(80), comparisons=80)
+    base = {"decode_latency_s": [0.010, 0.010], "attention_latency_s": [0.002, 0.002]}
+    still = {"decode_latency_s": [0.0101, 0.0099], "attention_latency_s": [0.0021, 0.0022]}
+    both_sides = {"decode_latency_s": [0.0101, 0.0099], "attention_latency_s": [0.0021, 0.0019]}
+    assert plan.goes_on({"base": base, "head": still})  # attention could still be slower in every round
+    assert not plan.goes_on({"base": base, "head": both_sides})
+    ok = {"status": "ok", "medians": base}
+    assert not _goes_on(plan, {"base": ok, "head": {"status": "ok", "medians": both_sides}})
+    assert not _goes_on(plan, {"base": ok, "head": {"status": "oom", "medians": {}}})  # failed: no more rounds
+    assert _goes_on(plan, {"base": ok, "head": {"status": "ok"}})  # a server that reports no medians: every round

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.compare.paired import paired_change, round_ratios, rounds_needed
+from harness.compare.paired import can_still_change, family_confidence, paired_change, round_ratios, rounds_needed
 
 
 def test_round_ratios_are_head_over_base_round_by_round() -> None:
@@ -41,3 +41,25 @@ def test_ten_rounds_give_the_second_smallest_and_second_largest_ratio() -> None:
 def test_too_few_rounds_never_count_as_significant() -> None:
     change = paired_change([1.0] * 3, [1.2] * 3, [1.0] * 30, [1.2] * 30)
     assert change.ci_low > 1 and not change.covered and not change.significant
+
+
+def test_the_family_of_a_default_comparison_needs_twelve_rounds() -> None:
+    # 20 cells x 4 latencies: 1 - 0.05/80 = 0.999375; 2 / 2**11 = 0.00098 is too much, 2 / 2**12 = 0.00049 is not
+    assert family_confidence(80) == pytest.approx(0.999375)
+    assert rounds_needed(family_confidence(80)) == 12
+    assert family_confidence(1) == 0.95  # never below the single interval's level
+
+
+def test_a_cell_can_still_change_until_its_ratios_fall_on_both_sides_of_one() -> None:
+    confidence = family_confidence(80)  # 12 rounds, interval [min, max]: k = 0
+    assert can_still_change([1.04, 1.02, 1.09], 12, confidence)
+    assert can_still_change([0.97], 12, confidence)
+    assert not can_still_change([1.04, 0.99], 12, confidence)
+    assert not can_still_change([1.0], 12, confidence)  # a ratio of exactly 1 lies on both sides
+    assert not can_still_change([1.1, 1.2], 3, confidence)  # 3 rounds never reach the confidence
+
+
+def test_with_more_rounds_than_needed_a_cell_may_have_k_ratios_on_the_wrong_side() -> None:
+    # 10 rounds at 95%: the interval is the 2nd smallest to the 2nd largest ratio (k = 1)
+    assert can_still_change([1.1, 0.98, 1.2], 10, 0.95)
+    assert not can_still_change([1.1, 0.98, 0.99, 1.2], 10, 0.95)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import compare
-from harness.ab import DEFAULT_ROUNDS, interleave
+from harness.ab import interleave
 from harness.cli.compare_cmd import parse_alpha
 from harness.cli.run_cmd import default_scenario
+from harness.compare.paired import rounds_needed
 from harness.errors import UserError
 from harness.hardware import resolve_device
 from harness.results.store import write_text_atomic
@@ -33,9 +34,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Check out BASE and HEAD (git revisions; '.' is the working tree with its uncommitted changes) "
             "side by side and measure every cell of SCENARIO at each, round by round, back to back in a random "
             "order, each in a fresh worker running that revision's code. A latency change counts when the median "
-            "of the per-round ratios HEAD/BASE is beyond its threshold and its 95%% interval excludes 1. Writes "
-            "both result files under OUT/base and OUT/head and prints the comparison. Exit codes: 0 no "
-            "regression, 1 regression, 2 bad input."
+            "of the per-round ratios HEAD/BASE is beyond its threshold and its interval excludes 1, at a confidence "
+            "that holds for all the comparison's latencies together (5%% family-wise); a cell stops early once "
+            "none of its latencies can show a change. Writes both result files under OUT/base and OUT/head and "
+            "prints the comparison. Exit codes: 0 no regression, 1 regression, 2 bad input."
         ),
     )
     parser.add_argument("base", metavar="BASE", help="a git revision (branch, tag, commit) or '.' for the working tree")
@@ -46,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=DEFAULT_ROUNDS,
-        help="rounds per cell and revision (default %(default)s, the fewest for a 95%% interval)",
+        default=None,
+        help="the most rounds per cell and revision (default: the fewest whose interval reaches the "
+        "family-wise confidence, 12 for 80 latencies)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="results folder (default %(default)s)")
@@ -73,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     thresholds = compare.parse_thresholds(args.fail_on, defaults=compare.PAIRED_FAIL_ON)
     alpha = parse_alpha(args.alpha)
-    if args.rounds < 2:
+    if args.rounds is not None and args.rounds < 2:
         raise UserError(f"needs at least 2 rounds to pair, got {args.rounds}", source="--rounds")
     device = resolve_device(args.device)
     scenario = args.scenario or default_scenario(device)
@@ -96,6 +99,19 @@ def run(args: argparse.Namespace) -> int:
         return stop.exit_code
     if not args.quiet:
         print(f"\rmeasured in {time.perf_counter() - started:.0f} s".ljust(120), file=sys.stderr)
+    plan = measured.plan
+    stopped = sum(n < plan.rounds for n in measured.rounds_done.values())
+    print(
+        f"rounds: at most {plan.rounds} per cell for {plan.comparisons} latencies at {compare.percent(plan.confidence)}"
+        f" each; {stopped} of {len(measured.rounds_done)} cells stopped early, no change left to show",
+        file=sys.stderr,
+    )
+    if plan.rounds < rounds_needed(plan.confidence):
+        print(
+            f"note: {plan.rounds} rounds cannot reach {compare.percent(plan.confidence)}: no latency can count as "
+            f"a change (give --rounds {rounds_needed(plan.confidence)} or more)",
+            file=sys.stderr,
+        )
     base, head = compare.load_sides(str(measured.base_path), str(measured.head_path))
     comparison = compare.compare_sides(base, head, thresholds, alpha)
     text = compare.render_markdown(comparison, only_changed=args.only_changed)

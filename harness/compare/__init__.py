@@ -31,7 +31,7 @@ from harness.compare.cells import (
     machine_noise,
     run_to_run_noise,
 )
-from harness.compare.comparison import Comparison, compare_sides
+from harness.compare.comparison import Comparison, compare_sides, percent
 from harness.compare.render import format_value, render_markdown, summary_line
 from harness.compare.sides import Side, load_sides
 from harness.compare.thresholds import (
@@ -73,6 +73,7 @@ __all__ = [
     "machine_noise",
     "parse_threshold",
     "parse_thresholds",
+    "percent",
     "render_markdown",
     "run_to_run_noise",
     "summary_line",

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.compare.paired import PairedChange, paired_change
+from harness.compare.paired import PAIRED_CONFIDENCE, PairedChange, paired_change
 from harness.compare.thresholds import LATENCY_METRICS, SCALAR_METRICS, Threshold, Verdict, threshold_for
 from harness.errors import UserError
 from harness.measure.stats import mann_whitney_p
@@ -123,16 +123,20 @@ def latency_change(
 
 
 def paired_latency_change(
-    metric: str, base: Summary, head: Summary, threshold: Threshold, alpha: float
+    metric: str,
+    base: Summary,
+    head: Summary,
+    threshold: Threshold,
+    confidence: float = PAIRED_CONFIDENCE,
 ) -> MetricChange | None:
-    """The change of an interleaved comparison's latency: significant when the median round ratio's 95%
-    interval excludes 1, a change when the median ratio is also beyond the threshold. Mann-Whitney U on
-    the pooled samples is reported, not required: the machine's drift between rounds widens both sides'
-    pooled samples alike and hides from it what the per-round ratios see. None when the two sides do
-    not have the same number of rounds."""
+    """The change of an interleaved comparison's latency: significant when the median round ratio's
+    interval at ``confidence`` excludes 1, a change when the median ratio is also beyond the threshold.
+    Mann-Whitney U on the pooled samples is reported, not required: the machine's drift between rounds
+    widens both sides' pooled samples alike and hides from it what the per-round ratios see. None when
+    the two sides do not have the same number of rounds."""
     if len(base.process_medians) != len(head.process_medians) or len(base.process_medians) < 2:
         return None
-    change = paired_change(base.process_medians, head.process_medians, base.samples, head.samples)
+    change = paired_change(base.process_medians, head.process_medians, base.samples, head.samples, confidence)
     exceeded = threshold.exceeded_by(1.0, change.median_ratio) if threshold.relative else (
         threshold.exceeded_by(base.median, head.median)
     )  # fmt: skip
@@ -164,12 +168,13 @@ def compare_cell(
     thresholds: dict[str, Threshold],
     alpha: float,
     machine: float | None = None,
-    paired: bool = False,
+    paired: float | None = None,
 ) -> CellComparison:
     """Every metric both sides carry for one matched cell (both ``ok``); ``machine``: see machine_noise.
 
-    ``paired`` (the two sides are one interleaved comparison): latencies, and bandwidth through the
-    latency it divides by, are decided on per-round ratios (harness/compare/paired.py).
+    ``paired`` (the two sides are one interleaved comparison: the confidence of its intervals):
+    latencies, and bandwidth through the latency it divides by, are decided on per-round ratios
+    (harness/compare/paired.py).
     """
     assert base.metrics is not None and head.metrics is not None
     changes: list[MetricChange] = []
@@ -177,7 +182,9 @@ def compare_cell(
         base_summary, head_summary = getattr(base.metrics, metric), getattr(head.metrics, metric)
         if base_summary is not None and head_summary is not None:
             threshold = threshold_for(metric, thresholds)
-            change = paired_latency_change(metric, base_summary, head_summary, threshold, alpha) if paired else None
+            change = None
+            if paired is not None:
+                change = paired_latency_change(metric, base_summary, head_summary, threshold, paired)
             changes.append(change or latency_change(metric, base_summary, head_summary, threshold, alpha, machine))
     for metric, larger_is_worse in SCALAR_METRICS.items():
         base_value, head_value = _scalar(base.metrics, metric), _scalar(head.metrics, metric)
@@ -190,8 +197,8 @@ def compare_cell(
         paired_basis = None
         if metric == "bandwidth_gbps":  # derived from a latency median: as noisy as that latency
             basis = [_bandwidth_basis(m) for m in (base.metrics, head.metrics)]
-            if paired and basis[0] is not None and basis[1] is not None:
-                paired_basis = paired_latency_change(metric, basis[0], basis[1], threshold, alpha)
+            if paired is not None and basis[0] is not None and basis[1] is not None:
+                paired_basis = paired_latency_change(metric, basis[0], basis[1], threshold, paired)
             noise = _noise_floor(run_to_run_noise(*(b for b in basis if b is not None)), machine)
             exceeded = exceeded and _beyond_noise(base_value, head_value, noise)
         if paired_basis is not None:  # a slower step is a lower bandwidth: the latency's paired verdict holds

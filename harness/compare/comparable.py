@@ -8,7 +8,8 @@ A difference between two results is the code's only when everything else is equa
   which files written before target ids carried a CPU signature may share.
 - **Settings.** Two runs of a scenario with different models, quick flags or timing settings measure
   different things: all their cells are *not comparable*.
-- **Cells.** A cell unstable on either side is *unstable* (measure it again), one that failed a
+- **Cells.** A cell unstable on either side is *unstable* (measure it again; in an interleaved
+  comparison only a busy host counts, since the pairing cancels drift), one that failed a
   self-check *inconclusive*, and cells measured differently (another backend resolved by ``auto``,
   another SDPA kernel, another timer) *not comparable*.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.measure import stability
 from harness.results.schema import CellResult, RunResult
 
 # Fingerprint fields that decide speed on each kind of device; compared where both sides have them.
@@ -87,19 +89,30 @@ def _timing_of(cell: CellResult) -> tuple[object, ...]:
     return (None, None) if summary is None else (summary.timer, summary.graph_used)
 
 
-def why_not_compared(base: CellResult, head: CellResult) -> tuple[str, str] | None:
+def _unstable_reason(cell: CellResult, paired: bool) -> str | None:
+    """The first reason the cell's numbers did not hold still (harness/measure/stability.py), if any;
+    in an interleaved comparison only the host's own contention counts (the pairing cancels drift)."""
+    if paired:
+        return next(iter(stability.paired_reasons(cell)), None)
+    if cell.unstable and cell.stability is not None and cell.stability.reasons:
+        return cell.stability.reasons[0]
+    return None
+
+
+def why_not_compared(base: CellResult, head: CellResult, paired: bool = False) -> tuple[str, str] | None:
     """(verdict, reason) when two ``ok`` cells must not be compared, else None.
 
-    An unstable cell (its numbers did not hold still: harness/measure/stability.py) is reported as
+    An unstable cell (its numbers did not hold still: harness/measure/stability.py; with ``paired``,
+    the sides of one interleaved comparison, only because its host was busy) is reported as
     ``unstable``, to be measured again; a cell that failed a self-check makes the comparison
     inconclusive (its numbers are suspect); cells measured differently (another backend resolved by
     ``auto``, another SDPA kernel, another timer) are not comparable: a difference between them is the
     method's, not the code's.
     """
     unstable = [
-        f"{side}: {cell.stability.reasons[0]}"
+        f"{side}: {reason}"
         for side, cell in (("base", base), ("head", head))
-        if cell.unstable and cell.stability is not None and cell.stability.reasons
+        if (reason := _unstable_reason(cell, paired)) is not None
     ]
     if unstable:
         return "unstable", f"{'; '.join(unstable)} (measure it again)"

@@ -14,6 +14,7 @@ from harness.compare.cells import (
     machine_noise,
 )
 from harness.compare.comparable import hardware_differences, setting_differences, why_not_compared
+from harness.compare.paired import PAIRED_CONFIDENCE
 from harness.compare.sides import Side
 from harness.compare.thresholds import DEFAULT_ALPHA, Threshold, Verdict, parse_thresholds
 from harness.errors import UserError
@@ -30,6 +31,7 @@ class Comparison:
     skipped: tuple[SkippedCell, ...]
     notes: tuple[str, ...] = field(default=())
     paired: bool = False  # the sides are one interleaved comparison, decided on per-round ratios
+    confidence: float = PAIRED_CONFIDENCE  # paired: each median-ratio interval's confidence
 
     def count(self, verdict: Verdict) -> int:
         return sum(c.verdict == verdict for cell in self.cells for c in cell.changes)
@@ -57,6 +59,18 @@ def is_paired(base: Side, head: Side) -> bool:
     sessions = {(r.pairing.session, r.pairing.role) for r in (*base.results, *head.results) if r.pairing is not None}
     every = all(r.pairing is not None for r in (*base.results, *head.results))
     return every and len({session for session, _ in sessions}) == 1 and len(sessions) == 2
+
+
+def paired_confidence(base: Side, head: Side) -> float:
+    """The confidence an interleaved comparison's intervals were planned for: the strictest its files
+    record, or PAIRED_CONFIDENCE for files that record none."""
+    recorded = [r.pairing.confidence for r in (*base.results, *head.results) if r.pairing is not None]
+    return max((c for c in recorded if c is not None), default=PAIRED_CONFIDENCE)
+
+
+def percent(confidence: float) -> str:
+    """``0.999375`` -> ``"99.94%"``, ``0.95`` -> ``"95%"``."""
+    return f"{confidence * 100:.4g}%"
 
 
 def _scenario_settings(base: Side, head: Side) -> dict[str, str]:
@@ -101,11 +115,13 @@ def compare_sides(
         notes.append(f"hardware differs ({'; '.join(differences)}); compared because --allow-cross-target was given")
     settings = _scenario_settings(base, head)
     paired = is_paired(base, head)
+    confidence = paired_confidence(base, head) if paired else PAIRED_CONFIDENCE
     if paired:
         notes.append(
-            "interleaved comparison: each latency is decided on its per-round ratios HEAD/BASE (the median "
-            "ratio's 95% interval must exclude 1 and the median ratio must pass the threshold; Mann-Whitney U "
-            "on the pooled samples is shown, not required)"
+            f"interleaved comparison: each latency is decided on its per-round ratios HEAD/BASE (the median "
+            f"ratio's {percent(confidence)} interval must exclude 1 and the median ratio must pass the threshold; "
+            "Mann-Whitney U on the pooled samples is shown, not required); a cell stops early once no latency of "
+            "it can show a change, and only a host busy while timing makes a cell unstable"
         )
     thresholds = thresholds if thresholds is not None else parse_thresholds()
     machine = None if paired else machine_noise([*base.results, *head.results])
@@ -125,9 +141,10 @@ def compare_sides(
         excluded = None
         if both_ok and base_cell is not None and head_cell is not None:
             setting = settings.get(scenario)
-            excluded = ("not comparable", setting) if setting else why_not_compared(base_cell, head_cell)
+            excluded = ("not comparable", setting) if setting else why_not_compared(base_cell, head_cell, paired)
         if both_ok and excluded is None and base_cell is not None and head_cell is not None:
-            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine, paired))
+            evidence = confidence if paired else None
+            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine, evidence))
         else:
             skipped.append(
                 SkippedCell(
@@ -138,4 +155,4 @@ def compare_sides(
                     *(excluded or ("", _status_reason(base_cell, head_cell))),
                 )
             )
-    return Comparison(base, head, thresholds, alpha, tuple(compared), tuple(skipped), tuple(notes), paired)
+    return Comparison(base, head, thresholds, alpha, tuple(compared), tuple(skipped), tuple(notes), paired, confidence)

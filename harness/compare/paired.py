@@ -13,6 +13,16 @@ it. Per cell and latency metric:
   required: the drift between rounds widens both sides' pooled samples alike, which hides from it a
   change every round's ratio shows.
 
+One comparison decides many latencies at once (the default scenario: 20 cells x 4 latencies), and at
+95% each a symmetric A/A comparison would still flag one of them in about every other run. ``attnbench
+ab`` therefore asks each interval for ``1 - FAMILY_ALPHA / m`` over its ``m`` latency comparisons
+(Bonferroni): at most a 5% chance that an unchanged revision shows any change. At 80 comparisons that
+is 99.94%, which 12 rounds reach (the interval is then the smallest and largest ratio: a change needs
+every round to agree). A cell stops early once no latency of it can reach that any more, whatever
+later rounds bring (:func:`can_still_change`): on an unchanged revision most cells stop after 2 to 4
+rounds, and a changed one runs all of them. Stopping only for futility keeps the error bound: a
+change is never declared before the last round.
+
 Every number here is a plain function of the rounds, so it can be recomputed from the two result files.
 """
 
@@ -24,8 +34,11 @@ from dataclasses import dataclass
 
 from harness.measure.stats import mann_whitney_p, median_ci, median_ci_indices
 
-# The median ratio's interval: a change is significant when it excludes 1 at this level.
+# The median ratio's interval: a change is significant when it excludes 1 at this level (for files
+# that do not record their own: harness.results.schema.Pairing.confidence).
 PAIRED_CONFIDENCE = 0.95
+# The chance that an unchanged revision shows any latency change in one interleaved comparison.
+FAMILY_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -82,3 +95,25 @@ def rounds_needed(confidence: float = PAIRED_CONFIDENCE) -> int:
     while median_ci_indices(n, confidence) is None:
         n += 1
     return n
+
+
+def family_confidence(tests: int, family_alpha: float = FAMILY_ALPHA) -> float:
+    """Each interval's confidence so that ``tests`` of them together err with at most ``family_alpha``
+    (Bonferroni), never below PAIRED_CONFIDENCE."""
+    if tests < 1:
+        raise ValueError(f"need at least one comparison, got {tests}")
+    return max(PAIRED_CONFIDENCE, round(1 - family_alpha / tests, 12))
+
+
+def can_still_change(ratios: Sequence[float], rounds: int, confidence: float) -> bool:
+    """Whether ``rounds`` ratios, of which ``ratios`` are the first, could still give an interval
+    excluding 1: the interval of ``rounds`` ratios runs from the (k+1)-th smallest to the (k+1)-th
+    largest (harness/measure/stats.py), so it lies above 1 only while at most k ratios are <= 1, and
+    below 1 only while at most k are >= 1. False when ``rounds`` can never reach ``confidence``."""
+    indices = median_ci_indices(rounds, confidence)
+    if indices is None:
+        return False
+    k = indices[0]
+    at_or_below = sum(r <= 1.0 for r in ratios)
+    at_or_above = sum(r >= 1.0 for r in ratios)
+    return at_or_below <= k or at_or_above <= k

@@ -7,7 +7,7 @@ import math
 from tabulate import tabulate
 
 from harness.compare.cells import MetricChange
-from harness.compare.comparison import Comparison
+from harness.compare.comparison import Comparison, percent
 from harness.compare.sides import Side
 from harness.compare.thresholds import LATENCY_METRICS
 from harness.units import format_bytes
@@ -59,7 +59,8 @@ def _evidence(change: MetricChange) -> str:
     """The noise a change had to exceed, or for an interleaved comparison its median round ratio and interval."""
     if change.paired is not None:
         p = change.paired
-        return f"×{p.median_ratio:.3f} [{p.ci_low:.3f}, {p.ci_high:.3f}]"
+        shown = f"×{p.median_ratio:.3f} [{p.ci_low:.3f}, {p.ci_high:.3f}]"
+        return shown if p.covered else f"{shown}, {len(p.ratios)} rounds"  # too few for the confidence: min, max
     return "" if change.noise is None else f"±{change.noise:.1%}"
 
 
@@ -73,7 +74,7 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
         _side_line("head", comparison.head),
         f"- gates: {thresholds}; latency also needs "
         + (
-            "a median round ratio HEAD/BASE whose 95% interval excludes 1"
+            f"a median round ratio HEAD/BASE whose {percent(comparison.confidence)} interval excludes 1"
             if comparison.paired
             else f"Mann-Whitney U p < {comparison.alpha:g} (two-sided) and, where cells were measured in several "
             "rounds, a change beyond their run-to-run noise"
@@ -88,7 +89,7 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
         "head",
         "change",
         "p-value",
-        "ratio (95% CI)" if paired else "noise",
+        f"ratio ({percent(comparison.confidence)} CI)" if paired else "noise",
         "verdict",
     ]
     scenarios = dict.fromkeys(cell.scenario for cell in comparison.cells)

@@ -19,6 +19,14 @@ few percent, p10-p90 widths of 2-10%, and other processes below 5% of a core; a 
 whole core and widths of several times the median. Consumers: the report marks and lists unstable
 cells, the claims check calls claims resting on them inconclusive, compare reports them as
 ``unstable`` instead of a change, and ``attnbench run --resume --rerun-unstable`` measures them again.
+
+An interleaved comparison (``attnbench ab``) pairs each round of BASE with a round of HEAD taken
+moments apart, and decides on the per-round ratios (harness/compare/paired.py): the drift between
+rounds (rule 1) and within them (rule 2) moves both sides of a round alike, and ratios that still
+disagree widen the median ratio's interval until it no longer excludes 1. There only rule 3, what
+was measured of the host itself, makes a cell unstable (:func:`paired_reasons`). On a shared VM
+whose neighbours drift by 10-50% from one round to the next, that is the difference between
+comparing nothing and comparing every cell.
 """
 
 from __future__ import annotations
@@ -84,7 +92,8 @@ def _spread(metric: str, summary: Summary, typical: float | None) -> str | None:
     )
 
 
-def _contention(cell: CellResult) -> list[str]:
+def contention_reasons(cell: CellResult) -> list[str]:
+    """Rule 3: the host (or the GPU) busy with other work while the cell was timed, in any round."""
     reasons = []
     busiest = max(cell.host_load, key=lambda load: load.other_cores, default=None)
     if busiest is not None and busiest.other_cores > CONTENDED_CORES:
@@ -124,7 +133,7 @@ def assess_cell(cell: CellResult, typical: dict[str, float]) -> Stability:
             for reason in (_round_disagreement(metric, summary), _spread(metric, summary, typical.get(metric))):
                 if reason is not None:
                     reasons.append(reason)
-    reasons += _contention(cell)
+    reasons += contention_reasons(cell)
     return Stability(unstable=bool(reasons), reasons=reasons)
 
 
@@ -134,3 +143,9 @@ def assess_run(result: RunResult) -> None:
     for index, cell in enumerate(result.cells):
         if cell.status == "ok":
             result.cells[index] = cell.model_copy(update={"stability": assess_cell(cell, typical)})
+
+
+def paired_reasons(cell: CellResult) -> list[str]:
+    """Why a cell of an interleaved comparison is unstable: rule 3 alone (module doc); the pairing
+    cancels what rules 1 and 2 see."""
+    return contention_reasons(cell)

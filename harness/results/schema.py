@@ -291,7 +291,10 @@ class Pairing(_Model):
     dirty: bool  # the working tree with uncommitted changes
     partner_revision: str
     partner_commit: str | None
-    rounds: Size
+    rounds: Size  # the most rounds a cell gets (a cell stops early once no latency of it can change)
+    # the confidence of each latency's median-ratio interval (family-wise over the comparison's latencies:
+    # harness/compare/paired.py); None in files written before it was recorded, which were read at 95%
+    confidence: float | None = Field(None, gt=0, lt=1)
     # per cell label ("H64-MHA b1 ctx512 float32 sdpa"): which side went first in each round, e.g. "BA AB AB BA"
     orders: dict[str, str] = {}
 
