@@ -21,6 +21,7 @@ folders) later gives the same verdicts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -51,10 +52,13 @@ class ServedRevision:
     revision: Revision
     process: subprocess.Popen[str]
     features: frozenset[str] = frozenset()  # what this revision's server offers beyond the protocol
+    finished: bool = False  # it answered 'finish' and is closing its workers on its way out
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
         self.send(request)
-        return self.receive(request["op"])
+        answer = self.receive(request["op"])
+        self.finished = request["op"] == "finish"
+        return answer
 
     def send(self, request: dict[str, Any]) -> None:
         assert self.process.stdin is not None
@@ -77,6 +81,14 @@ class ServedRevision:
     def label(self) -> str:
         return f"{self.role} {self.revision.label}"
 
+    def greet(self) -> None:
+        """Read the answer to the 'hello' that :func:`serve` sent: the protocol and features it speaks."""
+        hello = self.receive("hello")
+        protocol = hello.get("protocol")
+        if protocol != PROTOCOL:
+            raise UserError(f"its runner speaks protocol {protocol}, this attnbench {PROTOCOL}", source=self.label)
+        self.features = frozenset(hello.get("features") or ())
+
 
 @contextmanager
 def serve(role: str, revision: Revision) -> Iterator[ServedRevision]:
@@ -93,13 +105,12 @@ def serve(role: str, revision: Revision) -> Iterator[ServedRevision]:
     )
     served = ServedRevision(role, revision, process)
     try:
-        hello = served.ask({"op": "hello"})
-        protocol = hello.get("protocol")
-        if protocol != PROTOCOL:
-            raise UserError(f"its runner speaks protocol {protocol}, this attnbench {PROTOCOL}", source=served.label)
-        served.features = frozenset(hello.get("features") or ())
+        served.send({"op": "hello"})  # answered by greet(): two servers start at once
         yield served
     finally:
+        if served.finished:  # let it close its workers and exit by itself rather than stop it half-way
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=60)
         if process.poll() is None:
             process.terminate()
             try:
@@ -148,7 +159,10 @@ class Plan:
 
     def goes_on(self, medians: dict[str, dict[str, list[float]]]) -> bool:
         """Whether a cell with these per-round medians (``{"base"|"head": {metric: [...]}}``) could still
-        show a change in some latency by its last round (harness/compare/paired.py)."""
+        show a change in some latency by its last round (harness/compare/paired.py). With fewer rounds
+        than the confidence needs no latency can change at all: the rounds asked are all measured."""
+        if self.rounds < rounds_needed(self.confidence):
+            return True
         base, head = medians.get("base", {}), medians.get("head", {})
         shared = [m for m in base if m in head and len(base[m]) == len(head[m]) and base[m]]
         return any(can_still_change(round_ratios(base[m], head[m]), self.rounds, self.confidence) for m in shared)
@@ -190,6 +204,8 @@ def interleave(
             "base": stack.enter_context(serve("base", base)),
             "head": stack.enter_context(serve("head", head)),
         }
+        for side in sides.values():
+            side.greet()
         for role, side in sides.items():
             partner = head if role == "base" else base
             pairing: dict[str, Any] = {

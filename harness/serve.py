@@ -132,8 +132,11 @@ def main() -> None:
     answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    with stop_signals():
-        code = serve(sys.stdin, answers)
+    try:
+        with stop_signals():
+            code = serve(sys.stdin, answers)
+    except Interrupted as stop:  # a stop that came after the last answer: nothing left to record
+        code = stop.exit_code
     sys.exit(code)
 
 

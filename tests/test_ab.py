@@ -200,3 +200,9 @@ def test_a_cell_stops_once_every_latency_has_ratios_on_both_sides_of_one() -> No
     assert not _goes_on(plan, {"base": ok, "head": {"status": "ok", "medians": both_sides}})
     assert not _goes_on(plan, {"base": ok, "head": {"status": "oom", "medians": {}}})  # failed: no more rounds
     assert _goes_on(plan, {"base": ok, "head": {"status": "ok"}})  # a server that reports no medians: every round
+
+
+def test_rounds_too_few_for_the_confidence_are_all_measured() -> None:
+    unchanged = {"base": {"decode_latency_s": [0.010]}, "head": {"decode_latency_s": [0.010]}}  # ratio 1
+    assert not Plan(rounds=7, confidence=family_confidence(2), comparisons=2).goes_on(unchanged)
+    assert Plan(rounds=2, confidence=family_confidence(2), comparisons=2).goes_on(unchanged)  # 7 needed
