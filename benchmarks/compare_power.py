@@ -129,9 +129,11 @@ def hog(clone: Path, out: Path) -> dict[str, Any]:
         time.sleep(0.5)
         files = list(out.rglob("*.json"))
         measured = 0
-        if files:
-            data = json.loads(files[0].read_text())
-            measured = sum(cell.get("rounds_done", 1) for cell in data["cells"])
+        try:  # the run claims its file empty before the first save
+            data = json.loads(files[0].read_text()) if files else {"cells": []}
+        except ValueError:
+            data = {"cells": []}
+        measured = sum(cell.get("rounds_done", 1) for cell in data["cells"])
         if spinner is None and measured >= cells * rounds // 2:
             spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     if spinner is not None:
@@ -169,24 +171,33 @@ def main() -> int:
     args = parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     figures: dict[str, Any] = {"aa": [], "sequential": [], "slowdowns": {}, "hog": None}
+
+    def save() -> None:  # after every experiment: a stop loses at most the one under way
+        Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="attnbench-power-") as scratch:
         clone = Path(scratch) / "clone"
         sh(["git", "clone", "-q", "--shared", str(repo), str(clone)], repo)
         env_note = sh(["git", "rev-parse", "--short", "HEAD"], clone).stdout.strip()
+        figures["commit"] = env_note
         for i in range(args.aa):
             figures["aa"].append(ab(clone, "HEAD", "HEAD", Path(scratch) / f"aa{i}", args.rounds))
-            print(f"A/A {i + 1}/{args.aa}: {figures['aa'][-1]['summary']}", file=sys.stderr)
+            print(
+                f"A/A {i + 1}/{args.aa}: {figures['aa'][-1]['summary']} {figures['aa'][-1]['rounds']}", file=sys.stderr
+            )
+            save()
         for i in range(args.sequential):
             figures["sequential"].append(sequential(clone, Path(scratch) / f"seq{i}"))
             print(f"sequential {i + 1}/{args.sequential}: {figures['sequential'][-1]['summary']}", file=sys.stderr)
+            save()
         for percent in (int(p) for p in args.slowdowns.split(",") if p):
             commit = slowed_commit(clone, percent)
             figures["slowdowns"][percent] = ab(clone, "HEAD", commit, Path(scratch) / f"slow{percent}", args.rounds)
             print(f"slowdown {percent}%: {figures['slowdowns'][percent]['summary']}", file=sys.stderr)
+            save()
         if not args.no_hog:
             figures["hog"] = hog(clone, Path(scratch) / "hog")
-    figures["commit"] = env_note
-    Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
+    save()
     rows = []
     if figures["aa"]:
         walls = sorted(r["wall_s"] for r in figures["aa"])
