@@ -158,6 +158,38 @@ def hog(clone: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def summary_table(figures: dict[str, Any]) -> str:
+    """The figures as one markdown table (also from a saved file: ``--render FILE``)."""
+    rows = []
+    if figures["aa"]:
+        walls = sorted(r["wall_s"] for r in figures["aa"])
+        unstable = sum(r.get("unstable_cells", 0) for r in figures["aa"])
+        rows.append(["interleaved A/A", f"{sum(r['exit'] == 1 for r in figures['aa'])} of {len(figures['aa'])} exit 1",
+                     f"wall {walls[len(walls) // 2]:.0f} s median, {walls[0]:.0f}-{walls[-1]:.0f} s; "
+                     f"{unstable} unstable cells in all"])  # fmt: skip
+    if figures["sequential"]:
+        rows.append(
+            [
+                "sequential A/A",
+                f"{sum(r['exit'] == 1 for r in figures['sequential'])} of {len(figures['sequential'])} exit 1",
+                "",
+            ]
+        )
+    for percent, r in figures["slowdowns"].items():
+        rows.append(
+            [
+                f"{percent}% slower decode, interleaved",
+                f"exit {r['exit']}",
+                f"decode latency flagged in {r['decode_flagged']} of {r['cells']} cells; wall {r['wall_s']:.0f} s",
+            ]
+        )
+    if figures["hog"]:
+        h = figures["hog"]
+        rows.append(["CPU hog from halfway", f"{len(h['unstable_cells'])} of {h['cells']} cells unstable",
+                     f"claims: {h['claims_inconclusive']} inconclusive, {h['claims_holds']} hold"])  # fmt: skip
+    return tabulate(rows, headers=["experiment", "outcome", "detail"], tablefmt="github")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--aa", type=int, default=20, help="interleaved A/A comparisons (default %(default)s)")
@@ -168,7 +200,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None, help="the most rounds per cell (default: attnbench ab's)")
     parser.add_argument("--no-hog", action="store_true", help="skip the CPU-hog run")
     parser.add_argument("--out", default="compare-power.json", help="where to write every figure (JSON)")
+    parser.add_argument("--render", metavar="FILE", help="print the table of a saved figures file; measure nothing")
     args = parser.parse_args()
+    if args.render:
+        print(summary_table(json.loads(Path(args.render).read_text())))
+        return 0
     repo = Path(__file__).resolve().parents[1]
     figures: dict[str, Any] = {"aa": [], "sequential": [], "slowdowns": {}, "hog": None}
 
@@ -198,33 +234,8 @@ def main() -> int:
         if not args.no_hog:
             figures["hog"] = hog(clone, Path(scratch) / "hog")
     save()
-    rows = []
-    if figures["aa"]:
-        walls = sorted(r["wall_s"] for r in figures["aa"])
-        rows.append(["interleaved A/A", f"{sum(r['exit'] == 1 for r in figures['aa'])} of {len(figures['aa'])} exit 1",
-                     f"wall {walls[len(walls) // 2]:.0f} s median, {walls[-1]:.0f} s max"])  # fmt: skip
-    if figures["sequential"]:
-        rows.append(
-            [
-                "sequential A/A",
-                f"{sum(r['exit'] == 1 for r in figures['sequential'])} of {len(figures['sequential'])} exit 1",
-                "",
-            ]
-        )
-    for percent, r in figures["slowdowns"].items():
-        rows.append(
-            [
-                f"{percent}% slower decode, interleaved",
-                f"exit {r['exit']}",
-                f"decode latency flagged in {r['decode_flagged']} of {r['cells']} cells",
-            ]
-        )
-    if figures["hog"]:
-        h = figures["hog"]
-        rows.append(["CPU hog from halfway", f"{len(h['unstable_cells'])} of {h['cells']} cells unstable",
-                     f"claims: {h['claims_inconclusive']} inconclusive, {h['claims_holds']} hold"])  # fmt: skip
-    print(tabulate(rows, headers=["experiment", "outcome", "detail"], tablefmt="github"))
-    print(f"\ncommit {env_note}; every figure in {args.out}")
+    print(summary_table(figures))
+    print(f"\ncommit {figures['commit']}; every figure in {args.out}")
     return 0
 
 
