@@ -53,6 +53,7 @@ def test_cpu_probe_reports_positive_read_and_copy_bandwidth() -> None:
     assert peak.read_gbps > 0 and peak.copy_gbps > 0
     assert peak.buffer_bytes == 16 * MiB
     assert peak.vendor_gbps is None
+    assert peak.host_other_cores is None or peak.host_other_cores >= 0  # None where /proc/stat is unreadable
 
 
 def test_measured_peak_is_the_higher_of_read_and_copy() -> None:
@@ -102,6 +103,31 @@ def test_a_gpu_peak_near_the_vendor_figure_is_cached_without_a_warning(tmp_path:
     peak = load_or_measure_peak("nvidia-x", "cuda", tmp_path, env=ENV, measure=fixed_probe(4300.0, 4800.0))
     assert peak.warning is None
     assert json.loads(peak_cache_path("nvidia-x", tmp_path).read_text())["peak"]["read_gbps"] == 4300.0
+
+
+def contended_probe(other_cores: float | None) -> Any:
+    def probe(device: str, env: dict[str, Any]) -> PeakBandwidth:
+        return PeakBandwidth(
+            read_gbps=5.1, copy_gbps=4.0, vendor_gbps=None, buffer_bytes=4096, method="", host_other_cores=other_cores
+        )
+
+    return probe
+
+
+def test_a_cpu_peak_probed_while_other_work_took_a_core_is_returned_with_a_warning_and_not_cached(
+    tmp_path: Path,
+) -> None:
+    peak = load_or_measure_peak("cpu-test-2c", "cpu", tmp_path, env=ENV, measure=contended_probe(0.93))
+    assert peak.warning is not None and peak.warning.startswith("other work took 0.93 cores while the probe ran")
+    assert not peak_cache_path("cpu-test-2c", tmp_path).exists()
+
+
+@pytest.mark.parametrize("other_cores", [0.02, None])
+def test_a_cpu_peak_probed_on_a_quiet_host_or_where_load_is_unknown_is_cached(
+    tmp_path: Path, other_cores: float | None
+) -> None:
+    peak = load_or_measure_peak("cpu-test-2c", "cpu", tmp_path, env=ENV, measure=contended_probe(other_cores))
+    assert peak.warning is None and peak_cache_path("cpu-test-2c", tmp_path).exists()
 
 
 def test_every_probe_warms_up_for_at_least_the_warmup_time_before_its_repeats(

@@ -15,7 +15,10 @@ else ``$XDG_CACHE_HOME/attnbench``, else ``~/.cache/attnbench``) and reused whil
 fingerprint fields in :data:`PEAK_CACHE_KEYS` are unchanged. A GPU peak below
 ``VENDOR_FLOOR`` of the vendor's figure is reported with a warning and not cached: a healthy
 HBM copy reaches 85-95% of it, so such a probe met a busy, throttled or misconfigured device, and
-caching it would inflate every later fraction.
+caching it would inflate every later fraction. CPUs have no vendor figure to hold the probe to;
+there the kernel's accounting is: a CPU probe during which other processes and the hypervisor
+(steal) took more than ``CONTENDED_CORES`` of a core on average (harness/measure/hostload.py, the
+same rule that makes a cell unstable) is reported with a warning and not cached either.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.hardware import fingerprint, is_cuda, last_level_cache_bytes
+from harness.measure.hostload import HostLoadMeter
+from harness.measure.stability import CONTENDED_CORES
+from harness.results.schema import HostLoad
 from harness.results.store import write_text_atomic
 
 CPU_MIN_BUFFER_BYTES = 256 * 2**20
@@ -72,6 +78,7 @@ class PeakBandwidth(BaseModel):
     buffer_bytes: int  # size of one probe buffer
     method: str  # how it was measured, in words
     warning: str | None = None  # why this peak is not trusted (and was not cached), when it is not
+    host_other_cores: float | None = None  # CPU probe: cores other work took meanwhile (None: unknown)
 
     @property
     def measured_gbps(self) -> float:
@@ -156,8 +163,9 @@ def measure_peak_cpu(buffer_bytes: int | None = None, repeats: int = CPU_REPEATS
         src = torch.ones(n, dtype=torch.float32)  # ones, not empty: every page is touched before timing
         dst = torch.zeros(n, dtype=torch.float32)
         dst.copy_(src)  # first touch of the copy path out of the timed region
-        read_s = min(_best_seconds(probe, repeats) for probe in _read_probes(src).values())
-        copy_s = _best_seconds(lambda: dst.copy_(src), repeats)
+        with HostLoadMeter() as load:
+            read_s = min(_best_seconds(probe, repeats) for probe in _read_probes(src).values())
+            copy_s = _best_seconds(lambda: dst.copy_(src), repeats)
         threads = torch.get_num_threads()
     nbytes = n * 4
     return PeakBandwidth(
@@ -169,6 +177,7 @@ def measure_peak_cpu(buffer_bytes: int | None = None, repeats: int = CPU_REPEATS
             f"cpu: torch float32 sum and mv, the faster (read), and copy_ (read+write counted) "
             f"over {nbytes}-byte buffers, perf_counter, best of {repeats}, {threads} threads"
         ),
+        host_other_cores=None if load.result is None else HostLoad.model_validate(load.result).other_cores,
     )
 
 
@@ -262,7 +271,7 @@ def load_or_measure_peak(
         if cached is not None:
             return cached
     peak = measure(device, env)
-    warning = vendor_warning(peak)
+    warning = vendor_warning(peak) or contention_warning(peak)
     if warning is not None:
         return peak.model_copy(update={"warning": warning})
     record = {
@@ -282,6 +291,17 @@ def vendor_warning(peak: PeakBandwidth) -> str | None:
         f"measured peak {peak.measured_gbps:.0f} GB/s is below {VENDOR_FLOOR:.0%} of the vendor's "
         f"{peak.vendor_gbps:.0f} GB/s (a busy, throttled or misconfigured device?); not cached, and every "
         "bandwidth fraction of this run divides by it"
+    )
+
+
+def contention_warning(peak: PeakBandwidth) -> str | None:
+    """Why a CPU peak measured while the host was busy is not trusted; None when it was quiet (or unknown)."""
+    if peak.host_other_cores is None or peak.host_other_cores <= CONTENDED_CORES:
+        return None
+    return (
+        f"other work took {peak.host_other_cores:.2f} cores while the probe ran (more than {CONTENDED_CORES:g}); "
+        f"measured {peak.measured_gbps:.1f} GB/s, not cached, and every bandwidth fraction of this run divides by "
+        "it: `attnbench hw --probe --save` on a quiet host"
     )
 
 
