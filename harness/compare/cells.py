@@ -168,13 +168,13 @@ def compare_cell(
     thresholds: dict[str, Threshold],
     alpha: float,
     machine: float | None = None,
-    paired: float | None = None,
+    paired_confidence: float | None = None,
 ) -> CellComparison:
     """Every metric both sides carry for one matched cell (both ``ok``); ``machine``: see machine_noise.
 
-    ``paired`` (the two sides are one interleaved comparison: the confidence of its intervals):
-    latencies, and bandwidth through the latency it divides by, are decided on per-round ratios
-    (harness/compare/paired.py).
+    ``paired_confidence`` (the two sides are one interleaved comparison whose intervals are asked for
+    this confidence): latencies, and bandwidth through the latency it divides by, are decided on
+    per-round ratios (harness/compare/paired.py).
     """
     assert base.metrics is not None and head.metrics is not None
     changes: list[MetricChange] = []
@@ -183,8 +183,8 @@ def compare_cell(
         if base_summary is not None and head_summary is not None:
             threshold = threshold_for(metric, thresholds)
             change = None
-            if paired is not None:
-                change = paired_latency_change(metric, base_summary, head_summary, threshold, paired)
+            if paired_confidence is not None:
+                change = paired_latency_change(metric, base_summary, head_summary, threshold, paired_confidence)
             changes.append(change or latency_change(metric, base_summary, head_summary, threshold, alpha, machine))
     for metric, larger_is_worse in SCALAR_METRICS.items():
         base_value, head_value = _scalar(base.metrics, metric), _scalar(head.metrics, metric)
@@ -197,8 +197,8 @@ def compare_cell(
         paired_basis = None
         if metric == "bandwidth_gbps":  # derived from a latency median: as noisy as that latency
             basis = [_bandwidth_basis(m) for m in (base.metrics, head.metrics)]
-            if paired is not None and basis[0] is not None and basis[1] is not None:
-                paired_basis = paired_latency_change(metric, basis[0], basis[1], threshold, paired)
+            if paired_confidence is not None and basis[0] is not None and basis[1] is not None:
+                paired_basis = paired_latency_change(metric, basis[0], basis[1], threshold, paired_confidence)
             noise = _noise_floor(run_to_run_noise(*(b for b in basis if b is not None)), machine)
             exceeded = exceeded and _beyond_noise(base_value, head_value, noise)
         if paired_basis is not None:  # a slower step is a lower bandwidth: the latency's paired verdict holds

@@ -143,8 +143,8 @@ def compare_sides(
             setting = settings.get(scenario)
             excluded = ("not comparable", setting) if setting else why_not_compared(base_cell, head_cell, paired)
         if both_ok and excluded is None and base_cell is not None and head_cell is not None:
-            evidence = confidence if paired else None
-            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine, evidence))
+            decided_at = confidence if paired else None
+            compared.append(compare_cell(scenario, base_cell, head_cell, thresholds, alpha, machine, decided_at))
         else:
             skipped.append(
                 SkippedCell(
