@@ -60,9 +60,18 @@ def environment(cache_dir: Path) -> dict[str, str]:
     return env
 
 
+def _default_stop_signals() -> None:
+    """In the child before exec: SIGINT and SIGHUP as a terminal's foreground job has them. Started from
+    a background shell job (``pytest ... &``) the suite inherits SIGINT ignored, and harness/signals.py
+    rightly keeps a signal ignored at start ignored: the Ctrl-C tests would then test nohup."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start(args: list[str], cache_dir: Path, prefix: tuple[str, ...] = (), **popen: Any) -> subprocess.Popen[str]:
     """``python -m harness ARGS`` in a new session (its pid is its process group's id), run by the
-    command ``prefix`` when one is given."""
+    command ``prefix`` when one is given, with the stop signals at their defaults."""
+    popen.setdefault("preexec_fn", _default_stop_signals)
     return subprocess.Popen(
         [*prefix, sys.executable, "-m", "harness", *args],
         cwd=REPO,
