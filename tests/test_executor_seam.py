@@ -12,31 +12,13 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from helpers_results import DEFAULT_ENVIRONMENT, make_cell
+from helpers_tiny import tiny_scenario
 
 from harness.execute.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo
 from harness.results.store import load_result, result_files
 from harness.runner import Runner, RunOptions
 
-TINY = """
-name = "tiny"
-[model]
-d_model = 64
-n_layers = 4
-d_ff = 128
-vocab_size = 97
-dtype = "float32"
-[[variant]]
-name = "H16-MHA"
-[[variant]]
-name = "H16-MQA-CLA2"
-[sweep]
-batch_size = [1, 2]
-context_len = [32]
-backend = ["sdpa"]
-[measure]
-metrics = ["decode"]
-rounds = 2
-"""
+TINY = tiny_scenario(measure='metrics = ["decode"]\nrounds = 2\n')
 
 NODES = {
     "H16-MHA": NodeInfo("gpu-a-80gb", {**DEFAULT_ENVIRONMENT, "target": "gpu-a-80gb"}, 2000.0),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers_results import make_cell, make_run
+from helpers_tiny import tiny_scenario
 
 from harness.cli import main
 from harness.results.merge import merge_results, missing_shards
@@ -135,31 +136,7 @@ def test_merging_again_never_overwrites_the_first_merged_file(tmp_path: Path, me
 
 # --- end to end: two shards of a tiny scenario and their merge give the cells of a whole run -----------
 
-TINY = """
-name = "tiny"
-[model]
-d_model = 64
-n_layers = 4
-d_ff = 128
-vocab_size = 97
-dtype = "float32"
-[[variant]]
-name = "H16-MHA"
-[[variant]]
-name = "H16-MQA-CLA2"
-[[variant]]
-name = "H16-GQA2"
-[sweep]
-batch_size = [1, 2]
-context_len = [32]
-backend = ["sdpa"]
-[measure]
-metrics = ["decode"]
-warmup_s = 0.01
-min_time_s = 0.01
-min_samples = 5
-max_samples = 10
-"""
+TINY = tiny_scenario(("H16-MHA", "H16-MQA-CLA2", "H16-GQA2"))
 
 
 def test_two_shards_and_their_merge_give_the_cells_of_a_whole_run(

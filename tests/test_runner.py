@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers_tiny import FAST_TIMING, tiny_scenario
 
 from harness.cli import main
 from harness.errors import UserError
@@ -14,29 +15,7 @@ from harness.results.schema import RunResult
 from harness.results.store import load_result
 from harness.runner import Runner, RunOptions, RunProgress
 
-TINY = """
-name = "tiny"
-[model]
-d_model = 64
-n_layers = 4
-d_ff = 128
-vocab_size = 97
-dtype = "float32"
-[[variant]]
-name = "H16-MHA"
-[[variant]]
-name = "H16-MQA-CLA2"
-[sweep]
-batch_size = [1, 2]
-context_len = [32]
-backend = ["sdpa"]
-[measure]
-memory_budget = "{budget}"
-warmup_s = 0.01
-min_time_s = 0.01
-min_samples = 5
-max_samples = 10
-"""
+TINY = tiny_scenario(measure='memory_budget = "{budget}"\n' + FAST_TIMING)
 
 
 @pytest.fixture(autouse=True)
