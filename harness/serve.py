@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from harness.compare.thresholds import LATENCY_METRICS
 from harness.errors import UserError
 from harness.results.schema import CellResult, Pairing
 from harness.runner import Runner, RunOptions
@@ -40,14 +41,11 @@ PROTOCOL = 1
 FEATURES = ("confidence", "medians")
 
 
-LATENCIES = ("decode_latency_s", "attention_latency_s", "decode_latency_cold_s", "attention_latency_cold_s")
-
-
 def round_medians(cell: CellResult) -> dict[str, list[float]]:
     """Each latency's median per round so far (none for a cell that is not ``ok``)."""
     if cell.status != "ok" or cell.metrics is None:
         return {}
-    summaries = {name: getattr(cell.metrics, name) for name in LATENCIES}
+    summaries = {name: getattr(cell.metrics, name) for name in LATENCY_METRICS}
     return {name: list(summary.process_medians) for name, summary in summaries.items() if summary is not None}
 
 
