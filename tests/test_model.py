@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import harness.model.attention as attention_module
 from harness.accounting import cache_len, kv_cache_bytes, param_counts
 from harness.model import Decoder, available_backends, build_decoder
+from harness.model.decoder import SYNTHETIC_WEIGHTS
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant, sharing_map
 
@@ -239,10 +240,41 @@ def test_zeroed_weights_take_the_same_memory_as_random_ones() -> None:
     spec = ModelSpec(d_model=64, n_layers=2, d_ff=128, vocab_size=97, dtype="float32")
     variant = Variant("H16-MQA", 16, 4, 1, sharing_map(2, 1))
     random = build_decoder(spec, variant, dtype="float32", device="cpu")
-    zeroed = build_decoder(spec, variant, dtype="float32", device="cpu", random_weights=False)
+    zeroed = build_decoder(spec, variant, dtype="float32", device="cpu", weights="zeros")
     assert [p.shape for p in random.parameters()] == [p.shape for p in zeroed.parameters()]
     assert all(p.count_nonzero() == 0 for p in zeroed.parameters())
     assert any(p.count_nonzero() > 0 for p in random.parameters())
+
+
+def test_synthetic_weights_draw_a_block_per_tensor_and_repeat_it() -> None:
+    spec = ModelSpec(d_model=128, n_layers=2, d_ff=384, vocab_size=97, dtype="float32")
+    variant = Variant("H32-MQA", 32, 4, 1, sharing_map(2, 1))
+    synthetic = build_decoder(spec, variant, dtype="float32", device="cpu", weights="synthetic", seed=3)
+    again = build_decoder(spec, variant, dtype="float32", device="cpu", weights="synthetic", seed=3)
+    for (name, p), q in zip(synthetic.named_parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q), name  # deterministic from the seed
+        flat = p.detach().view(-1)
+        if "norm" in name:
+            assert torch.equal(flat, torch.ones_like(flat)), name
+            continue
+        assert flat.count_nonzero() == flat.numel(), name  # every value written
+        block = flat[:SYNTHETIC_WEIGHTS]
+        assert abs(block.std().item() - 0.02) < 0.002 and abs(block.mean().item()) < 0.002, name
+        for start in range(SYNTHETIC_WEIGHTS, flat.numel(), SYNTHETIC_WEIGHTS):
+            rest = flat[start : start + SYNTHETIC_WEIGHTS]
+            assert torch.equal(rest, block[: rest.numel()]), name
+    ff = synthetic.layers[0].feed_forward.w3.weight  # 384 x 128: three blocks
+    assert ff.numel() > 2 * SYNTHETIC_WEIGHTS
+    tokens = torch.tensor([[5]])
+    cache = synthetic.allocate_cache(1, 8)
+    assert torch.isfinite(synthetic.decode_step(tokens, cache, 0)).all()
+
+
+def test_an_unknown_weight_fill_is_refused() -> None:
+    spec = ModelSpec(d_model=64, n_layers=2, d_ff=128, vocab_size=97, dtype="float32")
+    variant = Variant("H16-MQA", 16, 4, 1, sharing_map(2, 1))
+    with pytest.raises(ValueError, match="weights must be"):
+        build_decoder(spec, variant, dtype="float32", device="cpu", weights="ones")  # type: ignore[arg-type]
 
 
 class _OpCounter(TorchDispatchMode):

@@ -70,7 +70,8 @@ def _build_and_step(
 ) -> tuple[Decoder, KVCache, torch.Tensor, MemoryPeak]:
     """Build the model and its cache, run one decode step; the memory peak of all of it.
 
-    ``fill=False`` (memory probes) leaves weights and cache zeroed: the same bytes, written faster.
+    Weights and cache are synthetic (random values repeated along each tensor: timing does not depend
+    on them); ``fill=False`` (memory probes) leaves them zeroed: the same bytes, written faster.
     """
     device, dtype = payload["device"], payload["dtype"]
     model = ModelSpec(**payload["model"])
@@ -80,7 +81,13 @@ def _build_and_step(
     tracker = _tracker(device)
     with tracker.track():
         decoder = build_decoder(
-            model, variant, dtype=dtype, device=device, backend=backend, seed=payload["seed"], random_weights=fill
+            model,
+            variant,
+            dtype=dtype,
+            device=device,
+            backend=backend,
+            seed=payload["seed"],
+            weights="synthetic" if fill else "zeros",
         )
         cache = decoder.allocate_cache(batch_size, accounting.cache_len(context_len))
         if fill:

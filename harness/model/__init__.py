@@ -5,6 +5,8 @@ The only part of the harness besides measuring that imports torch.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from harness.model.attention import BACKENDS, attend, available_backends, resolve_backend
@@ -25,22 +27,32 @@ def build_decoder(
     device: str | torch.device,
     backend: str = "eager",
     seed: int = 0,
-    random_weights: bool = True,
+    weights: Literal["random", "synthetic", "zeros"] = "random",
 ) -> Decoder:
     """The decoder stack with deterministic weights from ``seed``, created directly in ``dtype`` on ``device``.
 
     The modules are laid out on the meta device first, so no float32 copy or default initialisation
-    is ever materialised: peak memory is the weights once. ``random_weights=False`` zeroes them
-    instead, which takes the same memory (every page is written) in a fraction of the time: for
-    probes that only ask whether a configuration fits.
+    is ever materialised: peak memory is the weights once. ``weights``:
+
+    - ``"random"``: every value drawn from Normal(0, 0.02) (norms at 1), for anything that computes
+      with them (logits, training);
+    - ``"synthetic"``: the same distribution drawn for a block at the head of each tensor and copied
+      along it (:meth:`Decoder.init_weights_synthetic`), several times faster: for timing, whose
+      kernels do the same work whatever the values;
+    - ``"zeros"``: the same memory (every page is written) in a fraction of the time: for probes that
+      only ask whether a configuration fits.
     """
     device = torch.device(device)
     with torch.device("meta"):
         decoder = Decoder(model, variant, backend=backend)
     decoder = decoder.to(dtype=TORCH_DTYPES[dtype]).to_empty(device=device)
-    if random_weights:
+    if weights == "random":
         decoder.init_weights(torch.Generator(device=device).manual_seed(seed))
-    else:
+    elif weights == "synthetic":
+        decoder.init_weights_synthetic(torch.Generator(device=device).manual_seed(seed))
+    elif weights == "zeros":
         for tensor in decoder.parameters():
             tensor.detach().zero_()
+    else:
+        raise ValueError(f"weights must be 'random', 'synthetic' or 'zeros', got {weights!r}")
     return decoder.eval()

@@ -78,7 +78,7 @@ def restore(checkpoint: Checkpoint, dtype: str, device: str, source: str) -> Dec
     """The checkpoint's decoder in ``dtype`` on ``device``; UserError when its weights do not fit its shape."""
     from harness.model import build_decoder
 
-    decoder = build_decoder(checkpoint.model, checkpoint.variant, dtype=dtype, device=device, random_weights=False)
+    decoder = build_decoder(checkpoint.model, checkpoint.variant, dtype=dtype, device=device, weights="zeros")
     try:
         decoder.load_state_dict(checkpoint.state, strict=True)
     except RuntimeError as exc:
