@@ -102,6 +102,25 @@ def ab(clone: Path, base: str, head: str, out: Path, rounds: int | None) -> dict
         "summary": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr.strip()[-300:],
         "rounds": next((line for line in proc.stderr.splitlines() if line.startswith("rounds:")), ""),
         "unstable_cells": proc.stdout.count("| unstable "),
+        "decode_ratios": decode_ratios(out),
+    }
+
+
+def decode_ratios(out: Path) -> dict[str, list[float]]:
+    """Per cell: its decode latency's round ratios HEAD/BASE (how many rounds it got, how they fell)."""
+    sides = {}
+    for role in ("base", "head"):
+        files = sorted((out / role).rglob("*.json"))
+        if not files:
+            return {}
+        cells = json.loads(files[-1].read_text())["cells"]
+        decode = {f"{c['variant']} b{c['batch_size']} ctx{c['context_len']}": (c.get("metrics") or {}).get(
+            "decode_latency_s") for c in cells}  # fmt: skip
+        sides[role] = {label: summary["process_medians"] for label, summary in decode.items() if summary}
+    return {
+        label: [round(h / b, 4) for b, h in zip(base, sides["head"][label], strict=False)]
+        for label, base in sides["base"].items()
+        if label in sides["head"]
     }
 
 
@@ -158,6 +177,12 @@ def hog(clone: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def rounds_per_cell(runs: list[dict[str, Any]]) -> str:
+    """ "; R rounds per cell" on average over ``runs`` (empty for figures saved before they were kept)."""
+    counts = [len(ratios) for r in runs for ratios in r.get("decode_ratios", {}).values()]
+    return f"; {sum(counts) / len(counts):.1f} rounds per cell" if counts else ""
+
+
 def summary_table(figures: dict[str, Any]) -> str:
     """The figures as one markdown table (also from a saved file: ``--render FILE``)."""
     rows = []
@@ -166,7 +191,7 @@ def summary_table(figures: dict[str, Any]) -> str:
         unstable = sum(r.get("unstable_cells", 0) for r in figures["aa"])
         rows.append(["interleaved A/A", f"{sum(r['exit'] == 1 for r in figures['aa'])} of {len(figures['aa'])} exit 1",
                      f"wall {walls[len(walls) // 2]:.0f} s median, {walls[0]:.0f}-{walls[-1]:.0f} s; "
-                     f"{unstable} unstable cells in all"])  # fmt: skip
+                     f"{unstable} unstable cells in all{rounds_per_cell(figures['aa'])}"])  # fmt: skip
     if figures["sequential"]:
         rows.append(
             [
@@ -180,7 +205,8 @@ def summary_table(figures: dict[str, Any]) -> str:
             [
                 f"{percent}% slower decode, interleaved",
                 f"exit {r['exit']}",
-                f"decode latency flagged in {r['decode_flagged']} of {r['cells']} cells; wall {r['wall_s']:.0f} s",
+                f"decode latency flagged in {r['decode_flagged']} of {r['cells']} cells; wall {r['wall_s']:.0f} s"
+                + rounds_per_cell([r]),
             ]
         )
     if figures["hog"]:

@@ -8,10 +8,11 @@ compare revisions the same way). The drift over a round moves both sides alike; 
 ratios (harness/compare/paired.py) cancel it.
 
 How many rounds (:class:`Plan`): each latency's interval is asked for a confidence that holds for all
-of the comparison's latencies together (5% family-wise), which sets the most rounds a cell gets (12
-for the default scenario's 80 latencies). After every round a cell whose ratios already lie on both
-sides of 1 in every latency stops: no later round could make its interval exclude 1. An unchanged
-revision so costs a few rounds per cell, a changed one all of them.
+of the comparison's latencies together (5% family-wise), and the most rounds a cell gets are the fewest
+whose interval still excludes 1 with 3 round ratios on the wrong side (23 for the default scenario's
+80 latencies). After every round a cell stops once none of its latencies is likely to show a change
+any more (harness/compare/paired.py). An unchanged revision so costs a few rounds per cell, a changed
+one all of them.
 
 Each side writes its own result file, marked with the pairing (``RunResult.pairing``: the shared
 session, its role and revision, its partner, and which side went first in each round), under
@@ -34,7 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.compare.paired import can_still_change, family_confidence, round_ratios, rounds_needed
+from harness.compare.paired import (
+    TOLERATED_CONTRARY,
+    family_confidence,
+    round_ratios,
+    rounds_needed,
+    rounds_tolerating,
+    worth_another_round,
+)
 from harness.errors import UserError
 from harness.results.gitrev import repo_root
 from harness.revisions import Revision, checkout
@@ -155,17 +163,18 @@ class Plan:
     def for_scenario(cls, scenario: str, rounds: int | None) -> Plan:
         comparisons = latency_comparisons(scenario)
         confidence = family_confidence(comparisons)
-        return cls(rounds or rounds_needed(confidence), confidence, comparisons)
+        return cls(rounds or rounds_tolerating(TOLERATED_CONTRARY, confidence), confidence, comparisons)
 
     def goes_on(self, medians: dict[str, dict[str, list[float]]]) -> bool:
-        """Whether a cell with these per-round medians (``{"base"|"head": {metric: [...]}}``) could still
-        show a change in some latency by its last round (harness/compare/paired.py). With fewer rounds
-        than the confidence needs no latency can change at all: the rounds asked are all measured."""
+        """Whether a cell with these per-round medians (``{"base"|"head": {metric: [...]}}``) gets another
+        round: while some latency of it could still show a change by the last round and is likely enough
+        to (harness/compare/paired.py, :func:`worth_another_round`). With fewer rounds than the
+        confidence needs no latency can change at all: the rounds asked are all measured."""
         if self.rounds < rounds_needed(self.confidence):
             return True
         base, head = medians.get("base", {}), medians.get("head", {})
         shared = [m for m in base if m in head and len(base[m]) == len(head[m]) and base[m]]
-        return any(can_still_change(round_ratios(base[m], head[m]), self.rounds, self.confidence) for m in shared)
+        return any(worth_another_round(round_ratios(base[m], head[m]), self.rounds, self.confidence) for m in shared)
 
 
 @dataclass

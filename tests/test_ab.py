@@ -183,23 +183,33 @@ def test_a_comparison_planned_for_many_latencies_needs_every_one_of_its_rounds()
     assert _decode_verdict(*sides)[0] == "regression"
 
 
-def test_the_plan_of_the_default_scenario_asks_twelve_rounds_for_eighty_latencies() -> None:
+def test_the_plan_of_the_default_scenario_asks_at_most_23_rounds_for_eighty_latencies() -> None:
     plan = Plan.for_scenario(str(REPO / "scenarios/default.toml"), None)
-    assert (plan.comparisons, plan.rounds, plan.confidence) == (80, 12, pytest.approx(0.999375))
+    assert (plan.comparisons, plan.rounds, plan.confidence) == (80, 23, pytest.approx(0.999375))
     assert Plan.for_scenario(str(REPO / "scenarios/default.toml"), 20).rounds == 20
 
 
-def test_a_cell_stops_once_every_latency_has_ratios_on_both_sides_of_one() -> None:
+def test_a_cell_stops_once_no_latency_has_a_fair_chance_to_show_a_change() -> None:
     plan = Plan(rounds=12, confidence=family_confidence(80), comparisons=80)
     base = {"decode_latency_s": [0.010, 0.010], "attention_latency_s": [0.002, 0.002]}
     still = {"decode_latency_s": [0.0101, 0.0099], "attention_latency_s": [0.0021, 0.0022]}
     both_sides = {"decode_latency_s": [0.0101, 0.0099], "attention_latency_s": [0.0021, 0.0019]}
-    assert plan.goes_on({"base": base, "head": still})  # attention could still be slower in every round
+    assert plan.goes_on({"base": base, "head": still})  # attention was slower in both rounds
     assert not plan.goes_on({"base": base, "head": both_sides})
     ok = {"status": "ok", "medians": base}
     assert not _goes_on(plan, {"base": ok, "head": {"status": "ok", "medians": both_sides}})
     assert not _goes_on(plan, {"base": ok, "head": {"status": "oom", "medians": {}}})  # failed: no more rounds
     assert _goes_on(plan, {"base": ok, "head": {"status": "ok"}})  # a server that reports no medians: every round
+
+
+def test_a_cell_whose_ratios_disagree_stops_once_a_change_has_little_chance_left() -> None:
+    plan = Plan(rounds=23, confidence=family_confidence(80), comparisons=80)  # k = 3
+    base = {"decode_latency_s": [0.010] * 5}
+    # one wrong ratio of two: at most 2 more wrong ones in 21 rounds has a chance of 0.06
+    assert not plan.goes_on({"base": {"decode_latency_s": [0.010] * 2}, "head": {"decode_latency_s": [0.011, 0.0099]}})
+    # one wrong ratio of five: 0.25
+    assert plan.goes_on({"base": base, "head": {"decode_latency_s": [0.011, 0.0099, 0.011, 0.0105, 0.0102]}})
+    assert plan.goes_on({"base": base, "head": {"decode_latency_s": [0.0101] * 5}})  # all slower so far
 
 
 def test_rounds_too_few_for_the_confidence_are_all_measured() -> None:

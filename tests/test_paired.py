@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from harness.compare.paired import can_still_change, family_confidence, paired_change, round_ratios, rounds_needed
+from harness.compare.paired import (
+    FUTILITY,
+    change_chance,
+    family_confidence,
+    paired_change,
+    round_ratios,
+    rounds_needed,
+    rounds_tolerating,
+    worth_another_round,
+)
+from harness.measure.stats import median_ci_indices
 
 
 def test_round_ratios_are_head_over_base_round_by_round() -> None:
@@ -50,16 +60,49 @@ def test_the_family_of_a_default_comparison_needs_twelve_rounds() -> None:
     assert family_confidence(1) == 0.95  # never below the single interval's level
 
 
-def test_a_cell_can_still_change_until_its_ratios_fall_on_both_sides_of_one() -> None:
+def test_a_cell_cannot_change_once_its_ratios_fall_on_both_sides_of_one() -> None:
     confidence = family_confidence(80)  # 12 rounds, interval [min, max]: k = 0
-    assert can_still_change([1.04, 1.02, 1.09], 12, confidence)
-    assert can_still_change([0.97], 12, confidence)
-    assert not can_still_change([1.04, 0.99], 12, confidence)
-    assert not can_still_change([1.0], 12, confidence)  # a ratio of exactly 1 lies on both sides
-    assert not can_still_change([1.1, 1.2], 3, confidence)  # 3 rounds never reach the confidence
+    assert change_chance([1.04, 0.99], 12, confidence) == 0.0
+    assert change_chance([1.0], 12, confidence) == 0.0  # a ratio of exactly 1 lies on both sides
+    assert change_chance([1.1, 1.2], 3, confidence) == 0.0  # 3 rounds never reach the confidence
+    assert change_chance([1.1] * 12, 12, confidence) == 1.0  # done, and every ratio above 1
+
+
+def test_the_chance_of_a_change_is_the_beta_binomial_prediction_from_the_rounds_so_far() -> None:
+    confidence = family_confidence(80)
+    # k = 0: the 9 rounds left must all agree; a wrong one has chance Beta(1, 1 + 3) after 3 agreeing
+    # ones, and P(none of 9) = B(1, 9 + 4) / B(1, 4) = 4 / 13
+    assert change_chance([1.04, 1.02, 1.09], 12, confidence) == pytest.approx(4 / 13)
+    assert change_chance([0.97], 12, confidence) == pytest.approx(2 / 13)  # 11 left after 1 agreeing
+    # before any round the chance of a wrong ratio is uniform: P(at most k = 3 wrong of 23) = 4 / 24
+    assert change_chance([], 23, confidence) == pytest.approx(1 / 6)
 
 
 def test_with_more_rounds_than_needed_a_cell_may_have_k_ratios_on_the_wrong_side() -> None:
-    # 10 rounds at 95%: the interval is the 2nd smallest to the 2nd largest ratio (k = 1)
-    assert can_still_change([1.1, 0.98, 1.2], 10, 0.95)
-    assert not can_still_change([1.1, 0.98, 0.99, 1.2], 10, 0.95)
+    # 10 rounds at 95%: the interval is the 2nd smallest to the 2nd largest ratio (k = 1). Slower: one wrong
+    # ratio (0.98) and two agreeing, so the 7 left must all agree: B(2, 7 + 3) / B(2, 3) = 12 / 110
+    assert change_chance([1.1, 0.98, 1.2], 10, 0.95) == pytest.approx(12 / 110)
+    assert change_chance([1.1, 0.98, 0.99, 1.2], 10, 0.95) == 0.0  # two wrong either way
+
+
+def test_a_latency_goes_on_while_its_ratios_agree_or_a_change_is_likely_enough() -> None:
+    confidence = family_confidence(80)
+    assert worth_another_round([0.97], 12, confidence)  # chance 2 / 13, but nothing speaks against a change yet
+    assert not worth_another_round([0.97, 1.01], 12, confidence)  # k = 0: no change can show any more
+    assert not worth_another_round([0.97] * 12, 12, confidence)  # no rounds left
+    # k = 3 of 23: one wrong ratio of two, 21 left: P(BetaBinomial(21, 2, 2) <= 2) = 31 / 506 < FUTILITY
+    assert change_chance([1.1, 0.9], 23, confidence) == pytest.approx(31 / 506)
+    assert not worth_another_round([1.1, 0.9], 23, confidence)
+    assert not worth_another_round([0.9, 1.1, 1.1, 1.1], 23, confidence)  # 0.18
+    assert change_chance([0.9, 1.1, 1.1, 1.1, 1.1], 23, confidence) >= FUTILITY  # 0.25
+    assert worth_another_round([0.9, 1.1, 1.1, 1.1, 1.1], 23, confidence)
+
+
+def test_the_default_plan_tolerates_three_wrong_rounds() -> None:
+    confidence = family_confidence(80)
+    assert [rounds_tolerating(k, confidence) for k in range(5)] == [12, 16, 20, 23, 26]
+    assert rounds_tolerating(0) == rounds_needed() == 6
+    # 23 rounds at 99.94%: 2 * P(Binomial(23, 1/2) <= 3) = 2 * 2048 / 2**23 = 0.00049 <= 0.000625
+    assert median_ci_indices(23, confidence) == (3, 19)
+    with pytest.raises(ValueError):
+        rounds_tolerating(-1)

@@ -121,7 +121,7 @@ def compare_sides(
             f"interleaved comparison: each latency is decided on its per-round ratios HEAD/BASE (the median "
             f"ratio's {percent(confidence)} interval must exclude 1 and the median ratio must pass the threshold; "
             "Mann-Whitney U on the pooled samples is shown, not required); a cell stops early once no latency of "
-            "it can show a change, and only a host busy while timing makes a cell unstable"
+            "it is likely to show a change, and only a host busy while timing makes a cell unstable"
         )
     thresholds = thresholds if thresholds is not None else parse_thresholds()
     machine = None if paired else machine_noise([*base.results, *head.results])

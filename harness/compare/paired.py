@@ -17,11 +17,14 @@ One comparison decides many latencies at once (the default scenario: 20 cells x 
 95% each a symmetric A/A comparison would still flag one of them in about every other run. ``attnbench
 ab`` therefore asks each interval for ``1 - FAMILY_ALPHA / m`` over its ``m`` latency comparisons
 (Bonferroni): at most a 5% chance that an unchanged revision shows any change. At 80 comparisons that
-is 99.94%, which 12 rounds reach (the interval is then the smallest and largest ratio: a change needs
-every round to agree). A cell stops early once no latency of it can reach that any more, whatever
-later rounds bring (:func:`can_still_change`): on an unchanged revision a cell stops after a few
-rounds (4.5 on average on a shared 2-core VM), and a changed one runs all of them. Stopping only
-for futility keeps the error bound: a change is never declared before the last round.
+is 99.94%. 12 rounds reach it, but their interval is the smallest and largest ratio, so one odd round
+(a neighbour's burst on a shared host) hides a change every other round shows; ``ab`` plans the
+fewest rounds that tolerate TOLERATED_CONTRARY such rounds (:func:`rounds_tolerating`: 23 at 99.94%).
+A cell stops early once no latency of it is worth another round (:func:`worth_another_round`): its
+ratios lie on both sides of 1 and the chance that its interval excludes 1 at the last round, predicted
+from the rounds so far (:func:`change_chance`), is below FUTILITY. An unchanged revision so costs a few
+rounds per cell, a changed one all of them. Stopping only for futility keeps the error bound: a
+change is never declared before the last round.
 
 Every number here is a plain function of the rounds, so it can be recomputed from the two result files.
 """
@@ -32,6 +35,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scipy.stats import betabinom
+
 from harness.measure.stats import mann_whitney_p, median_ci, median_ci_indices
 
 # The median ratio's interval: a change is significant when it excludes 1 at this level (for files
@@ -39,6 +44,12 @@ from harness.measure.stats import mann_whitney_p, median_ci, median_ci_indices
 PAIRED_CONFIDENCE = 0.95
 # The chance that an unchanged revision shows any latency change in one interleaved comparison.
 FAMILY_ALPHA = 0.05
+# Round ratios on the wrong side of 1 that a change may have and still count, in the rounds ``ab`` plans
+# by default: one odd round (a neighbour's burst on a shared host) must not hide what the others show.
+TOLERATED_CONTRARY = 3
+# A cell of ``ab`` stops once, for every latency of it, the chance that a change shows by its last
+# round (:func:`change_chance`, from its rounds so far) is below this.
+FUTILITY = 0.2
 
 
 @dataclass(frozen=True)
@@ -105,15 +116,48 @@ def family_confidence(tests: int, family_alpha: float = FAMILY_ALPHA) -> float:
     return max(PAIRED_CONFIDENCE, round(1 - family_alpha / tests, 12))
 
 
-def can_still_change(ratios: Sequence[float], rounds: int, confidence: float) -> bool:
-    """Whether ``rounds`` ratios, of which ``ratios`` are the first, could still give an interval
-    excluding 1: the interval of ``rounds`` ratios runs from the (k+1)-th smallest to the (k+1)-th
-    largest (harness/measure/stats.py), so it lies above 1 only while at most k ratios are <= 1, and
-    below 1 only while at most k are >= 1. False when ``rounds`` can never reach ``confidence``."""
+def rounds_tolerating(contrary: int, confidence: float = PAIRED_CONFIDENCE) -> int:
+    """The fewest rounds whose median-ratio interval reaches ``confidence`` and still excludes 1 with
+    ``contrary`` of the ratios on the wrong side of it (0: :func:`rounds_needed`)."""
+    if contrary < 0:
+        raise ValueError(f"contrary must be >= 0, got {contrary}")
+    n = 1
+    while (indices := median_ci_indices(n, confidence)) is None or indices[0] < contrary:
+        n += 1
+    return n
+
+
+def change_chance(ratios: Sequence[float], rounds: int, confidence: float) -> float:
+    """The chance that ``rounds`` ratios, of which ``ratios`` are the first, end with an interval that
+    excludes 1, predicted from those first ones; the larger of the two directions.
+
+    The interval of ``rounds`` ratios runs from the (k+1)-th smallest to the (k+1)-th largest
+    (harness/measure/stats.py), so it lies above 1 only if at most k ratios in all are <= 1 (and below
+    1 only if at most k are >= 1). Each later ratio falls on the wrong side with an unknown chance,
+    uniform before any round and updated by the ratios seen: the count of wrong ones among the rounds
+    left is then Beta-binomial (a Bayesian predictive probability). 0 when the rounds left cannot
+    bring the interval past 1 whatever they show, or when ``rounds`` never reach ``confidence``."""
     indices = median_ci_indices(rounds, confidence)
     if indices is None:
-        return False
+        return 0.0
+    left = rounds - len(ratios)
+    if left < 0:
+        raise ValueError(f"{len(ratios)} ratios are more than the {rounds} rounds")
     k = indices[0]
-    at_or_below = sum(r <= 1.0 for r in ratios)
-    at_or_above = sum(r >= 1.0 for r in ratios)
-    return at_or_below <= k or at_or_above <= k
+    chances = []
+    for contrary, agreeing in ((sum(r <= 1.0 for r in ratios), sum(r > 1.0 for r in ratios)),
+                               (sum(r >= 1.0 for r in ratios), sum(r < 1.0 for r in ratios))):  # fmt: skip
+        room = k - contrary
+        chances.append(0.0 if room < 0 else float(betabinom.cdf(room, left, 1 + contrary, 1 + agreeing)))
+    return max(chances)
+
+
+def worth_another_round(ratios: Sequence[float], rounds: int, confidence: float) -> bool:
+    """Whether one latency with these ratios so far gets another of its ``rounds``: while nothing yet
+    speaks against a change (every ratio on one side of 1) and the rounds left could still show it, and
+    after that while :func:`change_chance` is at least FUTILITY."""
+    if len(ratios) >= rounds:
+        return False
+    chance = change_chance(ratios, rounds, confidence)
+    one_sided = bool(ratios) and (all(r > 1.0 for r in ratios) or all(r < 1.0 for r in ratios))
+    return chance > 0.0 and (one_sided or chance >= FUTILITY)
