@@ -102,10 +102,7 @@ def paired_change(
 
 def rounds_needed(confidence: float = PAIRED_CONFIDENCE) -> int:
     """The fewest rounds whose median-ratio interval reaches ``confidence`` (6 at 95%)."""
-    n = 1
-    while median_ci_indices(n, confidence) is None:
-        n += 1
-    return n
+    return rounds_tolerating(0, confidence)
 
 
 def family_confidence(tests: int, family_alpha: float = FAMILY_ALPHA) -> float:
@@ -118,7 +115,7 @@ def family_confidence(tests: int, family_alpha: float = FAMILY_ALPHA) -> float:
 
 def rounds_tolerating(contrary: int, confidence: float = PAIRED_CONFIDENCE) -> int:
     """The fewest rounds whose median-ratio interval reaches ``confidence`` and still excludes 1 with
-    ``contrary`` of the ratios on the wrong side of it (0: :func:`rounds_needed`)."""
+    ``contrary`` of the ratios on the wrong side of it."""
     if contrary < 0:
         raise ValueError(f"contrary must be >= 0, got {contrary}")
     n = 1
