@@ -129,18 +129,19 @@ def paired_latency_change(
     threshold: Threshold,
     confidence: float = PAIRED_CONFIDENCE,
 ) -> MetricChange | None:
-    """The change of an interleaved comparison's latency: significant when the median round ratio's
-    interval at ``confidence`` excludes 1, a change when the median ratio is also beyond the threshold.
+    """The change of an interleaved comparison's latency: significant when the signed-rank interval of its
+    per-round ratios at ``confidence`` excludes 1, a change when their Hodges-Lehmann ratio is also beyond
+    the threshold (harness/compare/paired.py).
     Mann-Whitney U on the pooled samples is reported, not required: the machine's drift between rounds
     widens both sides' pooled samples alike and hides from it what the per-round ratios see. None when
     the two sides do not have the same number of rounds."""
     if len(base.process_medians) != len(head.process_medians) or len(base.process_medians) < 2:
         return None
     change = paired_change(base.process_medians, head.process_medians, base.samples, head.samples, confidence)
-    exceeded = threshold.exceeded_by(1.0, change.median_ratio) if threshold.relative else (
+    exceeded = threshold.exceeded_by(1.0, change.ratio) if threshold.relative else (
         threshold.exceeded_by(base.median, head.median)
     )  # fmt: skip
-    verdict = _verdict(change.median_ratio > 1, change.significant, exceeded)
+    verdict = _verdict(change.ratio > 1, change.significant, exceeded)
     return MetricChange(metric, base.median, head.median, change.p_value, threshold, verdict, paired=change)
 
 

@@ -118,8 +118,9 @@ def compare_sides(
     confidence = paired_confidence(base, head) if paired else PAIRED_CONFIDENCE
     if paired:
         notes.append(
-            f"interleaved comparison: each latency is decided on its per-round ratios HEAD/BASE (the median "
-            f"ratio's {percent(confidence)} interval must exclude 1 and the median ratio must pass the threshold; "
+            f"interleaved comparison: each latency is decided on its per-round ratios HEAD/BASE (their "
+            f"{percent(confidence)} Wilcoxon signed-rank interval must exclude 1 and their Hodges-Lehmann ratio "
+            "must pass the threshold; "
             "Mann-Whitney U on the pooled samples is shown, not required); a cell stops early once no latency of "
             "it is likely to show a change, and only a host busy while timing makes a cell unstable"
         )

@@ -56,10 +56,10 @@ def _status(status: str | None) -> str:
 
 
 def _evidence(change: MetricChange) -> str:
-    """The noise a change had to exceed, or for an interleaved comparison its median round ratio and interval."""
+    """The noise a change had to exceed, or for an interleaved comparison its ratio and interval."""
     if change.paired is not None:
         p = change.paired
-        shown = f"×{p.median_ratio:.3f} [{p.ci_low:.3f}, {p.ci_high:.3f}]"
+        shown = f"×{p.ratio:.3f} [{p.ci_low:.3f}, {p.ci_high:.3f}]"
         return shown if p.covered else f"{shown}, {len(p.ratios)} rounds"  # too few for the confidence: min, max
     return "" if change.noise is None else f"±{change.noise:.1%}"
 
@@ -74,7 +74,7 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
         _side_line("head", comparison.head),
         f"- gates: {thresholds}; latency also needs "
         + (
-            f"a median round ratio HEAD/BASE whose {percent(comparison.confidence)} interval excludes 1"
+            f"per-round ratios HEAD/BASE whose {percent(comparison.confidence)} signed-rank interval excludes 1"
             if comparison.paired
             else f"Mann-Whitney U p < {comparison.alpha:g} (two-sided) and, where cells were measured in several "
             "rounds, a change beyond their run-to-run noise"

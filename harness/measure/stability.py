@@ -23,7 +23,7 @@ cells, the claims check calls claims resting on them inconclusive, compare repor
 An interleaved comparison (``attnbench ab``) pairs each round of BASE with a round of HEAD taken
 moments apart, and decides on the per-round ratios (harness/compare/paired.py): the drift between
 rounds (rule 1) and within them (rule 2) moves both sides of a round alike, and ratios that still
-disagree widen the median ratio's interval until it no longer excludes 1. There only rule 3, what
+disagree widen their interval until it no longer excludes 1. There only rule 3, what
 was measured of the host itself, makes a cell unstable (:func:`paired_reasons`). On a shared VM
 whose neighbours drift by 10-50% from one round to the next, that is the difference between
 comparing nothing and comparing every cell.
