@@ -8,8 +8,8 @@ compare revisions the same way). The drift over a round moves both sides alike; 
 ratios (harness/compare/paired.py) cancel it.
 
 How many rounds (:class:`Plan`): each latency's interval is asked for a confidence that holds for all
-of the comparison's latencies together (5% family-wise), and the most rounds a cell gets are the fewest
-whose interval still excludes 1 with 2 round ratios on the wrong side of 1, however far (27 for the
+of the comparison's latencies together (2% family-wise), and the most rounds a cell gets are the fewest
+whose interval still excludes 1 with 2 round ratios on the wrong side of 1, however far (29 for the
 default scenario's 80 latencies). After every round a cell stops once none of its latencies is likely to show a change
 any more (harness/compare/paired.py). An unchanged revision so costs a few rounds per cell, a changed
 one all of them.

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "order, each in a fresh worker running that revision's code. A latency change counts when the "
             "per-round ratios HEAD/BASE are beyond its threshold (their Hodges-Lehmann estimate) and their "
             "Wilcoxon signed-rank interval excludes 1, at a confidence that holds for all the comparison's "
-            "latencies together (5% family-wise); a cell stops early once none of its latencies is likely to "
+            "latencies together (2% family-wise); a cell stops early once none of its latencies is likely to "
             "show a change. Writes both result files under OUT/base and "
             "OUT/head and prints the comparison. Exit codes: 0 no regression, 1 regression, 2 bad input."
         ),
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=int,
         default=None,
         help="the most rounds per cell and revision (default: the fewest whose interval reaches the "
-        "family-wise confidence with 2 round ratios on the wrong side of 1, however far: 27 for 80 latencies)",
+        "family-wise confidence with 2 round ratios on the wrong side of 1, however far: 29 for 80 latencies)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="results folder (default %(default)s)")

@@ -69,7 +69,7 @@ def paired_confidence(base: Side, head: Side) -> float:
 
 
 def percent(confidence: float) -> str:
-    """``0.999375`` -> ``"99.94%"``, ``0.95`` -> ``"95%"``."""
+    """``0.99975`` -> ``"99.975%"``, ``0.95`` -> ``"95%"``."""
     return f"{confidence * 100:.4g}%"
 
 

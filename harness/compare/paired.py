@@ -27,11 +27,12 @@ the wrong side of 1 costs a change little, one far on the wrong side much.
 One comparison decides many latencies at once (the default scenario: 20 cells x 4 latencies), and at
 95% each a symmetric A/A comparison would still flag one of them in about every other run. ``attnbench
 ab`` therefore asks each interval for ``1 - FAMILY_ALPHA / m`` over its ``m`` latency comparisons
-(Bonferroni): at most a 5% chance that an unchanged revision shows any change. At 80 comparisons that
-is 99.94%. 12 rounds reach it, but their interval is the smallest and largest ratio, so one odd round
+(Bonferroni): at most a 2% chance that an unchanged revision shows any change (so that in 20 A/A
+comparisons two or more false alarms have a chance of 6%, not the 26% of 5%). At 80 comparisons
+that is 99.975%. 13 rounds reach it, but their interval is the smallest and largest ratio, so one odd round
 (a neighbour's burst on a shared host) hides a change every other round shows; ``ab`` plans the
 fewest rounds whose interval still excludes 1 with TOLERATED_CONTRARY ratios on the wrong side, however
-far (:func:`rounds_tolerating`: 27 at 99.94%). A cell stops early once no latency of it is worth
+far (:func:`rounds_tolerating`: 29 at 99.975%). A cell stops early once no latency of it is worth
 another round (:func:`worth_another_round`): its ratios lie on both sides of 1 and the chance that its
 interval excludes 1 at the last round, predicted from the rounds so far (:func:`change_chance`), is
 below FUTILITY. An unchanged revision so costs a few rounds per cell, a changed one all of them.
@@ -56,7 +57,7 @@ from harness.measure.stats import mann_whitney_p
 # not record their own: harness.results.schema.Pairing.confidence).
 PAIRED_CONFIDENCE = 0.95
 # The chance that an unchanged revision shows any latency change in one interleaved comparison.
-FAMILY_ALPHA = 0.05
+FAMILY_ALPHA = 0.02
 # Round ratios on the wrong side of 1, however far, that a change may have and still count in the
 # rounds ``ab`` plans by default: an odd round (a neighbour's burst on a shared host) must not hide
 # what the others show.
