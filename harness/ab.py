@@ -14,6 +14,12 @@ default scenario's 80 latencies). After every round a cell stops once none of it
 any more (harness/compare/paired.py). An unchanged revision so costs a few rounds per cell, a changed
 one all of them.
 
+Both sides time a cell with the same number of calls per warm sample: a short call is timed in
+samples of several back-to-back calls, calibrated in the cell's first round and kept for its later
+ones, and two sides calibrating apart could settle on 2 and 3 calls and differ by several percent
+in every round for that alone (seen here: core attention at batch 1, +6% over 29 rounds of an A/A
+comparison). So in round 0 the side measured first calibrates and the other is handed its count.
+
 Each side writes its own result file, marked with the pairing (``RunResult.pairing``: the shared
 session, its role and revision, its partner, and which side went first in each round), under
 ``<out>/base/<target>/`` and ``<out>/head/<target>/``; ``attnbench compare`` on the two files (or
@@ -215,6 +221,8 @@ def interleave(
         }
         for side in sides.values():
             side.greet()
+        # both sides then time each cell with the same calls per sample (module doc)
+        shares_reps = all("inner_reps" in side.features for side in sides.values())
         for role, side in sides.items():
             partner = head if role == "base" else base
             pairing: dict[str, Any] = {
@@ -244,9 +252,14 @@ def interleave(
             for label in going:
                 order = rng.choice((("base", "head"), ("head", "base")))
                 orders[label].append("".join("A" if role == "base" else "B" for role in order))
+                calibrated: dict[str, int] = {}  # round 0: the first side's calls per sample, for the second
                 for role in order:
                     progress(done, total, f"round {round_index + 1}: {label} at {role}")
-                    answers[label][role] = sides[role].ask({"op": "measure", "cell": label, "round": round_index})
+                    asked: dict[str, Any] = {"op": "measure", "cell": label, "round": round_index}
+                    if calibrated and round_index == 0 and shares_reps:
+                        asked["inner_reps"] = calibrated
+                    answers[label][role] = sides[role].ask(asked)
+                    calibrated = dict(answers[label][role].get("inner_reps") or {})
                     done += 1
             going = [label for label in going if _goes_on(plan, answers[label])]
         progress(done, done, "finishing")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -260,13 +260,19 @@ class Runner:
             target=self._where.get(cell.key) if round_index > 0 else None,
         )
 
-    def measure_round(self, cell: Cell, round_index: int) -> CellResult | None:
+    def measure_round(
+        self, cell: Cell, round_index: int, inner_reps: dict[str, int] | None = None
+    ) -> CellResult | None:
         """Measure round ``round_index`` (from 0) of ``cell`` and save the file; None when that round is
-        done already or the cell failed in an earlier one."""
+        done already or the cell failed in an earlier one. ``inner_reps`` (calls per warm sample, by
+        metric) makes round 0 time with those instead of calibrating its own; later rounds repeat round 0's."""
         existing = self.existing(cell)
         if existing is not None and (existing.status != "ok" or existing.rounds_done > round_index):
             return None
-        started = self._start(self.job(cell, round_index))
+        job = self.job(cell, round_index)
+        if inner_reps and round_index == 0:
+            job = replace(job, inner_reps=dict(inner_reps))
+        started = self._start(job)
         if started is None:
             assert self.executor is not None
             raise RuntimeError(f"the {self.executor.name} executor has no room for a job with none running")

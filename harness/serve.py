@@ -8,9 +8,11 @@ answer per line on stdout:
 - ``{"op": "hello"}`` -> ``{"ok": true, "protocol": N, "features": [...]}``
 - ``{"op": "open", "scenario": PATH, "device": D, "out_dir": DIR, "quick": BOOL, "pairing": {...}}``
   -> ``{"ok": true, "cells": [LABEL, ...], "target": T, "rounds": N}``
-- ``{"op": "measure", "cell": LABEL, "round": R}`` -> ``{"ok": true, "status": S, "medians": {METRIC:
-  [SECONDS, ...]}}`` (``"skipped"`` when that round was done already or the cell failed earlier; the
-  medians of each latency's rounds so far, from which the driver decides whether to go on)
+- ``{"op": "measure", "cell": LABEL, "round": R[, "inner_reps": {"decode"|"attention": N}]}`` ->
+  ``{"ok": true, "status": S, "medians": {METRIC: [SECONDS, ...]}, "inner_reps": {...}}``
+  (``"skipped"`` when that round was done already or the cell failed earlier; the medians of each
+  latency's rounds so far, from which the driver decides whether to go on; the calls per warm sample
+  the cell times with, which a round 0 given ``inner_reps`` takes instead of calibrating its own)
 - ``{"op": "finish"}`` -> ``{"ok": true, "path": FILE}``, and the server exits.
 
 A user's mistake answers ``{"ok": false, "error": LINE}``. A stop signal (the driver's, or one sent to
@@ -30,6 +32,7 @@ from typing import IO, Any
 
 from harness.compare.thresholds import LATENCY_METRICS
 from harness.errors import UserError
+from harness.measure.derive import inner_reps
 from harness.results.schema import CellResult, Pairing
 from harness.runner import Runner, RunOptions
 from harness.scenario import Cell
@@ -37,8 +40,9 @@ from harness.signals import Interrupted, stop_signals
 
 PROTOCOL = 1
 # Additions a driver may use when a server lists them (older servers list none): the pairing's
-# ``confidence``, and each round's latency medians in the ``measure`` answer.
-FEATURES = ("confidence", "medians")
+# ``confidence``, each round's latency medians in the ``measure`` answer, and ``inner_reps`` in both
+# directions of ``measure``.
+FEATURES = ("confidence", "medians", "inner_reps")
 
 
 def round_medians(cell: CellResult) -> dict[str, list[float]]:
@@ -83,10 +87,12 @@ class Server:
             cell = self.cells.get(request.get("cell", ""))
             if cell is None:
                 return {"ok": False, "error": f"no cell {request.get('cell')!r} in this scenario"}
-            measured = self.runner.measure_round(cell, int(request["round"]))
+            given = request.get("inner_reps")
+            measured = self.runner.measure_round(cell, int(request["round"]), dict(given) if given else None)
             if measured is None:
-                return {"ok": True, "status": "skipped", "medians": {}}
-            return {"ok": True, "status": measured.status, "medians": round_medians(measured)}
+                return {"ok": True, "status": "skipped", "medians": {}, "inner_reps": {}}
+            reps = inner_reps(measured.metrics) if measured.status == "ok" and measured.metrics else {}
+            return {"ok": True, "status": measured.status, "medians": round_medians(measured), "inner_reps": reps}
         if op == "finish":
             orders = request.get("orders")
             if orders and self.runner.result.pairing is not None:

@@ -66,6 +66,13 @@ def test_ab_measures_both_revisions_round_by_round_and_marks_both_files(
         (cell,) = result.cells
         assert cell.rounds_done == 2 and cell.metrics is not None and cell.metrics.decode_latency_s is not None
         assert len(cell.metrics.decode_latency_s.process_medians) == 2
+    # the side measured first calibrated the calls per sample, the other was handed them
+    reps = set()
+    for result in (base, head):
+        metrics = result.cells[0].metrics
+        assert metrics is not None and metrics.decode_latency_s is not None
+        reps.add(metrics.decode_latency_s.inner_reps)
+    assert len(reps) == 1 and None not in reps
     assert "interleaved comparison" in capsys.readouterr().out
 
 
@@ -217,3 +224,8 @@ def test_rounds_too_few_for_the_confidence_are_all_measured() -> None:
     unchanged = {"base": {"decode_latency_s": [0.010]}, "head": {"decode_latency_s": [0.010]}}  # ratio 1
     assert not Plan(rounds=8, confidence=family_confidence(2), comparisons=2).goes_on(unchanged)
     assert Plan(rounds=2, confidence=family_confidence(2), comparisons=2).goes_on(unchanged)  # 8 needed at 99%
+
+
+def test_the_confidence_is_printed_with_the_digits_it_has() -> None:
+    assert compare.percent(family_confidence(80)) == "99.975%"
+    assert compare.percent(0.95) == "95%"

@@ -70,7 +70,7 @@ def paired_confidence(base: Side, head: Side) -> float:
 
 def percent(confidence: float) -> str:
     """``0.99975`` -> ``"99.975%"``, ``0.95`` -> ``"95%"``."""
-    return f"{confidence * 100:.4g}%"
+    return f"{confidence * 100:.6g}%"
 
 
 def _scenario_settings(base: Side, head: Side) -> dict[str, str]:

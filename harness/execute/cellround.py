@@ -195,7 +195,8 @@ class _CellRound:
                     elapsed_s=time.perf_counter() - start,
                 )
             backend, auto_latencies = chosen.value["backend"], chosen.value["latencies_s"]
-        outcome = self._measure_in_worker(self._payload(backend))
+        given = {"inner_reps": dict(self.job.inner_reps)} if self.job.inner_reps else {}
+        outcome = self._measure_in_worker(self._payload(backend) | given)
         metrics, worker_checks = None, []
         if outcome.status == "ok" and outcome.value is not None:
             measured = dict(outcome.value)

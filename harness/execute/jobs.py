@@ -38,6 +38,9 @@ class CellJob:
     max_batch: dict[str, MaxBatch] = field(default_factory=dict)
     # the target the cell's earlier rounds ran on: later rounds must run there too (samples are pooled)
     target: str | None = None
+    # calls per warm sample, by metric, for round 0 to time with instead of calibrating its own: an
+    # interleaved comparison hands the side measured first's to the other, so both time alike
+    inner_reps: dict[str, int] | None = None
     attempt: int = 1  # 2 when an earlier attempt was lost with its worker or node
     retried_after: str | None = None  # how that attempt ended
 
