@@ -55,10 +55,7 @@ Final = Callable[[Sequence[float]], bool]  # all ratios -> a change shows
 
 def signed_rank_rule(rounds: int, futility: float, confidence: float) -> tuple[Rule, Final]:
     def goes_on(ratios: Sequence[float]) -> bool:
-        if len(ratios) >= rounds:
-            return False
-        one_sided = all(r > 1 for r in ratios) or all(r < 1 for r in ratios)
-        return one_sided or paired.change_chance(ratios, rounds, confidence) >= futility
+        return paired.worth_another_round(ratios, rounds, confidence, futility)
 
     def shows(ratios: Sequence[float]) -> bool:
         _, low, high, covered = paired.ratio_interval(ratios, confidence)

@@ -232,11 +232,11 @@ def change_chance(ratios: Sequence[float], rounds: int, confidence: float) -> fl
     return float(max(above.mean() if possible[0] else 0.0, below.mean() if possible[1] else 0.0))
 
 
-def worth_another_round(ratios: Sequence[float], rounds: int, confidence: float) -> bool:
+def worth_another_round(ratios: Sequence[float], rounds: int, confidence: float, futility: float = FUTILITY) -> bool:
     """Whether one latency with these ratios so far gets another of its ``rounds``: while nothing yet
     speaks against a change (every ratio on one side of 1), and after that while :func:`change_chance`
-    is at least FUTILITY."""
+    is at least ``futility``."""
     if len(ratios) >= rounds or signed_rank_bound(rounds, confidence) is None:
         return False
     one_sided = bool(ratios) and (all(r > 1.0 for r in ratios) or all(r < 1.0 for r in ratios))
-    return one_sided or change_chance(ratios, rounds, confidence) >= FUTILITY
+    return one_sided or change_chance(ratios, rounds, confidence) >= futility
