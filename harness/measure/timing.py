@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from harness.measure.window import WarmUp, Window, ci_half_width, warm_up_until_steady
+
 if TYPE_CHECKING:
     import torch
 
@@ -49,6 +51,9 @@ class Samples:
     graph_used: bool | None = None  # CUDA only
     graph_error: str | None = None  # CUDA: why no graph, when one was asked for
     flush: str | None = None  # cold samples: how caches were emptied before each
+    warmup_s: float | None = None  # how long the warm-up before them ran
+    warmup_steady: bool | None = None  # whether the step time had stopped moving by then (window.py)
+    ci_half_width: float | None = None  # the median's 95% interval, larger side, relative to the median
 
 
 def perf_counter_resolution_s(reads: int = 2000) -> float:
@@ -127,6 +132,9 @@ def time_cpu(
     max_samples: int,
     flush: Callable[[], None] | None = None,
     inner_reps: int | None = None,
+    warmup_max_s: float | None = None,
+    target_ci: float | None = None,
+    max_time_s: float | None = None,
 ) -> Samples:
     """Per-call times of ``fn`` in seconds, one per sample.
 
@@ -134,26 +142,65 @@ def time_cpu(
     that a sample lasts at least 1 ms and 1000x the timer's resolution; pass the count an earlier
     round calibrated to keep rounds alike) and records elapsed / calls. With ``flush``, each sample
     times one call, made right after ``flush()``, which is not timed.
+
+    With ``warmup_max_s`` the warm-up lasts at least ``warmup_s`` and then until the step time is
+    steady, at most ``warmup_max_s``; with ``target_ci`` sampling goes on past ``min_time_s`` until the
+    median's 95% interval is within ``target_ci`` of it, at most ``max_time_s`` of timed work
+    (harness/measure/window.py). Without them: a fixed warm-up and window, as before.
     """
     if flush is not None:
         return time_cpu_parts(
             [fn], flush, warmup_s=warmup_s, min_time_s=min_time_s, min_samples=min_samples, max_samples=max_samples
         )
     _check_limits(warmup_s, min_time_s, min_samples, max_samples)
+    window = Window(min_time_s, min_samples, max_samples, target_ci, max_time_s)
     with gc_disabled():
-        warm_up(fn, warmup_s)
+        warm = warm_up_until(fn, warmup_s, warmup_max_s, target_ci)
         if inner_reps is None:
             inner_reps = calibrate_inner_reps(fn, max(MIN_SAMPLE_S, RESOLUTION_FACTOR * perf_counter_resolution_s()))
         samples: list[float] = []
         timed_s = 0.0
-        while not _done(len(samples), timed_s, min_time_s, min_samples, max_samples):
+        while not window.done(samples, timed_s):
             start = time.perf_counter()
             for _ in range(inner_reps):
                 fn()
             elapsed = time.perf_counter() - start
             samples.append(elapsed / inner_reps)
             timed_s += elapsed
-        return Samples(samples, "perf_counter", inner_reps)
+        return Samples(
+            samples,
+            "perf_counter",
+            inner_reps,
+            warmup_s=warm.seconds,
+            warmup_steady=warm.steady,
+            ci_half_width=ci_half_width(samples),
+        )
+
+
+# Warm-up windows must agree this closely when no timing target says otherwise.
+STEADY_TOLERANCE = 0.02
+
+
+def warm_up_until(
+    fn: Callable[[], object],
+    warmup_s: float,
+    warmup_max_s: float | None,
+    tolerance: float | None,
+    sync: Callable[[], None] | None = None,
+) -> WarmUp:
+    """A fixed warm-up of ``warmup_s`` (no ``warmup_max_s``), or one until steady between ``warmup_s`` and
+    ``warmup_max_s`` (window medians within ``tolerance``, by default ``STEADY_TOLERANCE``)."""
+    if warmup_max_s is None:
+        start = time.perf_counter()
+        warm_up(fn, warmup_s, sync)
+        return WarmUp(time.perf_counter() - start, steady=None, windows=0)
+    return warm_up_until_steady(
+        fn,
+        min_s=warmup_s,
+        max_s=max(warmup_s, warmup_max_s),
+        tolerance=STEADY_TOLERANCE if tolerance is None else tolerance,
+        sync=sync,
+    )
 
 
 def _flush_flags(parts: Sequence[Step], flush_before: Sequence[bool] | None) -> list[bool]:
