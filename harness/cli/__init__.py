@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.errors import UserError
+from harness.measure.hostload import mark_run_root
 from harness.signals import Interrupted, stop_signals
 
 # Subcommands in the order ``attnbench --help`` lists them.
@@ -61,6 +62,7 @@ def print_problems(command: str, error: UserError) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    mark_run_root()  # every process this command starts is its own, not other work on the host
     try:
         with stop_signals():
             code: int = args.func(args)

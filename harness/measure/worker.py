@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import signal
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
+
+from harness.measure.hostload import mark_run_root
 
 # Modules the forkserver imports once, so that children start warm.
 # torch._dynamo is imported lazily by the meta-device build and costs over a second in every child.
@@ -174,6 +177,7 @@ class IsolatedRunner:
     def __init__(self, preload: Sequence[str] = PRELOAD) -> None:
         for name, value in MALLOC_ENV.items():  # inherited by the forkserver, and so by every worker
             os.environ.setdefault(name, value)
+        mark_run_root()  # their CPU time is this run's own, not other work on the host
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(list(preload))
 
@@ -195,16 +199,21 @@ class IsolatedRunner:
         sender.close()
         lifeline_reader.close()
         try:
-            while not receiver.poll(POLL_S):
-                if not process.is_alive() and not receiver.poll(0):
-                    return self._died(process, start, kills_before)
-                if timeout_s is not None and time.perf_counter() - start > timeout_s:
+            # Sleep until the child answers or ends (no polling: a parent waking up every few milliseconds
+            # takes CPU time from the worker it is waiting for), or until the timeout.
+            deadline = None if timeout_s is None else start + timeout_s
+            while not receiver.poll(0):
+                remaining = None if deadline is None else deadline - time.perf_counter()
+                if remaining is not None and remaining <= 0:
                     return WorkerOutcome(
                         "timeout",
                         None,
                         f"no answer within {timeout_s:g} s (measure.cell_timeout_s); the worker was killed",
                         time.perf_counter() - start,
                     )
+                ready = multiprocessing.connection.wait([receiver, process.sentinel], timeout=remaining)
+                if process.sentinel in ready and not receiver.poll(0):
+                    return self._died(process, start, kills_before)
             try:
                 status, value, error, exception, ended_at = receiver.recv()
             except EOFError:
