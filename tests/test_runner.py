@@ -445,3 +445,15 @@ def test_each_measurement_round_appends_its_placement(tmp_path: Path):
     for cell in result.cells:
         assert [p.executor for p in cell.placement] == ["local", "local"]
         assert cell.placement[0].finished_utc <= cell.placement[1].started_utc
+
+
+def test_quick_timing_keeps_fixed_short_windows_and_a_full_run_aims_for_the_target() -> None:
+    from harness.execute.cellround import QUICK_MIN_TIME_S, QUICK_WARMUP_S, timing_settings
+    from harness.scenario.schema import MeasureSpec
+
+    measure = MeasureSpec(warmup_s=0.5, min_time_s=1.0, target_ci=0.02, max_time_s=3.0, warmup_max_s=2.0)
+    full = timing_settings(measure, quick=False)
+    assert (full["warmup_max_s"], full["target_ci"], full["max_time_s"]) == (2.0, 0.02, 3.0)
+    quick = timing_settings(measure, quick=True)
+    assert (quick["warmup_s"], quick["warmup_max_s"]) == (QUICK_WARMUP_S, QUICK_WARMUP_S)
+    assert (quick["min_time_s"], quick["max_time_s"], quick["target_ci"]) == (QUICK_MIN_TIME_S, QUICK_MIN_TIME_S, None)

@@ -186,6 +186,18 @@ FILE_REJECTIONS = [
     (BASE.replace("[measure]", "[measure]\nwarmup_s = inf"), "measure.warmup_s", "finite number"),
     (BASE.replace("[model]", "[model]\nrope_theta = nan"), "model.rope_theta", "finite number"),
     (BASE.replace("[measure]", "[measure]\nrounds = 10000000000"), "measure.rounds", "less than or equal to"),
+    (
+        BASE.replace("[measure]", "[measure]\nwarmup_s = 1.0\nwarmup_max_s = 0.5"),
+        "measure",
+        "warmup_max_s (0.5) is below",
+    ),
+    (
+        BASE.replace("[measure]", "[measure]\nmin_time_s = 1.0\nmax_time_s = 0.5"),
+        "measure",
+        "max_time_s (0.5) is below",
+    ),
+    (BASE.replace("[measure]", "[measure]\ntarget_ci = 1.5"), "measure.target_ci", "less than 1"),
+    (BASE.replace("[measure]", "[measure]\nthreads = 0"), "measure.threads", "greater than or equal to 1"),
 ]
 
 
@@ -285,3 +297,12 @@ def test_a_closed_pipe_ends_the_command_quietly():
     _, err = plan.communicate()
     assert reader.returncode == 0
     assert "Traceback" not in err
+
+
+def test_the_warm_up_and_window_caps_are_never_below_the_minimums_they_cap():
+    from harness.scenario.schema import DEFAULT_MAX_TIME_S, DEFAULT_WARMUP_MAX_S, MeasureSpec
+
+    assert MeasureSpec().warmup_cap_s == DEFAULT_WARMUP_MAX_S
+    assert MeasureSpec(warmup_s=DEFAULT_WARMUP_MAX_S + 1).warmup_cap_s == DEFAULT_WARMUP_MAX_S + 1
+    assert MeasureSpec(min_time_s=DEFAULT_MAX_TIME_S + 1).time_cap_s == DEFAULT_MAX_TIME_S + 1
+    assert MeasureSpec(min_time_s=0.1, max_time_s=0.2).time_cap_s == 0.2

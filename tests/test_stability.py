@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from helpers_results import lognormal_samples, make_cell, make_metrics, make_run
 
 from harness.measure import hostload
 from harness.measure.derive import pooled_summary
-from harness.measure.stability import assess_cell, assess_run, rounds_of, typical_spreads
+from harness.measure.stability import assess_cell, assess_run, noise_floor, rounds_of, typical_spreads
 from harness.results.schema import CellResult, HostLoad, Summary
 
 
@@ -106,3 +107,66 @@ def test_the_meter_reads_this_machine_or_nothing(tmp_path: Path) -> None:
     with hostload.HostLoadMeter(stat=tmp_path / "missing") as meter:
         pass
     assert meter.result is None
+
+
+def test_pooled_rounds_keep_each_rounds_warm_up_and_interval_in_round_order() -> None:
+    first, _ = pooled_summary(None, {"seconds": [1.0, 1.1, 1.2], "warmup_s": 0.3, "warmup_steady": True,
+                                     "ci_half_width": 0.02})  # fmt: skip
+    both, _ = pooled_summary(first, {"seconds": [1.0], "warmup_s": 1.0, "warmup_steady": False, "ci_half_width": 0.5})
+    assert both.process_warmup_s == [0.3, 1.0]
+    assert both.process_warmup_steady == [True, False]
+    assert both.process_ci_half_widths == [0.02, 0.5]
+
+
+def test_a_round_pooled_onto_one_that_recorded_no_warm_up_records_none_rather_than_misalign() -> None:
+    old, _ = pooled_summary(None, {"seconds": [1.0, 1.1]})
+    both, _ = pooled_summary(old, {"seconds": [1.0], "warmup_s": 0.3, "warmup_steady": True, "ci_half_width": 0.02})
+    assert both.process_medians == [1.05, 1.0]
+    assert both.process_warmup_s == [] and both.process_ci_half_widths == []
+
+
+def test_the_run_process_tree_counts_a_childs_cpu_time_as_the_runs_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv(hostload.RUN_ROOT_ENV, str(os.getpid()))
+    before = hostload.run_tree_cpu_s()
+    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\ninput()"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while hostload.run_tree_cpu_s() - before < 0.35 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hostload.run_tree_cpu_s() - before >= 0.35  # the child's 0.4 s of CPU are the run's own
+        monkeypatch.delenv(hostload.RUN_ROOT_ENV)
+        own = os.times()
+        assert hostload.run_tree_cpu_s() == pytest.approx(own.user + own.system, abs=0.05)  # unmarked: this one alone
+    finally:
+        child.communicate(b"\n", timeout=30)
+
+
+def test_mark_run_root_keeps_the_root_a_process_above_already_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(hostload.RUN_ROOT_ENV, "1")
+    hostload.mark_run_root()
+    assert hostload.os.environ[hostload.RUN_ROOT_ENV] == "1"
+    monkeypatch.delenv(hostload.RUN_ROOT_ENV)
+    hostload.mark_run_root()
+    assert hostload.os.environ[hostload.RUN_ROOT_ENV] == str(hostload.os.getpid())
+
+
+def test_noise_floor_is_the_spread_of_the_reference_medians_over_every_round_of_every_cell() -> None:
+    loads = [QUIET.model_copy(update={"reference_s": ms / 1e3}) for ms in (1.0, 1.0, 1.02, 0.98, 1.1)]
+    cells = [
+        cell_with(rounds(0.01, 0.01), loads[:2]),
+        cell_with(rounds(0.01, 0.01), loads[2:]),
+        cell_with(rounds(0.01)),
+    ]
+    floor = noise_floor(cells)
+    assert floor is not None
+    assert floor.workers == 5
+    assert floor.median_s == pytest.approx(1.0e-3)
+    # p10 and p90 of [0.98, 1.0, 1.0, 1.02, 1.1] by linear interpolation: 0.988 and 1.068
+    assert floor.spread == pytest.approx((1.068 - 0.988) / 1.0)
+    assert floor.max_deviation == pytest.approx(0.1)
+    assert noise_floor([cell_with(rounds(0.01), [QUIET])]) is None  # no reference: no floor

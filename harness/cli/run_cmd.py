@@ -14,6 +14,7 @@ from harness.cli.notes import print_warnings
 from harness.errors import UserError
 from harness.execute.shards import parse_shard
 from harness.hardware import is_cuda, resolve_device
+from harness.measure.stability import noise_floor
 from harness.results.schema import CellResult
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.scenario import Cell
@@ -195,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
             "their numbers are suspect (see the report's self-checks)",
             file=sys.stderr,
         )
+    floor = noise_floor(result.cells)
+    if floor is not None:
+        print(floor.describe(), file=sys.stderr)
     unstable = [c for c in result.cells if c.unstable]
     if unstable:
         first = unstable[0]

@@ -45,7 +45,18 @@ GPU_SPEED_FIELDS = (
 )
 # Measure settings that change what a cell's samples are; the others (rounds, time limits, the energy
 # window) change how many there are or what else is read, not the latencies themselves.
-SAMPLE_SETTINGS = ("warmup_s", "min_time_s", "min_samples", "max_samples", "cold", "seed", "memory_budget")
+SAMPLE_SETTINGS = (
+    "warmup_s",
+    "warmup_max_s",
+    "min_time_s",
+    "target_ci",
+    "max_time_s",
+    "min_samples",
+    "max_samples",
+    "cold",
+    "seed",
+    "memory_budget",
+)
 
 
 def hardware_differences(base: RunResult, head: RunResult) -> list[str]:

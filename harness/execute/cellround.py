@@ -42,12 +42,19 @@ def measure_cell_round(job: CellJob, node: NodeInfo, workers: WorkerCaller, wher
 
 
 def timing_settings(measure: MeasureSpec, quick: bool) -> dict[str, Any]:
+    """How a worker warms up and how long it times (harness/measure/window.py); ``--quick`` keeps the
+    windows fixed and short, for smoke runs."""
     warmup_s, min_time_s = measure.warmup_s, measure.min_time_s
+    warmup_max_s, target_ci, max_time_s = measure.warmup_cap_s, measure.target_ci, measure.time_cap_s
     if quick:
         warmup_s, min_time_s = min(warmup_s, QUICK_WARMUP_S), min(min_time_s, QUICK_MIN_TIME_S)
+        warmup_max_s, target_ci, max_time_s = warmup_s, None, min_time_s
     return {
         "warmup_s": warmup_s,
+        "warmup_max_s": warmup_max_s,
         "min_time_s": min_time_s,
+        "target_ci": target_ci,
+        "max_time_s": max_time_s,
         "min_samples": measure.min_samples,
         "max_samples": measure.max_samples,
     }
@@ -133,6 +140,7 @@ class _CellRound:
             "metrics": list(scenario.measure.selected_metrics),
             "timing": timing_settings(scenario.measure, self.job.quick),
             "cold": scenario.measure.cold,
+            "threads": scenario.measure.threads,
             "energy_window_s": scenario.measure.energy_window_s,
             "repeat": False,
             "graphs": True,

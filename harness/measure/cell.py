@@ -26,6 +26,7 @@ from harness.measure.bandwidth import load_or_measure_peak
 from harness.measure.flush import CudaL2Flusher, cpu_flusher
 from harness.measure.hostload import HostLoadMeter
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
+from harness.measure.reference import reference_loop
 from harness.measure.telemetry import NvmlSampler, other_gpu_processes
 from harness.model import build_decoder, sdpa
 from harness.model.attention import prepare_backend, resolve_backend
@@ -54,6 +55,16 @@ def enter_device(device: str) -> None:
     """Make ``device`` this process's current CUDA device (a no-op on CPU)."""
     if is_cuda(device):
         torch.cuda.set_device(torch.device(device))
+
+
+def set_threads(payload: dict[str, Any]) -> int | None:
+    """On CPU, torch's intra-op threads as the scenario asks (``measure.threads``; absent: torch's own
+    default); the count this worker then runs with. None on CUDA, where the host threads time nothing."""
+    if is_cuda(payload["device"]):
+        return None
+    if payload.get("threads"):
+        torch.set_num_threads(int(payload["threads"]))
+    return torch.get_num_threads()
 
 
 def _sync(device: str) -> None:
@@ -114,6 +125,9 @@ def _samples(samples: timing.Samples) -> dict[str, Any]:
         "graph_used": samples.graph_used,
         "graph_error": samples.graph_error,
         "flush": samples.flush,
+        "warmup_s": samples.warmup_s,
+        "warmup_steady": samples.warmup_steady,
+        "ci_half_width": samples.ci_half_width,
     }
 
 
@@ -151,6 +165,10 @@ class _CellTimer:
         self.captured: dict[str, timing.Captured] = {}
         self._l2_flusher: CudaL2Flusher | None = None
 
+    def fixed_window(self) -> dict[str, Any]:
+        """The scenario's least warm-up and window, without the steady warm-up and noise target."""
+        return {key: self.timing[key] for key in ("warmup_s", "min_time_s", "min_samples", "max_samples")}
+
     def flusher(self, reads: Sequence[torch.Tensor]) -> tuple[Callable[[], None], str]:
         """What empties the caches before a cold sample whose step reads ``reads``, and how it does."""
         if not self.cuda:
@@ -176,9 +194,9 @@ class _CellTimer:
         if self.cuda:
             return self._time_cuda(metric, fn, parts, reads, flush_before, host)
         out = {"warm": _samples(timing.time_cpu(fn, **self.timing, inner_reps=self.inner_reps.get(metric)))}
-        if self.cold:
+        if self.cold:  # single calls after a flush, in a process the warm samples just warmed: a fixed window
             flush, how = self.flusher(reads)
-            cold = timing.time_cpu_parts(parts, flush, **self.timing, flush_before=flush_before)
+            cold = timing.time_cpu_parts(parts, flush, **self.fixed_window(), flush_before=flush_before)
             out["cold"] = _samples(dataclasses.replace(cold, flush=how))
         return out
 
@@ -191,15 +209,22 @@ class _CellTimer:
         flush_before: Sequence[bool] | None,
         host: bool,
     ) -> dict[str, dict[str, Any]]:
-        window = {key: self.timing[key] for key in ("min_time_s", "min_samples", "max_samples")}
+        window = {key: value for key, value in self.fixed_window().items() if key != "warmup_s"}
         with timing.gc_disabled():
-            timing.warm_up(fn, self.timing["warmup_s"], torch.cuda.synchronize)
+            warm = timing.warm_up_until(
+                fn,
+                self.timing["warmup_s"],
+                self.timing.get("warmup_max_s"),
+                self.timing.get("target_ci"),
+                torch.cuda.synchronize,
+            )
         captured = timing.capture(fn, graph=self.graphs, tolerance=self.tolerance)
         self.captured[metric] = captured
         warm_s, inner = timing.time_cuda_steps(captured.step, **window, inner_reps=self.inner_reps.get(metric))
-        out = {
-            "warm": _samples(timing.Samples(warm_s, captured.timer, inner, captured.graph_used, captured.graph_error))
-        }
+        warm_samples = timing.Samples(
+            warm_s, captured.timer, inner, captured.graph_used, captured.graph_error, None, warm.seconds, warm.steady
+        )
+        out = {"warm": _samples(warm_samples)}
         if host:
             out["host"] = _samples(timing.Samples(timing.host_samples(fn, **window), "perf_counter", 1))
         captures = [captured]
@@ -268,10 +293,11 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
     measurement round) only the timing is done, with the first round's ``inner_reps``.
     """
     enter_device(payload["device"])
+    threads = set_threads(payload)
     device, metrics, repeat = payload["device"], set(payload["metrics"]), payload.get("repeat", False)
     backend = _concrete_backend(payload)
     torch.manual_seed(payload["seed"])
-    out: dict[str, Any] = {"backend_used": backend}
+    out: dict[str, Any] = {"backend_used": backend, "threads": threads}
     samples: dict[str, dict[str, Any]] = {}
     with torch.inference_mode():
         decoder, cache, tokens, memory = _build_and_step(payload, backend, fill=True)
@@ -292,6 +318,8 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
             out.update(observed)
         others_before = other_gpu_processes(device) if is_cuda(device) else None
         with NvmlSampler(device) as sampler, HostLoadMeter() as load:
+            # the machine's noise floor, beside the cell (harness/measure/reference.py)
+            reference = None if is_cuda(device) else reference_loop()
             if "decode" in metrics:
 
                 def step() -> object:
@@ -327,7 +355,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
                 out["telemetry"] = telemetry.model_dump()
     out["samples"] = samples
     out["checks"] = timer.checks
-    out["host_load"] = load.result
+    out["host_load"] = None if load.result is None else load.result | (reference or {})
     return out
 
 
@@ -339,6 +367,7 @@ def choose_auto_backend(payload: dict[str, Any]) -> dict[str, Any]:
     """
     device = payload["device"]
     enter_device(device)
+    set_threads(payload)
     start = resolve_backend("auto", "cuda" if is_cuda(device) else "cpu", _variant(payload))
     torch.manual_seed(payload["seed"])
     with torch.inference_mode():
@@ -357,6 +386,7 @@ def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
     """
     device, budget = payload["device"], payload["budget_bytes"]
     enter_device(device)
+    set_threads(payload)
     if is_cuda(device):
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)

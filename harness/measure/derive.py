@@ -6,6 +6,7 @@ later round pools more samples in. Definitions are in docs/design.md ("What is m
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -52,8 +53,27 @@ def pooled_summary(previous: Summary | None, sample_set: dict[str, Any]) -> tupl
             text = ", ".join(f"{key} {old} then {new}" for key, (old, new) in differs.items())
             check = Check(name=ROUNDS_TIMED_ALIKE, passed=False, detail=f"round {len(medians) + 1}: {text}")
         how = {key: getattr(previous, key) for key in how}
-    update = {"process_medians": [*medians, statistics.median(seconds)], "process_sizes": [*sizes, len(seconds)]}
+    update = {
+        "process_medians": [*medians, statistics.median(seconds)],
+        "process_sizes": [*sizes, len(seconds)],
+        **_round_record(previous, sample_set),
+    }
     return pooled.model_copy(update=update | how), check
+
+
+def _round_record(previous: Summary | None, sample_set: dict[str, Any]) -> dict[str, list[Any]]:
+    """The per-process warm-up and interval lists with this round's entries appended: none when this round
+    records no warm-up, or when an earlier round recorded none (the lists would no longer line up by round)."""
+    warmup_s, width = sample_set.get("warmup_s"), sample_set.get("ci_half_width")
+    rounds_before = 0 if previous is None else len(previous.process_medians or [previous.median])
+    if warmup_s is None or (previous is not None and len(previous.process_warmup_s) != rounds_before):
+        return {}
+    this_round = {
+        "process_warmup_s": float(warmup_s),
+        "process_warmup_steady": sample_set.get("warmup_steady"),
+        "process_ci_half_widths": float(width) if width is not None and math.isfinite(width) else None,
+    }
+    return {field: [*(getattr(previous, field) if previous else []), value] for field, value in this_round.items()}
 
 
 def apply_bandwidths(metrics: CellMetrics, batch_size: int, peak_gbps: float | None) -> None:

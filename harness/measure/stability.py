@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from harness.measure.stats import median_ci
+from harness.measure.stats import median_ci, percentile_sorted
 from harness.results.schema import CellResult, RunResult, Stability, Summary
 
 ROUND_DISAGREEMENT = 0.10
@@ -143,6 +144,36 @@ def assess_run(result: RunResult) -> None:
     for index, cell in enumerate(result.cells):
         if cell.status == "ok":
             result.cells[index] = cell.model_copy(update={"stability": assess_cell(cell, typical)})
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """How much the bare reference loop (harness/measure/reference.py) moved between a run's workers."""
+
+    workers: int  # measuring processes that timed the reference
+    median_s: float  # median of their reference medians
+    spread: float  # (p90 - p10) / median of their reference medians: the machine's process-to-process noise
+    max_deviation: float  # the worker furthest from the median, relative to it
+
+    def describe(self) -> str:
+        return (
+            f"noise floor: the bare reference loop ({self.median_s * 1e3:.3g} ms) moved by {self.spread:.1%} "
+            f"(p10-p90) across {self.workers} measuring processes, at most {self.max_deviation:.1%} from its median"
+        )
+
+
+def noise_floor(cells: Sequence[CellResult]) -> NoiseFloor | None:
+    """The run's noise floor from every round's reference reading, or None where fewer than two were taken."""
+    medians = sorted(load.reference_s for cell in cells for load in cell.host_load if load.reference_s is not None)
+    if len(medians) < 2:
+        return None
+    middle = percentile_sorted(medians, 0.5)
+    return NoiseFloor(
+        workers=len(medians),
+        median_s=middle,
+        spread=(percentile_sorted(medians, 0.9) - percentile_sorted(medians, 0.1)) / middle,
+        max_deviation=max(abs(m - middle) for m in medians) / middle,
+    )
 
 
 def paired_reasons(cell: CellResult) -> list[str]:

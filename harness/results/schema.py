@@ -54,6 +54,13 @@ class Summary(_Model):
     # Samples each process contributed, in order (samples[:n0] came from the first): each round's own
     # spread is then known. Empty in files written before they were recorded.
     process_sizes: list[Size] = []
+    # Per process too, in the same order (empty in files written before they were recorded): how long
+    # its warm-up ran, whether the step time had stopped moving by then (null: a fixed warm-up, not
+    # assessed), and how wide its median's 95% interval came out, as the larger side over the median
+    # (harness/measure/window.py); null where a sample set records none (cold and CUDA samples).
+    process_warmup_s: list[NonNegative] = []
+    process_warmup_steady: list[bool | None] = []
+    process_ci_half_widths: list[NonNegative | None] = []
     # How the samples were taken (None in files written before these were recorded):
     timer: str | None = None  # "perf_counter", "cuda-graph+events" or "cuda-events" (eager, graph not used)
     graph_used: bool | None = None  # CUDA: the samples are CUDA-graph replays; None on CPU
@@ -162,6 +169,7 @@ class CellMetrics(_Model):
     max_batch: MaxBatch | None = None
     telemetry: Telemetry | None = None
     timer: str | None = None  # how the warm decode latency was timed (each Summary says its own)
+    threads: Size | None = None  # CPU: torch's intra-op threads in the worker that timed it (None: not recorded)
     auto_latencies_s: dict[str, Seconds] | None = None  # backend 'auto': core-attention median per candidate
     sdpa_kernel: str | None = None  # backend sdpa: the kernel that ran (flash, efficient, cudnn, math)
     sdpa_kv_copied: bool | None = None  # backend sdpa: K/V were repeated to every query head (a copy per step)
@@ -176,6 +184,11 @@ class HostLoad(_Model):
     other_cpu_s: NonNegative  # CPU seconds other processes used meanwhile (all CPUs)
     steal_s: NonNegative  # CPU seconds the hypervisor gave this machine's CPUs to other guests meanwhile
     cores: Positive  # CPUs of the machine
+    # The bare reference loop timed in the same worker just before the cell (harness/measure/reference.py;
+    # CPU only, None elsewhere and in files written before it was recorded): its median seconds per
+    # call, and its p10-p90 width relative to that median.
+    reference_s: Seconds | None = None
+    reference_spread: NonNegative | None = None
 
     @property
     def other_cores(self) -> float:

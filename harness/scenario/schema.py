@@ -136,6 +136,11 @@ class SweepSpec(_Strict):
         return self
 
 
+# Caps of a warm-up that waits for a steady step and of a window that waits for a narrow interval.
+DEFAULT_WARMUP_MAX_S = 2.0
+DEFAULT_MAX_TIME_S = 5.0
+
+
 class MeasureSpec(_Strict):
     """How cells are measured."""
 
@@ -144,10 +149,35 @@ class MeasureSpec(_Strict):
         None,
         description="default: decode, attention, memory (and max_batch with a memory_budget); train_step on request",
     )
-    warmup_s: float = Field(0.5, gt=0, description="warm-up time before each timed window")
-    min_time_s: float = Field(1.0, gt=0, description="timed window per metric and cell")
+    warmup_s: float = Field(0.5, gt=0, description="least warm-up before each timed window")
+    warmup_max_s: float | None = Field(
+        None,
+        gt=0,
+        description="longest warm-up: past warmup_s it goes on until the step time is steady "
+        f"(default {DEFAULT_WARMUP_MAX_S:g} s, or warmup_s if longer)",
+    )
+    min_time_s: float = Field(1.0, gt=0, description="least timed window per metric and cell")
+    target_ci: float | None = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="sample until each round's median is known within this fraction (95% interval), "
+        "within max_time_s; null: stop at min_time_s",
+    )
+    max_time_s: float | None = Field(
+        None,
+        gt=0,
+        description="longest timed window while aiming for target_ci "
+        f"(default {DEFAULT_MAX_TIME_S:g} s, or min_time_s if longer)",
+    )
     min_samples: int = Field(15, ge=5, le=MAX_COUNT, description="fewest timed samples per metric")
     max_samples: int = Field(200, ge=5, le=MAX_COUNT, description="most timed samples per metric")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="CPU: torch's intra-op threads in each measuring worker (default: torch's own, one per core)",
+    )
     cold: bool = Field(True, description="also time with caches flushed between samples")
     rounds: int = Field(
         1,
@@ -169,9 +199,23 @@ class MeasureSpec(_Strict):
     def _consistent(self) -> MeasureSpec:
         if self.max_samples < self.min_samples:
             raise ValueError(f"max_samples ({self.max_samples}) is below min_samples ({self.min_samples})")
+        if self.warmup_max_s is not None and self.warmup_max_s < self.warmup_s:
+            raise ValueError(f"warmup_max_s ({self.warmup_max_s}) is below warmup_s ({self.warmup_s})")
+        if self.max_time_s is not None and self.max_time_s < self.min_time_s:
+            raise ValueError(f"max_time_s ({self.max_time_s}) is below min_time_s ({self.min_time_s})")
         if self.metrics is not None and "max_batch" in self.metrics and self.memory_budget is None:
             raise ValueError("metric 'max_batch' needs measure.memory_budget")
         return self
+
+    @property
+    def warmup_cap_s(self) -> float:
+        """The longest warm-up: ``warmup_max_s``, by default the larger of DEFAULT_WARMUP_MAX_S and ``warmup_s``."""
+        return self.warmup_max_s if self.warmup_max_s is not None else max(DEFAULT_WARMUP_MAX_S, self.warmup_s)
+
+    @property
+    def time_cap_s(self) -> float:
+        """The longest timed window: ``max_time_s``, by default the larger of DEFAULT_MAX_TIME_S and ``min_time_s``."""
+        return self.max_time_s if self.max_time_s is not None else max(DEFAULT_MAX_TIME_S, self.min_time_s)
 
     @property
     def selected_metrics(self) -> tuple[Metric, ...]:
