@@ -15,6 +15,7 @@ from harness.errors import UserError
 from harness.execute.shards import parse_shard
 from harness.hardware import is_cuda, resolve_device
 from harness.results.schema import CellResult
+from harness.results.store import check_writable
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.scenario import Cell
 from harness.signals import Interrupted
@@ -222,7 +223,12 @@ def _run_slurm(args: argparse.Namespace, shard: object) -> int:
         raise UserError("--executor slurm runs every shard itself", field="--shard" if shard else "--resume")
     if args.file is None:
         raise UserError("--executor slurm needs a scenario file: the nodes' devices are not known here", field="FILE")
-    options = RunOptions(scenario=args.file, device=args.device, out_dir=args.out, quick=args.quick)
+    # the array's tasks may start in another folder; the merged files must have a place before they run
+    out_dir = args.out.absolute()
+    check_writable(out_dir, 0)
+    options = RunOptions(
+        scenario=str(Path(args.file).absolute()), device=args.device, out_dir=out_dir, quick=args.quick
+    )
     slurm = SlurmOptions(
         shards=args.shards,
         folder=args.slurm_folder.resolve(),
@@ -231,7 +237,7 @@ def _run_slurm(args: argparse.Namespace, shard: object) -> int:
         time_min=args.time,
         cluster=args.slurm_cluster,
     )
-    written = submit_and_merge(options, slurm, args.out)
+    written = submit_and_merge(options, slurm, out_dir)
     failed = 0
     for path, result in written:
         failed += sum(c.status in ("error", "timeout") for c in result.cells)
