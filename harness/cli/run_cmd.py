@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --resume: measure again, into the newest run of this scenario, the cells it found unstable",
     )
     parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="calibrate each cell's calls per warm sample afresh instead of reusing those of the newest earlier "
+        "finished run of this scenario in the results folder (reused by default, so that runs compare alike)",
+    )
+    parser.add_argument(
         "--shard",
         metavar="K/N",
         help="measure only part K of N (balanced by predicted cost; the same split on every machine); "
@@ -140,6 +146,8 @@ def resume_command(args: argparse.Namespace, scenario: str) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.rerun_unstable and not args.resume:
         raise UserError("re-measures cells of an existing run; give --resume too", field="--rerun-unstable")
+    if args.recalibrate and args.resume:
+        raise UserError("applies to a new run; a resumed run keeps how it began", field="--recalibrate")
     shard = parse_shard(args.shard, os.environ) if args.shard is not None else None
     if args.executor == "local" and (args.address or args.gpu_type):
         raise UserError("only with --executor ray", field="--address" if args.address else "--gpu-type")
@@ -160,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         rerun_unstable=args.rerun_unstable,
         shard=shard,
+        recalibrate=args.recalibrate,
     )
     bar = _Bar(args.quiet)
     progress = RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped)
@@ -227,7 +236,11 @@ def _run_slurm(args: argparse.Namespace, shard: object) -> int:
     out_dir = args.out.absolute()
     check_writable(out_dir, 0)
     options = RunOptions(
-        scenario=str(Path(args.file).absolute()), device=args.device, out_dir=out_dir, quick=args.quick
+        scenario=str(Path(args.file).absolute()),
+        device=args.device,
+        out_dir=out_dir,
+        quick=args.quick,
+        recalibrate=args.recalibrate,
     )
     slurm = SlurmOptions(
         shards=args.shards,
