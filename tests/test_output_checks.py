@@ -9,6 +9,10 @@ import pytest
 from helpers_tiny import TINY
 
 from harness.cli import main
+from harness.model import build_decoder
+from harness.scenario.schema import ModelSpec
+from harness.train.checkpoint import save_checkpoint
+from harness.variants import Variant
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITY = str(REPO / "scenarios" / "quality-toy.toml")
@@ -52,3 +56,15 @@ def test_a_slurm_run_refuses_a_results_folder_that_is_a_file_before_submitting(
     assert main([*command, "--slurm-folder", str(tmp_path / "slurm")]) == 2
     assert _one_line(capsys).startswith(f"attnbench run: error: {taken}: cannot write here: ")
     assert not (tmp_path / "slurm").exists()  # nothing submitted
+
+
+def test_convert_refuses_a_save_folder_that_is_a_file_before_uptraining(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = ModelSpec(d_model=32, n_layers=2, d_ff=48, vocab_size=256, dtype="float32")
+    mha = Variant(name="H8-MHA", head_dim=8, n_heads=4, n_kv_heads=4, kv_layers=(0, 1))
+    save_checkpoint(build_decoder(model, mha, dtype="float32", device="cpu", seed=0), 4, tmp_path / "mha.pt")
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    assert main(["convert", str(tmp_path / "mha.pt"), "--to", "H8-MQA", "--save", str(taken)]) == 2
+    assert _one_line(capsys).startswith(f"attnbench convert: error: {taken}: cannot write here: ")
