@@ -18,7 +18,11 @@ Both sides time a cell with the same number of calls per warm sample: a short ca
 samples of several back-to-back calls, calibrated in the cell's first round and kept for its later
 ones, and two sides calibrating apart could settle on 2 and 3 calls and differ by several percent
 in every round for that alone (seen here: core attention at batch 1, +6% over 29 rounds of an A/A
-comparison). So in round 0 the side measured first calibrates and the other is handed its count.
+comparison). So in round 0 the side measured first calibrates (or, as any run does, takes the count of
+the newest earlier run of the scenario in its results folder) and the other is handed its count.
+
+Every path is the caller's: the results folder and the scenario are made absolute before a server
+starts in its own tree (a relative one would name a place in that tree, removed at the end).
 
 Each side writes its own result file, marked with the pairing (``RunResult.pairing``: the shared
 session, its role and revision, its partner, and which side went first in each round), under
