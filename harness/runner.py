@@ -165,7 +165,7 @@ class Runner:
             cells = shard_cells(self.loaded, cells, self.options.shard, rounds)
         check_writable(self.options.out_dir, needed_bytes(len(cells), rounds, scenario.measure.max_samples))
         if self.executor is None:
-            self._begin_local(pairing)
+            self._begin_local(pairing, cells)
         else:
             self._reopen_remote()
         # a failed cell is not measured again in later rounds, so it counts as done for all of them
@@ -183,7 +183,7 @@ class Runner:
             )
         return self._identity
 
-    def _begin_local(self, pairing: Pairing | None) -> None:
+    def _begin_local(self, pairing: Pairing | None, cells: list[Cell]) -> None:
         target, environment = self._describe()
         out_dir, resume = self.options.out_dir, self.options.resume
         if resume:
@@ -197,7 +197,7 @@ class Runner:
         result = file.result
         if pairing is not None:
             result.pairing = pairing
-        self._reuse_calibration(out_dir / target, file)
+        self._reuse_calibration(out_dir / target, file, cells)
         if result.peak_bandwidth_gbps is None:
             peak = self._peak(target, result.environment)
             result.environment["peak_bandwidth"] = peak
@@ -206,10 +206,11 @@ class Runner:
         node = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
         self.executor = LocalExecutor(self.workers, node, self.device)
 
-    def _reuse_calibration(self, folder: Path, file: ResultFile) -> None:
-        """Let first rounds time with the calls per sample of the newest earlier finished run of this scenario
-        in ``folder`` (recorded as ``inner_reps_from``; a resumed run keeps the file it recorded), so that two
-        runs compare alike cell by cell; not with ``recalibrate``. Cells it lacks calibrate their own."""
+    def _reuse_calibration(self, folder: Path, file: ResultFile, cells: list[Cell]) -> None:
+        """Let first rounds of ``cells`` time with the calls per sample of the newest earlier finished run of this
+        scenario in ``folder`` (recorded as ``inner_reps_from`` when it has one of them; a resumed run keeps the
+        file it recorded), so that two runs compare alike cell by cell; not with ``recalibrate``. Cells it
+        lacks calibrate their own."""
         result = file.result
         if result.inner_reps_from is not None:  # resumed: its cells still to measure take them from there too
             recorded = folder / result.inner_reps_from
@@ -218,9 +219,10 @@ class Runner:
         if self.options.recalibrate or self.options.resume:
             return
         found = runfiles.calibrated_earlier(folder, result, file.path)
-        if found is not None:
+        keys = {cell.key for cell in cells}
+        if found is not None and keys & found[1].keys():  # another shard's file, say, may have none of them
             result.inner_reps_from = found[0].name
-            self._reps = found[1]
+            self._reps = {key: reps for key, reps in found[1].items() if key in keys}
 
     def _reopen_remote(self) -> None:
         """Cells run where the executor puts them: files open as targets report, and with --resume the

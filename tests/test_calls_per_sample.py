@@ -87,6 +87,22 @@ def test_an_unfinished_or_differently_measured_earlier_run_lends_nothing(earlier
     assert again.inner_reps_from is None and PLANTED not in map(_decode_reps, again.cells)
 
 
+@pytest.mark.slow
+def test_a_cell_the_earlier_run_lacks_calibrates_its_own_and_one_that_lacks_all_is_not_named(
+    earlier: tuple[Path, Path, Path],
+) -> None:
+    scenario, out, path = earlier
+    result = load_result(path)
+    save_result(result.model_copy(update={"cells": result.cells[:1]}), path)  # batch 1 only
+    second = _run(scenario, out)
+    assert second.inner_reps_from == path.name
+    assert _decode_reps(second.cells[0]) == PLANTED and _decode_reps(second.cells[1]) != PLANTED
+    for found in result_files(out):  # the newest run now has no cell of this scenario's, as another shard's
+        save_result(load_result(found).model_copy(update={"cells": []}), found)
+    third = _run(scenario, out)
+    assert third.inner_reps_from is None
+
+
 def test_recalibrate_with_resume_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--resume", "--recalibrate", "--out", str(tmp_path), "--quiet"]) == 2
     assert capsys.readouterr().err == (
