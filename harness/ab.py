@@ -18,7 +18,11 @@ Both sides time a cell with the same number of calls per warm sample: a short ca
 samples of several back-to-back calls, calibrated in the cell's first round and kept for its later
 ones, and two sides calibrating apart could settle on 2 and 3 calls and differ by several percent
 in every round for that alone (seen here: core attention at batch 1, +6% over 29 rounds of an A/A
-comparison). So in round 0 the side measured first calibrates and the other is handed its count.
+comparison). So in round 0 the side measured first calibrates (or, as any run does, takes the count of
+the newest earlier run of the scenario in its results folder) and the other is handed its count.
+
+Every path is the caller's: the results folder and the scenario are made absolute before a server
+starts in its own tree (a relative one would name a place in that tree, removed at the end).
 
 Each side writes its own result file, marked with the pairing (``RunResult.pairing``: the shared
 session, its role and revision, its partner, and which side went first in each round), under
@@ -104,10 +108,27 @@ class ServedRevision:
         self.features = frozenset(hello.get("features") or ())
 
 
+# Variables that name folders: relative, they would name another one in a server's own tree.
+PATH_VARIABLES = ("ATTNBENCH_CACHE_DIR", "XDG_CACHE_HOME")
+
+
+def callers_paths(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with its relative folders (``PATH_VARIABLES``, ``PYTHONPATH`` entries) made absolute against
+    this process's working folder, so that a server started in another one reads the same places."""
+    out = dict(env)
+    for name in PATH_VARIABLES:
+        if out.get(name):
+            out[name] = str(Path(out[name]).absolute())
+    if out.get("PYTHONPATH"):
+        entries = out["PYTHONPATH"].split(os.pathsep)
+        out["PYTHONPATH"] = os.pathsep.join(str(Path(e).absolute()) if e else e for e in entries)
+    return out
+
+
 @contextmanager
 def serve(role: str, revision: Revision) -> Iterator[ServedRevision]:
     """Start ``python -m harness.serve`` in the revision's tree, importing that tree's code first."""
-    env = dict(os.environ)
+    env = callers_paths(dict(os.environ))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(revision.root), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, "-m", "harness.serve"],
@@ -210,6 +231,7 @@ def interleave(
     each cell either has ``rounds`` rounds or can no longer show a change (:class:`Plan`)."""
     rng = random.Random(seed)
     session = uuid.uuid4().hex[:12]
+    out_dir = out_dir.absolute()  # the servers work in their own trees: a relative folder would be theirs
     with ExitStack() as stack:
         base = stack.enter_context(checkout(base_spec))
         head = stack.enter_context(checkout(head_spec))

@@ -15,8 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from harness.compare.comparable import setting_differences
 from harness.errors import RunFailure, UserError
 from harness.inputs import MIB
+from harness.measure.derive import inner_reps
 from harness.results.lock import AdvisoryLock, file_lock
 from harness.results.schema import GitInfo, RunResult, ScenarioRef, Shard
 from harness.results.store import claim_result_path, load_result, result_files, save_result
@@ -115,6 +117,30 @@ def find_resumable(
         if same and (finished_too or result.finished_utc is None):
             return path, result
     return None
+
+
+def calibrated_earlier(folder: Path, result: RunResult, own: Path) -> tuple[Path, dict[CellKey, dict[str, int]]] | None:
+    """The newest finished result in ``folder`` (a target's) other than ``own`` that measured ``result``'s
+    scenario as it will be measured (same scenario name and device, and no setting that makes compare call
+    them not comparable: --quick, the model, the sample settings), and the calls per warm sample each of its
+    ``ok`` cells timed with; None when there is none. A run that times its cells with these compares with
+    that one, and with every other run that did the same, cell by cell alike."""
+    if not folder.is_dir():
+        return None
+    for path in reversed(result_files(folder)):
+        if path == own:
+            continue
+        earlier = load_result(path)
+        same = earlier.scenario.name == result.scenario.name and earlier.device == result.device
+        if same and earlier.finished_utc is not None and setting_differences(earlier, result) is None:
+            return path, calls_per_sample(earlier)
+    return None
+
+
+def calls_per_sample(result: RunResult) -> dict[CellKey, dict[str, int]]:
+    """The calls per warm sample each ``ok`` cell of ``result`` timed with, by metric (harness/measure/derive.py)."""
+    reps = {c.key: inner_reps(c.metrics) for c in result.cells if c.status == "ok" and c.metrics is not None}
+    return {key: counts for key, counts in reps.items() if counts}
 
 
 def target_folders(out_dir: Path) -> list[str]:

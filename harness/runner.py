@@ -39,8 +39,8 @@ from harness.measure import cell as cell_worker
 from harness.measure import stability
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
-from harness.results.store import check_writable
-from harness.runfiles import ResultFile, RunIdentity, git_info, needed_bytes
+from harness.results.store import check_writable, load_result
+from harness.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes
 from harness.scenario import Cell, expand_cells, load_scenario
 from harness.signals import Interrupted
 
@@ -55,6 +55,9 @@ class RunOptions:
     rerun_unstable: bool = False  # with resume: measure again the cells the newest run found unstable
     rounds: int | None = None  # measurement rounds, instead of the scenario's measure.rounds
     shard: Shard | None = None  # measure only this shard of the cells (harness/execute/shards.py)
+    # calibrate every cell's calls per warm sample afresh, rather than reuse the newest earlier finished
+    # result's of this scenario (runfiles.calibrated_earlier)
+    recalibrate: bool = False
 
 
 @dataclass
@@ -125,6 +128,7 @@ class Runner:
         self.result: RunResult
         self._where: dict[tuple[str, int, int, str, str], str] = {}  # cell key -> the target whose file holds it
         self._failed: list[CellResult] = []
+        self._reps: dict[CellKey, dict[str, int]] = {}  # calls per warm sample of an earlier run, per cell
 
     @property
     def result_path(self) -> Path | None:
@@ -161,7 +165,7 @@ class Runner:
             cells = shard_cells(self.loaded, cells, self.options.shard, rounds)
         check_writable(self.options.out_dir, needed_bytes(len(cells), rounds, scenario.measure.max_samples))
         if self.executor is None:
-            self._begin_local(pairing)
+            self._begin_local(pairing, cells)
         else:
             self._reopen_remote()
         # a failed cell is not measured again in later rounds, so it counts as done for all of them
@@ -179,7 +183,7 @@ class Runner:
             )
         return self._identity
 
-    def _begin_local(self, pairing: Pairing | None) -> None:
+    def _begin_local(self, pairing: Pairing | None, cells: list[Cell]) -> None:
         target, environment = self._describe()
         out_dir, resume = self.options.out_dir, self.options.resume
         if resume:
@@ -193,6 +197,7 @@ class Runner:
         result = file.result
         if pairing is not None:
             result.pairing = pairing
+        self._reuse_calibration(out_dir / target, file, cells)
         if result.peak_bandwidth_gbps is None:
             peak = self._peak(target, result.environment)
             result.environment["peak_bandwidth"] = peak
@@ -200,6 +205,24 @@ class Runner:
         file.save()
         node = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
         self.executor = LocalExecutor(self.workers, node, self.device)
+
+    def _reuse_calibration(self, folder: Path, file: ResultFile, cells: list[Cell]) -> None:
+        """Let first rounds of ``cells`` time with the calls per sample of the newest earlier finished run of this
+        scenario in ``folder`` (recorded as ``inner_reps_from`` when it has one of them; a resumed run keeps the
+        file it recorded), so that two runs compare alike cell by cell; not with ``recalibrate``. Cells it
+        lacks calibrate their own."""
+        result = file.result
+        if result.inner_reps_from is not None:  # resumed: its cells still to measure take them from there too
+            recorded = folder / result.inner_reps_from
+            self._reps = runfiles.calls_per_sample(load_result(recorded)) if recorded.is_file() else {}
+            return
+        if self.options.recalibrate or self.options.resume:
+            return
+        found = runfiles.calibrated_earlier(folder, result, file.path)
+        keys = {cell.key for cell in cells}
+        if found is not None and keys & found[1].keys():  # another shard's file, say, may have none of them
+            result.inner_reps_from = found[0].name
+            self._reps = {key: reps for key, reps in found[1].items() if key in keys}
 
     def _reopen_remote(self) -> None:
         """Cells run where the executor puts them: files open as targets report, and with --resume the
@@ -258,6 +281,7 @@ class Runner:
             quick=self.options.quick,
             max_batch={target: found for (target, k), found in self._max_batch.items() if k == key},
             target=self._where.get(cell.key) if round_index > 0 else None,
+            inner_reps=self._reps.get(cell.key) if round_index == 0 else None,
         )
 
     def measure_round(

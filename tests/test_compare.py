@@ -625,3 +625,37 @@ def test_a_max_batch_drop_beyond_the_repeatability_is_a_regression_and_exact_sea
         side(run_of(_max_batch(make_cell(), 58, 0))), side(run_of(_max_batch(make_cell(), 57, 0)))
     )
     assert next(c for c in exact.cells[0].changes if c.metric == "max_batch").verdict == "regression"
+
+
+def _timed(cell: CellResult, inner_reps: int, timer: str = "perf_counter") -> CellResult:
+    """``cell`` with its warm decode latency timed by ``timer`` in samples of ``inner_reps`` calls."""
+    assert cell.metrics is not None and cell.metrics.decode_latency_s is not None
+    decode = cell.metrics.decode_latency_s.model_copy(update={"inner_reps": inner_reps, "timer": timer})
+    return cell.model_copy(update={"metrics": cell.metrics.model_copy(update={"decode_latency_s": decode})})
+
+
+def test_a_slowdown_between_cells_timed_with_other_calls_per_sample_is_measured_differently_not_a_regression(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = make_cell(decode_samples=lognormal_samples(0.010, seed=1))
+    head = make_cell(decode_samples=lognormal_samples(0.013, seed=2))
+    alike = compare.compare_sides(side(run_of(_timed(base, 2))), side(run_of(_timed(head, 2))))
+    assert alike.exit_code == 1  # the same slowdown, timed alike, is a regression
+    save_result(run_of(_timed(base, 2)), tmp_path / "base.json")
+    save_result(run_of(_timed(head, 3)), tmp_path / "head.json")
+    assert attnbench(["compare", str(tmp_path / "base.json"), str(tmp_path / "head.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| measured differently | decode_latency_s with 2 calls per sample at base, 3 at head" in table
+    assert "**OK**: 0 regressions" in table
+
+
+def test_cells_timed_with_another_timer_are_measured_differently() -> None:
+    base = _timed(make_cell(decode_samples=lognormal_samples(0.010, seed=1)), 1, "cuda-graph+events")
+    head = _timed(make_cell(decode_samples=lognormal_samples(0.013, seed=2)), 1, "cuda-events")
+    comparison = compare.compare_sides(side(run_of(base)), side(run_of(head)))
+    assert comparison.exit_code == 0 and comparison.cells == ()
+    (skipped,) = comparison.skipped
+    assert (skipped.verdict, skipped.reason) == (
+        "measured differently",
+        "decode_latency_s timed with cuda-graph+events at base, cuda-events at head",
+    )

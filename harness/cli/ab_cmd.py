@@ -20,7 +20,7 @@ from harness.cli.run_cmd import default_scenario
 from harness.compare.paired import rounds_needed
 from harness.errors import UserError
 from harness.hardware import resolve_device
-from harness.results.store import write_text_atomic
+from harness.results.store import check_file_writable, check_writable, write_text_atomic
 from harness.signals import Interrupted
 
 DEFAULT_OUT = "results-ab"
@@ -80,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 2:
         raise UserError(f"needs at least 2 rounds to pair, got {args.rounds}", source="--rounds")
     device = resolve_device(args.device)
-    scenario = args.scenario or default_scenario(device)
+    # Every path is the caller's: each revision's runner works in a tree of its own (removed at the end),
+    # where a relative path would name another place. Resolved here, and checked before anything runs.
+    scenario = str(Path(args.scenario or default_scenario(device)).absolute())
+    out_dir: Path = args.out.absolute()
+    output = Path(args.output).absolute() if args.output else None
+    check_output(out_dir, output)
     started = time.perf_counter()
 
     def progress(done: int, total: int, label: str) -> None:
@@ -89,14 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         measured = interleave(
-            args.base, args.head, scenario, device=device, out_dir=args.out, rounds=args.rounds, quick=args.quick,
+            args.base, args.head, scenario, device=device, out_dir=out_dir, rounds=args.rounds, quick=args.quick,
             seed=args.seed, progress=progress,
         )  # fmt: skip
     except Interrupted as stop:
         # each side's runner recorded the stop in its file; the temporary worktrees are gone
         if not args.quiet:
             print(file=sys.stderr)  # end the progress line
-        print(f"attnbench ab: {stop}: the unfinished result files are under {args.out}", file=sys.stderr)
+        print(f"attnbench ab: {stop}: the unfinished result files are under {out_dir}", file=sys.stderr)
         return stop.exit_code
     if not args.quiet:
         print(f"\rmeasured in {time.perf_counter() - started:.0f} s".ljust(120), file=sys.stderr)
@@ -120,6 +125,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"base: {measured.base_path}\nhead: {measured.head_path}", file=sys.stderr)
     for label in measured.only_one_side:
         print(f"note: {label} exists at one revision only and was not measured", file=sys.stderr)
-    if args.output:
-        write_text_atomic(Path(args.output), text)
+    if output is not None:
+        write_text_atomic(output, text)
     return comparison.exit_code
+
+
+def check_output(out_dir: Path, output: Path | None) -> None:
+    """UserError unless both sides' result folders and ``--output`` can be written: before minutes of
+    measuring, not after them (the folders are made if missing, as ``attnbench run`` makes its own)."""
+    for role in ("base", "head"):
+        check_writable(out_dir / role, 0)
+    if output is not None:
+        check_file_writable(output)

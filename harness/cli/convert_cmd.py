@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from harness.errors import UserError
 from harness.hardware import resolve_device
+from harness.results.store import check_writable
 from harness.scenario import load_scenario
 from harness.scenario.load import resolve_spelling
 from harness.scenario.quality import QualitySpec, conversion_problem
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 f"{checkpoint.variant.describe()} -> {name}: {problem}", source=args.checkpoint, field="--to"
             )
+    if args.save is not None:  # before uptraining, not after it
+        check_writable(args.save, 0)
     corpus = load_corpus(quality, base, source)
     device = resolve_device(args.device)
     trained = restore(checkpoint, quality.dtype, device, args.checkpoint)

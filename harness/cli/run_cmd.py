@@ -16,6 +16,7 @@ from harness.execute.shards import parse_shard
 from harness.hardware import is_cuda, resolve_device
 from harness.measure.stability import noise_floor
 from harness.results.schema import CellResult
+from harness.results.store import check_writable
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.scenario import Cell
 from harness.signals import Interrupted
@@ -48,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rerun-unstable",
         action="store_true",
         help="with --resume: measure again, into the newest run of this scenario, the cells it found unstable",
+    )
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="calibrate each cell's calls per warm sample afresh instead of reusing those of the newest earlier "
+        "finished run of this scenario in the results folder (reused by default, so that runs compare alike)",
     )
     parser.add_argument(
         "--shard",
@@ -140,6 +147,8 @@ def resume_command(args: argparse.Namespace, scenario: str) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.rerun_unstable and not args.resume:
         raise UserError("re-measures cells of an existing run; give --resume too", field="--rerun-unstable")
+    if args.recalibrate and args.resume:
+        raise UserError("applies to a new run; a resumed run keeps how it began", field="--recalibrate")
     shard = parse_shard(args.shard, os.environ) if args.shard is not None else None
     if args.executor == "local" and (args.address or args.gpu_type):
         raise UserError("only with --executor ray", field="--address" if args.address else "--gpu-type")
@@ -160,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         rerun_unstable=args.rerun_unstable,
         shard=shard,
+        recalibrate=args.recalibrate,
     )
     bar = _Bar(args.quiet)
     progress = RunProgress(bar.start, bar.cell_started, bar.cell_finished, bar.rounds_skipped)
@@ -226,7 +236,16 @@ def _run_slurm(args: argparse.Namespace, shard: object) -> int:
         raise UserError("--executor slurm runs every shard itself", field="--shard" if shard else "--resume")
     if args.file is None:
         raise UserError("--executor slurm needs a scenario file: the nodes' devices are not known here", field="FILE")
-    options = RunOptions(scenario=args.file, device=args.device, out_dir=args.out, quick=args.quick)
+    # the array's tasks may start in another folder; the merged files must have a place before they run
+    out_dir = args.out.absolute()
+    check_writable(out_dir, 0)
+    options = RunOptions(
+        scenario=str(Path(args.file).absolute()),
+        device=args.device,
+        out_dir=out_dir,
+        quick=args.quick,
+        recalibrate=args.recalibrate,
+    )
     slurm = SlurmOptions(
         shards=args.shards,
         folder=args.slurm_folder.resolve(),
@@ -235,7 +254,7 @@ def _run_slurm(args: argparse.Namespace, shard: object) -> int:
         time_min=args.time,
         cluster=args.slurm_cluster,
     )
-    written = submit_and_merge(options, slurm, args.out)
+    written = submit_and_merge(options, slurm, out_dir)
     failed = 0
     for path, result in written:
         failed += sum(c.status in ("error", "timeout") for c in result.cells)

@@ -10,14 +10,16 @@ A difference between two results is the code's only when everything else is equa
   different things: all their cells are *not comparable*.
 - **Cells.** A cell unstable on either side is *unstable* (measure it again; in an interleaved
   comparison only a busy host counts, since the pairing cancels drift), one that failed a
-  self-check *inconclusive*, and cells measured differently (another backend resolved by ``auto``,
-  another SDPA kernel, another timer) *not comparable*.
+  self-check *inconclusive*, cells that ran other code (another backend resolved by ``auto``, another
+  SDPA kernel) *not comparable*, and cells whose sides timed a latency another way (another timer,
+  another number of calls per sample) *measured differently*.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from harness.compare.thresholds import LATENCY_METRICS
 from harness.measure import stability
 from harness.results.schema import CellResult, RunResult
 
@@ -43,6 +45,9 @@ GPU_SPEED_FIELDS = (
     "application_memory_clock_mhz",
     "power_limit_w",
 )
+# The verdict of a cell whose sides timed a latency by another method (another timer, or another number of
+# calls per sample): like "not comparable", never a change, but one that measuring again alike resolves.
+MEASURED_DIFFERENTLY = "measured differently"
 # Measure settings that change what a cell's samples are; the others (rounds, time limits, the energy
 # window) change how many there are or what else is read, not the latencies themselves.
 SAMPLE_SETTINGS = (
@@ -94,10 +99,21 @@ def setting_differences(base: RunResult, head: RunResult) -> str | None:
     return "; ".join(reasons) or None
 
 
-def _timing_of(cell: CellResult) -> tuple[object, ...]:
-    """How a cell's warm decode latency was taken: the timer and whether a CUDA graph was replayed."""
-    summary = None if cell.metrics is None else cell.metrics.decode_latency_s
-    return (None, None) if summary is None else (summary.timer, summary.graph_used)
+def timed_differently(base: CellResult, head: CellResult) -> list[str]:
+    """How the two sides of a cell timed a latency differently, one phrase per latency: another timer (or a
+    CUDA graph at one side only), or another number of calls per sample (a sample is the mean of that many
+    back-to-back calls, and two counts give two different means of one code). Fields a file does not
+    record (written before they were) differ from nothing."""
+    out = []
+    for metric in LATENCY_METRICS:
+        a, b = (None if cell.metrics is None else getattr(cell.metrics, metric) for cell in (base, head))
+        if a is None or b is None:
+            continue
+        if a.timer is not None and b.timer is not None and (a.timer, a.graph_used) != (b.timer, b.graph_used):
+            out.append(f"{metric} timed with {a.timer} at base, {b.timer} at head")
+        elif a.inner_reps is not None and b.inner_reps is not None and a.inner_reps != b.inner_reps:
+            out.append(f"{metric} with {a.inner_reps} calls per sample at base, {b.inner_reps} at head")
+    return out
 
 
 def _unstable_reason(cell: CellResult, paired: bool) -> str | None:
@@ -116,9 +132,10 @@ def why_not_compared(base: CellResult, head: CellResult, paired: bool = False) -
     An unstable cell (its numbers did not hold still: harness/measure/stability.py; with ``paired``,
     the sides of one interleaved comparison, only because its host was busy) is reported as
     ``unstable``, to be measured again; a cell that failed a self-check makes the comparison
-    inconclusive (its numbers are suspect); cells measured differently (another backend resolved by
-    ``auto``, another SDPA kernel, another timer) are not comparable: a difference between them is the
-    method's, not the code's.
+    inconclusive (its numbers are suspect); cells that ran other code (another backend resolved by
+    ``auto``, another SDPA kernel) are not comparable, and cells timed another way (another timer, another
+    number of calls per sample: :func:`timed_differently`) are *measured differently*: a difference
+    between them is the method's, not the code's.
     """
     unstable = [
         f"{side}: {reason}"
@@ -140,7 +157,7 @@ def why_not_compared(base: CellResult, head: CellResult, paired: bool = False) -
     kernels = [None if c.metrics is None else c.metrics.sdpa_kernel for c in (base, head)]
     if None not in kernels and kernels[0] != kernels[1]:
         return "not comparable", f"ran SDPA kernel {kernels[0]} at base, {kernels[1]} at head"
-    timings = [_timing_of(base), _timing_of(head)]
-    if None not in (timings[0][0], timings[1][0]) and timings[0] != timings[1]:
-        return "not comparable", f"timed with {timings[0][0]} at base, {timings[1][0]} at head"
+    timed = timed_differently(base, head)
+    if timed:
+        return MEASURED_DIFFERENTLY, "; ".join(timed)
     return None

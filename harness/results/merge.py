@@ -95,6 +95,7 @@ def _merged(members: list[Part]) -> RunResult:
         deep=True,
         update={
             "shard": None,
+            "inner_reps_from": None,  # a file name in the parts' folder, which is not the merged file's
             "started_utc": min(p.result.started_utc for p in members),
             "finished_utc": max(p.result.finished_utc or "" for p in members),
             "interruptions": [i for p in members for i in p.result.interruptions],

@@ -365,4 +365,7 @@ class RunResult(_Model):
     interruptions: list[Interruption] = []  # every stop signal that ended this run, oldest first
     shard: Shard | None = None  # set when this run measured one shard of the scenario's cells
     merged_from: list[MergedPart] = []  # set by attnbench merge: the files whose cells this one holds
+    # the earlier result (a file name in this file's folder) whose calls per warm sample this run's cells
+    # timed with, instead of calibrating their own: runs that share it time each cell alike
+    inner_reps_from: str | None = None
     cells: list[CellResult] = []

@@ -157,6 +157,14 @@ def check_writable(folder: Path, needed_bytes: int) -> None:
         )
 
 
+def check_file_writable(path: Path) -> None:
+    """UserError unless a file can be written at ``path`` later (its folder made if missing): not a folder,
+    in a folder that takes a new file. Checked before a command measures, like :func:`check_writable`."""
+    if path.is_dir():
+        raise UserError("is a folder; give a file name", source=str(path))
+    check_writable(path.parent, 0)
+
+
 _CLAIM_SUFFIX = re.compile(r"^(?P<base>.*)-(?P<n>[0-9]+)$")
 
 

@@ -34,6 +34,7 @@ from harness.results.quality import (
     claim_quality_path,
     save_quality,
 )
+from harness.results.store import check_writable
 from harness.runner import git_info
 from harness.scenario import LoadedScenario
 from harness.scenario.load import conversion_targets
@@ -144,6 +145,10 @@ def run_quality(loaded: LoadedScenario, options: QualityOptions, progress: Progr
     if options.threads is not None and not is_cuda(device):
         torch.set_num_threads(options.threads)
     target = detect_target(device)
+    # where the result, its report and the checkpoints go can take files: checked before training for minutes
+    check_writable(options.out_dir / target, 0)
+    if options.checkpoints_dir is not None:
+        check_writable(options.checkpoints_dir, 0)
     started = datetime.now(UTC)
     git = git_info()
     path = claim_quality_path(options.out_dir / target, started, git.short)
