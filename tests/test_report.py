@@ -278,3 +278,31 @@ def test_names_with_characters_the_font_lacks_render_without_a_warning(tmp_path:
         warnings.simplefilter("error")
         files = render_target([LoadedResult(TWO_CORE, odd)], tmp_path)
     assert {f"cla-small-{suffix}.png" for suffix in PLOT_SUFFIXES} <= set(files)
+
+
+def test_how_measured_says_how_the_rounds_warmed_up_how_tight_they_got_and_the_machines_noise_floor() -> None:
+    from helpers_results import make_cell, make_run
+
+    from harness.report.render import how_measured
+    from harness.results.schema import HostLoad
+
+    cells = []
+    for steady, width, reference_s in ((True, 0.01, 0.0010), (False, 0.05, 0.0011)):
+        cell = make_cell()
+        assert cell.metrics is not None
+        decode = cell.metrics.decode_latency_s
+        assert decode is not None
+        decode = decode.model_copy(
+            update={"process_warmup_s": [0.3], "process_warmup_steady": [steady], "process_ci_half_widths": [width]}
+        )
+        load = HostLoad(wall_s=1.0, other_cpu_s=0.0, steal_s=0.0, cores=2, reference_s=reference_s)
+        metrics = cell.metrics.model_copy(update={"decode_latency_s": decode})
+        cells.append(cell.model_copy(update={"metrics": metrics, "host_load": [load]}))
+    run = make_run(cells)
+    run.scenario.measure["target_ci"] = 0.02
+    text = how_measured(run)
+    assert "1 of 2 rounds got there, in 0.30–0.30 s" in text  # steady warm-up: one of the two
+    assert "known within ±2% (95% interval): 1 of 2 rounds got there" in text
+    assert (
+        "bare reference loop (1.05 ms) moved by 7.6% (p10-p90) across 2 measuring processes" in text
+    )  # (1.09 - 1.01) / 1.05

@@ -12,9 +12,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
+from harness.measure.stability import noise_floor
 from harness.report import plots, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
@@ -68,6 +70,28 @@ def _sample_counts(result: RunResult) -> tuple[int, int] | None:
         if (summary := getattr(cell.metrics, field)) is not None
     ]
     return (min(counts), max(counts)) if counts else None
+
+
+def _window_sentences(summaries: list[Summary], measure: dict[str, Any]) -> list[str]:
+    """How long the rounds warmed up and how closely each pinned its median down (harness/measure/window.py)."""
+    steady = [flag for s in summaries for flag in s.process_warmup_steady if flag is not None]
+    widths = sorted(w for s in summaries for w in s.process_ci_half_widths if w is not None)
+    out = []
+    if steady:
+        warmups = sorted(w for s in summaries for w in s.process_warmup_s)
+        out.append(
+            f"Warm-up went on until the step time was steady (three successive windows within "
+            f"{measure.get('target_ci') or 0.02:.0%}): {sum(steady)} of {len(steady)} rounds got there, in "
+            f"{warmups[0]:.2f}–{warmups[-1]:.2f} s."
+        )
+    if widths and measure.get("target_ci"):
+        reached = sum(w <= measure["target_ci"] for w in widths)
+        out.append(
+            f"Sampling went on until each round's median was known within ±{measure['target_ci']:.0%} (95% interval): "
+            f"{reached} of {len(widths)} rounds got there within the time cap; the median round's interval was "
+            f"±{widths[len(widths) // 2]:.1%}."
+        )
+    return out
 
 
 def how_measured(result: RunResult) -> str:
@@ -131,6 +155,13 @@ def how_measured(result: RunResult) -> str:
         window.append(f"{low} samples" if low == high else f"{low}–{high} samples")
     if window:
         parts.append("Each metric was timed " + ", ".join(window) + " per cell.")
+    parts += _window_sentences(summaries, measure)
+    floor = noise_floor(result.cells)
+    if floor is not None:
+        parts.append(
+            f"Machine {floor.describe()}: rounds of a cell that differ by about this much differ by the machine, "
+            "not the method."
+        )
     parts.append(
         "Tables show the median with the 10th–90th percentile range; the claims check also uses the 95% "
         "confidence interval of the median (from order statistics)."
