@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import helpers_fakecuda
 import pytest
 import torch
 
@@ -88,7 +89,35 @@ def test_vendor_peak_bandwidth_is_double_data_rate_times_bus_width() -> None:
 
 
 def test_resolve_device_auto_picks_cuda_only_when_available() -> None:
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    expected = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == expected
+
+
+def test_resolve_device_gives_cuda_an_index_that_torch_set_device_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import cell as cell_worker
+
+    fake = helpers_fakecuda.install(monkeypatch)
+    fake.current = 1
+    assert [resolve_device(name) for name in ("auto", "cuda", "cuda:0")] == ["cuda:1", "cuda:1", "cuda:0"]
+    for name in ("auto", "cuda"):
+        cell_worker.enter_device(resolve_device(name))
+    assert fake.set_devices == [1, 1]
+
+
+def test_the_fake_set_device_refuses_a_device_without_an_index_as_torch_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import cell as cell_worker
+
+    helpers_fakecuda.install(monkeypatch)
+    with pytest.raises(ValueError, match="specified index"):
+        cell_worker.enter_device("cuda")
+
+
+def test_cold_samples_of_an_indexed_cuda_device_are_flushed_of_the_gpu_l2() -> None:
+    from harness.execute.cellround import cache_bytes
+
+    environment = {"l2_cache_bytes": 50 * 2**20, "cpu_l3_cache_bytes": 30 * 2**20}
+    assert cache_bytes(environment, "cuda:0") == 50 * 2**20
+    assert cache_bytes(environment, "cpu") == 30 * 2**20
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -295,11 +324,10 @@ def test_every_worker_function_makes_the_payloads_device_current_first(monkeypat
 def test_entering_a_cuda_device_sets_it_current(monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.measure import cell as cell_worker
 
-    current: list[torch.device] = []
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(torch.device(device)))
+    fake = helpers_fakecuda.install(monkeypatch)
     cell_worker.enter_device("cuda:1")
     cell_worker.enter_device("cpu")
-    assert current == [torch.device("cuda:1")]
+    assert fake.set_devices == [1]
 
 
 ZEN4 = (

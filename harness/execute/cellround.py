@@ -55,7 +55,7 @@ def timing_settings(measure: MeasureSpec, quick: bool) -> dict[str, Any]:
 
 def cache_bytes(environment: dict[str, Any], device: str) -> int | None:
     """The cache a cold sample is flushed of: the GPU's L2, else the CPU's last-level cache."""
-    keys = ("l2_cache_bytes",) if device == "cuda" else ("cpu_l3_cache_bytes", "cpu_l2_cache_bytes")
+    keys = ("l2_cache_bytes",) if is_cuda(device) else ("cpu_l3_cache_bytes", "cpu_l2_cache_bytes")
     sizes = [environment.get(key) for key in keys]
     return next((int(size) for size in sizes if isinstance(size, int) and size > 0), None)
 
