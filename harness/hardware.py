@@ -431,7 +431,15 @@ def torch_numerics() -> dict[str, Any]:
         "sdpa_mem_efficient_enabled": _guarded(torch.backends.cuda.mem_efficient_sdp_enabled),
         "sdpa_math_enabled": _guarded(torch.backends.cuda.math_sdp_enabled),
         "sdpa_cudnn_enabled": _guarded(torch.backends.cuda.cudnn_sdp_enabled),
+        "sdpa_priority": sdpa_priority(),
     }
+
+
+def sdpa_priority() -> list[str] | None:
+    """The order in which SDPA tries its kernels (``flash``, ``cudnn``, ...), from torch."""
+    from harness.model.sdpa import priority
+
+    return priority()
 
 
 def _gpu_fingerprint(device: str) -> dict[str, Any]:

@@ -365,3 +365,10 @@ def test_cpus_named_alike_but_built_differently_get_different_target_ids(tmp_pat
         "AMD EPYC", 2, hardware.cpu_signature(hardware.cpu_identity(cpuinfo), {"l1d": 32768, "l2": 1 << 20})
     )
     assert again == ids[0]  # stable for the same CPU
+
+
+def test_the_fingerprint_records_the_order_in_which_sdpa_tries_its_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch 2.10+ on Hopper: cuDNN first (SDPBackend values: 3 cudnn, 1 flash, 2 efficient, 0 math, 4 overrideable).
+    monkeypatch.setattr(torch._C, "_get_sdp_priority_order", lambda: [3, 1, 2, 0, 4])
+    numerics = hardware.torch_numerics()
+    assert numerics["sdpa_priority"] == ["cudnn", "flash", "efficient", "math", "overrideable"]

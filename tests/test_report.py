@@ -278,3 +278,23 @@ def test_names_with_characters_the_font_lacks_render_without_a_warning(tmp_path:
         warnings.simplefilter("error")
         files = render_target([LoadedResult(TWO_CORE, odd)], tmp_path)
     assert {f"cla-small-{suffix}.png" for suffix in PLOT_SUFFIXES} <= set(files)
+
+
+def test_the_report_names_the_sdpa_kernel_each_variant_ran(tmp_path: Path) -> None:
+    result = load_result(TWO_CORE)
+    kernels = {"H64-MQA": ("cudnn", False), "H64-GQA4": ("math", True)}
+    cells = []
+    for c in result.cells:
+        if c.metrics is not None and c.variant in kernels:
+            kernel, copied = kernels[c.variant]
+            c = c.model_copy(
+                update={"metrics": c.metrics.model_copy(update={"sdpa_kernel": kernel, "sdpa_kv_copied": copied})}
+            )
+        cells.append(c)
+    files = render_target([LoadedResult(TWO_CORE, result.model_copy(update={"cells": cells}))], tmp_path)
+    report = str(files["REPORT.md"])
+    section = report.split("### SDPA kernels", 1)[1].split("###", 1)[0]
+    rows = {tuple(part.strip() for part in line.strip("|").split("|")) for line in section.splitlines() if "|" in line}
+    dtype = next(c.dtype for c in result.cells)
+    assert ("H64-MQA", dtype, "cudnn", "read in place") in rows
+    assert ("H64-GQA4", dtype, "math", "repeated per query head") in rows

@@ -58,9 +58,16 @@ def graph_output(metric: str, captures: Sequence[Captured]) -> Check | None:
     return Check(name=GRAPH_MATCHES_EAGER, passed=failed == 0, detail=detail)
 
 
+# SDPA kernels that read shared KV heads (``enable_gqa``) without repeating K/V per query head: flash
+# (CPU and CUDA), cuDNN (CUDA, PyTorch 2.10 and later; what SDPA prefers on Hopper there) and a
+# registered out-of-tree kernel. Efficient and math repeat K/V.
+SHARED_KV_READERS = frozenset({"flash", "cudnn", "overrideable"})
+
+
 def expects_shared_kv_read(device_type: str, dtype: torch.dtype, head_dim: int) -> bool:
     """Whether a fused SDPA kernel that reads shared KV heads without a copy exists for this case:
-    CPU flash takes every dtype; CUDA flash takes 16-bit dtypes with head_dim <= 256 (a multiple of 8)."""
+    CPU flash takes every dtype; CUDA flash and cuDNN take 16-bit dtypes with head_dim <= 256 (a
+    multiple of 8)."""
     import torch
 
     if device_type == "cpu":
@@ -80,7 +87,7 @@ def sdpa_kernel(
     if seen.kv_copied and not copies_expected:
         problems.append("repeated K/V to every query head though no copy was planned")
     shared = variant.group_size > 1 and expects_shared_kv_read(device_type, dtype, variant.head_dim)
-    if shared and (seen.kv_copied or seen.kernel not in ("flash", "overrideable")):
+    if shared and (seen.kv_copied or seen.kernel not in SHARED_KV_READERS):
         problems.append(f"a kernel reading shared KV heads exists for {dtype} head_dim {variant.head_dim}")
     where = f"{device_type} {str(dtype).removeprefix('torch.')} head_dim {variant.head_dim}, group {variant.group_size}"
     copied = "K/V repeated per query head" if seen.kv_copied else "no copy of K/V"

@@ -221,6 +221,12 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         tables.bandwidth_table(result, attention=True),
         [images["backend-bandwidth"]] if "backend-bandwidth" in images else [],
     )
+    lines += _section(
+        "SDPA kernels",
+        "Backend sdpa: the kernel that ran the decode step's attention (PyTorch's profiler), per variant and dtype, "
+        "and whether K/V were read in place or repeated to every query head (a copy per step).",
+        tables.sdpa_kernels_table(result),
+    )
     lines += _section("Peak memory", "Peak memory of one cell (build plus decode).", tables.peak_memory_table(result))
     lines += _section(
         "Training step memory",
