@@ -247,11 +247,14 @@ def _energy(timer: _CellTimer, batch_size: int, window_s: float) -> Telemetry | 
 
 
 def _observe_sdpa(decoder: Decoder, cache: KVCache, q: torch.Tensor, pos: int) -> dict[str, Any]:
-    """Which kernel the decode step's SDPA call ran (the first layer's), and its self-check where the call's
-    operands are the cache's own K and V (not MLA's absorbed query over its latent)."""
+    """Which kernel the decode step's SDPA call ran (the first layer's), and its self-check: against the plan
+    where the call's operands are the cache's own K and V; for MLA's absorbed query over its latent, that
+    the latent was not repeated to every head."""
     seen = sdpa.observe(decoder.core_attention_layers(q, cache, pos)[0])
     out: dict[str, Any] = {"sdpa_kernel": seen.kernel, "sdpa_kv_copied": seen.kv_copied, "check": None}
-    if decoder.variant.mla is None:
+    if decoder.variant.mla is not None:
+        out["check"] = checks.mla_latent_read(seen, decoder.variant).model_dump()
+    else:
         visible = cache.layer(0).visible(pos, 1)
         planned = sdpa.plan(q, visible.k[:, :, : visible.start_pos + 1], visible.v[:, :, : visible.start_pos + 1])
         check = checks.sdpa_kernel(planned, seen, decoder.device.type, decoder.dtype, decoder.variant)

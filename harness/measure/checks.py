@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 GRAPH_MATCHES_EAGER = "graph_matches_eager"
 SDPA_KERNEL = "sdpa_kernel_as_planned"
+MLA_LATENT_IN_PLACE = "sdpa_reads_mla_latent_in_place"
 ENERGY_COUNTER = "energy_counter_increases"
 NO_THROTTLING = "no_throttling"
 GPU_NOT_SHARED = "gpu_not_shared"
@@ -93,6 +94,24 @@ def sdpa_kernel(
     copied = "K/V repeated per query head" if seen.kv_copied else "no copy of K/V"
     detail = f"{seen.kernel} ({copied}) on {where}" + (f": {'; '.join(problems)}" if problems else "")
     return Check(name=SDPA_KERNEL, passed=not problems, detail=detail)
+
+
+def mla_latent_read(seen: SdpaObservation, variant: Variant) -> Check:
+    """MLA's absorbed form under SDPA read its latent as one shared KV head, not a copy per query head.
+
+    Its keys (latent + rotary key, e.g. 576 wide) and values (the latent, e.g. 512) differ in width
+    and exceed what flash and cuDNN take, so SDPA falls back to math, which repeats the latent to every
+    head: the timed step is then mostly that copy, not the attention the cache stores for.
+    """
+    assert variant.mla is not None
+    widths = f"keys {variant.mla.latent_width} wide, values {variant.mla.kv_lora_rank}"
+    if seen.kv_copied:
+        detail = (
+            f"{seen.kernel} repeated the latent ({widths}) to each of {variant.n_heads} query heads: the timed step "
+            "is mostly that copy; no fused SDPA kernel reads this latent in place"
+        )
+        return Check(name=MLA_LATENT_IN_PLACE, passed=False, detail=detail)
+    return Check(name=MLA_LATENT_IN_PLACE, passed=True, detail=f"{seen.kernel} read the latent ({widths}) in place")
 
 
 def energy_counter(start_mj: int | None, end_mj: int | None) -> Check:
