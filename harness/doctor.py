@@ -376,9 +376,12 @@ def _max_batch_finding(device: str) -> Finding:
     model = ModelSpec(**TINY_MODEL)
     variant = Variant("H128-MQA", 128, 4, 1, sharing_map(4, 1))
     context, budget = 4096, (2 * 2**30 if is_cuda(device) else 512 * 2**20)
-    predicted = accounting.predicted_max_batch(model, variant, "bfloat16", context, budget)
-    per_sequence = accounting.kv_bytes_per_token(variant, "bfloat16") * accounting.cache_len(context)
     runner = IsolatedRunner()
+    described = runner.call(cell_worker.describe_machine, {"device": device}, timeout_s=CHECK_TIMEOUT_S)
+    environment = described.value["environment"] if described.status == "ok" and described.value else {}
+    workspace = accounting.fixed_workspace_bytes(environment)
+    predicted = accounting.predicted_max_batch(model, variant, "bfloat16", context, budget, workspace)
+    per_sequence = accounting.bytes_per_sequence(model, variant, "bfloat16", context)
     payload = {
         "device": device,
         "model": TINY_MODEL,
@@ -390,15 +393,25 @@ def _max_batch_finding(device: str) -> Finding:
         "budget_bytes": budget,
     }
 
+    rounding: dict[int, int] = {}  # batch -> reserved minus allocated bytes (the allocator's rounding)
+
     def probe(batch: int) -> Probe:
         outcome = runner.call(cell_worker.probe_batch, payload | {"batch_size": batch}, timeout_s=CHECK_TIMEOUT_S)
         if outcome.status == "ok" and outcome.value is not None:
-            return Probe(batch, bool(outcome.value["fits"]), int(outcome.value["peak_bytes"]), "ok")
+            peak = int(outcome.value["peak_bytes"])
+            rounding[batch] = max(0, peak - int(outcome.value.get("allocated_bytes", peak)))
+            return Probe(batch, bool(outcome.value["fits"]), peak, "ok")
         return Probe(batch, False, None, "oom" if outcome.status == "oom" else f"error: {outcome.error}")
 
     found = search_max_batch(probe, predicted, budget, per_sequence)
-    limit = 2 if is_cuda(device) else max(2, predicted // 10)
-    detail = f"predicted {predicted}, measured {found.measured} in {len(found.probes)} probes (within {limit} asked)"
+    # The cap and "fits" both bound reserved bytes; the prediction counts tensors' bytes (plus the fixed
+    # workspace): the allocator's rounding at the answer, in sequences, widens the tolerance by as much.
+    slack = -(-rounding.get(found.measured or 0, 0) // per_sequence)
+    limit = (2 + slack) if is_cuda(device) else max(2, predicted // 10)
+    detail = (
+        f"predicted {predicted} (workspace {workspace / 2**20:.1f} MiB), measured {found.measured} in "
+        f"{len(found.probes)} probes (within {limit} asked, {slack} of it the allocator's rounding)"
+    )
     ok = found.measured is not None and abs(found.measured - predicted) <= limit
     return Finding(
         "max-batch search lands near the prediction",

@@ -262,7 +262,8 @@ class _CellRound:
         budget = scenario.measure.memory_budget
         assert budget is not None  # max_batch is only selected with a budget (MeasureSpec)
         model, v, dtype, context = scenario.model, self.cell.variant, self.cell.dtype, self.cell.context_len
-        predicted = accounting.predicted_max_batch(model, v, dtype, context, budget)
+        workspace = accounting.fixed_workspace_bytes(self.environment)
+        predicted = accounting.predicted_max_batch(model, v, dtype, context, budget, workspace)
         per_sequence = accounting.bytes_per_sequence(model, v, dtype, context)
         payload = self._payload(backend) | {"budget_bytes": budget}
 

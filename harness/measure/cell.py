@@ -353,10 +353,12 @@ def choose_auto_backend(payload: dict[str, Any]) -> dict[str, Any]:
 def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
     """Does this batch size fit the budget? Build the model and cache, run one decode step.
 
-    On CUDA the allocator is capped at the budget (so going over raises out-of-memory) and the
-    allocator's peak is compared with it; on CPU the peak resident set above this worker's
-    baseline is. The cache is left zeroed: zeroing already touches every page, and values do
-    not change memory use; the weights are zeroed rather than drawn at random, for the same reason.
+    On CUDA the allocator is capped at the budget (so going over raises out-of-memory); the cap bounds
+    what the allocator reserves, so the reserved peak (allocations rounded up to the allocator's
+    blocks, cuBLAS's workspace among them) is what is compared with it and reported as ``peak_bytes``,
+    with the allocated peak beside it. On CPU the peak resident set above this worker's baseline is.
+    The cache is left zeroed: zeroing already touches every page, and values do not change memory
+    use; the weights are zeroed rather than drawn at random, for the same reason.
     """
     device, budget = payload["device"], payload["budget_bytes"]
     enter_device(device)
@@ -365,8 +367,14 @@ def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
     with torch.inference_mode():
         _, _, _, memory = _build_and_step(payload, _concrete_backend(payload), fill=False)
-    peak = memory.peak_allocated_bytes
-    return {"batch_size": payload["batch_size"], "peak_bytes": peak, "fits": peak <= budget}
+    allocated = memory.peak_allocated_bytes
+    peak = memory.peak_reserved_bytes if is_cuda(device) and memory.peak_reserved_bytes is not None else allocated
+    return {
+        "batch_size": payload["batch_size"],
+        "peak_bytes": peak,
+        "allocated_bytes": allocated,
+        "fits": peak <= budget,
+    }
 
 
 def describe_machine(payload: dict[str, Any]) -> dict[str, Any]:

@@ -244,7 +244,8 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
     )
     lines += _section(
         "Max batch under the budget",
-        "Predicted: floor((budget − weights) / (KV bytes per sequence + activations)); measured: the largest batch "
+        "Predicted: floor((budget − weights − workspace) / (KV bytes per sequence + activations)), the workspace "
+        "cuBLAS's on CUDA; measured: the largest batch "
         "whose build plus one decode step fit; error = (predicted − measured) / measured.",
         tables.max_batch_table(result),
         [images["max-batch-vs-context"]] if "max-batch-vs-context" in images else [],
