@@ -204,20 +204,39 @@ class _CellTimer:
             out["host"] = _samples(timing.Samples(timing.host_samples(fn, **window), "perf_counter", 1))
         captures = [captured]
         if self.cold:
-            if list(parts) != [fn]:  # core attention's layers: a graph each
-                captures = [timing.capture(part, graph=self.graphs, tolerance=self.tolerance) for part in parts]
-            flush, how = self.flusher(reads)
-            cold_s = timing.time_cuda_parts([c.step for c in captures], flush, **window, flush_before=flush_before)
-            graph_used = all(c.graph_used for c in captures)
-            error = next((c.graph_error for c in captures if c.graph_error), None)
+            cold_s, timed, how = self._cold_cuda(fn, parts, captured, reads, flush_before)
+            captures += [c for c in timed if c is not captured]
+            graph_used = all(c.graph_used for c in timed)
+            error = next((c.graph_error for c in timed if c.graph_error), None)
             timer = "cuda-graph+events" if graph_used else "cuda-events"
             out["cold"] = _samples(timing.Samples(cold_s, timer, 1, graph_used, error, how))
-            if captures[0] is not captured:
-                captures.insert(0, captured)
         check = checks.graph_output(metric, captures)
         if check is not None:
             self.checks.append(check.model_dump())
         return out
+
+    def _cold_cuda(
+        self,
+        fn: Callable[[], object],
+        parts: Sequence[Callable[[], object]],
+        captured: timing.Captured,
+        reads: Sequence[torch.Tensor],
+        flush_before: Sequence[bool] | None,
+    ) -> tuple[list[float], list[timing.Captured], str]:
+        """Cold samples on CUDA, the captures they timed, and how caches were emptied: the captured step
+        after a flush; or, for several parts (core attention's layers), the parts back to back in one
+        captured sequence with the flushes inside, less the same flushes captured and timed alone."""
+        window = {key: self.timing[key] for key in ("min_time_s", "min_samples", "max_samples")}
+        flush, how = self.flusher(reads)
+        if list(parts) == [fn]:
+            return timing.time_cuda_parts([captured.step], flush, **window), [captured], how
+        flags = timing.flush_flags(parts, flush_before)
+        sequence, evictions = timing.cold_sequence(parts, flush, flags)
+        whole = timing.capture(sequence, graph=self.graphs, tolerance=self.tolerance)
+        alone = timing.capture(evictions, graph=self.graphs)
+        cold_s = timing.time_cuda_cold_sequence(whole.step, alone.step, **window)
+        how += f"; {len(parts)} layers in one captured sequence, less its {sum(flags)} flushes timed alone"
+        return cold_s, [whole, alone], how
 
 
 def _energy(timer: _CellTimer, batch_size: int, window_s: float) -> Telemetry | None:
