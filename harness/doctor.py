@@ -432,28 +432,37 @@ def run_check(payload: dict[str, Any]) -> dict[str, Any]:
     return {"findings": check(payload)}
 
 
-def run_doctor(device: str, progress: Callable[[str], None] = lambda name: None) -> list[Finding]:
-    """Every check that applies to ``device``, each in a fresh worker; a crash or timeout fails that check."""
+def run_doctor(
+    device: str,
+    progress: Callable[[str], None] = lambda name: None,
+    on_finding: Callable[[Finding], None] = lambda finding: None,
+) -> list[Finding]:
+    """Every check that applies to ``device``, each in a fresh worker; a crash or timeout fails that check.
+
+    ``progress`` hears the name of each check as it starts, ``on_finding`` each finding as soon as its check
+    ends, so that a doctor stopped half-way has already reported what it found.
+    """
     from harness.measure.worker import IsolatedRunner
 
     runner = IsolatedRunner()
     findings: list[Finding] = []
+
+    def found(new: list[Finding]) -> None:
+        for finding in new:
+            on_finding(finding)
+        findings.extend(new)
+
     for check in CUDA_CHECKS if is_cuda(device) else CPU_CHECKS:
         progress(check.__name__)
         started = time.perf_counter()
         outcome = runner.call(run_check, {"device": device, "check": check.__name__}, timeout_s=CHECK_TIMEOUT_S)
         if outcome.status == "ok" and outcome.value is not None:
-            findings += [Finding(**item) for item in outcome.value["findings"]]
+            found([Finding(**item) for item in outcome.value["findings"]])
         else:
-            findings.append(
-                Finding(
-                    check.__name__,
-                    "fail",
-                    f"{outcome.status} after {time.perf_counter() - started:.0f} s: {outcome.error}",
-                )
-            )
+            elapsed = time.perf_counter() - started
+            found([Finding(check.__name__, "fail", f"{outcome.status} after {elapsed:.0f} s: {outcome.error}")])
     progress("out-of-memory")
-    findings += _oom_findings(runner, device)
+    found(_oom_findings(runner, device))
     progress("max batch")
-    findings.append(_max_batch_finding(device))
+    found([_max_batch_finding(device)])
     return findings

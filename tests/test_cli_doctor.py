@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,39 @@ def test_doctor_shows_a_failed_check_and_exits_one(
     assert main(["doctor", "--device", "cpu"]) == 1
     out = capsys.readouterr().out
     assert "❌ FAIL" in out and "1 failed, 1 skipped" in out
+
+
+def test_doctor_streams_each_finding_as_it_completes_so_a_stopped_doctor_leaves_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import doctor
+
+    stream = tmp_path / "doctor.txt"
+    seen_before_oom: list[str] = []
+
+    def oom(runner: object, device: str) -> list[doctor.Finding]:
+        seen_before_oom.extend(stream.read_text().splitlines())
+        return [doctor.Finding("oom", "pass", "oom: CUDA out of memory\nsecond line")]
+
+    def stopped(device: str) -> doctor.Finding:
+        raise KeyboardInterrupt  # the doctor is stopped during its last check
+
+    monkeypatch.setattr(doctor, "CPU_CHECKS", (doctor.check_worker_starts,))
+    monkeypatch.setattr(doctor, "_oom_findings", oom)
+    monkeypatch.setattr(doctor, "_max_batch_finding", stopped)
+    assert main(["doctor", "--device", "cpu", "--stream", str(stream)]) == 130
+    assert seen_before_oom[0] == "start\tcheck_worker_starts"
+    assert seen_before_oom[1].startswith("pass\tworker starts on the device\ttarget cpu-")
+    assert stream.read_text().splitlines()[2:] == [
+        "start\tout-of-memory",
+        "pass\toom\toom: CUDA out of memory second line",
+        "start\tmax batch",
+    ]
+
+
+def test_doctor_with_a_stream_it_cannot_write_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["doctor", "--device", "cpu", "--stream", str(tmp_path / "missing" / "doctor.txt")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "cannot write the stream" in error
