@@ -37,7 +37,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _COMMIT = re.compile(r"[0-9a-f]{7,40}")
 
 
-def git_info(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> GitInfo:
+def git_info(cwd: Path | None = None) -> GitInfo:
     """The commit of the working tree and whether tracked files differ from it.
 
     Outside a git checkout, the commit named by ``$ATTNBENCH_COMMIT`` or ``.attnbench-commit``
@@ -53,7 +53,7 @@ def git_info(cwd: Path | None = None, environ: Mapping[str, str] | None = None) 
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return recorded_commit(os.environ if environ is None else environ, [cwd or Path.cwd(), PROJECT_ROOT])
+        return recorded_commit(os.environ, [cwd or Path.cwd(), PROJECT_ROOT])
     status = git("status", "--porcelain", "--untracked-files=no")
     return GitInfo(
         commit=commit,
@@ -78,7 +78,7 @@ def recorded_commit(environ: Mapping[str, str], folders: list[Path]) -> GitInfo:
         )
     commit, _, state = text.partition(" ")
     if not _COMMIT.fullmatch(commit) or state.strip() not in ("", "clean", "dirty"):
-        raise UserError(f"{source}: {text!r} is not '<commit sha> [clean|dirty]'", field="git")
+        raise UserError(f"{text!r} is not '<commit sha> [clean|dirty]'", source=source)
     dirty = None if not state.strip() else state.strip() == "dirty"
     return GitInfo(commit=commit, short=commit[:7], dirty=dirty)
 
