@@ -420,8 +420,10 @@ def _max_batch_finding(device: str) -> Finding:
     )
 
 
-CUDA_CHECKS = (check_worker_starts, check_graphs, check_timing_device, check_flush, check_sdpa_kernels,
-               check_choose_backend, check_peak, check_nvml, check_cell)  # fmt: skip
+# The two that compile FlexAttention (minutes without a compile cache) come last, so that a doctor stopped by a
+# time limit has the others' findings.
+CUDA_CHECKS = (check_worker_starts, check_timing_device, check_flush, check_sdpa_kernels, check_peak, check_nvml,
+               check_cell, check_graphs, check_choose_backend)  # fmt: skip
 CPU_CHECKS = (check_worker_starts, check_flush, check_sdpa_kernels, check_choose_backend, check_peak,
               check_native, check_cell)  # fmt: skip
 
