@@ -420,17 +420,19 @@ def _max_batch_finding(device: str) -> Finding:
     )
 
 
-# The two that compile FlexAttention (minutes without a compile cache) come last, so that a doctor stopped by a
-# time limit has the others' findings.
 CUDA_CHECKS = (check_worker_starts, check_timing_device, check_flush, check_sdpa_kernels, check_peak, check_nvml,
-               check_cell, check_graphs, check_choose_backend)  # fmt: skip
+               check_cell)  # fmt: skip
+# Run after everything else on CUDA, out-of-memory and max batch included: they compile FlexAttention (minutes
+# without a compile cache), and a doctor stopped by a time limit should have the other findings.
+CUDA_COMPILING_CHECKS = (check_graphs, check_choose_backend)
 CPU_CHECKS = (check_worker_starts, check_flush, check_sdpa_kernels, check_choose_backend, check_peak,
               check_native, check_cell)  # fmt: skip
 
 
 def run_check(payload: dict[str, Any]) -> dict[str, Any]:
     """The worker's entry point: the check named in the payload, its findings under ``findings``."""
-    check = {function.__name__: function for function in (*CUDA_CHECKS, *CPU_CHECKS)}[payload["check"]]
+    checks = (*CUDA_CHECKS, *CUDA_COMPILING_CHECKS, *CPU_CHECKS)
+    check = {function.__name__: function for function in checks}[payload["check"]]
     return {"findings": check(payload)}
 
 
@@ -454,17 +456,23 @@ def run_doctor(
             on_finding(finding)
         findings.extend(new)
 
-    for check in CUDA_CHECKS if is_cuda(device) else CPU_CHECKS:
-        progress(check.__name__)
+    def run_in_worker(name: str) -> None:
+        progress(name)
         started = time.perf_counter()
-        outcome = runner.call(run_check, {"device": device, "check": check.__name__}, timeout_s=CHECK_TIMEOUT_S)
+        outcome = runner.call(run_check, {"device": device, "check": name}, timeout_s=CHECK_TIMEOUT_S)
         if outcome.status == "ok" and outcome.value is not None:
             found([Finding(**item) for item in outcome.value["findings"]])
         else:
             elapsed = time.perf_counter() - started
-            found([Finding(check.__name__, "fail", f"{outcome.status} after {elapsed:.0f} s: {outcome.error}")])
+            found([Finding(name, "fail", f"{outcome.status} after {elapsed:.0f} s: {outcome.error}")])
+
+    cuda = is_cuda(device)
+    for check in CUDA_CHECKS if cuda else CPU_CHECKS:
+        run_in_worker(check.__name__)
     progress("out-of-memory")
     found(_oom_findings(runner, device))
     progress("max batch")
     found([_max_batch_finding(device)])
+    for check in CUDA_COMPILING_CHECKS if cuda else ():
+        run_in_worker(check.__name__)
     return findings

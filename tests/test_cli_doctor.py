@@ -75,3 +75,23 @@ def test_doctor_with_a_stream_it_cannot_write_exits_2_with_one_line(
     assert main(["doctor", "--device", "cpu", "--stream", str(tmp_path / "missing" / "doctor.txt")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "cannot write the stream" in error
+
+
+def test_on_cuda_the_checks_that_compile_flex_run_after_every_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import doctor
+    from harness.measure import worker
+    from harness.measure.worker import WorkerOutcome
+
+    class Runner:
+        def call(self, function: object, payload: dict[str, str], timeout_s: float) -> WorkerOutcome:
+            return WorkerOutcome(
+                "ok", {"findings": [{"name": payload["check"], "status": "pass", "detail": ""}]}, None, 0
+            )
+
+    monkeypatch.setattr(worker, "IsolatedRunner", Runner)
+    monkeypatch.setattr(doctor, "_oom_findings", lambda runner, device: [])
+    monkeypatch.setattr(doctor, "_max_batch_finding", lambda device: doctor.Finding("max batch", "pass", ""))
+    started: list[str] = []
+    doctor.run_doctor("cuda:0", progress=started.append)
+    assert started[-3:] == ["max batch", "check_graphs", "check_choose_backend"]
+    assert started[0] == "check_worker_starts" and len(started) == 2 + 7 + 2
