@@ -372,3 +372,24 @@ def test_the_fingerprint_records_the_order_in_which_sdpa_tries_its_kernels(monke
     monkeypatch.setattr(torch._C, "_get_sdp_priority_order", lambda: [3, 1, 2, 0, 4])
     numerics = hardware.torch_numerics()
     assert numerics["sdpa_priority"] == ["cudnn", "flash", "efficient", "math", "overrideable"]
+
+
+def test_a_ray_executor_measures_on_its_tasks_one_gpu_by_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray gives each task one GPU through CUDA_VISIBLE_DEVICES: inside it that GPU is cuda:0, and torch needs
+    # the index (harness/measure/cell.py enter_device).
+    from harness.execute import raytasks
+
+    class FakeRay:
+        def is_initialized(self) -> bool:
+            return True
+
+        def remote(self, **options: object) -> Any:
+            return lambda function: function
+
+    node = raytasks.Node(node_id="n1", host="gpu-host", cpus=8, gpus=1, gpu_type="H100")
+    monkeypatch.setattr(raytasks, "import_ray", FakeRay)
+    monkeypatch.setattr(raytasks, "cluster_nodes", lambda ray: [node])
+    monkeypatch.setattr(raytasks.RayExecutor, "_probe", lambda self, timeout_s: None)
+    for asked in ("auto", "cuda"):
+        executor = raytasks.RayExecutor(device=asked)
+        assert executor.device == "cuda:0" and executor.gpu_per_cell
