@@ -199,16 +199,46 @@ def bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str, context_l
     )
 
 
-def predicted_max_batch(model: ModelSpec, variant: Variant, dtype: str, context_len: int, budget_bytes: int) -> int:
+def predicted_max_batch(
+    model: ModelSpec, variant: Variant, dtype: str, context_len: int, budget_bytes: int, workspace_bytes: int = 0
+) -> int:
     """Largest batch the budget should hold (docs/design.md, "Max batch under a budget"):
 
-    floor((budget - weights - cache scales) / (KV bytes per sequence + activations per sequence)),
-    i.e. the design's formula with the workspace taken as the per-sequence activations, and the KV
-    bytes per sequence counting each windowed layer's min(cache_len, window) positions. 0 when even
-    the weights do not fit.
+    floor((budget - weights - cache scales - workspace) / (KV bytes per sequence + activations per
+    sequence)), the design's formula with a fixed ``workspace_bytes`` (on CUDA cuBLAS's workspace,
+    :func:`fixed_workspace_bytes`) and the per-sequence activations, and the KV bytes per sequence
+    counting each windowed layer's min(cache_len, window) positions. 0 when even the weights do not fit.
     """
-    free = budget_bytes - weight_bytes(model, variant, dtype) - kv_scale_bytes(variant)
+    free = budget_bytes - weight_bytes(model, variant, dtype) - kv_scale_bytes(variant) - workspace_bytes
     return max(0, free // bytes_per_sequence(model, variant, dtype, context_len))
+
+
+KIB = 1024
+# PyTorch's default cuBLAS workspace when CUBLAS_WORKSPACE_CONFIG is unset, as ":SIZE_KiB:COUNT" pairs
+# (aten/src/ATen/cuda/CublasHandlePool.cpp): 8 chunks of 4 MiB on Hopper and later, else 2 x 4 MiB + 8 x 16 KiB.
+CUBLAS_DEFAULT_CONFIG = {True: ":4096:8", False: ":4096:2:16:8"}
+
+
+def cublas_workspace_bytes(config: str | None, compute_capability: str | None) -> int:
+    """Bytes of cuBLAS's workspace, which PyTorch takes from its caching allocator on the first matmul of a
+    stream and keeps: ``CUBLAS_WORKSPACE_CONFIG`` when set (``":4096:8"`` is 8 chunks of 4096 KiB), else
+    PyTorch's default for the GPU's compute capability (``"9.0"``)."""
+    if not config:
+        major = int(compute_capability.split(".")[0]) if compute_capability else 0
+        config = CUBLAS_DEFAULT_CONFIG[major >= 9]
+    numbers = [int(part) for part in config.split(":") if part.strip().isdigit()]
+    return sum(size * KIB * count for size, count in zip(numbers[::2], numbers[1::2], strict=False))
+
+
+def fixed_workspace_bytes(environment: dict[str, object]) -> int:
+    """The fixed workspace a decode step holds beside weights and cache, from a result's fingerprint: cuBLAS's
+    on CUDA, none on CPU."""
+    if environment.get("device") != "cuda":
+        return 0
+    env = environment.get("env")
+    config = env.get("CUBLAS_WORKSPACE_CONFIG") if isinstance(env, dict) else None
+    capability = environment.get("compute_capability")
+    return cublas_workspace_bytes(config, capability if isinstance(capability, str) else None)
 
 
 def train_kv_activation_bytes(variant: Variant, dtype: str, batch_size: int, seq_len: int) -> int:

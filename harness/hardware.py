@@ -47,9 +47,12 @@ def slug(text: str) -> str:
 
 
 def resolve_device(name: str) -> str:
-    """Turn a ``--device`` value into ``"cpu"`` or ``"cuda[:N]"``; ``"auto"`` picks CUDA when present.
+    """Turn a ``--device`` value into ``"cpu"`` or ``"cuda:N"``; ``"auto"`` picks CUDA when present.
 
-    Asking for CUDA on a machine without it is the user's mistake and raises :class:`UserError`.
+    ``auto`` and a bare ``cuda`` become torch's current device with its index: torch's
+    ``set_device`` and ``set_per_process_memory_fraction`` refuse a device without one, so every
+    device string past this edge carries it. Asking for CUDA on a machine without it is the user's
+    mistake and raises :class:`UserError`.
     """
     if name == "cpu":
         return "cpu"
@@ -58,16 +61,16 @@ def resolve_device(name: str) -> str:
     import torch
 
     available = torch.cuda.is_available()
-    if name == "auto":
-        return "cuda" if available else "cpu"
+    if name == "auto" and not available:
+        return "cpu"
     if not available:
         raise UserError(f"{name} was asked for but torch finds no CUDA device", field="device")
-    index = _cuda_index(name)
+    index = _cuda_index(name) if name.startswith("cuda:") else int(torch.cuda.current_device())
     if index >= torch.cuda.device_count():
         raise UserError(
             f"{name} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist", field="device"
         )
-    return name
+    return f"cuda:{index}"
 
 
 def is_cuda(device: str) -> bool:
@@ -428,7 +431,15 @@ def torch_numerics() -> dict[str, Any]:
         "sdpa_mem_efficient_enabled": _guarded(torch.backends.cuda.mem_efficient_sdp_enabled),
         "sdpa_math_enabled": _guarded(torch.backends.cuda.math_sdp_enabled),
         "sdpa_cudnn_enabled": _guarded(torch.backends.cuda.cudnn_sdp_enabled),
+        "sdpa_priority": sdpa_priority(),
     }
+
+
+def sdpa_priority() -> list[str] | None:
+    """The order in which SDPA tries its kernels (``flash``, ``cudnn``, ...), from torch."""
+    from harness.model.sdpa import priority
+
+    return priority()
 
 
 def _gpu_fingerprint(device: str) -> dict[str, Any]:

@@ -9,7 +9,11 @@ RunFailure that says so.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,8 +31,20 @@ from harness.scenario import LoadedScenario
 CellKey = tuple[str, int, int, str, str]  # CellResult.key: variant, batch size, context, dtype, backend
 
 
+# Where a tree without .git (a copy sent to a GPU machine) says which commit it is: this variable, else this
+# file in the working directory or the project's root; benchmarks/gpu_validate.sh sets and writes both.
+COMMIT_ENV = "ATTNBENCH_COMMIT"
+COMMIT_FILE = ".attnbench-commit"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_COMMIT = re.compile(r"[0-9a-f]{7,40}")
+
+
 def git_info(cwd: Path | None = None) -> GitInfo:
-    """The commit of the working tree and whether tracked files differ from it."""
+    """The commit of the working tree and whether tracked files differ from it.
+
+    Outside a git checkout, the commit named by ``$ATTNBENCH_COMMIT`` or ``.attnbench-commit``
+    (``<sha> [clean|dirty]``); UserError when neither exists, since a result must say what measured it.
+    """
 
     def git(*args: str) -> str | None:
         try:
@@ -39,7 +55,7 @@ def git_info(cwd: Path | None = None) -> GitInfo:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return GitInfo(commit=None, short=None, dirty=None)
+        return recorded_commit(os.environ, [cwd or Path.cwd(), PROJECT_ROOT])
     status = git("status", "--porcelain", "--untracked-files=no")
     return GitInfo(
         commit=commit,
@@ -47,6 +63,26 @@ def git_info(cwd: Path | None = None) -> GitInfo:
         dirty=None if status is None else bool(status),
         branch=git("rev-parse", "--abbrev-ref", "HEAD"),
     )
+
+
+def recorded_commit(environ: Mapping[str, str], folders: list[Path]) -> GitInfo:
+    """The commit a tree without .git was copied from, from ``$ATTNBENCH_COMMIT`` or ``.attnbench-commit``."""
+    text, source = environ.get(COMMIT_ENV, "").strip(), f"${COMMIT_ENV}"
+    for folder in folders if not text else []:
+        with contextlib.suppress(OSError):
+            text, source = (folder / COMMIT_FILE).read_text().strip(), str(folder / COMMIT_FILE)
+            break
+    if not text:
+        raise UserError(
+            f"not a git checkout, and neither ${COMMIT_ENV} nor {COMMIT_FILE} names the commit this tree was "
+            f"copied from; set {COMMIT_ENV}=<sha> (benchmarks/gpu_validate.sh does)",
+            field="git",
+        )
+    commit, _, state = text.partition(" ")
+    if not _COMMIT.fullmatch(commit) or state.strip() not in ("", "clean", "dirty"):
+        raise UserError(f"{text!r} is not '<commit sha> [clean|dirty]'", source=source)
+    dirty = None if not state.strip() else state.strip() == "dirty"
+    return GitInfo(commit=commit, short=commit[:7], dirty=dirty)
 
 
 def needed_bytes(cells: int, rounds: int, max_samples: int) -> int:

@@ -95,6 +95,31 @@ def test_predicted_max_batch_divides_what_the_weights_leave_by_the_per_sequence_
     assert 3000 < expected < 4000
 
 
+def test_predicted_max_batch_on_cuda_leaves_room_for_cublas_workspace():
+    v = variant(128, 16, 1, 20, sharing=2)
+    budget = parse_bytes("40GiB")
+    per_sequence = acc.bytes_per_sequence(PAPER_1B, v, "bfloat16", 2048)
+    hopper = {"device": "cuda", "compute_capability": "9.0", "env": {"CUBLAS_WORKSPACE_CONFIG": None}}
+    workspace = acc.fixed_workspace_bytes(hopper)
+    assert workspace == 32 * 2**20  # PyTorch's default on sm90: 8 chunks of 4096 KiB
+    expected = (budget - acc.weight_bytes(PAPER_1B, v, "bfloat16") - workspace) // per_sequence
+    assert acc.predicted_max_batch(PAPER_1B, v, "bfloat16", 2048, budget, workspace) == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "workspace"),
+    [
+        ({"device": "cpu"}, 0),
+        ({"device": "cuda", "compute_capability": "8.0", "env": {}}, 2 * 4096 * 1024 + 8 * 16 * 1024),
+        ({"device": "cuda", "compute_capability": "9.0", "env": {"CUBLAS_WORKSPACE_CONFIG": ":16:8"}}, 8 * 16 * 1024),
+    ],
+)
+def test_the_fixed_workspace_follows_the_gpu_and_cublas_workspace_config(
+    environment: dict[str, object], workspace: int
+):
+    assert acc.fixed_workspace_bytes(environment) == workspace
+
+
 def test_predicted_max_batch_is_zero_when_the_weights_do_not_fit():
     assert acc.predicted_max_batch(PAPER_1B, variant(128, 16, 16, 20), "bfloat16", 2048, parse_bytes("1GiB")) == 0
 

@@ -127,3 +127,17 @@ def test_throughput_divides_by_the_warm_median_and_bandwidth_by_the_cold_one() -
     apply_bandwidths(metrics, batch_size=8, peak_gbps=None)
     assert metrics.tokens_per_s == 800.0
     assert metrics.bandwidth_gbps == metrics.bytes_per_step / 0.020 / 1e9
+
+
+def test_the_sdpa_check_passes_cudnn_reading_shared_kv_heads_in_place() -> None:
+    # SDPA on Hopper with PyTorch 2.10+ prefers cuDNN, which takes enable_gqa: no copy, nothing suspect.
+    plan = SdpaPlan("cudnn", enable_gqa=True, expand_kv=False)
+    check = checks.sdpa_kernel(plan, SdpaObservation("cudnn", kv_copied=False), "cuda", torch.bfloat16, MQA)
+    assert check.passed, check.detail
+    assert check.detail.startswith("cudnn (no copy of K/V)")
+
+
+def test_the_sdpa_check_still_fails_the_memory_efficient_kernel_on_a_copy_of_shared_kv_heads() -> None:
+    plan = SdpaPlan("efficient", enable_gqa=False, expand_kv=True)
+    check = checks.sdpa_kernel(plan, SdpaObservation("efficient", kv_copied=True), "cuda", torch.bfloat16, MQA)
+    assert not check.passed and "a kernel reading shared KV heads exists" in check.detail

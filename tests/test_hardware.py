@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import helpers_fakecuda
 import pytest
 import torch
 
@@ -88,7 +89,35 @@ def test_vendor_peak_bandwidth_is_double_data_rate_times_bus_width() -> None:
 
 
 def test_resolve_device_auto_picks_cuda_only_when_available() -> None:
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    expected = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == expected
+
+
+def test_resolve_device_gives_cuda_an_index_that_torch_set_device_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import cell as cell_worker
+
+    fake = helpers_fakecuda.install(monkeypatch)
+    fake.current = 1
+    assert [resolve_device(name) for name in ("auto", "cuda", "cuda:0")] == ["cuda:1", "cuda:1", "cuda:0"]
+    for name in ("auto", "cuda"):
+        cell_worker.enter_device(resolve_device(name))
+    assert fake.set_devices == [1, 1]
+
+
+def test_the_fake_set_device_refuses_a_device_without_an_index_as_torch_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.measure import cell as cell_worker
+
+    helpers_fakecuda.install(monkeypatch)
+    with pytest.raises(ValueError, match="specified index"):
+        cell_worker.enter_device("cuda")
+
+
+def test_cold_samples_of_an_indexed_cuda_device_are_flushed_of_the_gpu_l2() -> None:
+    from harness.execute.cellround import cache_bytes
+
+    environment = {"l2_cache_bytes": 50 * 2**20, "cpu_l3_cache_bytes": 30 * 2**20}
+    assert cache_bytes(environment, "cuda:0") == 50 * 2**20
+    assert cache_bytes(environment, "cpu") == 30 * 2**20
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -295,11 +324,10 @@ def test_every_worker_function_makes_the_payloads_device_current_first(monkeypat
 def test_entering_a_cuda_device_sets_it_current(monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.measure import cell as cell_worker
 
-    current: list[torch.device] = []
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(torch.device(device)))
+    fake = helpers_fakecuda.install(monkeypatch)
     cell_worker.enter_device("cuda:1")
     cell_worker.enter_device("cpu")
-    assert current == [torch.device("cuda:1")]
+    assert fake.set_devices == [1]
 
 
 ZEN4 = (
@@ -337,3 +365,31 @@ def test_cpus_named_alike_but_built_differently_get_different_target_ids(tmp_pat
         "AMD EPYC", 2, hardware.cpu_signature(hardware.cpu_identity(cpuinfo), {"l1d": 32768, "l2": 1 << 20})
     )
     assert again == ids[0]  # stable for the same CPU
+
+
+def test_the_fingerprint_records_the_order_in_which_sdpa_tries_its_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch 2.10+ on Hopper: cuDNN first (SDPBackend values: 3 cudnn, 1 flash, 2 efficient, 0 math, 4 overrideable).
+    monkeypatch.setattr(torch._C, "_get_sdp_priority_order", lambda: [3, 1, 2, 0, 4])
+    numerics = hardware.torch_numerics()
+    assert numerics["sdpa_priority"] == ["cudnn", "flash", "efficient", "math", "overrideable"]
+
+
+def test_a_ray_executor_measures_on_its_tasks_one_gpu_by_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray gives each task one GPU through CUDA_VISIBLE_DEVICES: inside it that GPU is cuda:0, and torch needs
+    # the index (harness/measure/cell.py enter_device).
+    from harness.execute import raytasks
+
+    class FakeRay:
+        def is_initialized(self) -> bool:
+            return True
+
+        def remote(self, **options: object) -> Any:
+            return lambda function: function
+
+    node = raytasks.Node(node_id="n1", host="gpu-host", cpus=8, gpus=1, gpu_type="H100")
+    monkeypatch.setattr(raytasks, "import_ray", FakeRay)
+    monkeypatch.setattr(raytasks, "cluster_nodes", lambda ray: [node])
+    monkeypatch.setattr(raytasks.RayExecutor, "_probe", lambda self, timeout_s: None)
+    for asked in ("auto", "cuda"):
+        executor = raytasks.RayExecutor(device=asked)
+        assert executor.device == "cuda:0" and executor.gpu_per_cell

@@ -162,3 +162,28 @@ def test_an_mla_stack_converts_to_cla_by_dropping_the_consumers_latent_projectio
     sequence = tokens(1, 5)
     expected = reference_logits(shared, sequence)
     torch.testing.assert_close(decode_one_by_one(shared, sequence, 2).double(), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_the_absorbed_form_under_sdpa_is_flagged_when_sdpa_repeats_the_latent_to_every_head() -> None:
+    # Keys (latent + rotary key) and values (the latent) differ in width: no fused kernel takes them, and
+    # math repeats the latent per query head, so the timed step is mostly a copy. The cell must say so.
+    from harness.measure.cell import _observe_sdpa
+
+    model = ModelSpec(d_model=64, n_layers=3, d_ff=96, vocab_size=97, dtype="float32")
+    decoder = build_decoder(model, mla_variant("MLA"), dtype="float32", device="cpu", backend="sdpa")
+    cache = decoder.allocate_cache(1, 65)
+    q = torch.randn(decoder.core_query_shape(1))
+    with torch.inference_mode():
+        observed = _observe_sdpa(decoder, cache, q, 64)
+    assert observed["sdpa_kv_copied"] is True
+    check = observed["check"]
+    assert check is not None and check["name"] == "sdpa_reads_mla_latent_in_place" and not check["passed"]
+    assert "keys 40 wide, values 32" in check["detail"]
+
+
+def test_an_absorbed_form_read_in_place_passes_the_latent_check() -> None:
+    from harness.measure import checks
+    from harness.model.sdpa import SdpaObservation
+
+    check = checks.mla_latent_read(SdpaObservation("flash", kv_copied=False), mla_variant("MLA"))
+    assert check.passed and check.detail == "flash read the latent (keys 40 wide, values 32) in place"

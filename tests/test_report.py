@@ -306,3 +306,23 @@ def test_how_measured_says_how_the_rounds_warmed_up_how_tight_they_got_and_the_m
     assert (
         "bare reference loop (1.05 ms) moved by 7.6% (p10-p90) across 2 measuring processes" in text
     )  # (1.09 - 1.01) / 1.05
+
+
+def test_the_report_names_the_sdpa_kernel_each_variant_ran(tmp_path: Path) -> None:
+    result = load_result(TWO_CORE)
+    kernels = {"H64-MQA": ("cudnn", False), "H64-GQA4": ("math", True)}
+    cells = []
+    for c in result.cells:
+        if c.metrics is not None and c.variant in kernels:
+            kernel, copied = kernels[c.variant]
+            c = c.model_copy(
+                update={"metrics": c.metrics.model_copy(update={"sdpa_kernel": kernel, "sdpa_kv_copied": copied})}
+            )
+        cells.append(c)
+    files = render_target([LoadedResult(TWO_CORE, result.model_copy(update={"cells": cells}))], tmp_path)
+    report = str(files["REPORT.md"])
+    section = report.split("### SDPA kernels", 1)[1].split("###", 1)[0]
+    rows = {tuple(part.strip() for part in line.strip("|").split("|")) for line in section.splitlines() if "|" in line}
+    dtype = next(c.dtype for c in result.cells)
+    assert ("H64-MQA", dtype, "cudnn", "read in place") in rows
+    assert ("H64-GQA4", dtype, "math", "repeated per query head") in rows

@@ -62,7 +62,7 @@ def timing_settings(measure: MeasureSpec, quick: bool) -> dict[str, Any]:
 
 def cache_bytes(environment: dict[str, Any], device: str) -> int | None:
     """The cache a cold sample is flushed of: the GPU's L2, else the CPU's last-level cache."""
-    keys = ("l2_cache_bytes",) if device == "cuda" else ("cpu_l3_cache_bytes", "cpu_l2_cache_bytes")
+    keys = ("l2_cache_bytes",) if is_cuda(device) else ("cpu_l3_cache_bytes", "cpu_l2_cache_bytes")
     sizes = [environment.get(key) for key in keys]
     return next((int(size) for size in sizes if isinstance(size, int) and size > 0), None)
 
@@ -270,7 +270,8 @@ class _CellRound:
         budget = scenario.measure.memory_budget
         assert budget is not None  # max_batch is only selected with a budget (MeasureSpec)
         model, v, dtype, context = scenario.model, self.cell.variant, self.cell.dtype, self.cell.context_len
-        predicted = accounting.predicted_max_batch(model, v, dtype, context, budget)
+        workspace = accounting.fixed_workspace_bytes(self.environment)
+        predicted = accounting.predicted_max_batch(model, v, dtype, context, budget, workspace)
         per_sequence = accounting.bytes_per_sequence(model, v, dtype, context)
         payload = self._payload(backend) | {"budget_bytes": budget}
 

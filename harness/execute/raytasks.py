@@ -137,8 +137,9 @@ class RayExecutor:
         nodes = cluster_nodes(ray)
         if device == "auto":
             device = "cuda" if any(n.gpus for n in nodes) else "cpu"
-        self._device = "cuda" if device.startswith("cuda") else "cpu"
-        self.gpu_per_cell = self._device == "cuda" if gpu_per_cell is None else gpu_per_cell
+        # A task's one GPU is cuda:0 inside it (Ray sets CUDA_VISIBLE_DEVICES); torch needs the index.
+        self._device = "cuda:0" if device.startswith("cuda") else "cpu"
+        self.gpu_per_cell = self._device != "cpu" if gpu_per_cell is None else gpu_per_cell
         usable = [n for n in nodes if (n.gpus > 0 if self.gpu_per_cell else n.cpus > 0)]
         if gpu_type is not None:
             usable = [n for n in usable if n.gpu_type == gpu_type]

@@ -229,20 +229,39 @@ class _CellTimer:
             out["host"] = _samples(timing.Samples(timing.host_samples(fn, **window), "perf_counter", 1))
         captures = [captured]
         if self.cold:
-            if list(parts) != [fn]:  # core attention's layers: a graph each
-                captures = [timing.capture(part, graph=self.graphs, tolerance=self.tolerance) for part in parts]
-            flush, how = self.flusher(reads)
-            cold_s = timing.time_cuda_parts([c.step for c in captures], flush, **window, flush_before=flush_before)
-            graph_used = all(c.graph_used for c in captures)
-            error = next((c.graph_error for c in captures if c.graph_error), None)
+            cold_s, timed, how = self._cold_cuda(fn, parts, captured, reads, flush_before)
+            captures += [c for c in timed if c is not captured]
+            graph_used = all(c.graph_used for c in timed)
+            error = next((c.graph_error for c in timed if c.graph_error), None)
             timer = "cuda-graph+events" if graph_used else "cuda-events"
             out["cold"] = _samples(timing.Samples(cold_s, timer, 1, graph_used, error, how))
-            if captures[0] is not captured:
-                captures.insert(0, captured)
         check = checks.graph_output(metric, captures)
         if check is not None:
             self.checks.append(check.model_dump())
         return out
+
+    def _cold_cuda(
+        self,
+        fn: Callable[[], object],
+        parts: Sequence[Callable[[], object]],
+        captured: timing.Captured,
+        reads: Sequence[torch.Tensor],
+        flush_before: Sequence[bool] | None,
+    ) -> tuple[list[float], list[timing.Captured], str]:
+        """Cold samples on CUDA, the captures they timed, and how caches were emptied: the captured step
+        after a flush; or, for several parts (core attention's layers), the parts back to back in one
+        captured sequence with the flushes inside, less the same flushes captured and timed alone."""
+        window = {key: self.timing[key] for key in ("min_time_s", "min_samples", "max_samples")}
+        flush, how = self.flusher(reads)
+        if list(parts) == [fn]:
+            return timing.time_cuda_parts([captured.step], flush, **window), [captured], how
+        flags = timing.flush_flags(parts, flush_before)
+        sequence, evictions = timing.cold_sequence(parts, flush, flags)
+        whole = timing.capture(sequence, graph=self.graphs, tolerance=self.tolerance)
+        alone = timing.capture(evictions, graph=self.graphs)
+        cold_s = timing.time_cuda_cold_sequence(whole.step, alone.step, **window)
+        how += f"; {len(parts)} layers in one captured sequence, less its {sum(flags)} flushes timed alone"
+        return cold_s, [whole, alone], how
 
 
 def _energy(timer: _CellTimer, batch_size: int, window_s: float) -> Telemetry | None:
@@ -272,11 +291,14 @@ def _energy(timer: _CellTimer, batch_size: int, window_s: float) -> Telemetry | 
 
 
 def _observe_sdpa(decoder: Decoder, cache: KVCache, q: torch.Tensor, pos: int) -> dict[str, Any]:
-    """Which kernel the decode step's SDPA call ran (the first layer's), and its self-check where the call's
-    operands are the cache's own K and V (not MLA's absorbed query over its latent)."""
+    """Which kernel the decode step's SDPA call ran (the first layer's), and its self-check: against the plan
+    where the call's operands are the cache's own K and V; for MLA's absorbed query over its latent, that
+    the latent was not repeated to every head."""
     seen = sdpa.observe(decoder.core_attention_layers(q, cache, pos)[0])
     out: dict[str, Any] = {"sdpa_kernel": seen.kernel, "sdpa_kv_copied": seen.kv_copied, "check": None}
-    if decoder.variant.mla is None:
+    if decoder.variant.mla is not None:
+        out["check"] = checks.mla_latent_read(seen, decoder.variant).model_dump()
+    else:
         visible = cache.layer(0).visible(pos, 1)
         planned = sdpa.plan(q, visible.k[:, :, : visible.start_pos + 1], visible.v[:, :, : visible.start_pos + 1])
         check = checks.sdpa_kernel(planned, seen, decoder.device.type, decoder.dtype, decoder.variant)
@@ -379,10 +401,12 @@ def choose_auto_backend(payload: dict[str, Any]) -> dict[str, Any]:
 def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
     """Does this batch size fit the budget? Build the model and cache, run one decode step.
 
-    On CUDA the allocator is capped at the budget (so going over raises out-of-memory) and the
-    allocator's peak is compared with it; on CPU the peak resident set above this worker's
-    baseline is. The cache is left zeroed: zeroing already touches every page, and values do
-    not change memory use; the weights are zeroed rather than drawn at random, for the same reason.
+    On CUDA the allocator is capped at the budget (so going over raises out-of-memory); the cap bounds
+    what the allocator reserves, so the reserved peak (allocations rounded up to the allocator's
+    blocks, cuBLAS's workspace among them) is what is compared with it and reported as ``peak_bytes``,
+    with the allocated peak beside it. On CPU the peak resident set above this worker's baseline is.
+    The cache is left zeroed: zeroing already touches every page, and values do not change memory
+    use; the weights are zeroed rather than drawn at random, for the same reason.
     """
     device, budget = payload["device"], payload["budget_bytes"]
     enter_device(device)
@@ -392,8 +416,14 @@ def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
     with torch.inference_mode():
         _, _, _, memory = _build_and_step(payload, _concrete_backend(payload), fill=False)
-    peak = memory.peak_allocated_bytes
-    return {"batch_size": payload["batch_size"], "peak_bytes": peak, "fits": peak <= budget}
+    allocated = memory.peak_allocated_bytes
+    peak = memory.peak_reserved_bytes if is_cuda(device) and memory.peak_reserved_bytes is not None else allocated
+    return {
+        "batch_size": payload["batch_size"],
+        "peak_bytes": peak,
+        "allocated_bytes": allocated,
+        "fits": peak <= budget,
+    }
 
 
 def describe_machine(payload: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 GRAPH_MATCHES_EAGER = "graph_matches_eager"
 SDPA_KERNEL = "sdpa_kernel_as_planned"
+MLA_LATENT_IN_PLACE = "sdpa_reads_mla_latent_in_place"
 ENERGY_COUNTER = "energy_counter_increases"
 NO_THROTTLING = "no_throttling"
 GPU_NOT_SHARED = "gpu_not_shared"
@@ -58,9 +59,16 @@ def graph_output(metric: str, captures: Sequence[Captured]) -> Check | None:
     return Check(name=GRAPH_MATCHES_EAGER, passed=failed == 0, detail=detail)
 
 
+# SDPA kernels that read shared KV heads (``enable_gqa``) without repeating K/V per query head: flash
+# (CPU and CUDA), cuDNN (CUDA, PyTorch 2.10 and later; what SDPA prefers on Hopper there) and a
+# registered out-of-tree kernel. Efficient and math repeat K/V.
+SHARED_KV_READERS = frozenset({"flash", "cudnn", "overrideable"})
+
+
 def expects_shared_kv_read(device_type: str, dtype: torch.dtype, head_dim: int) -> bool:
     """Whether a fused SDPA kernel that reads shared KV heads without a copy exists for this case:
-    CPU flash takes every dtype; CUDA flash takes 16-bit dtypes with head_dim <= 256 (a multiple of 8)."""
+    CPU flash takes every dtype; CUDA flash and cuDNN take 16-bit dtypes with head_dim <= 256 (a
+    multiple of 8)."""
     import torch
 
     if device_type == "cpu":
@@ -80,12 +88,30 @@ def sdpa_kernel(
     if seen.kv_copied and not copies_expected:
         problems.append("repeated K/V to every query head though no copy was planned")
     shared = variant.group_size > 1 and expects_shared_kv_read(device_type, dtype, variant.head_dim)
-    if shared and (seen.kv_copied or seen.kernel not in ("flash", "overrideable")):
+    if shared and (seen.kv_copied or seen.kernel not in SHARED_KV_READERS):
         problems.append(f"a kernel reading shared KV heads exists for {dtype} head_dim {variant.head_dim}")
     where = f"{device_type} {str(dtype).removeprefix('torch.')} head_dim {variant.head_dim}, group {variant.group_size}"
     copied = "K/V repeated per query head" if seen.kv_copied else "no copy of K/V"
     detail = f"{seen.kernel} ({copied}) on {where}" + (f": {'; '.join(problems)}" if problems else "")
     return Check(name=SDPA_KERNEL, passed=not problems, detail=detail)
+
+
+def mla_latent_read(seen: SdpaObservation, variant: Variant) -> Check:
+    """MLA's absorbed form under SDPA read its latent as one shared KV head, not a copy per query head.
+
+    Its keys (latent + rotary key, e.g. 576 wide) and values (the latent, e.g. 512) differ in width
+    and exceed what flash and cuDNN take, so SDPA falls back to math, which repeats the latent to every
+    head: the timed step is then mostly that copy, not the attention the cache stores for.
+    """
+    assert variant.mla is not None
+    widths = f"keys {variant.mla.latent_width} wide, values {variant.mla.kv_lora_rank}"
+    if seen.kv_copied:
+        detail = (
+            f"{seen.kernel} repeated the latent ({widths}) to each of {variant.n_heads} query heads: the timed step "
+            "is mostly that copy; no fused SDPA kernel reads this latent in place"
+        )
+        return Check(name=MLA_LATENT_IN_PLACE, passed=False, detail=detail)
+    return Check(name=MLA_LATENT_IN_PLACE, passed=True, detail=f"{seen.kernel} read the latent ({widths}) in place")
 
 
 def energy_counter(start_mj: int | None, end_mj: int | None) -> Check:

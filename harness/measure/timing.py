@@ -9,7 +9,10 @@ plus a host-inclusive eager time beside it. Both warm up by time, not by count.
 Warm samples time ``inner_reps`` back-to-back calls and record their mean; cold samples time
 single calls, each right after a cache flush that is not timed. A cold sample may also be a sum of
 *parts* (one flush before each part): core attention's layers, so that no layer reads another
-layer's data from a cache the previous layer warmed. Every sample set says how it was taken
+layer's data from a cache the previous layer warmed. On CUDA those parts run back to back in one
+captured sequence with the flushes inside, less the flushes timed alone
+(:func:`time_cuda_cold_sequence`): a graph and an event pair per layer would put the host's launch
+of each next graph inside its pair. Every sample set says how it was taken
 (:class:`Samples`), so that statistics are only compared between like sets.
 
 Nothing here summarises: statistics over the samples live elsewhere.
@@ -36,6 +39,9 @@ MIN_SAMPLE_S = 1e-3
 RESOLUTION_FACTOR = 1000
 MAX_INNER_REPS = 10**7
 CUDA_EVENTS_PER_BATCH = 1000  # samples queued between two read-outs
+# Device-side spin (torch.cuda._sleep cycles, about 0.5 ms at 2 GHz) before each cold-sequence sample: longer
+# than the host takes to enqueue the sample's events and two graph replays.
+COLD_SPIN_CYCLES = 1_000_000
 CUDA_GRAPH_WARMUP_STEPS = 3  # side-stream iterations before capture, as the PyTorch CUDA-graph docs ask
 
 Step = Callable[[], object]
@@ -203,7 +209,7 @@ def warm_up_until(
     )
 
 
-def _flush_flags(parts: Sequence[Step], flush_before: Sequence[bool] | None) -> list[bool]:
+def flush_flags(parts: Sequence[Step], flush_before: Sequence[bool] | None) -> list[bool]:
     """Which parts a flush precedes: all by default; the first part always (a cold sample starts cold)."""
     flags = [True] * len(parts) if flush_before is None else list(flush_before)
     if len(flags) != len(parts):
@@ -226,7 +232,7 @@ def time_cpu_parts(
     """Cold samples: each the sum over ``parts`` of one call each, timed alone, with ``flush()`` (not
     timed) before the first part and before every part ``flush_before`` marks (default: every part)."""
     _check_limits(warmup_s, min_time_s, min_samples, max_samples)
-    flags = _flush_flags(parts, flush_before)
+    flags = flush_flags(parts, flush_before)
     with gc_disabled():
         warm_up(lambda: [part() for part in parts], warmup_s)
         samples: list[float] = []
@@ -412,7 +418,68 @@ def time_cuda_parts(
     ``flush()`` (not timed) before the first part and before every part ``flush_before`` marks."""
     _check_limits(0.0, min_time_s, min_samples, max_samples)
     with gc_disabled():
-        return _device_samples(parts, 1, flush, min_time_s, min_samples, max_samples, _flush_flags(parts, flush_before))
+        return _device_samples(parts, 1, flush, min_time_s, min_samples, max_samples, flush_flags(parts, flush_before))
+
+
+def cold_sequence(parts: Sequence[Step], flush: Callable[[], None], flags: Sequence[bool]) -> tuple[Step, Step]:
+    """The two steps :func:`time_cuda_cold_sequence` captures and times: every part in order with ``flush()``
+    before each part ``flags`` marks (returning the last part's output), and the same flushes alone."""
+
+    def sequence() -> object:
+        out: object = None
+        for part, flush_first in zip(parts, flags, strict=True):
+            if flush_first:
+                flush()
+            out = part()
+        return out
+
+    def evictions() -> None:
+        for flush_first in flags:
+            if flush_first:
+                flush()
+
+    return sequence, evictions
+
+
+def time_cuda_cold_sequence(
+    sequence: Step, evictions: Step, *, min_time_s: float, min_samples: int, max_samples: int
+) -> list[float]:
+    """Cold device samples of parts run back to back in one captured sequence with the evictions inside.
+
+    ``sequence`` runs the evictions and the parts in order (one graph replay: no host launch between two
+    parts), ``evictions`` the same evictions alone. Each sample enqueues a device-side spin, then events
+    around ``evictions`` and around ``sequence`` back to back: the host enqueues all of it while the device
+    spins, so no host gap falls inside an event pair; a sample is t(sequence) - t(evictions), the parts'
+    own time.
+    """
+    import torch
+
+    _check_limits(0.0, min_time_s, min_samples, max_samples)
+    spin = getattr(torch.cuda, "_sleep", None)
+    samples: list[float] = []
+    timed_s = 0.0
+    batch = min(min_samples, CUDA_EVENTS_PER_BATCH)
+    with gc_disabled():
+        while True:
+            pending = []
+            for _ in range(batch):
+                if spin is not None:
+                    spin(COLD_SPIN_CYCLES)  # the device waits here while the host enqueues the sample
+                marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+                marks[0].record()
+                evictions()
+                marks[1].record()
+                sequence()
+                marks[2].record()
+                pending.append(marks)
+            pending[-1][-1].synchronize()
+            for first, middle, last in pending:
+                whole_s = middle.elapsed_time(last) / 1e3
+                samples.append(max(whole_s - first.elapsed_time(middle) / 1e3, 0.0))
+                timed_s += whole_s
+            if _done(len(samples), timed_s, min_time_s, min_samples, max_samples):
+                return samples
+            batch = _next_batch(len(samples), timed_s, batch, min_time_s, min_samples, max_samples)
 
 
 @dataclass(frozen=True)
@@ -517,9 +584,16 @@ def _device_samples(
             timed_s += elapsed
         if _done(len(samples), timed_s, min_time_s, min_samples, max_samples):
             return samples
-        per_sample_s = timed_s / len(samples)
-        wanted = math.ceil(max(min_time_s - timed_s, 0.0) / per_sample_s) if per_sample_s > 0 else batch
-        batch = max(1, min(max(wanted, min_samples - len(samples)), max_samples - len(samples), CUDA_EVENTS_PER_BATCH))
+        batch = _next_batch(len(samples), timed_s, batch, min_time_s, min_samples, max_samples)
+
+
+def _next_batch(
+    n_samples: int, timed_s: float, batch: int, min_time_s: float, min_samples: int, max_samples: int
+) -> int:
+    """Samples to queue before the next read-out: enough for the time still wanted, within the limits."""
+    per_sample_s = timed_s / n_samples
+    wanted = math.ceil(max(min_time_s - timed_s, 0.0) / per_sample_s) if per_sample_s > 0 else batch
+    return max(1, min(max(wanted, min_samples - n_samples), max_samples - n_samples, CUDA_EVENTS_PER_BATCH))
 
 
 def host_samples(fn: Step, *, min_time_s: float, min_samples: int, max_samples: int) -> list[float]:

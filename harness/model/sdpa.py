@@ -2,10 +2,12 @@
 
 PyTorch's SDPA dispatches to one of several kernels (flash, memory-efficient, cuDNN, or the math
 fallback that materialises the scores in eager ops) from the dtype, head dim, mask and device, and
-falls back to math silently. On CUDA the fused kernels differ in what they accept: flash reads
-shared KV heads natively (``enable_gqa``), memory-efficient and cuDNN do not, so GQA/MQA with
-``enable_gqa`` outside flash (float32, or head_dim > 256) runs math, which repeats K/V to every
-query head: a copy of the cache per step that a benchmark of KV-cache traffic must not hide.
+falls back to math silently. On CUDA the fused kernels differ in what they accept: flash and (from
+PyTorch 2.10, first in SDPA's order on Hopper) cuDNN read shared KV heads natively (``enable_gqa``),
+memory-efficient does not, so GQA/MQA with ``enable_gqa`` outside them (float32, or head_dim > 256)
+runs math, which repeats K/V to every query head: a copy of the cache per step that a benchmark of
+KV-cache traffic must not hide. Which fused kernel is tried first is SDPA's priority order
+(:func:`priority`), recorded in every result's fingerprint.
 
 - :func:`plan` asks PyTorch's own dispatcher (``torch._fused_sdp_choice``) which kernel a call would
   take, and passes ``enable_gqa`` only where a fused kernel takes it; elsewhere it repeats K/V to
@@ -88,6 +90,15 @@ def plan(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal:
     if expanded in FUSED_KERNELS:
         return SdpaPlan(expanded, enable_gqa=False, expand_kv=True)
     return SdpaPlan(native, enable_gqa=True, expand_kv=False)  # math repeats K/V itself
+
+
+def priority() -> list[str] | None:
+    """SDPA's backend priority order on this PyTorch, by kernel name (None where torch cannot say)."""
+    try:
+        order = torch._C._get_sdp_priority_order()
+    except (AttributeError, RuntimeError):
+        return None
+    return [KERNEL_NAMES.get(int(index), "unknown") for index in order]
 
 
 def kernel_of_ops(op_names: list[str]) -> SdpaObservation:

@@ -252,6 +252,12 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         tables.bandwidth_table(result, attention=True),
         [images["backend-bandwidth"]] if "backend-bandwidth" in images else [],
     )
+    lines += _section(
+        "SDPA kernels",
+        "Backend sdpa: the kernel that ran the decode step's attention (PyTorch's profiler), per variant and dtype, "
+        "and whether K/V were read in place or repeated to every query head (a copy per step).",
+        tables.sdpa_kernels_table(result),
+    )
     lines += _section("Peak memory", "Peak memory of one cell (build plus decode).", tables.peak_memory_table(result))
     lines += _section(
         "Training step memory",
@@ -269,7 +275,8 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
     )
     lines += _section(
         "Max batch under the budget",
-        "Predicted: floor((budget − weights) / (KV bytes per sequence + activations)); measured: the largest batch "
+        "Predicted: floor((budget − weights − workspace) / (KV bytes per sequence + activations)), the workspace "
+        "cuBLAS's on CUDA; measured: the largest batch "
         "whose build plus one decode step fit; error = (predicted − measured) / measured.",
         tables.max_batch_table(result),
         [images["max-batch-vs-context"]] if "max-batch-vs-context" in images else [],

@@ -349,6 +349,20 @@ def checks_table(result: RunResult) -> str | None:
     return tabulate(rows, headers=headers, tablefmt=TABLEFMT, disable_numparse=True)
 
 
+def sdpa_kernels_table(result: RunResult) -> str | None:
+    """The SDPA kernel each variant and dtype ran (as the profiler saw it), and whether K/V were copied."""
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+    for c in result.cells:
+        if c.metrics is None or c.metrics.sdpa_kernel is None:
+            continue
+        copied = "repeated per query head" if c.metrics.sdpa_kv_copied else "read in place"
+        seen.setdefault((c.variant, c.dtype), (c.metrics.sdpa_kernel, copied))
+    if not seen:
+        return None
+    rows = [[variant, dtype, kernel, copied] for (variant, dtype), (kernel, copied) in seen.items()]
+    return tabulate(rows, headers=["variant", "dtype", "kernel measured", "K/V"], tablefmt=TABLEFMT)
+
+
 def failed_cells_table(result: RunResult) -> str | None:
     """Cells with status oom or error, with the error they recorded."""
     rows = [
