@@ -30,12 +30,17 @@ from pathlib import Path
 from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parent.parent
-# (label, torch threads (0: torch's default), THP_MEM_ALLOC_ENABLE)
-SETTINGS = [
-    ("threads default, 4 KiB pages", 0, "0"),
-    ("threads default, huge pages", 0, "1"),
-    ("1 thread, 4 KiB pages", 1, "0"),
-    ("1 thread, huge pages", 1, "1"),
+# The fixed glibc thresholds the workers start with (harness/measure/worker.py MALLOC_ENV): every
+# allocation above 128 KiB is a fresh mmap, so a step's temporaries fault their pages in on every call.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+# (label, torch threads (0: torch's default), environment of the process)
+SETTINGS: list[tuple[str, int, dict[str, str]]] = [
+    ("threads default, 4 KiB pages", 0, {"THP_MEM_ALLOC_ENABLE": "0"}),
+    ("threads default, huge pages", 0, {"THP_MEM_ALLOC_ENABLE": "1"}),
+    ("1 thread, 4 KiB pages", 1, {"THP_MEM_ALLOC_ENABLE": "0"}),
+    ("1 thread, huge pages", 1, {"THP_MEM_ALLOC_ENABLE": "1"}),
+    ("1 thread, fixed malloc thresholds", 1, {"THP_MEM_ALLOC_ENABLE": "0", **FIXED_MALLOC}),
+    ("threads default, fixed malloc thresholds", 0, {"THP_MEM_ALLOC_ENABLE": "0", **FIXED_MALLOC}),
 ]
 BARE_WARMUP_S = 0.3
 BARE_CALLS = 60
@@ -119,17 +124,23 @@ def main() -> None:
     parser.add_argument("--context-len", type=int, default=2048)
     parser.add_argument("--metric", choices=("decode", "attention"), default="decode")
     parser.add_argument("--seed", type=int, default=0, help="seed of the interleaving order")
+    parser.add_argument(
+        "--settings",
+        default=",".join(str(i) for i in range(len(SETTINGS))),
+        help=f"which settings, by index (0-{len(SETTINGS) - 1})",
+    )
     parser.add_argument("--json", type=Path, help="also write every process's medians here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(child(args.variant, args.batch_size, args.context_len, args.metric, int(args.child))))
         return
-    order = [index for index in range(len(SETTINGS)) for _ in range(args.processes)]
+    chosen = [int(index) for index in args.settings.split(",")]
+    order = [index for index in chosen for _ in range(args.processes)]
     random.Random(args.seed).shuffle(order)
-    readings: dict[int, list[dict[str, float]]] = {index: [] for index in range(len(SETTINGS))}
+    readings: dict[int, list[dict[str, float]]] = {index: [] for index in chosen}
     for done, index in enumerate(order, start=1):
-        _label, threads, thp = SETTINGS[index]
+        _label, threads, setting_env = SETTINGS[index]
         command = [sys.executable, __file__, "--child", str(threads), "--variant", args.variant]
         command += [
             "--batch-size",
@@ -139,14 +150,15 @@ def main() -> None:
             "--metric",
             args.metric,
         ]
-        env = os.environ | {"THP_MEM_ALLOC_ENABLE": thp}
+        unset = ("THP_MEM_ALLOC_ENABLE", *FIXED_MALLOC)
+        env = {k: v for k, v in os.environ.items() if k not in unset} | setting_env
         out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
         readings[index].append(json.loads(out.stdout))
         print(f"\r{done}/{len(order)} processes", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     rows = []
-    for index, (label, _threads, _thp) in enumerate(SETTINGS):
-        got = readings[index]
+    for index in chosen:
+        label, got = SETTINGS[index][0], readings[index]
         row = [label, got[0]["threads"]]
         for key in ("harness_s", "bare_s", "reference_s"):
             values = [r[key] for r in got]

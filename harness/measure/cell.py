@@ -194,9 +194,12 @@ class _CellTimer:
         if self.cuda:
             return self._time_cuda(metric, fn, parts, reads, flush_before, host)
         out = {"warm": _samples(timing.time_cpu(fn, **self.timing, inner_reps=self.inner_reps.get(metric)))}
-        if self.cold:  # single calls after a flush, in a process the warm samples just warmed: a fixed window
+        if (
+            self.cold
+        ):  # single calls after a flush, in a process the warm samples just warmed: no warm-up, a fixed window
             flush, how = self.flusher(reads)
-            cold = timing.time_cpu_parts(parts, flush, **self.fixed_window(), flush_before=flush_before)
+            window = self.fixed_window() | {"warmup_s": 0.0}
+            cold = timing.time_cpu_parts(parts, flush, **window, flush_before=flush_before)
             out["cold"] = _samples(dataclasses.replace(cold, flush=how))
         return out
 

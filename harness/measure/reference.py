@@ -10,7 +10,7 @@ where the pages landed): the run's **noise floor** (harness/measure/stability.py
 how far those medians spread over the run. Cells whose rounds disagree by much more than that were
 disturbed by something the reference did not see; cells that move with it, by the machine.
 
-The loop takes about 40 ms on a 2-core VM (64 MiB at ~25 GB/s, 20 calls).
+The loop takes about 20-35 ms on a 2-core VM (64 MiB at 25-50 GB/s, 12 calls, and the first write).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 from harness.measure.stats import percentile
 
 REFERENCE_BYTES = 64 * 2**20
-REFERENCE_WARMUP_CALLS = 4
-REFERENCE_CALLS = 16
+REFERENCE_WARMUP_CALLS = 2
+REFERENCE_CALLS = 10
 
 
 def reference_loop() -> dict[str, float]:
