@@ -279,6 +279,7 @@ class Runner:
             previous=self.existing(cell) if round_index > 0 else None,
             device=self.device,
             quick=self.options.quick,
+            paired=self.result.pairing is not None,
             max_batch={target: found for (target, k), found in self._max_batch.items() if k == key},
             target=self._where.get(cell.key) if round_index > 0 else None,
             inner_reps=self._reps.get(cell.key) if round_index == 0 else None,

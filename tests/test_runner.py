@@ -447,7 +447,7 @@ def test_each_measurement_round_appends_its_placement(tmp_path: Path):
         assert cell.placement[0].finished_utc <= cell.placement[1].started_utc
 
 
-def test_quick_timing_keeps_fixed_short_windows_and_a_full_run_aims_for_the_target() -> None:
+def test_quick_and_paired_timing_keep_fixed_windows_and_a_full_run_aims_for_the_target() -> None:
     from harness.execute.cellround import QUICK_MIN_TIME_S, QUICK_WARMUP_S, timing_settings
     from harness.scenario.schema import MeasureSpec
 
@@ -457,3 +457,5 @@ def test_quick_timing_keeps_fixed_short_windows_and_a_full_run_aims_for_the_targ
     quick = timing_settings(measure, quick=True)
     assert (quick["warmup_s"], quick["warmup_max_s"]) == (QUICK_WARMUP_S, QUICK_WARMUP_S)
     assert (quick["min_time_s"], quick["max_time_s"], quick["target_ci"]) == (QUICK_MIN_TIME_S, QUICK_MIN_TIME_S, None)
+    paired = timing_settings(measure, quick=False, paired=True)
+    assert (paired["warmup_max_s"], paired["target_ci"], paired["max_time_s"]) == (2.0, None, 1.0)

@@ -41,11 +41,16 @@ def measure_cell_round(job: CellJob, node: NodeInfo, workers: WorkerCaller, wher
     return result.model_copy(update={"placement": [*result.placement, placement(where, job, node, started)]})
 
 
-def timing_settings(measure: MeasureSpec, quick: bool) -> dict[str, Any]:
+def timing_settings(measure: MeasureSpec, quick: bool, paired: bool = False) -> dict[str, Any]:
     """How a worker warms up and how long it times (harness/measure/window.py); ``--quick`` keeps the
-    windows fixed and short, for smoke runs."""
+    windows fixed and short, for smoke runs. A ``paired`` round (one side of ``attnbench ab``) still warms
+    up until steady but stops at ``min_time_s``: the comparison decides on the ratios of many such rounds
+    taken back to back, whose spread comes from the processes more than from one round's samples, so a
+    round sampled to a narrow interval would cost time and narrow nothing."""
     warmup_s, min_time_s = measure.warmup_s, measure.min_time_s
     warmup_max_s, target_ci, max_time_s = measure.warmup_cap_s, measure.target_ci, measure.time_cap_s
+    if paired:
+        target_ci, max_time_s = None, min_time_s
     if quick:
         warmup_s, min_time_s = min(warmup_s, QUICK_WARMUP_S), min(min_time_s, QUICK_MIN_TIME_S)
         warmup_max_s, target_ci, max_time_s = warmup_s, None, min_time_s
@@ -138,7 +143,7 @@ class _CellRound:
             "backend": backend or cell.backend,
             "seed": scenario.measure.seed,
             "metrics": list(scenario.measure.selected_metrics),
-            "timing": timing_settings(scenario.measure, self.job.quick),
+            "timing": timing_settings(scenario.measure, self.job.quick, self.job.paired),
             "cold": scenario.measure.cold,
             "threads": scenario.measure.threads,
             "energy_window_s": scenario.measure.energy_window_s,

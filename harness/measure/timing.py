@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from harness.measure.window import WarmUp, Window, ci_half_width, warm_up_until_steady
+from harness.measure.window import WarmUp, Window, ci_half_width, least_reached, warm_up_until_steady
 
 if TYPE_CHECKING:
     import torch
@@ -103,15 +103,9 @@ def gc_disabled() -> Iterator[None]:
 
 
 def _check_limits(warmup_s: float, min_time_s: float, min_samples: int, max_samples: int) -> None:
-    if warmup_s < 0 or min_time_s < 0:
-        raise ValueError(f"warmup_s and min_time_s must be >= 0, got {warmup_s} and {min_time_s}")
-    if not 1 <= min_samples <= max_samples:
-        raise ValueError(f"need 1 <= min_samples <= max_samples, got {min_samples} and {max_samples}")
-
-
-def _done(n_samples: int, timed_s: float, min_time_s: float, min_samples: int, max_samples: int) -> bool:
-    """Stop when both ``min_time_s`` of timed work and ``min_samples`` are in, or at ``max_samples``."""
-    return n_samples >= max_samples or (n_samples >= min_samples and timed_s >= min_time_s)
+    if warmup_s < 0:
+        raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
+    Window(min_time_s, min_samples, max_samples)  # raises on the window's own limits
 
 
 def warm_up(fn: Callable[[], object], warmup_s: float, sync: Callable[[], None] | None = None) -> None:
@@ -237,7 +231,7 @@ def time_cpu_parts(
         warm_up(lambda: [part() for part in parts], warmup_s)
         samples: list[float] = []
         timed_s = 0.0
-        while not _done(len(samples), timed_s, min_time_s, min_samples, max_samples):
+        while not least_reached(len(samples), timed_s, min_time_s, min_samples, max_samples):
             total = 0.0
             for part, flush_first in zip(parts, flags, strict=True):
                 if flush_first:
@@ -477,7 +471,7 @@ def time_cuda_cold_sequence(
                 whole_s = middle.elapsed_time(last) / 1e3
                 samples.append(max(whole_s - first.elapsed_time(middle) / 1e3, 0.0))
                 timed_s += whole_s
-            if _done(len(samples), timed_s, min_time_s, min_samples, max_samples):
+            if least_reached(len(samples), timed_s, min_time_s, min_samples, max_samples):
                 return samples
             batch = _next_batch(len(samples), timed_s, batch, min_time_s, min_samples, max_samples)
 
@@ -582,7 +576,7 @@ def _device_samples(
             elapsed = sum(start.elapsed_time(end) for start, end in pairs) / 1e3
             samples.append(elapsed / inner)
             timed_s += elapsed
-        if _done(len(samples), timed_s, min_time_s, min_samples, max_samples):
+        if least_reached(len(samples), timed_s, min_time_s, min_samples, max_samples):
             return samples
         batch = _next_batch(len(samples), timed_s, batch, min_time_s, min_samples, max_samples)
 
@@ -603,7 +597,7 @@ def host_samples(fn: Step, *, min_time_s: float, min_samples: int, max_samples: 
     samples: list[float] = []
     timed_s = 0.0
     with gc_disabled():
-        while not _done(len(samples), timed_s, min_time_s, min_samples, max_samples):
+        while not least_reached(len(samples), timed_s, min_time_s, min_samples, max_samples):
             torch.cuda.synchronize()
             start = time.perf_counter()
             fn()

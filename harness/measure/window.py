@@ -94,6 +94,11 @@ def ci_half_width(samples: Sequence[float]) -> float:
     return max(median - low, high - median) / median if median > 0 else float("inf")
 
 
+def least_reached(n_samples: int, timed_s: float, min_time_s: float, min_samples: int, max_samples: int) -> bool:
+    """A fixed window's stop: both ``min_time_s`` of timed work and ``min_samples`` are in, or ``max_samples``."""
+    return n_samples >= max_samples or (n_samples >= min_samples and timed_s >= min_time_s)
+
+
 @dataclass(frozen=True)
 class Window:
     """When a timed window may stop: the least it must hold, what it aims for, and its caps."""
@@ -120,7 +125,7 @@ class Window:
         n = len(samples)
         if n >= self.max_samples:
             return True
-        if n < self.min_samples or timed_s < self.min_time_s:
+        if not least_reached(n, timed_s, self.min_time_s, self.min_samples, self.max_samples):
             return False
         if self.target is None:
             return True
