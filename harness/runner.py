@@ -129,6 +129,7 @@ class Runner:
         self._where: dict[tuple[str, int, int, str, str], str] = {}  # cell key -> the target whose file holds it
         self._failed: list[CellResult] = []
         self._reps: dict[CellKey, dict[str, int]] = {}  # calls per warm sample of an earlier run, per cell
+        self._paired = False  # begin() with a pairing: one side of an interleaved comparison
 
     @property
     def result_path(self) -> Path | None:
@@ -197,6 +198,7 @@ class Runner:
         result = file.result
         if pairing is not None:
             result.pairing = pairing
+            self._paired = True
         self._reuse_calibration(out_dir / target, file, cells)
         if result.peak_bandwidth_gbps is None:
             peak = self._peak(target, result.environment)
@@ -279,7 +281,7 @@ class Runner:
             previous=self.existing(cell) if round_index > 0 else None,
             device=self.device,
             quick=self.options.quick,
-            paired=self.result.pairing is not None,
+            paired=self._paired,
             max_batch={target: found for (target, k), found in self._max_batch.items() if k == key},
             target=self._where.get(cell.key) if round_index > 0 else None,
             inner_reps=self._reps.get(cell.key) if round_index == 0 else None,

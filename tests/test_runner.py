@@ -459,3 +459,21 @@ def test_quick_and_paired_timing_keep_fixed_windows_and_a_full_run_aims_for_the_
     assert (quick["min_time_s"], quick["max_time_s"], quick["target_ci"]) == (QUICK_MIN_TIME_S, QUICK_MIN_TIME_S, None)
     paired = timing_settings(measure, quick=False, paired=True)
     assert (paired["warmup_max_s"], paired["target_ci"], paired["max_time_s"]) == (2.0, None, 1.0)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_only_a_side_of_an_interleaved_comparison_times_its_rounds_on_the_fixed_window(
+    tmp_path: Path, paired: bool
+) -> None:
+    from harness.results.schema import Pairing
+
+    pairing = Pairing(
+        session="s1", role="base", revision="HEAD", commit=None, dirty=False, partner_revision=".",
+        partner_commit=None, rounds=2,
+    )  # fmt: skip
+    runner = Runner(RunOptions(scenario=str(scenario(tmp_path)), device="cpu", out_dir=tmp_path / "out"))
+    cells = runner.begin(pairing if paired else None)
+    try:
+        assert runner.job(cells[0], 0).paired is paired
+    finally:
+        runner.close()
