@@ -428,7 +428,8 @@ class Runner:
 
     def _describe(self) -> tuple[str, dict[str, Any]]:
         """Target id and fingerprint, taken in a worker: this process never initialises CUDA."""
-        outcome = self._call(cell_worker.describe_machine, {"device": self.device})
+        threads = self.loaded.scenario.measure.threads  # the fingerprint records the threads cells run with
+        outcome = self._call(cell_worker.describe_machine, {"device": self.device, "threads": threads})
         if outcome.status != "ok" or outcome.value is None:
             raise RunFailure(f"describing the device failed: {outcome.error}", source=self.device)
         return outcome.value["target"], outcome.value["environment"]

@@ -477,3 +477,16 @@ def test_only_a_side_of_an_interleaved_comparison_times_its_rounds_on_the_fixed_
         assert runner.job(cells[0], 0).paired is paired
     finally:
         runner.close()
+
+
+def test_the_machines_fingerprint_records_the_threads_the_scenario_gives_its_workers() -> None:
+    import torch
+
+    from harness.measure import cell as cell_worker
+
+    before = torch.get_num_threads()
+    try:
+        described = cell_worker.describe_machine({"device": "cpu", "threads": 1})
+        assert described["environment"]["torch_num_threads"] == 1
+    finally:
+        torch.set_num_threads(before)

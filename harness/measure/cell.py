@@ -430,9 +430,11 @@ def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_machine(payload: dict[str, Any]) -> dict[str, Any]:
-    """The target id and fingerprint of the device, as a worker sees it (the parent never touches CUDA)."""
+    """The target id and fingerprint of the device, as a worker sees it (the parent never touches CUDA),
+    with the torch threads the measuring workers take (``threads``, where the scenario sets them)."""
     device = payload["device"]
     enter_device(device)
+    set_threads(payload)
     return {"target": detect_target(device), "environment": fingerprint(device)}
 
 
