@@ -166,8 +166,8 @@ class _CellTimer:
         self._l2_flusher: CudaL2Flusher | None = None
 
     def fixed_window(self) -> dict[str, Any]:
-        """The scenario's least warm-up and window, without the steady warm-up and noise target."""
-        return {key: self.timing[key] for key in ("warmup_s", "min_time_s", "min_samples", "max_samples")}
+        """The scenario's least timed window, without the noise target: what cold and CUDA samples take."""
+        return {key: self.timing[key] for key in ("min_time_s", "min_samples", "max_samples")}
 
     def flusher(self, reads: Sequence[torch.Tensor]) -> tuple[Callable[[], None], str]:
         """What empties the caches before a cold sample whose step reads ``reads``, and how it does."""
@@ -194,12 +194,10 @@ class _CellTimer:
         if self.cuda:
             return self._time_cuda(metric, fn, parts, reads, flush_before, host)
         out = {"warm": _samples(timing.time_cpu(fn, **self.timing, inner_reps=self.inner_reps.get(metric)))}
-        if (
-            self.cold
-        ):  # single calls after a flush, in a process the warm samples just warmed: no warm-up, a fixed window
+        if self.cold:
+            # single calls after a flush, in a process the warm samples just warmed: no warm-up, a fixed window
             flush, how = self.flusher(reads)
-            window = self.fixed_window() | {"warmup_s": 0.0}
-            cold = timing.time_cpu_parts(parts, flush, **window, flush_before=flush_before)
+            cold = timing.time_cpu_parts(parts, flush, warmup_s=0.0, **self.fixed_window(), flush_before=flush_before)
             out["cold"] = _samples(dataclasses.replace(cold, flush=how))
         return out
 
@@ -212,7 +210,7 @@ class _CellTimer:
         flush_before: Sequence[bool] | None,
         host: bool,
     ) -> dict[str, dict[str, Any]]:
-        window = {key: value for key, value in self.fixed_window().items() if key != "warmup_s"}
+        window = self.fixed_window()
         with timing.gc_disabled():
             warm = timing.warm_up_until(
                 fn,
@@ -254,7 +252,7 @@ class _CellTimer:
         """Cold samples on CUDA, the captures they timed, and how caches were emptied: the captured step
         after a flush; or, for several parts (core attention's layers), the parts back to back in one
         captured sequence with the flushes inside, less the same flushes captured and timed alone."""
-        window = {key: self.timing[key] for key in ("min_time_s", "min_samples", "max_samples")}
+        window = self.fixed_window()
         flush, how = self.flusher(reads)
         if list(parts) == [fn]:
             return timing.time_cuda_parts([captured.step], flush, **window), [captured], how

@@ -29,7 +29,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from harness.measure.window import WarmUp, Window, ci_half_width, least_reached, warm_up_until_steady
+from harness.measure.window import (
+    STEADY_TOLERANCE,
+    WarmUp,
+    Window,
+    ci_half_width,
+    least_reached,
+    warm_up_until_steady,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -175,10 +182,6 @@ def time_cpu(
             warmup_steady=warm.steady,
             ci_half_width=ci_half_width(samples),
         )
-
-
-# Warm-up windows must agree this closely when no timing target says otherwise.
-STEADY_TOLERANCE = 0.02
 
 
 def warm_up_until(

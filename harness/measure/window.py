@@ -34,6 +34,7 @@ from harness.measure.stats import median_ci
 WINDOW_S = 0.01  # a warm-up window lasts at least this long ...
 WINDOW_CALLS = 3  # ... and holds at least this many calls
 STEADY_WINDOWS = 3  # warm-up is over when this many successive window medians agree
+STEADY_TOLERANCE = 0.02  # ... within this fraction, when no timing target (target_ci) says otherwise
 
 
 @dataclass(frozen=True)

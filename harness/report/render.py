@@ -17,6 +17,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness.measure.stability import noise_floor
+from harness.measure.window import STEADY_TOLERANCE
 from harness.report import plots, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
@@ -81,7 +82,7 @@ def _window_sentences(summaries: list[Summary], measure: dict[str, Any]) -> list
         warmups = sorted(w for s in summaries for w in s.process_warmup_s)
         out.append(
             f"Warm-up went on until the step time was steady (three successive windows within "
-            f"{measure.get('target_ci') or 0.02:.0%}): {sum(steady)} of {len(steady)} rounds got there, in "
+            f"{measure.get('target_ci') or STEADY_TOLERANCE:.0%}): {sum(steady)} of {len(steady)} rounds got there, in "
             f"{warmups[0]:.2f}–{warmups[-1]:.2f} s."
         )
     if widths and measure.get("target_ci"):
