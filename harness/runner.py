@@ -36,8 +36,8 @@ from harness.execute.local import LocalExecutor
 from harness.execute.shards import shard_cells
 from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
-from harness.measure import stability
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
+from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
 from harness.results.store import check_writable, load_result
 from harness.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes

@@ -1,4 +1,4 @@
-"""Exact values of the order statistics in harness/measure/stats.py."""
+"""Exact values of the order statistics in harness/stats/order.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from harness.measure.stats import iqr, mann_whitney_p, median_ci, median_ci_indices, percentile, summarize
+from harness.stats.order import iqr, mann_whitney_p, median_ci, median_ci_indices, percentile, summarize
 
 
 def test_summarize_keeps_samples_in_the_order_given() -> None:

@@ -14,8 +14,8 @@ from harness.cli.notes import print_warnings
 from harness.errors import UserError
 from harness.execute.shards import parse_shard
 from harness.hardware import is_cuda, resolve_device
-from harness.measure.stability import noise_floor
 from harness.results.schema import CellResult
+from harness.results.stability import noise_floor
 from harness.results.store import check_writable
 from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.scenario import Cell

@@ -6,11 +6,11 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.compare.paired import PAIRED_CONFIDENCE, PairedChange, paired_change
 from harness.compare.thresholds import LATENCY_METRICS, SCALAR_METRICS, Threshold, Verdict, threshold_for
 from harness.errors import UserError
-from harness.measure.stats import mann_whitney_p
 from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
+from harness.stats.order import mann_whitney_p
+from harness.stats.paired import PAIRED_CONFIDENCE, PairedChange, paired_change
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def paired_latency_change(
 ) -> MetricChange | None:
     """The change of an interleaved comparison's latency: significant when the signed-rank interval of its
     per-round ratios at ``confidence`` excludes 1, a change when their Hodges-Lehmann ratio is also beyond
-    the threshold (harness/compare/paired.py).
+    the threshold (harness/stats/paired.py).
     Mann-Whitney U on the pooled samples is reported, not required: the machine's drift between rounds
     widens both sides' pooled samples alike and hides from it what the per-round ratios see. None when
     the two sides do not have the same number of rounds."""
@@ -175,7 +175,7 @@ def compare_cell(
 
     ``paired_confidence`` (the two sides are one interleaved comparison whose intervals are asked for
     this confidence): latencies, and bandwidth through the latency it divides by, are decided on
-    per-round ratios (harness/compare/paired.py).
+    per-round ratios (harness/stats/paired.py).
     """
     assert base.metrics is not None and head.metrics is not None
     changes: list[MetricChange] = []

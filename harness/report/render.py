@@ -16,11 +16,11 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.measure.stability import noise_floor
 from harness.measure.window import STEADY_TOLERANCE
 from harness.report import plots, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
+from harness.results.stability import noise_floor
 
 REPORT_NAME = "REPORT.md"
 CROSS_TARGET_NAME = "CROSS_TARGET.md"

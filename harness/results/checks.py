@@ -14,7 +14,7 @@ cannot see, :func:`result_problems` checks on the validated result:
 
 - an ``ok`` cell has metrics;
 - every latency summary agrees with its raw samples: ``median``, ``p10``, ``p90``, ``ci_low`` and
-  ``ci_high`` equal a recomputation from the samples (harness/measure/stats.py) within rounding,
+  ``ci_high`` equal a recomputation from the samples (harness/stats/order.py) within rounding,
   which also puts them inside ``[min, max]`` of the samples and in order; each of
   ``process_medians`` lies within ``[min, max]`` (each is the median of some of the samples);
 - no two cells have the same coordinates (variant, batch size, context length, dtype, backend);
@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from harness.errors import Problem, dotted
-from harness.measure.stats import summarize
 from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
+from harness.stats.order import summarize
 
 # Summary values are written with repr() and read back exactly; these only forgive a file whose
 # numbers were rounded on the way (to about seven significant digits, or to whole nanoseconds,

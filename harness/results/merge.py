@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import Problem, UserErrors
-from harness.measure import stability
+from harness.results import stability
 from harness.results.schema import MergedPart, RunResult
 
 

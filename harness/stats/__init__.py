@@ -1,1 +1,1 @@
-"""Statistics over raw samples: order statistics and intervals, paired signed-rank, seed statistics (numpy/scipy only)."""
+"""Statistics over raw samples: order statistics, intervals, paired signed-rank, seed statistics."""
