@@ -4,7 +4,7 @@
     CellJob -> executor (local: this process; ray: a task on a cluster) -> CellOutcome ->
     the result file of the target it ran on
 
-What a round measures is harness/execute/cellround.py, the same on every executor; the runner plans
+What a round measures is harness/run/cellround.py, the same on every executor; the runner plans
 the jobs, in round-major order (every cell's round 1, then every cell's round 2, ...), and is the one
 writer of result files: one per hardware target the cells ran on. A file is rewritten atomically after
 every round, so an interrupted run (Ctrl-C, a killed process) loses no finished cell; ``resume``
@@ -29,17 +29,17 @@ from typing import Any
 
 from harness import runfiles
 from harness.errors import RunFailure, UserError
-from harness.execute.cellround import max_batch_key
-from harness.execute.executor import Executor, NoPlacement
-from harness.execute.jobs import CellJob, CellOutcome, NodeInfo
-from harness.execute.local import LocalExecutor
-from harness.execute.shards import shard_cells
 from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
 from harness.results.store import check_writable, load_result
+from harness.run.cellround import max_batch_key
+from harness.run.executor import Executor, NoPlacement
+from harness.run.jobs import CellJob, CellOutcome, NodeInfo
+from harness.run.local import LocalExecutor
+from harness.run.shards import shard_cells
 from harness.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes
 from harness.scenario import Cell, expand_cells, load_scenario
 from harness.signals import Interrupted
@@ -54,7 +54,7 @@ class RunOptions:
     resume: bool = False
     rerun_unstable: bool = False  # with resume: measure again the cells the newest run found unstable
     rounds: int | None = None  # measurement rounds, instead of the scenario's measure.rounds
-    shard: Shard | None = None  # measure only this shard of the cells (harness/execute/shards.py)
+    shard: Shard | None = None  # measure only this shard of the cells (harness/run/shards.py)
     # calibrate every cell's calls per warm sample afresh, rather than reuse the newest earlier finished
     # result's of this scenario (runfiles.calibrated_earlier)
     recalibrate: bool = False

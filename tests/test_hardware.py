@@ -113,7 +113,7 @@ def test_the_fake_set_device_refuses_a_device_without_an_index_as_torch_does(mon
 
 
 def test_cold_samples_of_an_indexed_cuda_device_are_flushed_of_the_gpu_l2() -> None:
-    from harness.execute.cellround import cache_bytes
+    from harness.run.cellround import cache_bytes
 
     environment = {"l2_cache_bytes": 50 * 2**20, "cpu_l3_cache_bytes": 30 * 2**20}
     assert cache_bytes(environment, "cuda:0") == 50 * 2**20
@@ -377,7 +377,7 @@ def test_the_fingerprint_records_the_order_in_which_sdpa_tries_its_kernels(monke
 def test_a_ray_executor_measures_on_its_tasks_one_gpu_by_index(monkeypatch: pytest.MonkeyPatch) -> None:
     # Ray gives each task one GPU through CUDA_VISIBLE_DEVICES: inside it that GPU is cuda:0, and torch needs
     # the index (harness/measure/cell.py enter_device).
-    from harness.execute import raytasks
+    from harness.run import raytasks
 
     class FakeRay:
         def is_initialized(self) -> bool:

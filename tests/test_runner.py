@@ -448,7 +448,7 @@ def test_each_measurement_round_appends_its_placement(tmp_path: Path):
 
 
 def test_quick_and_paired_timing_keep_fixed_windows_and_a_full_run_aims_for_the_target() -> None:
-    from harness.execute.cellround import QUICK_MIN_TIME_S, QUICK_WARMUP_S, timing_settings
+    from harness.run.cellround import QUICK_MIN_TIME_S, QUICK_WARMUP_S, timing_settings
     from harness.scenario.schema import MeasureSpec
 
     measure = MeasureSpec(warmup_s=0.5, min_time_s=1.0, target_ci=0.02, max_time_s=3.0, warmup_max_s=2.0)

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 
 from harness import accounting
 from harness.errors import UserError
-from harness.execute.cellround import max_batch_key
 from harness.results.schema import Shard
+from harness.run.cellround import max_batch_key
 from harness.scenario import Cell, LoadedScenario
 
 PROCESS_S = 0.05  # starting a worker from the forkserver

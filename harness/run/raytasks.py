@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import RunFailure, UserError
-from harness.execute.cellround import lost_round, measure_cell_round
-from harness.execute.executor import NoPlacement
-from harness.execute.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo, Where
 from harness.measure import cell as cell_worker
 from harness.measure.worker import IsolatedRunner
+from harness.run.cellround import lost_round, measure_cell_round
+from harness.run.executor import NoPlacement
+from harness.run.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo, Where
 
 ACCELERATOR_PREFIX = "accelerator_type:"  # the resource Ray gives a node for its GPU type
 INSTALL_HINT = "pip install -e '.[ray]'"
