@@ -16,7 +16,7 @@ from helpers_tiny import tiny_scenario
 
 from harness.results.store import load_result, result_files
 from harness.run.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo
-from harness.runner import Runner, RunOptions
+from harness.run.runner import Runner, RunOptions
 
 TINY = tiny_scenario(measure='metrics = ["decode"]\nrounds = 2\n')
 

@@ -22,7 +22,7 @@ from harness.errors import UserError
 from harness.results.schema import Placement, RunResult
 from harness.results.store import load_result, result_files
 from harness.run.jobs import CellJob, CellOutcome, NodeInfo
-from harness.runner import Runner, RunOptions, RunProgress
+from harness.run.runner import Runner, RunOptions, RunProgress
 
 pytestmark = pytest.mark.ray
 

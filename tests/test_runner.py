@@ -13,7 +13,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.results.schema import RunResult
 from harness.results.store import load_result
-from harness.runner import Runner, RunOptions, RunProgress
+from harness.run.runner import Runner, RunOptions, RunProgress
 
 TINY = tiny_scenario(measure='memory_budget = "{budget}"\n' + FAST_TIMING)
 

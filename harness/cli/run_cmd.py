@@ -16,8 +16,8 @@ from harness.hardware import is_cuda, resolve_device
 from harness.results.schema import CellResult
 from harness.results.stability import noise_floor
 from harness.results.store import check_writable
+from harness.run.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.run.shards import parse_shard
-from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
 from harness.scenario import Cell
 from harness.signals import Interrupted
 

@@ -146,7 +146,7 @@ def paired_latency_change(
 
 
 def _bandwidth_basis(metrics: CellMetrics) -> Summary | None:
-    """The latency that bandwidth_gbps was divided by (see harness.runner.apply_bandwidths)."""
+    """The latency that bandwidth_gbps was divided by (see harness.run.runner.apply_bandwidths)."""
     return metrics.decode_latency_cold_s or metrics.decode_latency_s
 
 

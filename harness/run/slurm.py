@@ -45,7 +45,7 @@ class SlurmOptions:
 
 def run_shard(options: Any, shard: Shard) -> list[str]:
     """One array task: the runner on shard ``shard`` of the scenario, here; its result files."""
-    from harness.runner import Runner
+    from harness.run.runner import Runner
 
     outcome = Runner(replace(options, shard=shard)).run()
     return [str(path) for path, _ in outcome.files]

@@ -10,7 +10,7 @@ writer of result files: one per hardware target the cells ran on. A file is rewr
 every round, so an interrupted run (Ctrl-C, a killed process) loses no finished cell; ``resume``
 continues the newest unfinished file of the same scenario per target. A stop signal
 (:class:`~harness.signals.Interrupted`) ends the worker and is recorded in every file of the run
-(``interruptions``). Files are claimed, locked while written and saved as harness/runfiles.py says;
+(``interruptions``). Files are claimed, locked while written and saved as harness/run/runfiles.py says;
 the folder is checked writable, with room for the files, before anything is measured, and a save
 that fails later (a full disk) stops the run with the last good file in place. Every worker call has
 a time limit (``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run
@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import runfiles
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
@@ -35,12 +34,13 @@ from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
 from harness.results.store import check_writable, load_result
+from harness.run import runfiles
 from harness.run.cellround import max_batch_key
 from harness.run.executor import Executor, NoPlacement
 from harness.run.jobs import CellJob, CellOutcome, NodeInfo
 from harness.run.local import LocalExecutor
+from harness.run.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes
 from harness.run.shards import shard_cells
-from harness.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes
 from harness.scenario import Cell, expand_cells, load_scenario
 from harness.signals import Interrupted
 
