@@ -368,8 +368,8 @@ def _max_batch_finding(device: str) -> Finding:
     """The runner's max-batch search on a small stack, against the accounting's prediction."""
     from harness import accounting
     from harness.measure import cell as cell_worker
-    from harness.measure.maxbatch import Probe, search_max_batch
     from harness.measure.worker import IsolatedRunner
+    from harness.run.maxbatch import Probe, search_max_batch
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 

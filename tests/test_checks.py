@@ -6,9 +6,9 @@ import torch
 from helpers_results import lognormal_samples, make_metrics
 
 from harness.measure import checks
-from harness.measure.derive import ROUNDS_TIMED_ALIKE, apply_bandwidths, inner_reps, pooled_summary
 from harness.model.sdpa import SdpaObservation, SdpaPlan
 from harness.results.schema import CellMetrics
+from harness.run.derive import ROUNDS_TIMED_ALIKE, apply_bandwidths, inner_reps, pooled_summary
 from harness.stats.order import summarize
 from harness.variants import Variant
 

@@ -19,11 +19,11 @@ from harness import accounting
 from harness.backend_support import unsupported_reason
 from harness.hardware import is_cuda
 from harness.measure import cell as cell_worker
-from harness.measure import derive, opt_in
-from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch, TPMeasurement
+from harness.run import derive, opt_in
 from harness.run.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
+from harness.run.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
 from harness.scenario import Cell
 from harness.scenario.schema import MeasureSpec
 from harness.variants import Variant

@@ -22,10 +22,10 @@ from typing import Any
 from harness.compare.comparable import setting_differences
 from harness.errors import RunFailure, UserError
 from harness.inputs import MIB
-from harness.measure.derive import inner_reps
 from harness.results.lock import AdvisoryLock, file_lock
 from harness.results.schema import GitInfo, RunResult, ScenarioRef, Shard
 from harness.results.store import claim_result_path, load_result, result_files, save_result
+from harness.run.derive import inner_reps
 from harness.scenario import LoadedScenario
 
 CellKey = tuple[str, int, int, str, str]  # CellResult.key: variant, batch size, context, dtype, backend
@@ -174,7 +174,7 @@ def calibrated_earlier(folder: Path, result: RunResult, own: Path) -> tuple[Path
 
 
 def calls_per_sample(result: RunResult) -> dict[CellKey, dict[str, int]]:
-    """The calls per warm sample each ``ok`` cell of ``result`` timed with, by metric (harness/measure/derive.py)."""
+    """The calls per warm sample each ``ok`` cell of ``result`` timed with, by metric (harness/run/derive.py)."""
     reps = {c.key: inner_reps(c.metrics) for c in result.cells if c.status == "ok" and c.metrics is not None}
     return {key: counts for key, counts in reps.items() if counts}
 
