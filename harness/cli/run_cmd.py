@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_slurm(args: argparse.Namespace, shard: object) -> int:
     """--executor slurm: every shard as one task of a job array, their files merged into --out."""
-    from harness.run.slurm import SlurmOptions, submit_and_merge
+    from harness.launch.slurm import SlurmOptions, submit_and_merge
 
     if args.shards is None or args.shards < 1:
         raise UserError("--executor slurm needs --shards N (N at least 1): one array task per shard", field="--shards")

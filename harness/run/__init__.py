@@ -8,5 +8,5 @@ same way wherever it runs. Executors decide placement only: in this process (``l
 task per job (``ray``). The runner (harness/run/runner.py) stays the one writer of result files.
 
 Engines that run whole commands rather than tasks get shards instead (``shards.py``: ``run --shard
-K/N``, joined by ``attnbench merge``); ``slurm.py`` submits one Slurm array task per shard.
+K/N``, joined by ``attnbench merge``); harness/launch/slurm.py submits one Slurm array task per shard.
 """
