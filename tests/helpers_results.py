@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from harness.results.schema import CellMetrics, CellResult, GitInfo, MaxBatch, RunResult, ScenarioRef, Summary
-from harness.stats.order import summarize
+from harness.results.summary import summarize
 
 DEFAULT_TARGET = "cpu-test-2c"
 DEFAULT_SCENARIO = "decode-small"

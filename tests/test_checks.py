@@ -8,8 +8,8 @@ from helpers_results import lognormal_samples, make_metrics
 from harness.measure import checks
 from harness.model.sdpa import SdpaObservation, SdpaPlan
 from harness.results.schema import CellMetrics
+from harness.results.summary import summarize
 from harness.run.derive import ROUNDS_TIMED_ALIKE, apply_bandwidths, inner_reps, pooled_summary
-from harness.stats.order import summarize
 from harness.variants import Variant
 
 MQA = Variant("H128-MQA", 128, 8, 1, (0, 1))

@@ -14,7 +14,7 @@ from harness.errors import UserError
 from harness.results import gitrev
 from harness.results.schema import CellResult, Check, RunResult, Summary
 from harness.results.store import load_result, save_result
-from harness.stats.order import summarize
+from harness.results.summary import summarize
 
 DATA = Path(__file__).parent / "data" / "compare"
 

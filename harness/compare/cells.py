@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from harness.compare.thresholds import LATENCY_METRICS, SCALAR_METRICS, Threshold, Verdict, threshold_for
 from harness.errors import UserError
 from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
-from harness.stats.order import mann_whitney_p
+from harness.stats.order import mann_whitney_p, relative_range
 from harness.stats.paired import PAIRED_CONFIDENCE, PairedChange, paired_change
 
 
@@ -75,11 +75,7 @@ def run_to_run_noise(*summaries: Summary) -> float | None:
     between runs on this machine, which the samples of one process cannot show (they share its
     memory placement and the machine's state of the moment). None when no side has two rounds.
     """
-    spreads = [
-        (max(s.process_medians) - min(s.process_medians)) / statistics.median(s.process_medians)
-        for s in summaries
-        if len(s.process_medians) >= 2
-    ]
+    spreads = [relative_range(s.process_medians) for s in summaries if len(s.process_medians) >= 2]
     return max(spreads) if spreads else None
 
 

@@ -29,7 +29,7 @@ from datetime import datetime
 
 from harness.errors import Problem, dotted
 from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
-from harness.stats.order import summarize
+from harness.results.summary import summarize
 
 # Summary values are written with repr() and read back exactly; these only forgive a file whose
 # numbers were rounded on the way (to about seven significant digits, or to whole nanoseconds,

@@ -13,8 +13,8 @@ from typing import Any
 from harness import accounting
 from harness.measure import checks
 from harness.results.schema import CellMetrics, Check, Summary
+from harness.results.summary import summarize
 from harness.scenario import Cell, LoadedScenario
-from harness.stats.order import summarize
 
 # Checks the parent derives from the result (recomputed whenever a round pools more samples in).
 DERIVED_CHECKS = frozenset(

@@ -24,9 +24,9 @@ from harness.measure.ranks import run_ranks
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.parallel import kv_heads_per_rank, kv_replication, rank_variant, tp_problem
 from harness.results.schema import TPMeasurement, TPRank, TrainStep
+from harness.results.summary import summarize
 from harness.scenario import Cell
 from harness.scenario.schema import ModelSpec
-from harness.stats.order import summarize
 
 Call = Callable[[Callable[[dict[str, Any]], dict[str, Any]], dict[str, Any]], WorkerOutcome]
 
