@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.results.gitrev import repo_root
+from harness.git import repo_root
 from harness.revisions import Revision, checkout
 from harness.scenario.cells import expand_cells
 from harness.scenario.load import load_scenario

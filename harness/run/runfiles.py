@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +20,7 @@ from typing import Any
 
 from harness.compare.comparable import setting_differences
 from harness.errors import RunFailure, UserError
+from harness.git import run_git
 from harness.inputs import MIB
 from harness.results.lock import AdvisoryLock, file_lock
 from harness.results.schema import GitInfo, RunResult, ScenarioRef, Shard
@@ -48,10 +48,10 @@ def git_info(cwd: Path | None = None) -> GitInfo:
 
     def git(*args: str) -> str | None:
         try:
-            proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
+            out = run_git(list(args), cwd)
+        except UserError:  # no git, or none that answers: the recorded commit serves
             return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
+        return out.stdout.strip() if out.ok else None
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
