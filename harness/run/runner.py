@@ -29,8 +29,7 @@ from typing import Any
 
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
-from harness.measure import cell as cell_worker
-from harness.measure.worker import IsolatedRunner, WorkerOutcome
+from harness.measure.worker import IsolatedRunner
 from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
 from harness.results.store import check_writable, load_result
@@ -39,6 +38,7 @@ from harness.run.cellround import max_batch_key
 from harness.run.executor import Executor, NoPlacement
 from harness.run.jobs import CellJob, CellOutcome, NodeInfo
 from harness.run.local import LocalExecutor
+from harness.run.node import describe, peak_gbps, probe_peak
 from harness.run.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes
 from harness.run.shards import shard_cells
 from harness.scenario import Cell, expand_cells, load_scenario
@@ -185,7 +185,8 @@ class Runner:
         return self._identity
 
     def _begin_local(self, pairing: Pairing | None, cells: list[Cell]) -> None:
-        target, environment = self._describe()
+        threads = self.loaded.scenario.measure.threads  # the fingerprint records the threads cells run with
+        target, environment = describe(self.workers, self.device, threads, self.timeout_s)
         out_dir, resume = self.options.out_dir, self.options.resume
         if resume:
             reopened = runfiles.reopen(
@@ -203,10 +204,10 @@ class Runner:
         if result.peak_bandwidth_gbps is None:
             peak = self._peak(target, result.environment)
             result.environment["peak_bandwidth"] = peak
-            result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
+            result.peak_bandwidth_gbps = peak_gbps(peak)
         file.save()
-        node = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
-        self.executor = LocalExecutor(self.workers, node, self.device)
+        here = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
+        self.executor = LocalExecutor(self.workers, here, self.device)
 
     def _reuse_calibration(self, folder: Path, file: ResultFile, cells: list[Cell]) -> None:
         """Let first rounds of ``cells`` time with the calls per sample of the newest earlier finished run of this
@@ -423,21 +424,5 @@ class Runner:
         for file in self.files.values():
             file.release()
 
-    def _call(self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> WorkerOutcome:
-        return self.workers.call(fn, payload, timeout_s=self.timeout_s)
-
-    def _describe(self) -> tuple[str, dict[str, Any]]:
-        """Target id and fingerprint, taken in a worker: this process never initialises CUDA."""
-        threads = self.loaded.scenario.measure.threads  # the fingerprint records the threads cells run with
-        outcome = self._call(cell_worker.describe_machine, {"device": self.device, "threads": threads})
-        if outcome.status != "ok" or outcome.value is None:
-            raise RunFailure(f"describing the device failed: {outcome.error}", source=self.device)
-        return outcome.value["target"], outcome.value["environment"]
-
     def _peak(self, target: str, environment: dict[str, Any]) -> dict[str, Any]:
-        outcome = self._call(
-            cell_worker.probe_peak, {"target": target, "device": self.device, "environment": environment}
-        )
-        if outcome.status != "ok" or outcome.value is None:
-            raise RunFailure(f"the peak bandwidth probe failed: {outcome.error}", source=target)
-        return outcome.value
+        return probe_peak(self.workers, self.device, target, environment, self.timeout_s)
