@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "harness"
 
 # Lowest floor first. A module may import its own floor's modules and those of lower floors.
 FLOORS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "units", "signals", "inputs", "git", "stats"}),
+    frozenset({"errors", "units", "signals", "inputs", "git", "stats", "cellkey"}),
     frozenset({"variants"}),
     frozenset({"scenario", "backend_support"}),
     frozenset({"parallel", "accounting", "results"}),
@@ -36,6 +36,7 @@ PARENT_SIDE = (
     "harness.cli",
     "harness.run.runfiles",
     "harness.run.derive",
+    "harness.run.shards",
     "harness.ab",
     "harness.compare",
     "harness.report",

@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.cellkey import CellKey
 from harness.compare.thresholds import LATENCY_METRICS, SCALAR_METRICS, Threshold, Verdict, threshold_for
 from harness.errors import UserError
 from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
@@ -58,7 +59,7 @@ class SkippedCell:
 
 
 def cell_label(cell: CellResult) -> str:
-    return f"{cell.variant} b{cell.batch_size} ctx{cell.context_len} {cell.dtype} {cell.backend}"
+    return cell.key.label
 
 
 def _verdict(worse: bool, significant: bool, exceeded: bool) -> Verdict:
@@ -213,11 +214,12 @@ def compare_cell(
     return CellComparison(scenario, cell_label(base), tuple(changes))
 
 
-def index_cells(results: Sequence[RunResult], side: str) -> dict[tuple[object, ...], tuple[str, CellResult]]:
-    cells: dict[tuple[object, ...], tuple[str, CellResult]] = {}
+def index_cells(results: Sequence[RunResult], side: str) -> dict[tuple[str, CellKey], tuple[str, CellResult]]:
+    """Every cell of ``results`` by its scenario's name and its key; UserError for a cell listed twice."""
+    cells: dict[tuple[str, CellKey], tuple[str, CellResult]] = {}
     for result in results:
         for cell in result.cells:
-            key = (result.scenario.name, *cell.key)
+            key = (result.scenario.name, cell.key)
             if key in cells:
                 raise UserError(
                     f"cell {cell_label(cell)} appears twice in scenario {result.scenario.name!r}", source=side

@@ -27,8 +27,9 @@ import math
 from collections.abc import Iterator
 from datetime import datetime
 
+from harness.cellkey import CellKey
 from harness.errors import Problem, dotted
-from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
+from harness.results.schema import CellMetrics, RunResult, Summary
 from harness.results.summary import summarize
 
 # Summary values are written with repr() and read back exactly; these only forgive a file whose
@@ -90,11 +91,13 @@ def _is_text(value: str) -> bool:
 def result_problems(result: RunResult, source: str) -> list[Problem]:
     """Every cross-field problem of ``result`` (read from ``source``), in file order; [] when none."""
     problems: list[Problem] = []
-    first_index: dict[tuple[str, int, int, str, str], int] = {}
+    first_index: dict[CellKey, int] = {}
     for index, cell in enumerate(result.cells):
         path = f"cells[{index}]"
         if cell.key in first_index:
-            problems.append(Problem(f"the same cell as cells[{first_index[cell.key]}] ({_label(cell)})", source, path))
+            problems.append(
+                Problem(f"the same cell as cells[{first_index[cell.key]}] ({cell.key.label})", source, path)
+            )
         else:
             first_index[cell.key] = index
         if cell.status == "ok" and cell.metrics is None:
@@ -146,7 +149,3 @@ def _summaries(metrics: CellMetrics) -> Iterator[tuple[str, Summary]]:
         value = getattr(metrics, name)
         if isinstance(value, Summary):
             yield name, value
-
-
-def _label(cell: CellResult) -> str:
-    return f"{cell.variant} b{cell.batch_size} ctx{cell.context_len} {cell.dtype} {cell.backend}"

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from harness.cellkey import CellKey
+
 SCHEMA_VERSION = 1
 
 # Every count this harness records (bytes, FLOPs, parameters) is what torch or the OS reports as a
@@ -274,8 +276,8 @@ class CellResult(_Model):
         return self
 
     @property
-    def key(self) -> tuple[str, int, int, str, str]:
-        return (self.variant, self.batch_size, self.context_len, self.dtype, self.backend)
+    def key(self) -> CellKey:
+        return CellKey(self.variant, self.batch_size, self.context_len, self.dtype, self.backend)
 
 
 class ScenarioRef(_Model):

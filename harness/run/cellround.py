@@ -24,7 +24,6 @@ from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, Max
 from harness.run import derive, opt_in
 from harness.run.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
 from harness.run.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
-from harness.scenario import Cell
 from harness.scenario.schema import MeasureSpec
 from harness.variants import Variant
 
@@ -333,8 +332,3 @@ def _guard_host_memory(probe: Callable[[int], Probe], budget: int) -> Callable[[
 
         return refuse
     return probe
-
-
-def max_batch_key(cell: Cell) -> tuple[str, str, int, str]:
-    """Cells that share one max batch: the same variant, dtype, context and backend (any batch size)."""
-    return (cell.variant.name, cell.dtype, cell.context_len, cell.backend)

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from harness.cellkey import CellKey
 from harness.compare.comparable import setting_differences
 from harness.errors import RunFailure, UserError
 from harness.git import run_git
@@ -27,9 +28,6 @@ from harness.results.schema import GitInfo, RunResult, ScenarioRef, Shard
 from harness.results.store import claim_result_path, load_result, result_files, save_result
 from harness.run.derive import inner_reps
 from harness.scenario import LoadedScenario
-
-CellKey = tuple[str, int, int, str, str]  # CellResult.key: variant, batch size, context, dtype, backend
-
 
 # Where a tree without .git (a copy sent to a GPU machine) says which commit it is: this variable, else this
 # file in the working directory or the project's root; benchmarks/gpu_validate.sh sets and writes both.

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness.cellkey import CellKey
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.measure.worker import IsolatedRunner
@@ -34,12 +35,11 @@ from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
 from harness.results.store import check_writable, load_result
 from harness.run import runfiles
-from harness.run.cellround import max_batch_key
 from harness.run.executor import Executor, NoPlacement
 from harness.run.jobs import CellJob, CellOutcome, NodeInfo
 from harness.run.local import LocalExecutor
 from harness.run.node import describe, peak_gbps, probe_peak
-from harness.run.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes
+from harness.run.runfiles import ResultFile, RunIdentity, git_info, needed_bytes
 from harness.run.shards import shard_cells
 from harness.scenario import Cell, expand_cells, load_scenario
 from harness.signals import Interrupted
@@ -120,13 +120,13 @@ class Runner:
         self.workers = IsolatedRunner()
         self.timeout_s = self.loaded.scenario.measure.cell_timeout_s
         self.rounds = options.rounds or self.loaded.scenario.measure.rounds
-        self._max_batch: dict[tuple[str, tuple[str, str, int, str]], MaxBatch] = {}  # by target and max_batch_key
+        self._max_batch: dict[tuple[str, tuple[str, str, int, str]], MaxBatch] = {}  # by target and max_batch_group
         self._identity: RunIdentity | None = None
         # the run being measured, set by begin(): one file per target, the first also as path/result
         self.files: dict[str, ResultFile] = {}
         self.path: Path = Path()
         self.result: RunResult
-        self._where: dict[tuple[str, int, int, str, str], str] = {}  # cell key -> the target whose file holds it
+        self._where: dict[CellKey, str] = {}  # cell key -> the target whose file holds it
         self._failed: list[CellResult] = []
         self._reps: dict[CellKey, dict[str, int]] = {}  # calls per warm sample of an earlier run, per cell
         self._paired = False  # begin() with a pairing: one side of an interleaved comparison
@@ -274,7 +274,7 @@ class Runner:
 
     def job(self, cell: Cell, round_index: int) -> CellJob:
         """The job that measures round ``round_index`` of ``cell``."""
-        key = max_batch_key(cell)
+        key = cell.key.max_batch_group
         return CellJob(
             scenario=self.loaded,
             cell=cell,
@@ -351,10 +351,10 @@ class Runner:
         """Whether a running first round of another cell is searching the max batch ``cell`` would search."""
         if "max_batch" not in self.loaded.scenario.measure.selected_metrics:
             return False
-        key = max_batch_key(cell)
+        key = cell.key.max_batch_group
         if any(k == key for _, k in self._max_batch):
             return False
-        return any(max_batch_key(other) == key for other in first_rounds)
+        return any(other.key.max_batch_group == key for other in first_rounds)
 
     def _start(self, job: CellJob) -> Future[CellOutcome] | CellResult | None:
         """Hand ``job`` to the executor: its future, None when it has no room now, or the cell as recorded
@@ -382,7 +382,7 @@ class Runner:
             file.result.cells.append(result)
         self._where[cell.key] = target
         if job.round_index == 0 and result.metrics is not None and result.metrics.max_batch is not None:
-            self._max_batch.setdefault((target, max_batch_key(cell)), result.metrics.max_batch)
+            self._max_batch.setdefault((target, cell.key.max_batch_group), result.metrics.max_batch)
         file.save()
         if result.status in FAILED_STATUSES:
             self._failed.append(result)
