@@ -14,7 +14,8 @@ continues the newest unfinished file of the same scenario per target. A stop sig
 the folder is checked writable, with room for the files, before anything is measured, and a save
 that fails later (a full disk) stops the run with the last good file in place. Every worker call has
 a time limit (``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run
-goes on. Nothing here imports torch or touches CUDA: the workers do.
+goes on. Nothing here touches CUDA: the workers do (the worker functions that the rounds name are
+imported, and torch with them, but run only in the workers).
 """
 
 from __future__ import annotations
