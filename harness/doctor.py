@@ -367,9 +367,11 @@ def _oom_findings(runner: Any, device: str) -> list[Finding]:
 def _max_batch_finding(device: str) -> Finding:
     """The runner's max-batch search on a small stack, against the accounting's prediction."""
     from harness import accounting
+    from harness.errors import RunFailure
     from harness.measure import cell as cell_worker
     from harness.measure.worker import IsolatedRunner
     from harness.run.maxbatch import Probe, search_max_batch
+    from harness.run.node import describe
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 
@@ -377,8 +379,10 @@ def _max_batch_finding(device: str) -> Finding:
     variant = Variant("H128-MQA", 128, 4, 1, sharing_map(4, 1))
     context, budget = 4096, (2 * 2**30 if is_cuda(device) else 512 * 2**20)
     runner = IsolatedRunner()
-    described = runner.call(cell_worker.describe_machine, {"device": device}, timeout_s=CHECK_TIMEOUT_S)
-    environment = described.value["environment"] if described.status == "ok" and described.value else {}
+    try:
+        _, environment = describe(runner, device, None, CHECK_TIMEOUT_S)
+    except RunFailure:  # without a fingerprint the prediction assumes no fixed workspace
+        environment = {}
     workspace = accounting.fixed_workspace_bytes(environment)
     predicted = accounting.predicted_max_batch(model, variant, "bfloat16", context, budget, workspace)
     per_sequence = accounting.bytes_per_sequence(model, variant, "bfloat16", context)
