@@ -283,7 +283,7 @@ def test_auto_is_resolved_in_a_worker_of_its_own_before_the_cell_is_measured(tmp
 def test_auto_cells_measure_memory_and_probe_max_batch_with_the_backend_they_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from harness.measure import cell as cell_worker
+    from harness.measure import cell_worker
 
     monkeypatch.setattr(
         cell_worker,
@@ -482,7 +482,7 @@ def test_only_a_side_of_an_interleaved_comparison_times_its_rounds_on_the_fixed_
 def test_the_machines_fingerprint_records_the_threads_the_scenario_gives_its_workers() -> None:
     import torch
 
-    from harness.measure import cell as cell_worker
+    from harness.measure import cell_worker
 
     before = torch.get_num_threads()
     try:

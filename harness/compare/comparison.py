@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.compare.cells import (
+from harness.compare.changes import (
     MACHINE_NOISE_FACTOR,
     CellComparison,
     SkippedCell,

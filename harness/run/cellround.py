@@ -18,7 +18,7 @@ from typing import Any, Literal
 from harness import accounting
 from harness.backend_support import unsupported_reason
 from harness.hardware import is_cuda
-from harness.measure import cell as cell_worker
+from harness.measure import cell_worker
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch, TPMeasurement
 from harness.run import derive, opt_in

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import RunFailure
-from harness.measure import cell as cell_worker
+from harness.measure import cell_worker
 from harness.run.jobs import NodeInfo, WorkerCaller
 
 
