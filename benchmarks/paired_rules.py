@@ -1,7 +1,7 @@
 """How many rounds and how much power does a stopping rule of ``attnbench ab`` give? Simulated on measured noise.
 
 ``attnbench ab`` measures a cell round after round and stops it early once a change has little chance
-left to show (harness/compare/paired.py). How many rounds an unchanged cell then costs, and how often a
+left to show (harness/stats/paired.py). How many rounds an unchanged cell then costs, and how often a
 slowed one is still caught, depends on the noise of the round ratios. This replays that decision on
 noise this machine produced: the decode latency's round ratios of the A/A comparisons recorded by
 ``benchmarks/compare_power.py`` (``benchmarks/figures/compare-power_*.json``), made symmetric (an
@@ -9,7 +9,7 @@ A/A log ratio is as likely to be +x as -x) and shifted by a slowdown. One latenc
 a real cell goes on while any of its latencies does, so it runs more rounds than this shows.
 
 Rules compared: ``ab``'s own (the signed-rank interval with its plan and futility stop, called from
-harness.compare.paired) and the sign test it replaced (the median's interval from binomial order
+harness.stats.paired) and the sign test it replaced (the median's interval from binomial order
 statistics, 23 rounds at a 5% family-wise error, a Beta-binomial predictive stop below 20%),
 optionally with other plans.
 
@@ -32,8 +32,8 @@ import numpy as np
 from scipy.stats import betabinom
 from tabulate import tabulate
 
-from harness.compare import paired
-from harness.measure.stats import median_ci_indices
+from harness.stats import paired
+from harness.stats.order import median_ci_indices
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 LATENCIES = 80  # the default scenario's family

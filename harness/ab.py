@@ -5,13 +5,13 @@ are checked out side by side (harness/revisions.py), each driven by a server run
 (``python -m harness.serve`` in its tree), and every cell is measured round by round at BASE and at
 HEAD back to back, in an order drawn at random per cell and round (asv ``continuous`` and pyperf
 compare revisions the same way). The drift over a round moves both sides alike; the per-round
-ratios (harness/compare/paired.py) cancel it.
+ratios (harness/stats/paired.py) cancel it.
 
 How many rounds (:class:`Plan`): each latency's interval is asked for a confidence that holds for all
 of the comparison's latencies together (2% family-wise), and the most rounds a cell gets are the fewest
 whose interval still excludes 1 with 2 round ratios on the wrong side of 1, however far (29 for the
 default scenario's 80 latencies). After every round a cell stops once none of its latencies is likely to show a change
-any more (harness/compare/paired.py). An unchanged revision so costs a few rounds per cell, a changed
+any more (harness/stats/paired.py). An unchanged revision so costs a few rounds per cell, a changed
 one all of them.
 
 Both sides time a cell with the same number of calls per warm sample: a short call is timed in
@@ -45,7 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.compare.paired import (
+from harness.errors import UserError
+from harness.git import repo_root
+from harness.revisions import Revision, checkout
+from harness.scenario.cells import expand_cells
+from harness.scenario.load import load_scenario
+from harness.stats.paired import (
     TOLERATED_CONTRARY,
     family_confidence,
     round_ratios,
@@ -53,11 +58,6 @@ from harness.compare.paired import (
     rounds_tolerating,
     worth_another_round,
 )
-from harness.errors import UserError
-from harness.results.gitrev import repo_root
-from harness.revisions import Revision, checkout
-from harness.scenario.cells import expand_cells
-from harness.scenario.load import load_scenario
 
 PROTOCOL = 1  # harness/serve.py speaks this version
 
@@ -195,7 +195,7 @@ class Plan:
     def goes_on(self, medians: dict[str, dict[str, list[float]]]) -> bool:
         """Whether a cell with these per-round medians (``{"base"|"head": {metric: [...]}}``) gets another
         round: while some latency of it could still show a change by the last round and is likely enough
-        to (harness/compare/paired.py, :func:`worth_another_round`). With fewer rounds than the
+        to (harness/stats/paired.py, :func:`worth_another_round`). With fewer rounds than the
         confidence needs no latency can change at all: the rounds asked are all measured."""
         if self.rounds < rounds_needed(self.confidence):
             return True

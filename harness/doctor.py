@@ -52,7 +52,7 @@ def check_worker_starts(payload: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     from harness.hardware import detect_target
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
 
     device = payload["device"]
     enter_device(device)
@@ -66,7 +66,7 @@ def allocates_too_much(payload: dict[str, Any]) -> dict[str, Any]:
     """Allocate far more than the device has (or, with ``fraction``, than a capped allocator allows)."""
     import torch
 
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
 
     device = payload["device"]
     enter_device(device)
@@ -88,7 +88,7 @@ def check_graphs(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
     from harness.measure import timing
     from harness.measure.autotune import output_tolerance
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
     from harness.model import build_decoder
     from harness.model.attention import available_backends
     from harness.scenario.schema import ModelSpec
@@ -136,7 +136,7 @@ def check_timing_device(payload: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     from harness.measure import timing
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
 
     device = payload["device"]
     enter_device(device)
@@ -154,7 +154,7 @@ def check_flush(payload: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     from harness.measure import timing
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
     from harness.measure.flush import CudaL2Flusher, cpu_flusher
 
     device = payload["device"]
@@ -192,7 +192,7 @@ def check_sdpa_kernels(payload: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     from harness.measure import checks
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
     from harness.model import sdpa
     from harness.model.attention import attend
     from harness.variants import Variant
@@ -219,7 +219,7 @@ def check_choose_backend(payload: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     from harness.measure.autotune import choose_backend
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
     from harness.model import build_decoder
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
@@ -241,7 +241,7 @@ def check_choose_backend(payload: dict[str, Any]) -> list[dict[str, Any]]:
 def check_peak(payload: dict[str, Any]) -> list[dict[str, Any]]:
     from harness.hardware import fingerprint
     from harness.measure.bandwidth import VENDOR_FLOOR, measure_peak
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
 
     device = payload["device"]
     enter_device(device)
@@ -260,7 +260,7 @@ def check_nvml(payload: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     from harness.hardware import nvml_call, nvml_parent, nvml_session
-    from harness.measure.cell import enter_device
+    from harness.measure.cell_worker import enter_device
 
     device = payload["device"]
     enter_device(device)
@@ -315,7 +315,7 @@ def check_native(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check_cell(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """A whole cell measured as a run measures it; every self-check of it must pass."""
-    from harness.measure.cell import measure_cell, variant_payload
+    from harness.measure.cell_worker import measure_cell, variant_payload
     from harness.variants import Variant, sharing_map
 
     device = payload["device"]
@@ -367,9 +367,11 @@ def _oom_findings(runner: Any, device: str) -> list[Finding]:
 def _max_batch_finding(device: str) -> Finding:
     """The runner's max-batch search on a small stack, against the accounting's prediction."""
     from harness import accounting
-    from harness.measure import cell as cell_worker
-    from harness.measure.maxbatch import Probe, search_max_batch
+    from harness.errors import RunFailure
+    from harness.measure import cell_worker
     from harness.measure.worker import IsolatedRunner
+    from harness.run.maxbatch import Probe, search_max_batch
+    from harness.run.node import describe
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 
@@ -377,8 +379,10 @@ def _max_batch_finding(device: str) -> Finding:
     variant = Variant("H128-MQA", 128, 4, 1, sharing_map(4, 1))
     context, budget = 4096, (2 * 2**30 if is_cuda(device) else 512 * 2**20)
     runner = IsolatedRunner()
-    described = runner.call(cell_worker.describe_machine, {"device": device}, timeout_s=CHECK_TIMEOUT_S)
-    environment = described.value["environment"] if described.status == "ok" and described.value else {}
+    try:
+        _, environment = describe(runner, device, None, CHECK_TIMEOUT_S)
+    except RunFailure:  # without a fingerprint the prediction assumes no fixed workspace
+        environment = {}
     workspace = accounting.fixed_workspace_bytes(environment)
     predicted = accounting.predicted_max_batch(model, variant, "bfloat16", context, budget, workspace)
     per_sequence = accounting.bytes_per_sequence(model, variant, "bfloat16", context)

@@ -7,7 +7,7 @@ pytest-benchmark's own definitions, so an exported run reads like a native one i
 ``pytest-benchmark compare``: sample standard deviation; quartiles by Wikipedia's "computing
 methods" 2 (even n: medians of the lower and upper halves) and 3 (odd n: weighted between
 neighbours); Tukey fences at 1.5 IQR; ``outliers`` as ``"<beyond 1 stddev>;<beyond the fences>"``.
-These quartiles differ from the linear-interpolation percentiles of harness/measure/stats.py.
+These quartiles differ from the linear-interpolation percentiles of harness/stats/order.py.
 """
 
 from __future__ import annotations

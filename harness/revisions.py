@@ -11,14 +11,13 @@ one-line :class:`~harness.errors.UserError`.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.results.gitrev import repo_root, resolve_commit
+from harness.git import repo_root, resolve_commit, run_git
 
 WORKING_TREE = (".", "WORKTREE")
 # What a revision must contain for ``attnbench ab`` to drive it (the interleaved-run server).
@@ -40,13 +39,6 @@ class Revision:
         return f"{self.spec} ({short}{', with uncommitted changes' if self.dirty else ''})"
 
 
-def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=120)
-    except FileNotFoundError:
-        raise UserError("git is not installed, so revisions cannot be checked out") from None
-
-
 def _require_entry_point(revision: Revision) -> None:
     if not (revision.root / ENTRY_POINT).is_file():
         raise UserError(
@@ -63,7 +55,7 @@ def checkout(spec: str, cwd: Path | None = None) -> Iterator[Revision]:
     if root is None:
         raise UserError("not inside a git repository: interleaved comparisons need revisions", source=spec)
     if spec in WORKING_TREE:
-        status = _git(["status", "--porcelain", "--untracked-files=no"], root)
+        status = run_git(["status", "--porcelain", "--untracked-files=no"], root)
         revision = Revision(spec, root, resolve_commit("HEAD", root), dirty=bool(status.stdout.strip()))
         _require_entry_point(revision)
         yield revision
@@ -73,13 +65,13 @@ def checkout(spec: str, cwd: Path | None = None) -> Iterator[Revision]:
         raise UserError("no such git revision", source=spec)
     with tempfile.TemporaryDirectory(prefix="attnbench-ab-") as scratch:
         tree = Path(scratch) / commit[:12]
-        added = _git(["worktree", "add", "--detach", "--quiet", str(tree), commit], root)
-        if added.returncode != 0:
+        added = run_git(["worktree", "add", "--detach", "--quiet", str(tree), commit], root)
+        if not added.ok:
             raise UserError(f"git worktree add failed: {added.stderr.strip()}", source=spec)
         try:
             revision = Revision(spec, tree, commit, dirty=False)
             _require_entry_point(revision)
             yield revision
         finally:
-            _git(["worktree", "remove", "--force", str(tree)], root)
-            _git(["worktree", "prune"], root)
+            run_git(["worktree", "remove", "--force", str(tree)], root)
+            run_git(["worktree", "prune"], root)

@@ -32,9 +32,9 @@ from typing import IO, Any
 
 from harness.compare.thresholds import LATENCY_METRICS
 from harness.errors import UserError
-from harness.measure.derive import inner_reps
 from harness.results.schema import CellResult, Pairing
-from harness.runner import Runner, RunOptions
+from harness.run.derive import inner_reps
+from harness.run.runner import Runner, RunOptions
 from harness.scenario import Cell
 from harness.signals import Interrupted, stop_signals
 

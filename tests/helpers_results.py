@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness.measure.stats import summarize
 from harness.results.schema import CellMetrics, CellResult, GitInfo, MaxBatch, RunResult, ScenarioRef, Summary
+from harness.results.summary import summarize
 
 DEFAULT_TARGET = "cpu-test-2c"
 DEFAULT_SCENARIO = "decode-small"

@@ -11,12 +11,12 @@ from harness import compare
 from harness.ab import Plan, _goes_on, scenario_in
 from harness.cli import main
 from harness.compare.comparison import is_paired
-from harness.compare.paired import family_confidence
 from harness.errors import UserError
-from harness.measure.derive import pooled_summary
 from harness.results.schema import CellResult, HostLoad, Pairing, RunResult, Stability
 from harness.results.store import load_result
 from harness.revisions import Revision
+from harness.run.derive import pooled_summary
+from harness.stats.paired import family_confidence
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = """

@@ -6,10 +6,10 @@ import torch
 from helpers_results import lognormal_samples, make_metrics
 
 from harness.measure import checks
-from harness.measure.derive import ROUNDS_TIMED_ALIKE, apply_bandwidths, inner_reps, pooled_summary
-from harness.measure.stats import summarize
 from harness.model.sdpa import SdpaObservation, SdpaPlan
 from harness.results.schema import CellMetrics
+from harness.results.summary import summarize
+from harness.run.derive import ROUNDS_TIMED_ALIKE, apply_bandwidths, inner_reps, pooled_summary
 from harness.variants import Variant
 
 MQA = Variant("H128-MQA", 128, 8, 1, (0, 1))

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from harness.measure import cell as cell_worker
-from harness.measure import timing
+from harness.measure import cell_worker, timing
 
 HOST_S = 20e-6  # host time to enqueue one op (a graph replay, a kernel, an event record)
 FLUSH_S = 5e-6  # device time of one L2 flush

@@ -11,10 +11,10 @@ from helpers_results import DEFAULT_SCENARIO, DEFAULT_TARGET, lognormal_samples,
 
 from harness import cli, compare
 from harness.errors import UserError
-from harness.measure.stats import summarize
 from harness.results import gitrev
 from harness.results.schema import CellResult, Check, RunResult, Summary
 from harness.results.store import load_result, save_result
+from harness.results.summary import summarize
 
 DATA = Path(__file__).parent / "data" / "compare"
 

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from harness import accounting, doctor
-from harness.measure import cell as cell_worker
-from harness.measure import worker
+from harness.measure import cell_worker, worker
 from harness.measure.worker import WorkerOutcome
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant, sharing_map

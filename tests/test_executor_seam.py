@@ -14,9 +14,9 @@ from pathlib import Path
 from helpers_results import DEFAULT_ENVIRONMENT, make_cell
 from helpers_tiny import tiny_scenario
 
-from harness.execute.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo
 from harness.results.store import load_result, result_files
-from harness.runner import Runner, RunOptions
+from harness.run.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo
+from harness.run.runner import Runner, RunOptions
 
 TINY = tiny_scenario(measure='metrics = ["decode"]\nrounds = 2\n')
 

@@ -31,7 +31,7 @@ from helpers_fuzz import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.measure.stats import summarize
+from harness.results.summary import summarize
 
 DATA = Path(__file__).parent / "data" / "report" / "cpu-amd-epyc-2c.json"
 LATENCIES = ("decode_latency_s", "decode_latency_cold_s", "attention_latency_s")

@@ -94,7 +94,7 @@ def test_resolve_device_auto_picks_cuda_only_when_available() -> None:
 
 
 def test_resolve_device_gives_cuda_an_index_that_torch_set_device_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.measure import cell as cell_worker
+    from harness.measure import cell_worker
 
     fake = helpers_fakecuda.install(monkeypatch)
     fake.current = 1
@@ -105,7 +105,7 @@ def test_resolve_device_gives_cuda_an_index_that_torch_set_device_accepts(monkey
 
 
 def test_the_fake_set_device_refuses_a_device_without_an_index_as_torch_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.measure import cell as cell_worker
+    from harness.measure import cell_worker
 
     helpers_fakecuda.install(monkeypatch)
     with pytest.raises(ValueError, match="specified index"):
@@ -113,7 +113,7 @@ def test_the_fake_set_device_refuses_a_device_without_an_index_as_torch_does(mon
 
 
 def test_cold_samples_of_an_indexed_cuda_device_are_flushed_of_the_gpu_l2() -> None:
-    from harness.execute.cellround import cache_bytes
+    from harness.run.cellround import cache_bytes
 
     environment = {"l2_cache_bytes": 50 * 2**20, "cpu_l3_cache_bytes": 30 * 2**20}
     assert cache_bytes(environment, "cuda:0") == 50 * 2**20
@@ -296,7 +296,7 @@ def test_known_gpus_take_the_vendor_bandwidth_from_the_data_sheet() -> None:
 
 
 def test_every_worker_function_makes_the_payloads_device_current_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.measure import cell as cell_worker
+    from harness.measure import cell_worker
 
     entered: list[str] = []
 
@@ -322,7 +322,7 @@ def test_every_worker_function_makes_the_payloads_device_current_first(monkeypat
 
 
 def test_entering_a_cuda_device_sets_it_current(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.measure import cell as cell_worker
+    from harness.measure import cell_worker
 
     fake = helpers_fakecuda.install(monkeypatch)
     cell_worker.enter_device("cuda:1")
@@ -376,8 +376,8 @@ def test_the_fingerprint_records_the_order_in_which_sdpa_tries_its_kernels(monke
 
 def test_a_ray_executor_measures_on_its_tasks_one_gpu_by_index(monkeypatch: pytest.MonkeyPatch) -> None:
     # Ray gives each task one GPU through CUDA_VISIBLE_DEVICES: inside it that GPU is cuda:0, and torch needs
-    # the index (harness/measure/cell.py enter_device).
-    from harness.execute import raytasks
+    # the index (harness/measure/cell_worker.py enter_device).
+    from harness.run import raytasks
 
     class FakeRay:
         def is_initialized(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.measure.maxbatch import Probe, boundary_uncertainty, search_max_batch
+from harness.run.maxbatch import Probe, boundary_uncertainty, search_max_batch
 
 GiB = 2**30
 

@@ -167,7 +167,7 @@ def test_an_mla_stack_converts_to_cla_by_dropping_the_consumers_latent_projectio
 def test_the_absorbed_form_under_sdpa_is_flagged_when_sdpa_repeats_the_latent_to_every_head() -> None:
     # Keys (latent + rotary key) and values (the latent) differ in width: no fused kernel takes them, and
     # math repeats the latent per query head, so the timed step is mostly a copy. The cell must say so.
-    from harness.measure.cell import _observe_sdpa
+    from harness.measure.cell_worker import _observe_sdpa
 
     model = ModelSpec(d_model=64, n_layers=3, d_ff=96, vocab_size=97, dtype="float32")
     decoder = build_decoder(model, mla_variant("MLA"), dtype="float32", device="cpu", backend="sdpa")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.compare.paired import (
+from harness.stats.paired import (
     FUTILITY,
     change_chance,
     family_confidence,

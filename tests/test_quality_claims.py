@@ -10,7 +10,7 @@ from harness.report.quality_claims import CLAIM_MATCHED_KV, CLAIM_UPTRAIN, quali
 from harness.report.quality_report import pareto_front
 from harness.results.quality import Conversion, ConversionRun, CorpusInfo, QualityResult, SeedRun, VariantQuality
 from harness.results.schema import GitInfo
-from harness.train.seed_stats import mean_ci, welch_difference_ci
+from harness.stats.seeds import mean_ci, welch_difference_ci
 
 T_975_2DOF = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom
 

@@ -19,10 +19,10 @@ import pytest
 from helpers_tiny import TINY
 
 from harness.errors import UserError
-from harness.execute.jobs import CellJob, CellOutcome, NodeInfo
 from harness.results.schema import Placement, RunResult
 from harness.results.store import load_result, result_files
-from harness.runner import Runner, RunOptions, RunProgress
+from harness.run.jobs import CellJob, CellOutcome, NodeInfo
+from harness.run.runner import Runner, RunOptions, RunProgress
 
 pytestmark = pytest.mark.ray
 
@@ -55,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def executor(**kwargs):
-    from harness.execute.raytasks import RayExecutor
+    from harness.run.raytasks import RayExecutor
 
     return RayExecutor(device="cpu", gpu_per_cell=True, **kwargs)
 
@@ -114,7 +114,7 @@ def test_a_gpu_type_no_node_has_fails_at_once_listing_what_the_cluster_has(clust
 
 def crash_first_attempt_of_b1(job: CellJob, node: NodeInfo) -> CellOutcome:
     """A Ray task that dies by SIGKILL (as the OOM killer ends it) on its first attempt at the b1 MHA cell."""
-    from harness.execute.raytasks import run_job
+    from harness.run.raytasks import run_job
 
     if job.cell.label.startswith("H16-MHA b1") and job.attempt == 1:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -122,7 +122,7 @@ def crash_first_attempt_of_b1(job: CellJob, node: NodeInfo) -> CellOutcome:
 
 
 def crash_always_at_b2(job: CellJob, node: NodeInfo) -> CellOutcome:
-    from harness.execute.raytasks import run_job
+    from harness.run.raytasks import run_job
 
     if job.cell.label.startswith("H16-MHA b2"):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from helpers_results import make_cell, make_run
 
-from harness import runfiles
 from harness.cli import main
 from harness.errors import UserError
 from harness.results import gitrev
 from harness.results.quality import QUALITY_PREFIX, load_quality
 from harness.results.store import load_result, parse_result
+from harness.run import runfiles
 from harness.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]

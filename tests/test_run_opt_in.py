@@ -7,7 +7,7 @@ import pytest
 
 from harness.results.schema import RunResult
 from harness.results.store import load_result
-from harness.runner import Runner, RunOptions
+from harness.run.runner import Runner, RunOptions
 from harness.scenario.schema import MeasureSpec
 
 OPT_IN = """

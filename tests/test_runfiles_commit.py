@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from helpers_tiny import tiny_scenario
 
-from harness import runfiles
 from harness.cli import main
 from harness.errors import UserError
-from harness.runfiles import COMMIT_ENV, COMMIT_FILE, git_info
+from harness.run import runfiles
+from harness.run.runfiles import COMMIT_ENV, COMMIT_FILE, git_info
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

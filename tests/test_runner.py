@@ -13,7 +13,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.results.schema import RunResult
 from harness.results.store import load_result
-from harness.runner import Runner, RunOptions, RunProgress
+from harness.run.runner import Runner, RunOptions, RunProgress
 
 TINY = tiny_scenario(measure='memory_budget = "{budget}"\n' + FAST_TIMING)
 
@@ -283,7 +283,7 @@ def test_auto_is_resolved_in_a_worker_of_its_own_before_the_cell_is_measured(tmp
 def test_auto_cells_measure_memory_and_probe_max_batch_with_the_backend_they_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from harness.measure import cell as cell_worker
+    from harness.measure import cell_worker
 
     monkeypatch.setattr(
         cell_worker,
@@ -448,7 +448,7 @@ def test_each_measurement_round_appends_its_placement(tmp_path: Path):
 
 
 def test_quick_and_paired_timing_keep_fixed_windows_and_a_full_run_aims_for_the_target() -> None:
-    from harness.execute.cellround import QUICK_MIN_TIME_S, QUICK_WARMUP_S, timing_settings
+    from harness.run.cellround import QUICK_MIN_TIME_S, QUICK_WARMUP_S, timing_settings
     from harness.scenario.schema import MeasureSpec
 
     measure = MeasureSpec(warmup_s=0.5, min_time_s=1.0, target_ci=0.02, max_time_s=3.0, warmup_max_s=2.0)
@@ -482,7 +482,7 @@ def test_only_a_side_of_an_interleaved_comparison_times_its_rounds_on_the_fixed_
 def test_the_machines_fingerprint_records_the_threads_the_scenario_gives_its_workers() -> None:
     import torch
 
-    from harness.measure import cell as cell_worker
+    from harness.measure import cell_worker
 
     before = torch.get_num_threads()
     try:

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.execute.cellround import max_batch_key
-from harness.execute.shards import cell_cost_s, parse_shard, search_cost_s, split
 from harness.results.schema import Shard
+from harness.run.shards import cell_cost_s, max_batch_key, parse_shard, search_cost_s, split
 from harness.scenario import expand_cells, load_scenario
 
 REPO = Path(__file__).resolve().parents[1]

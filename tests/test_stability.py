@@ -9,9 +9,9 @@ import pytest
 from helpers_results import lognormal_samples, make_cell, make_metrics, make_run
 
 from harness.measure import hostload
-from harness.measure.derive import pooled_summary
-from harness.measure.stability import assess_cell, assess_run, noise_floor, rounds_of, typical_spreads
 from harness.results.schema import CellResult, HostLoad, Summary
+from harness.results.stability import assess_cell, assess_run, noise_floor, rounds_of, typical_spreads
+from harness.run.derive import pooled_summary
 
 
 def rounds(*medians: float, n: int = 15) -> Summary:

@@ -1,4 +1,4 @@
-"""Exact values of the order statistics in harness/measure/stats.py."""
+"""Exact values of the order statistics in harness/stats/order.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from harness.measure.stats import iqr, mann_whitney_p, median_ci, median_ci_indices, percentile, summarize
+from harness.results.summary import summarize
+from harness.stats.order import iqr, mann_whitney_p, median_ci, median_ci_indices, percentile, relative_range
 
 
 def test_summarize_keeps_samples_in_the_order_given() -> None:
@@ -106,3 +107,10 @@ def test_mann_whitney_p_of_identical_constant_samples_is_one() -> None:
 def test_mann_whitney_p_is_symmetric_in_its_arguments() -> None:
     a, b = [1.0, 2.5, 3.0, 4.2], [2.0, 3.5, 5.0, 6.1]
     assert mann_whitney_p(a, b) == mann_whitney_p(b, a)
+
+
+def test_relative_range_is_the_spread_over_the_median() -> None:
+    assert relative_range([2.0, 1.0, 4.0]) == pytest.approx((4.0 - 1.0) / 2.0)
+    assert relative_range([3.0]) == 0.0
+    with pytest.raises(ValueError):
+        relative_range([])

@@ -17,11 +17,11 @@ from harness import compare
 from harness.ab import interleave
 from harness.cli.compare_cmd import parse_alpha
 from harness.cli.run_cmd import default_scenario
-from harness.compare.paired import rounds_needed
 from harness.errors import UserError
 from harness.hardware import resolve_device
 from harness.results.store import check_file_writable, check_writable, write_text_atomic
 from harness.signals import Interrupted
+from harness.stats.paired import rounds_needed
 
 DEFAULT_OUT = "results-ab"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.results.merge import merge_results, missing_shards
 from harness.results.store import check_writable, claim_result_path, load_result, result_files, save_result
-from harness.runfiles import needed_bytes
+from harness.run.runfiles import needed_bytes
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,12 +12,12 @@ from tqdm import tqdm
 
 from harness.cli.notes import print_warnings
 from harness.errors import UserError
-from harness.execute.shards import parse_shard
 from harness.hardware import is_cuda, resolve_device
-from harness.measure.stability import noise_floor
 from harness.results.schema import CellResult
+from harness.results.stability import noise_floor
 from harness.results.store import check_writable
-from harness.runner import Runner, RunOptions, RunOutcome, RunProgress
+from harness.run.runner import Runner, RunOptions, RunOutcome, RunProgress
+from harness.run.shards import parse_shard
 from harness.scenario import Cell
 from harness.signals import Interrupted
 
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("only with --executor ray", field="--address" if args.address else "--gpu-type")
     executor = None
     if args.executor == "ray":
-        from harness.execute.raytasks import RayExecutor
+        from harness.run.raytasks import RayExecutor
 
         executor = RayExecutor(address=args.address, gpu_type=args.gpu_type, device=args.device)
     if args.executor == "slurm":
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_slurm(args: argparse.Namespace, shard: object) -> int:
     """--executor slurm: every shard as one task of a job array, their files merged into --out."""
-    from harness.execute.slurm import SlurmOptions, submit_and_merge
+    from harness.launch.slurm import SlurmOptions, submit_and_merge
 
     if args.shards is None or args.shards < 1:
         raise UserError("--executor slurm needs --shards N (N at least 1): one array task per shard", field="--shards")

@@ -20,7 +20,7 @@ not ``ok`` on either side, are listed rather than dropped. A cell that ran at BA
 (``oom``, ``killed``, ``error``, ``timeout``) at HEAD counts as a regression.
 """
 
-from harness.compare.cells import (
+from harness.compare.changes import (
     MACHINE_NOISE_FACTOR,
     CellComparison,
     MetricChange,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.compare.thresholds import LATENCY_METRICS
-from harness.measure import stability
+from harness.results import stability
 from harness.results.schema import CellResult, RunResult
 
 # Fingerprint fields that decide speed on each kind of device; compared where both sides have them.
@@ -117,7 +117,7 @@ def timed_differently(base: CellResult, head: CellResult) -> list[str]:
 
 
 def _unstable_reason(cell: CellResult, paired: bool) -> str | None:
-    """The first reason the cell's numbers did not hold still (harness/measure/stability.py), if any;
+    """The first reason the cell's numbers did not hold still (harness/results/stability.py), if any;
     in an interleaved comparison only the host's own contention counts (the pairing cancels drift)."""
     if paired:
         return next(iter(stability.paired_reasons(cell)), None)
@@ -129,7 +129,7 @@ def _unstable_reason(cell: CellResult, paired: bool) -> str | None:
 def why_not_compared(base: CellResult, head: CellResult, paired: bool = False) -> tuple[str, str] | None:
     """(verdict, reason) when two ``ok`` cells must not be compared, else None.
 
-    An unstable cell (its numbers did not hold still: harness/measure/stability.py; with ``paired``,
+    An unstable cell (its numbers did not hold still: harness/results/stability.py; with ``paired``,
     the sides of one interleaved comparison, only because its host was busy) is reported as
     ``unstable``, to be measured again; a cell that failed a self-check makes the comparison
     inconclusive (its numbers are suspect); cells that ran other code (another backend resolved by

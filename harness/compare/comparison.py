@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.compare.cells import (
+from harness.compare.changes import (
     MACHINE_NOISE_FACTOR,
     CellComparison,
     SkippedCell,
@@ -14,11 +14,11 @@ from harness.compare.cells import (
     machine_noise,
 )
 from harness.compare.comparable import hardware_differences, setting_differences, why_not_compared
-from harness.compare.paired import PAIRED_CONFIDENCE
 from harness.compare.sides import Side
 from harness.compare.thresholds import DEFAULT_ALPHA, Threshold, Verdict, parse_thresholds
 from harness.errors import UserError
 from harness.results.schema import CellResult
+from harness.stats.paired import PAIRED_CONFIDENCE
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import math
 
 from tabulate import tabulate
 
-from harness.compare.cells import MetricChange
+from harness.compare.changes import MetricChange
 from harness.compare.comparison import Comparison, percent
 from harness.compare.sides import Side
 from harness.compare.thresholds import LATENCY_METRICS

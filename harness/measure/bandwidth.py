@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.hardware import fingerprint, is_cuda, last_level_cache_bytes
 from harness.measure.hostload import HostLoadMeter
-from harness.measure.stability import CONTENDED_CORES
 from harness.results.schema import HostLoad
+from harness.results.stability import CONTENDED_CORES
 from harness.results.store import write_text_atomic
 
 CPU_MIN_BUFFER_BYTES = 256 * 2**20

@@ -6,7 +6,7 @@ last-level caches of the machines this runs on, so it reads memory, as a decode 
 worker's own thread settings, a few untimed calls and then ``REFERENCE_CALLS`` calls each between
 two ``perf_counter`` reads: no calibration, no statistics beyond a median. Its median differs from
 one worker to the next only by what the machine does (frequency, memory contention, neighbours,
-where the pages landed): the run's **noise floor** (harness/measure/stability.py, ``noise_floor``) is
+where the pages landed): the run's **noise floor** (harness/results/stability.py, ``noise_floor``) is
 how far those medians spread over the run. Cells whose rounds disagree by much more than that were
 disturbed by something the reference did not see; cells that move with it, by the machine.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from harness.measure.stats import percentile
+from harness.stats.order import percentile
 
 REFERENCE_BYTES = 64 * 2**20
 REFERENCE_WARMUP_CALLS = 2

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from harness import accounting
-from harness.measure.cell import enter_device
+from harness.measure.cell_worker import enter_device
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, baseline_rss_bytes
 from harness.measure.timing import gc_disabled
 from harness.model.attention import prepare_backend

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.measure.cell import enter_device
+from harness.measure.cell_worker import enter_device
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker
 from harness.model import build_decoder
 from harness.model.training import causal_forward, saved_bytes

@@ -12,7 +12,7 @@ So both are sized by measuring (docs/metrics.md, "Warm-up and timing window"):
   within ``tolerance`` of each other (relative to the smallest), and at least ``min_s`` has passed,
   or at ``max_s``, when the reading says it never got steady.
 - **A window sized by the noise.** Samples are taken until the distribution-free 95% confidence
-  interval of their median (harness/measure/stats.py, order statistics) lies within ``target`` of the
+  interval of their median (harness/stats/order.py, order statistics) lies within ``target`` of the
   median on both sides, once the scenario's least time and count are in; ``max_s`` and
   ``max_samples`` cap it. The half-width reached is recorded with the samples, so a reader sees how
   well each round pinned its median down, and whether it got there.
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from harness.measure.stats import median_ci
+from harness.stats.order import median_ci
 
 WINDOW_S = 0.01  # a warm-up window lasts at least this long ...
 WINDOW_CALLS = 3  # ... and holds at least this many calls

@@ -33,7 +33,7 @@ from harness.measure.hostload import mark_run_root
 
 # Modules the forkserver imports once, so that children start warm.
 # torch._dynamo is imported lazily by the meta-device build and costs over a second in every child.
-PRELOAD = ("torch", "torch._dynamo", "harness.model", "harness.measure.cell")
+PRELOAD = ("torch", "torch._dynamo", "harness.model", "harness.measure.cell_worker")
 POLL_S = 0.05
 KILL_WAIT_S = 10.0
 # glibc adapts its mmap threshold to the allocations it has seen, so identical workers could end

@@ -206,7 +206,7 @@ def failures(failed: list[str], limit: int = 3) -> str:
 def distrust(cells: Iterable[CellResult], checks: Collection[str] | None = None, timing: bool = True) -> str | None:
     """Why these cells' numbers are not trusted for a claim, or None: the self-checks they failed (only
     those in ``checks`` when given: a claim on allocated bytes does not rest on timing) and, for a
-    claim on timings, whether any of them is unstable (harness/measure/stability.py)."""
+    claim on timings, whether any of them is unstable (harness/results/stability.py)."""
     cells = list(cells)
     reasons = []
     if timing and any(cell.unstable for cell in cells):

@@ -8,7 +8,7 @@
   steps, should recover: its loss after uptraining below its loss right after the conversion.
 
 A verdict is ``holds`` or ``does not hold`` only when the 95% interval of the difference excludes zero
-(harness/train/seed_stats.py: Welch's across variants, Student's over the paired per-seed differences of a
+(harness/stats/seeds.py: Welch's across variants, Student's over the paired per-seed differences of a
 conversion); otherwise it is ``inconclusive at this scale``: the difference is inside the seed spread. The
 numbers never say more than the toy scale they come from.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from harness.results.quality import QualityResult, VariantQuality
-from harness.train.seed_stats import mean_ci, welch_difference_ci
+from harness.stats.seeds import mean_ci, welch_difference_ci
 
 QualityVerdict = Literal["holds", "does not hold", "inconclusive at this scale", "not testable"]
 INCONCLUSIVE: QualityVerdict = "inconclusive at this scale"

@@ -14,7 +14,7 @@ from harness.report.plots import _figure, _png
 from harness.report.quality_claims import quality_claims
 from harness.report.tables import MISSING, TABLEFMT
 from harness.results.quality import QualityResult, VariantQuality
-from harness.train.seed_stats import mean_ci
+from harness.stats.seeds import mean_ci
 
 
 def scale_label(result: QualityResult) -> str:

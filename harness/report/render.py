@@ -16,11 +16,12 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.measure.stability import noise_floor
+from harness.cellkey import CellKey
 from harness.measure.window import STEADY_TOLERANCE
 from harness.report import plots, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
+from harness.results.stability import noise_floor
 
 REPORT_NAME = "REPORT.md"
 CROSS_TARGET_NAME = "CROSS_TARGET.md"
@@ -342,10 +343,6 @@ def device_label(result: RunResult) -> str:
     return result.device
 
 
-def _cell_key(cell: CellResult) -> tuple[str, int, int, str, str]:
-    return cell.key
-
-
 def _median(cell: CellResult | None) -> Summary | None:
     return None if cell is None or cell.metrics is None else cell.metrics.decode_latency_s
 
@@ -353,9 +350,9 @@ def _median(cell: CellResult | None) -> Summary | None:
 def _cross_scenario(name: str, items: Sequence[LoadedResult]) -> list[str]:
     results = [item.result for item in items]
     targets = [r.target for r in results]
-    by_target = [{_cell_key(c): c for c in r.cells} for r in results]
-    keys = list(dict.fromkeys(k for r in results for k in (_cell_key(c) for c in r.cells)))
-    several = len({(k[3], k[4]) for k in keys}) > 1
+    by_target = [{c.key: c for c in r.cells} for r in results]
+    keys = list(dict.fromkeys(c.key for r in results for c in r.cells))
+    several = len({(k.dtype, k.backend) for k in keys}) > 1
     lines = [f"## Scenario `{name}`", ""]
     if len({r.scenario.sha256 for r in results}) > 1:
         lines += ["Note: the targets ran different versions of this scenario file (sha256 differs).", ""]
@@ -372,8 +369,8 @@ def _cross_scenario(name: str, items: Sequence[LoadedResult]) -> list[str]:
     headers = ["target", "device", "peak GB/s", "commit", "started (UTC)"]
     lines += [tabulate(overview, headers=headers, tablefmt=tables.TABLEFMT, disable_numparse=True), ""]
 
-    def coords(key: tuple[str, int, int, str, str]) -> list[str]:
-        return [key[0], *([key[3], key[4]] if several else []), str(key[1]), str(key[2])]
+    def coords(key: CellKey) -> list[str]:
+        return [key.variant, *([key.dtype, key.backend] if several else []), str(key.batch_size), str(key.context_len)]
 
     coord_headers = ["variant", *(["dtype", "backend"] if several else []), "batch", "context"]
     latency_rows, fraction_rows = [], []

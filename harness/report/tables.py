@@ -12,6 +12,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from harness.cellkey import CellKey
 from harness.report.claims import ClaimCheck
 from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
 from harness.units import format_bytes
@@ -138,7 +139,7 @@ def grid_table(result: RunResult, value: Callable[[CellMetrics], str | None]) ->
     """Rows variant (dtype, backend) x batch size, columns context length; None if no cell has a value."""
     cells = result.cells
     variants, batches, contexts, several = _axes(cells)
-    by_key = {(c.variant, c.dtype, c.backend, c.batch_size, c.context_len): c for c in cells}
+    by_key = {c.key: c for c in cells}
     series = list(dict.fromkeys((c.variant, c.dtype, c.backend) for c in cells))
     series.sort(key=lambda s: variants.index(s[0]))
     rows: list[list[str]] = []
@@ -148,7 +149,7 @@ def grid_table(result: RunResult, value: Callable[[CellMetrics], str | None]) ->
             row = [variant, *([dtype, backend] if several else []), str(batch)]
             any_cell = False
             for context in contexts:
-                cell = by_key.get((variant, dtype, backend, batch, context))
+                cell = by_key.get(CellKey(variant, batch, context, dtype, backend))
                 text: str | None = None
                 if cell is not None:
                     any_cell = True

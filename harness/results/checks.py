@@ -14,7 +14,7 @@ cannot see, :func:`result_problems` checks on the validated result:
 
 - an ``ok`` cell has metrics;
 - every latency summary agrees with its raw samples: ``median``, ``p10``, ``p90``, ``ci_low`` and
-  ``ci_high`` equal a recomputation from the samples (harness/measure/stats.py) within rounding,
+  ``ci_high`` equal a recomputation from the samples (harness/stats/order.py) within rounding,
   which also puts them inside ``[min, max]`` of the samples and in order; each of
   ``process_medians`` lies within ``[min, max]`` (each is the median of some of the samples);
 - no two cells have the same coordinates (variant, batch size, context length, dtype, backend);
@@ -27,9 +27,10 @@ import math
 from collections.abc import Iterator
 from datetime import datetime
 
+from harness.cellkey import CellKey
 from harness.errors import Problem, dotted
-from harness.measure.stats import summarize
-from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
+from harness.results.schema import CellMetrics, RunResult, Summary
+from harness.results.summary import summarize
 
 # Summary values are written with repr() and read back exactly; these only forgive a file whose
 # numbers were rounded on the way (to about seven significant digits, or to whole nanoseconds,
@@ -90,11 +91,13 @@ def _is_text(value: str) -> bool:
 def result_problems(result: RunResult, source: str) -> list[Problem]:
     """Every cross-field problem of ``result`` (read from ``source``), in file order; [] when none."""
     problems: list[Problem] = []
-    first_index: dict[tuple[str, int, int, str, str], int] = {}
+    first_index: dict[CellKey, int] = {}
     for index, cell in enumerate(result.cells):
         path = f"cells[{index}]"
         if cell.key in first_index:
-            problems.append(Problem(f"the same cell as cells[{first_index[cell.key]}] ({_label(cell)})", source, path))
+            problems.append(
+                Problem(f"the same cell as cells[{first_index[cell.key]}] ({cell.key.label})", source, path)
+            )
         else:
             first_index[cell.key] = index
         if cell.status == "ok" and cell.metrics is None:
@@ -146,7 +149,3 @@ def _summaries(metrics: CellMetrics) -> Iterator[tuple[str, Summary]]:
         value = getattr(metrics, name)
         if isinstance(value, Summary):
             yield name, value
-
-
-def _label(cell: CellResult) -> str:
-    return f"{cell.variant} b{cell.batch_size} ctx{cell.context_len} {cell.dtype} {cell.backend}"

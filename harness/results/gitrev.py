@@ -3,49 +3,20 @@
 Lets ``compare`` take a revision (``main``, ``HEAD~3``, a tag or a hash) in place of a result file.
 The results folder is ``results/`` at the top of the repository; file names sort by start time
 (:func:`harness.results.store.result_filename`), so the newest run is the last name. Git runs as a
-subprocess without a shell; every failure a user can cause becomes a :class:`UserError`.
+subprocess (harness/git.py); every failure a user can cause becomes a :class:`UserError`.
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 
 from harness.errors import UserError
+from harness.git import repo_root, resolve_commit, run_git
 from harness.results.schema import RunResult
 from harness.results.store import RESULT_SUFFIX, name_order, parse_result
 
 RESULTS_DIR = "results"  # relative to the repository's top folder
-
-
-def _git_bytes(args: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
-    except FileNotFoundError:
-        raise UserError("git is not installed, so a revision cannot be read") from None
-
-
-def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """git's output as text; bytes that are not UTF-8 (in a file name, say) become U+FFFD."""
-    proc = _git_bytes(args, cwd)
-    return subprocess.CompletedProcess(
-        proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-    )
-
-
-def repo_root(cwd: Path | None = None) -> Path | None:
-    """The top folder of the git repository holding ``cwd``; None outside a repository."""
-    proc = _git(["rev-parse", "--show-toplevel"], cwd or Path.cwd())
-    return Path(proc.stdout.strip()) if proc.returncode == 0 else None
-
-
-def resolve_commit(rev: str, cwd: Path | None = None) -> str | None:
-    """The full commit hash ``rev`` names, or None when it names no commit (or there is no repository)."""
-    if not rev or rev.startswith("-"):
-        return None
-    proc = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd or Path.cwd())
-    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def _commit_and_root(rev: str, cwd: Path | None) -> tuple[str, Path]:
@@ -60,8 +31,8 @@ def _commit_and_root(rev: str, cwd: Path | None) -> tuple[str, Path]:
 
 def _result_paths(commit: str, root: Path, folder: str) -> list[str]:
     """Paths of ``*.json`` files below ``folder`` at ``commit``, oldest name first."""
-    proc = _git(["ls-tree", "-r", "-z", "--name-only", commit, "--", f"{folder}/"], root)
-    if proc.returncode != 0:
+    proc = run_git(["ls-tree", "-r", "-z", "--name-only", commit, "--", f"{folder}/"], root)
+    if not proc.ok:
         raise UserError(f"git ls-tree failed: {proc.stderr.strip()}", source=commit)
     paths = [p for p in proc.stdout.split("\0") if p.endswith(RESULT_SUFFIX)]
     kept = (p for p in paths if not PurePosixPath(p).name.startswith("."))
@@ -69,12 +40,11 @@ def _result_paths(commit: str, root: Path, folder: str) -> list[str]:
 
 
 def _show(commit: str, path: str, root: Path) -> str:
-    proc = _git_bytes(["show", f"{commit}:{path}"], root)
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode("utf-8", "replace").strip()
-        raise UserError(f"git show failed: {stderr}", source=f"{commit}:{path}")
+    proc = run_git(["show", f"{commit}:{path}"], root)
+    if not proc.ok:
+        raise UserError(f"git show failed: {proc.stderr.strip()}", source=f"{commit}:{path}")
     try:
-        return proc.stdout.decode("utf-8")
+        return proc.stdout_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError("not a result file (not UTF-8 text)", source=f"{commit}:{path}") from None
 

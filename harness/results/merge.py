@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.cellkey import CellKey
 from harness.errors import Problem, UserErrors
-from harness.measure import stability
+from harness.results import stability
 from harness.results.schema import MergedPart, RunResult
 
 
@@ -74,14 +75,12 @@ def merge_results(parts: Sequence[tuple[Path, RunResult]], *, allow_revisions: b
     for part in ordered:
         by_target.setdefault(part.result.target, []).append(part)
     for members in by_target.values():
-        seen: dict[tuple[str, int, int, str, str], str] = {}
+        seen: dict[CellKey, str] = {}
         for part in members:
             for index, cell in enumerate(part.result.cells):
                 if cell.key in seen:
                     problems.append(
-                        Problem(
-                            f"cell {_label(cell.key)} is also in {seen[cell.key]}", str(part.path), f"cells[{index}]"
-                        )
+                        Problem(f"cell {cell.key.label} is also in {seen[cell.key]}", str(part.path), f"cells[{index}]")
                     )
                 seen.setdefault(cell.key, part.path.name)
     if problems:
@@ -122,8 +121,3 @@ def missing_shards(parts: Sequence[RunResult]) -> list[str]:
     counts = {r.shard.count for r in parts if r.shard is not None}
     have = {(r.shard.index, r.shard.count) for r in parts if r.shard is not None}
     return [f"{k}/{n}" for n in sorted(counts) for k in range(1, n + 1) if (k, n) not in have]
-
-
-def _label(key: tuple[str, int, int, str, str]) -> str:
-    variant, batch_size, context_len, dtype, backend = key
-    return f"{variant} b{batch_size} ctx{context_len} {dtype} {backend}"

@@ -8,7 +8,6 @@ skips it, and :func:`load_quality` reads it.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import UserError, UserErrors, validation_problems
-from harness.inputs import read_input
+from harness.inputs import read_json
 from harness.results.schema import GitInfo
 from harness.results.store import MAX_RESULT_BYTES, claim_result_path, write_text_atomic
 
@@ -124,13 +123,7 @@ def save_quality(result: QualityResult, path: Path) -> None:
 def load_quality(path: str | Path) -> QualityResult:
     """Read and validate a quality result; UserError naming the file and field on a bad one."""
     source = str(path)
-    raw = read_input(path, MAX_RESULT_BYTES, "quality result")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UserError("not a quality result (not UTF-8 text)", source=source) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON: {exc}", source=source) from None
+    data = read_json(path, MAX_RESULT_BYTES, "quality result")
     if not isinstance(data, dict) or data.get("quality_format") != QUALITY_FORMAT:
         raise UserError(f"not a quality result of format {QUALITY_FORMAT}", source=source, field="quality_format")
     try:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from harness.cellkey import CellKey
+
 SCHEMA_VERSION = 1
 
 # Every count this harness records (bytes, FLOPs, parameters) is what torch or the OS reports as a
@@ -40,7 +42,7 @@ class _Model(BaseModel):
 
 
 class Summary(_Model):
-    """Raw samples (seconds) and their order statistics; see harness/measure/stats.py."""
+    """Raw samples (seconds) and their order statistics; see harness/stats/order.py."""
 
     samples: list[Seconds] = Field(min_length=1)
     median: Seconds
@@ -197,7 +199,7 @@ class HostLoad(_Model):
 
 
 class Stability(_Model):
-    """Whether a cell's numbers held still enough to be trusted (harness/measure/stability.py)."""
+    """Whether a cell's numbers held still enough to be trusted (harness/results/stability.py)."""
 
     unstable: bool
     reasons: list[str] = []  # one sentence per rule that fired, with its numbers
@@ -274,8 +276,8 @@ class CellResult(_Model):
         return self
 
     @property
-    def key(self) -> tuple[str, int, int, str, str]:
-        return (self.variant, self.batch_size, self.context_len, self.dtype, self.backend)
+    def key(self) -> CellKey:
+        return CellKey(self.variant, self.batch_size, self.context_len, self.dtype, self.backend)
 
 
 class ScenarioRef(_Model):
@@ -306,7 +308,7 @@ class Pairing(_Model):
     partner_commit: str | None
     rounds: Size  # the most rounds a cell gets (a cell stops early once no latency of it can change)
     # the confidence of each latency's median-ratio interval (family-wise over the comparison's latencies:
-    # harness/compare/paired.py); None in files written before it was recorded, which were read at 95%
+    # harness/stats/paired.py); None in files written before it was recorded, which were read at 95%
     confidence: float | None = Field(None, gt=0, lt=1)
     # per cell label ("H64-MHA b1 ctx512 float32 sdpa"): which side went first in each round, e.g. "BA AB AB BA"
     orders: dict[str, str] = {}

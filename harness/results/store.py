@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from harness.errors import UserError, UserErrors, validation_problems
-from harness.inputs import MIB, read_input
+from harness.inputs import MIB, parse_json, read_text
 from harness.results.checks import json_problems, result_problems
 from harness.results.schema import SCHEMA_VERSION, RunResult
 
@@ -22,6 +21,7 @@ RESULT_SUFFIX = ".json"
 # A run of ten thousand cells with a thousand samples per latency is about 250 MiB of JSON; a
 # larger file is no result file, and parsing it would take many times its size in memory.
 MAX_RESULT_BYTES = 256 * MIB
+RESULT_WHAT = "result file"  # how errors name one
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -66,14 +66,7 @@ def parse_result(text: str, source: str) -> RunResult:
     """Validate a result file's text: its JSON (:func:`~harness.results.checks.json_problems`), its
     schema (strictly), then the checks that relate several fields (:mod:`harness.results.checks`).
     UserError with one line per problem found."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON: {exc}", source=source) from None
-    except RecursionError:
-        raise UserError("not a result file (JSON nested too deeply to read)", source=source) from None
-    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise UserError(f"not a result file: {exc}", source=source) from None
+    data = parse_json(text, source, RESULT_WHAT)
     if not isinstance(data, dict):
         raise UserError("not a result file (expected a JSON object)", source=source)
     if "schema_version" not in data or "cells" not in data:
@@ -101,12 +94,7 @@ def parse_result(text: str, source: str) -> RunResult:
 
 def load_result(path: str | Path) -> RunResult:
     """Load and validate one result file."""
-    raw = read_input(path, MAX_RESULT_BYTES, "result file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError("not a result file (not UTF-8 text)", source=str(path)) from None
-    return parse_result(text, str(path))
+    return parse_result(read_text(path, MAX_RESULT_BYTES, RESULT_WHAT), str(path))
 
 
 def result_filename(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from harness.cellkey import CellKey
 from harness.scenario.schema import Scenario
 from harness.variants import Variant
 
@@ -20,13 +21,13 @@ class Cell:
     backend: str
 
     @property
-    def key(self) -> tuple[str, int, int, str, str]:
+    def key(self) -> CellKey:
         """What identifies the cell within a scenario (used to match results and resume runs)."""
-        return (self.variant.name, self.batch_size, self.context_len, self.dtype, self.backend)
+        return CellKey(self.variant.name, self.batch_size, self.context_len, self.dtype, self.backend)
 
     @property
     def label(self) -> str:
-        return f"{self.variant.name} b{self.batch_size} ctx{self.context_len} {self.dtype} {self.backend}"
+        return self.key.label
 
 
 def expand_cells(scenario: Scenario, variants: tuple[Variant, ...]) -> list[Cell]:

@@ -16,14 +16,14 @@ taken from the architecture's documented default, and that is said in a warning 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import inputs
 from harness.errors import UserError
-from harness.inputs import MIB, read_input
+from harness.inputs import MIB
 from harness.variants import MLAShape, Variant
 
 PARAMETERS_COVER = (
@@ -110,16 +110,9 @@ MAX_CONFIG_BYTES = 4 * MIB
 
 def read_json(path: str | Path) -> dict[str, Any]:
     """The JSON object in a local file; UserError naming the file when it is missing or not a JSON object."""
-    source = str(path)
-    raw = read_input(path, MAX_CONFIG_BYTES, "config.json")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UserError("not UTF-8 text", source=source) from None
-    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise UserError(f"not JSON: {exc}".splitlines()[0], source=source) from None
+    data = inputs.read_json(path, MAX_CONFIG_BYTES, "config.json")
     if not isinstance(data, dict):
-        raise UserError(f"not a JSON object but a JSON {type(data).__name__}", source=source)
+        raise UserError(f"not a JSON object but a JSON {type(data).__name__}", source=str(path))
     return data
 
 

@@ -8,7 +8,6 @@ whole: all its format problems at once, or, when the format holds, all its varia
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.errors import Problem, UserError, UserErrors, validation_problems
-from harness.inputs import MIB, read_input
+from harness.inputs import MIB, read_toml
 from harness.scenario.hf_config import ConfigError, import_config, read_json
 from harness.scenario.quality import BYTE_VOCAB, conversion_problem
 from harness.scenario.schema import ModelSpec, Scenario, VariantSpec
@@ -380,17 +379,7 @@ def check_quality(scenario: Scenario, variants: tuple[Variant, ...], source: str
 def load_scenario(path: str | Path) -> LoadedScenario:
     """Load and validate one scenario file."""
     source = str(path)
-    raw = read_input(path, MAX_SCENARIO_BYTES, "scenario file")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UserError("not UTF-8 text", source=source) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"TOML syntax error: {exc}", source=source) from None
-    except RecursionError:
-        raise UserError("arrays or tables nested too deeply to read", source=source) from None
-    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise UserError(f"cannot read: {exc}", source=source) from None
+    data, raw = read_toml(path, MAX_SCENARIO_BYTES, "scenario file")
     uses_source = isinstance(data.get("model"), dict) and "from" in data["model"]
     declared = data.get("variant")
     for index, variant in enumerate(declared if isinstance(declared, list) else []):

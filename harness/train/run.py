@@ -35,7 +35,7 @@ from harness.results.quality import (
     save_quality,
 )
 from harness.results.store import check_writable
-from harness.runner import git_info
+from harness.run.runfiles import git_info
 from harness.scenario import LoadedScenario
 from harness.scenario.load import conversion_targets
 from harness.scenario.quality import QualitySpec

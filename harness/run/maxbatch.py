@@ -1,7 +1,7 @@
 """The largest batch that fits a memory budget, found from the accounting's prediction in a few probes.
 
 A probe builds the model and cache for one batch size and runs one decode step in an isolated
-worker (harness/measure/cell.py:probe_batch). The search keeps the largest batch known to fit
+worker (harness/measure/cell_worker.py:probe_batch). The search keeps the largest batch known to fit
 (``lo``) and the smallest known not to (``hi``) and stops when ``hi == lo + 1``: the answer is
 then proven both ways, it fits and one more does not. The next guess comes from a straight
 line through the peaks measured so far (memory grows linearly with the batch: weights plus

@@ -21,10 +21,10 @@ from harness.backend_support import training_problem
 from harness.measure import tp_rank
 from harness.measure import train_step as train_step_worker
 from harness.measure.ranks import run_ranks
-from harness.measure.stats import summarize
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.parallel import kv_heads_per_rank, kv_replication, rank_variant, tp_problem
 from harness.results.schema import TPMeasurement, TPRank, TrainStep
+from harness.results.summary import summarize
 from harness.scenario import Cell
 from harness.scenario.schema import ModelSpec
 

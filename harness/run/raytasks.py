@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import RunFailure, UserError
-from harness.execute.cellround import lost_round, measure_cell_round
-from harness.execute.executor import NoPlacement
-from harness.execute.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo, Where
-from harness.measure import cell as cell_worker
 from harness.measure.worker import IsolatedRunner
+from harness.run.cellround import lost_round, measure_cell_round
+from harness.run.executor import NoPlacement
+from harness.run.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo, Where
+from harness.run.node import describe_node as describe_this_node
 
 ACCELERATOR_PREFIX = "accelerator_type:"  # the resource Ray gives a node for its GPU type
 INSTALL_HINT = "pip install -e '.[ray]'"
@@ -44,19 +44,8 @@ def import_ray() -> Any:
 
 
 def describe_node(device: str, timeout_s: float) -> NodeInfo:
-    """This node's target, fingerprint and measured peak bandwidth, each taken in an isolated worker."""
-    workers = IsolatedRunner()
-    described = workers.call(cell_worker.describe_machine, {"device": device}, timeout_s=timeout_s)
-    if described.status != "ok" or described.value is None:
-        raise RuntimeError(f"describing the device failed: {described.error}")
-    target, environment = described.value["target"], described.value["environment"]
-    payload = {"target": target, "device": device, "environment": environment}
-    probed = workers.call(cell_worker.probe_peak, payload, timeout_s=timeout_s)
-    if probed.status != "ok" or probed.value is None:
-        raise RuntimeError(f"the peak bandwidth probe failed: {probed.error}")
-    peak = probed.value
-    environment = {**environment, "peak_bandwidth": peak}
-    return NodeInfo(target, environment, max(peak["read_gbps"], peak["copy_gbps"]))
+    """This node's target, fingerprint and measured peak bandwidth (harness/run/node.py), in a Ray task."""
+    return describe_this_node(IsolatedRunner(), device, None, timeout_s)
 
 
 def run_job(job: CellJob, node: NodeInfo) -> CellOutcome:

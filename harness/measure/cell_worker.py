@@ -2,7 +2,7 @@
 backend, measuring one cell, probing one batch size.
 
 Each function takes and returns plain dicts (they cross a process boundary). The parent,
-harness/runner.py, decides what to run; these functions only measure. Definitions of every
+harness/run/runner.py, decides what to run; these functions only measure. Definitions of every
 figure are in docs/design.md; the self-checks a measurement carries are in harness/measure/checks.py.
 
 Every function first makes the payload's device the current one: on ``cuda:N`` streams, events,

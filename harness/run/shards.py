@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 
 from harness import accounting
 from harness.errors import UserError
-from harness.execute.cellround import max_batch_key
 from harness.results.schema import Shard
 from harness.scenario import Cell, LoadedScenario
 
@@ -95,3 +94,8 @@ def split(loaded: LoadedScenario, cells: Sequence[Cell], count: int, rounds: int
 def shard_cells(loaded: LoadedScenario, cells: Sequence[Cell], shard: Shard, rounds: int) -> list[Cell]:
     """The cells of ``shard``."""
     return split(loaded, cells, shard.count, rounds)[shard.index - 1]
+
+
+def max_batch_key(cell: Cell) -> tuple[str, str, int, str]:
+    """The cells that share one max-batch search, kept in one shard (harness/cellkey.py)."""
+    return cell.key.max_batch_group

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from harness.execute.cellround import measure_cell_round
-from harness.execute.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo, Where, WorkerCaller
+from harness.run.cellround import measure_cell_round
+from harness.run.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo, Where, WorkerCaller
 
 
 class LocalExecutor:

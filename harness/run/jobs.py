@@ -34,7 +34,7 @@ class CellJob:
     device: str  # as the workers take it: cpu, cuda or cuda:N
     quick: bool  # --quick: short timing windows
     # one side of an interleaved comparison (attnbench ab): each round takes the fixed window, since the
-    # pairing of many short rounds, not one round's interval, decides (harness/execute/cellround.py)
+    # pairing of many short rounds, not one round's interval, decides (harness/run/cellround.py)
     paired: bool = False
     # the max batch of this cell's (variant, dtype, context, backend) where some node measured it, by target:
     # a node of a listed target reuses it instead of searching again

@@ -51,7 +51,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from harness.measure.stats import mann_whitney_p
+from harness.stats.order import mann_whitney_p
 
 # The ratio's interval: a change is significant when it excludes 1 at this level (for files that do
 # not record their own: harness.results.schema.Pairing.confidence).

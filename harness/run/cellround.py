@@ -17,14 +17,13 @@ from typing import Any, Literal
 
 from harness import accounting
 from harness.backend_support import unsupported_reason
-from harness.execute.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
 from harness.hardware import is_cuda
-from harness.measure import cell as cell_worker
-from harness.measure import derive, opt_in
-from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
+from harness.measure import cell_worker
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch, TPMeasurement
-from harness.scenario import Cell
+from harness.run import derive, opt_in
+from harness.run.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
+from harness.run.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
 from harness.scenario.schema import MeasureSpec
 from harness.variants import Variant
 
@@ -333,8 +332,3 @@ def _guard_host_memory(probe: Callable[[int], Probe], budget: int) -> Callable[[
 
         return refuse
     return probe
-
-
-def max_batch_key(cell: Cell) -> tuple[str, str, int, str]:
-    """Cells that share one max batch: the same variant, dtype, context and backend (any batch size)."""
-    return (cell.variant.name, cell.dtype, cell.context_len, cell.backend)

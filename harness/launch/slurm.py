@@ -21,6 +21,7 @@ from harness.errors import RunFailure, UserError
 from harness.results.merge import merge_results
 from harness.results.schema import RunResult, Shard
 from harness.results.store import claim_result_path, load_result, save_result
+from harness.run.runner import Runner
 
 INSTALL_HINT = "pip install -e '.[slurm]'"
 
@@ -45,8 +46,6 @@ class SlurmOptions:
 
 def run_shard(options: Any, shard: Shard) -> list[str]:
     """One array task: the runner on shard ``shard`` of the scenario, here; its result files."""
-    from harness.runner import Runner
-
     outcome = Runner(replace(options, shard=shard)).run()
     return [str(path) for path, _ in outcome.files]
 

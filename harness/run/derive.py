@@ -12,8 +12,8 @@ from typing import Any
 
 from harness import accounting
 from harness.measure import checks
-from harness.measure.stats import summarize
 from harness.results.schema import CellMetrics, Check, Summary
+from harness.results.summary import summarize
 from harness.scenario import Cell, LoadedScenario
 
 # Checks the parent derives from the result (recomputed whenever a round pools more samples in).

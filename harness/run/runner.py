@@ -4,17 +4,18 @@
     CellJob -> executor (local: this process; ray: a task on a cluster) -> CellOutcome ->
     the result file of the target it ran on
 
-What a round measures is harness/execute/cellround.py, the same on every executor; the runner plans
+What a round measures is harness/run/cellround.py, the same on every executor; the runner plans
 the jobs, in round-major order (every cell's round 1, then every cell's round 2, ...), and is the one
 writer of result files: one per hardware target the cells ran on. A file is rewritten atomically after
 every round, so an interrupted run (Ctrl-C, a killed process) loses no finished cell; ``resume``
 continues the newest unfinished file of the same scenario per target. A stop signal
 (:class:`~harness.signals.Interrupted`) ends the worker and is recorded in every file of the run
-(``interruptions``). Files are claimed, locked while written and saved as harness/runfiles.py says;
+(``interruptions``). Files are claimed, locked while written and saved as harness/run/runfiles.py says;
 the folder is checked writable, with room for the files, before anything is measured, and a save
 that fails later (a full disk) stops the run with the last good file in place. Every worker call has
 a time limit (``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run
-goes on. Nothing here imports torch or touches CUDA: the workers do.
+goes on. Nothing here touches CUDA: the workers do (the worker functions that the rounds name are
+imported, and torch with them, but run only in the workers).
 """
 
 from __future__ import annotations
@@ -27,20 +28,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import runfiles
+from harness.cellkey import CellKey
 from harness.errors import RunFailure, UserError
-from harness.execute.cellround import max_batch_key
-from harness.execute.executor import Executor, NoPlacement
-from harness.execute.jobs import CellJob, CellOutcome, NodeInfo
-from harness.execute.local import LocalExecutor
-from harness.execute.shards import shard_cells
 from harness.hardware import is_cuda, resolve_device
-from harness.measure import cell as cell_worker
-from harness.measure import stability
-from harness.measure.worker import IsolatedRunner, WorkerOutcome
+from harness.measure.worker import IsolatedRunner
+from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
 from harness.results.store import check_writable, load_result
-from harness.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes
+from harness.run import runfiles
+from harness.run.executor import Executor, NoPlacement
+from harness.run.jobs import CellJob, CellOutcome, NodeInfo
+from harness.run.local import LocalExecutor
+from harness.run.node import describe, peak_gbps, probe_peak
+from harness.run.runfiles import ResultFile, RunIdentity, git_info, needed_bytes
+from harness.run.shards import shard_cells
 from harness.scenario import Cell, expand_cells, load_scenario
 from harness.signals import Interrupted
 
@@ -54,7 +55,7 @@ class RunOptions:
     resume: bool = False
     rerun_unstable: bool = False  # with resume: measure again the cells the newest run found unstable
     rounds: int | None = None  # measurement rounds, instead of the scenario's measure.rounds
-    shard: Shard | None = None  # measure only this shard of the cells (harness/execute/shards.py)
+    shard: Shard | None = None  # measure only this shard of the cells (harness/run/shards.py)
     # calibrate every cell's calls per warm sample afresh, rather than reuse the newest earlier finished
     # result's of this scenario (runfiles.calibrated_earlier)
     recalibrate: bool = False
@@ -120,13 +121,13 @@ class Runner:
         self.workers = IsolatedRunner()
         self.timeout_s = self.loaded.scenario.measure.cell_timeout_s
         self.rounds = options.rounds or self.loaded.scenario.measure.rounds
-        self._max_batch: dict[tuple[str, tuple[str, str, int, str]], MaxBatch] = {}  # by target and max_batch_key
+        self._max_batch: dict[tuple[str, tuple[str, str, int, str]], MaxBatch] = {}  # by target and max_batch_group
         self._identity: RunIdentity | None = None
         # the run being measured, set by begin(): one file per target, the first also as path/result
         self.files: dict[str, ResultFile] = {}
         self.path: Path = Path()
         self.result: RunResult
-        self._where: dict[tuple[str, int, int, str, str], str] = {}  # cell key -> the target whose file holds it
+        self._where: dict[CellKey, str] = {}  # cell key -> the target whose file holds it
         self._failed: list[CellResult] = []
         self._reps: dict[CellKey, dict[str, int]] = {}  # calls per warm sample of an earlier run, per cell
         self._paired = False  # begin() with a pairing: one side of an interleaved comparison
@@ -185,7 +186,8 @@ class Runner:
         return self._identity
 
     def _begin_local(self, pairing: Pairing | None, cells: list[Cell]) -> None:
-        target, environment = self._describe()
+        threads = self.loaded.scenario.measure.threads  # the fingerprint records the threads cells run with
+        target, environment = describe(self.workers, self.device, threads, self.timeout_s)
         out_dir, resume = self.options.out_dir, self.options.resume
         if resume:
             reopened = runfiles.reopen(
@@ -203,10 +205,10 @@ class Runner:
         if result.peak_bandwidth_gbps is None:
             peak = self._peak(target, result.environment)
             result.environment["peak_bandwidth"] = peak
-            result.peak_bandwidth_gbps = max(peak["read_gbps"], peak["copy_gbps"])
+            result.peak_bandwidth_gbps = peak_gbps(peak)
         file.save()
-        node = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
-        self.executor = LocalExecutor(self.workers, node, self.device)
+        here = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
+        self.executor = LocalExecutor(self.workers, here, self.device)
 
     def _reuse_calibration(self, folder: Path, file: ResultFile, cells: list[Cell]) -> None:
         """Let first rounds of ``cells`` time with the calls per sample of the newest earlier finished run of this
@@ -273,7 +275,7 @@ class Runner:
 
     def job(self, cell: Cell, round_index: int) -> CellJob:
         """The job that measures round ``round_index`` of ``cell``."""
-        key = max_batch_key(cell)
+        key = cell.key.max_batch_group
         return CellJob(
             scenario=self.loaded,
             cell=cell,
@@ -350,10 +352,10 @@ class Runner:
         """Whether a running first round of another cell is searching the max batch ``cell`` would search."""
         if "max_batch" not in self.loaded.scenario.measure.selected_metrics:
             return False
-        key = max_batch_key(cell)
+        key = cell.key.max_batch_group
         if any(k == key for _, k in self._max_batch):
             return False
-        return any(max_batch_key(other) == key for other in first_rounds)
+        return any(other.key.max_batch_group == key for other in first_rounds)
 
     def _start(self, job: CellJob) -> Future[CellOutcome] | CellResult | None:
         """Hand ``job`` to the executor: its future, None when it has no room now, or the cell as recorded
@@ -381,7 +383,7 @@ class Runner:
             file.result.cells.append(result)
         self._where[cell.key] = target
         if job.round_index == 0 and result.metrics is not None and result.metrics.max_batch is not None:
-            self._max_batch.setdefault((target, max_batch_key(cell)), result.metrics.max_batch)
+            self._max_batch.setdefault((target, cell.key.max_batch_group), result.metrics.max_batch)
         file.save()
         if result.status in FAILED_STATUSES:
             self._failed.append(result)
@@ -423,21 +425,5 @@ class Runner:
         for file in self.files.values():
             file.release()
 
-    def _call(self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> WorkerOutcome:
-        return self.workers.call(fn, payload, timeout_s=self.timeout_s)
-
-    def _describe(self) -> tuple[str, dict[str, Any]]:
-        """Target id and fingerprint, taken in a worker: this process never initialises CUDA."""
-        threads = self.loaded.scenario.measure.threads  # the fingerprint records the threads cells run with
-        outcome = self._call(cell_worker.describe_machine, {"device": self.device, "threads": threads})
-        if outcome.status != "ok" or outcome.value is None:
-            raise RunFailure(f"describing the device failed: {outcome.error}", source=self.device)
-        return outcome.value["target"], outcome.value["environment"]
-
     def _peak(self, target: str, environment: dict[str, Any]) -> dict[str, Any]:
-        outcome = self._call(
-            cell_worker.probe_peak, {"target": target, "device": self.device, "environment": environment}
-        )
-        if outcome.status != "ok" or outcome.value is None:
-            raise RunFailure(f"the peak bandwidth probe failed: {outcome.error}", source=target)
-        return outcome.value
+        return probe_peak(self.workers, self.device, target, environment, self.timeout_s)

@@ -21,7 +21,7 @@ cells, the claims check calls claims resting on them inconclusive, compare repor
 ``unstable`` instead of a change, and ``attnbench run --resume --rerun-unstable`` measures them again.
 
 An interleaved comparison (``attnbench ab``) pairs each round of BASE with a round of HEAD taken
-moments apart, and decides on the per-round ratios (harness/compare/paired.py): the drift between
+moments apart, and decides on the per-round ratios (harness/stats/paired.py): the drift between
 rounds (rule 1) and within them (rule 2) moves both sides of a round alike, and ratios that still
 disagree widen their interval until it no longer excludes 1. There only rule 3, what
 was measured of the host itself, makes a cell unstable (:func:`paired_reasons`). On a shared VM
@@ -35,8 +35,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.measure.stats import median_ci, percentile_sorted
 from harness.results.schema import CellResult, RunResult, Stability, Summary
+from harness.stats.order import median_ci, percentile_sorted
 
 ROUND_DISAGREEMENT = 0.10
 SPREAD_FACTOR = 4.0

@@ -12,24 +12,22 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from harness.cellkey import CellKey
 from harness.compare.comparable import setting_differences
 from harness.errors import RunFailure, UserError
+from harness.git import run_git
 from harness.inputs import MIB
-from harness.measure.derive import inner_reps
 from harness.results.lock import AdvisoryLock, file_lock
 from harness.results.schema import GitInfo, RunResult, ScenarioRef, Shard
 from harness.results.store import claim_result_path, load_result, result_files, save_result
+from harness.run.derive import inner_reps
 from harness.scenario import LoadedScenario
-
-CellKey = tuple[str, int, int, str, str]  # CellResult.key: variant, batch size, context, dtype, backend
-
 
 # Where a tree without .git (a copy sent to a GPU machine) says which commit it is: this variable, else this
 # file in the working directory or the project's root; benchmarks/gpu_validate.sh sets and writes both.
@@ -48,10 +46,10 @@ def git_info(cwd: Path | None = None) -> GitInfo:
 
     def git(*args: str) -> str | None:
         try:
-            proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
+            out = run_git(list(args), cwd)
+        except UserError:  # no git, or none that answers: the recorded commit serves
             return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
+        return out.stdout.strip() if out.ok else None
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
@@ -174,7 +172,7 @@ def calibrated_earlier(folder: Path, result: RunResult, own: Path) -> tuple[Path
 
 
 def calls_per_sample(result: RunResult) -> dict[CellKey, dict[str, int]]:
-    """The calls per warm sample each ``ok`` cell of ``result`` timed with, by metric (harness/measure/derive.py)."""
+    """The calls per warm sample each ``ok`` cell of ``result`` timed with, by metric (harness/run/derive.py)."""
     reps = {c.key: inner_reps(c.metrics) for c in result.cells if c.status == "ok" and c.metrics is not None}
     return {key: counts for key, counts in reps.items() if counts}
 

@@ -17,17 +17,16 @@ file at any time. Definitions:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from fractions import Fraction
 
 from scipy import stats as scipy_stats
 
-from harness.results.schema import Summary
-
-CONFIDENCE = 0.95  # level of the median's confidence interval stored in every Summary
+CONFIDENCE = 0.95  # level of the median's confidence interval stored in every result's Summary
 
 
-def _checked_sorted(samples: Sequence[float]) -> list[float]:
+def checked_sorted(samples: Sequence[float]) -> list[float]:
     if len(samples) == 0:
         raise ValueError("need at least one sample")
     values = sorted(float(s) for s in samples)
@@ -48,13 +47,20 @@ def percentile_sorted(sorted_values: Sequence[float], q: float) -> float:
 
 def percentile(samples: Sequence[float], q: float) -> float:
     """The ``q``-quantile (0 <= q <= 1) of ``samples``, by linear interpolation (see module doc)."""
-    return percentile_sorted(_checked_sorted(samples), q)
+    return percentile_sorted(checked_sorted(samples), q)
 
 
 def iqr(samples: Sequence[float]) -> float:
     """Interquartile range: 75th minus 25th percentile, both by linear interpolation."""
-    values = _checked_sorted(samples)
+    values = checked_sorted(samples)
     return percentile_sorted(values, 0.75) - percentile_sorted(values, 0.25)
+
+
+def relative_range(values: Sequence[float]) -> float:
+    """(max - min) / median of ``values``: how far apart they lie, relative to their middle."""
+    if len(values) == 0:
+        raise ValueError("need at least one value")
+    return (max(values) - min(values)) / statistics.median(values)
 
 
 def median_ci_indices(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
@@ -86,25 +92,11 @@ def median_ci_indices(n: int, confidence: float = CONFIDENCE) -> tuple[int, int]
 
 def median_ci(samples: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Distribution-free confidence interval of the median; ``(min, max)`` when n is too small (module doc)."""
-    values = _checked_sorted(samples)
+    values = checked_sorted(samples)
     indices = median_ci_indices(len(values), confidence)
     if indices is None:
         return values[0], values[-1]
     return values[indices[0]], values[indices[1]]
-
-
-def summarize(samples: Sequence[float]) -> Summary:
-    """Samples kept in the order given, with their median, p10, p90 and the median's 95% interval."""
-    values = _checked_sorted(samples)
-    ci_low, ci_high = median_ci(values)
-    return Summary(
-        samples=[float(s) for s in samples],
-        median=percentile_sorted(values, 0.5),
-        p10=percentile_sorted(values, 0.10),
-        p90=percentile_sorted(values, 0.90),
-        ci_low=ci_low,
-        ci_high=ci_high,
-    )
 
 
 def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Protocol
 
-from harness.execute.jobs import CellJob, CellOutcome, ExecutorName
+from harness.run.jobs import CellJob, CellOutcome, ExecutorName
 
 
 class NoPlacement(Exception):

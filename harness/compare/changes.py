@@ -6,11 +6,12 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.compare.paired import PAIRED_CONFIDENCE, PairedChange, paired_change
+from harness.cellkey import CellKey
 from harness.compare.thresholds import LATENCY_METRICS, SCALAR_METRICS, Threshold, Verdict, threshold_for
 from harness.errors import UserError
-from harness.measure.stats import mann_whitney_p
 from harness.results.schema import CellMetrics, CellResult, RunResult, Summary
+from harness.stats.order import mann_whitney_p, relative_range
+from harness.stats.paired import PAIRED_CONFIDENCE, PairedChange, paired_change
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class SkippedCell:
 
 
 def cell_label(cell: CellResult) -> str:
-    return f"{cell.variant} b{cell.batch_size} ctx{cell.context_len} {cell.dtype} {cell.backend}"
+    return cell.key.label
 
 
 def _verdict(worse: bool, significant: bool, exceeded: bool) -> Verdict:
@@ -75,11 +76,7 @@ def run_to_run_noise(*summaries: Summary) -> float | None:
     between runs on this machine, which the samples of one process cannot show (they share its
     memory placement and the machine's state of the moment). None when no side has two rounds.
     """
-    spreads = [
-        (max(s.process_medians) - min(s.process_medians)) / statistics.median(s.process_medians)
-        for s in summaries
-        if len(s.process_medians) >= 2
-    ]
+    spreads = [relative_range(s.process_medians) for s in summaries if len(s.process_medians) >= 2]
     return max(spreads) if spreads else None
 
 
@@ -131,7 +128,7 @@ def paired_latency_change(
 ) -> MetricChange | None:
     """The change of an interleaved comparison's latency: significant when the signed-rank interval of its
     per-round ratios at ``confidence`` excludes 1, a change when their Hodges-Lehmann ratio is also beyond
-    the threshold (harness/compare/paired.py).
+    the threshold (harness/stats/paired.py).
     Mann-Whitney U on the pooled samples is reported, not required: the machine's drift between rounds
     widens both sides' pooled samples alike and hides from it what the per-round ratios see. None when
     the two sides do not have the same number of rounds."""
@@ -146,7 +143,7 @@ def paired_latency_change(
 
 
 def _bandwidth_basis(metrics: CellMetrics) -> Summary | None:
-    """The latency that bandwidth_gbps was divided by (see harness.runner.apply_bandwidths)."""
+    """The latency that bandwidth_gbps was divided by (see harness.run.runner.apply_bandwidths)."""
     return metrics.decode_latency_cold_s or metrics.decode_latency_s
 
 
@@ -175,7 +172,7 @@ def compare_cell(
 
     ``paired_confidence`` (the two sides are one interleaved comparison whose intervals are asked for
     this confidence): latencies, and bandwidth through the latency it divides by, are decided on
-    per-round ratios (harness/compare/paired.py).
+    per-round ratios (harness/stats/paired.py).
     """
     assert base.metrics is not None and head.metrics is not None
     changes: list[MetricChange] = []
@@ -217,11 +214,12 @@ def compare_cell(
     return CellComparison(scenario, cell_label(base), tuple(changes))
 
 
-def index_cells(results: Sequence[RunResult], side: str) -> dict[tuple[object, ...], tuple[str, CellResult]]:
-    cells: dict[tuple[object, ...], tuple[str, CellResult]] = {}
+def index_cells(results: Sequence[RunResult], side: str) -> dict[tuple[str, CellKey], tuple[str, CellResult]]:
+    """Every cell of ``results`` by its scenario's name and its key; UserError for a cell listed twice."""
+    cells: dict[tuple[str, CellKey], tuple[str, CellResult]] = {}
     for result in results:
         for cell in result.cells:
-            key = (result.scenario.name, *cell.key)
+            key = (result.scenario.name, cell.key)
             if key in cells:
                 raise UserError(
                     f"cell {cell_label(cell)} appears twice in scenario {result.scenario.name!r}", source=side

@@ -1,0 +1,47 @@
+"""A node described once, by its own workers: its target id, fingerprint and measured peak bandwidth.
+
+Both the local runner and a Ray task per node describe a node this way; the parent never initialises
+CUDA, so each step runs in an isolated worker. A step that fails is a :class:`RunFailure`: without the
+node's target nothing can be filed, and without its peak no bandwidth fraction can be given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.errors import RunFailure
+from harness.measure import cell_worker
+from harness.run.jobs import NodeInfo, WorkerCaller
+
+
+def describe(
+    workers: WorkerCaller, device: str, threads: int | None, timeout_s: float | None
+) -> tuple[str, dict[str, Any]]:
+    """The target id and fingerprint of ``device``, with the torch threads the measuring workers take."""
+    outcome = workers.call(cell_worker.describe_machine, {"device": device, "threads": threads}, timeout_s=timeout_s)
+    if outcome.status != "ok" or outcome.value is None:
+        raise RunFailure(f"describing the device failed: {outcome.error}", source=device)
+    return outcome.value["target"], outcome.value["environment"]
+
+
+def probe_peak(
+    workers: WorkerCaller, device: str, target: str, environment: dict[str, Any], timeout_s: float | None
+) -> dict[str, Any]:
+    """The target's peak bandwidth probe (cached per target by the worker: harness/measure/bandwidth.py)."""
+    payload = {"target": target, "device": device, "environment": environment}
+    outcome = workers.call(cell_worker.probe_peak, payload, timeout_s=timeout_s)
+    if outcome.status != "ok" or outcome.value is None:
+        raise RunFailure(f"the peak bandwidth probe failed: {outcome.error}", source=target)
+    return outcome.value
+
+
+def peak_gbps(peak: dict[str, Any]) -> float:
+    """What bandwidth fractions divide by: the larger of the read and copy probes."""
+    return max(float(peak["read_gbps"]), float(peak["copy_gbps"]))
+
+
+def describe_node(workers: WorkerCaller, device: str, threads: int | None, timeout_s: float | None) -> NodeInfo:
+    """The node's target, its fingerprint with the peak probe under ``peak_bandwidth``, and its peak."""
+    target, environment = describe(workers, device, threads, timeout_s)
+    peak = probe_peak(workers, device, target, environment, timeout_s)
+    return NodeInfo(target, {**environment, "peak_bandwidth": peak}, peak_gbps(peak))

@@ -1,0 +1,1 @@
+"""Statistics over raw samples: order statistics, intervals, paired signed-rank, seed statistics."""
