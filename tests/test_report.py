@@ -76,8 +76,9 @@ def test_cli_prints_each_file_it_wrote(tmp_path: Path, capsys: pytest.CaptureFix
     assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'out' / 'cpu-amd-epyc-2c' / 'REPORT.md'}"]
 
 
-def test_report_shows_the_environment_with_measured_peak_bandwidth(report: str) -> None:
-    environment = report.split("## Scenario")[0]
+def test_report_closes_with_the_environment_and_its_measured_peak_bandwidth(report: str) -> None:
+    environment = report.split("\n## Environment\n")[1]
+    assert "## Scenario" not in environment
     assert _row(environment, "CPU", "AMD EPYC 7B13")
     assert _row(environment, "CPU cores (logical)", "2")
     assert _row(environment, "Memory", "8.00 GiB")
@@ -145,7 +146,11 @@ def test_failed_cells_are_listed_with_their_error(report: str) -> None:
     )  # fmt: skip
 
 
-def test_claims_section_shows_a_verdict_per_claim(report: str) -> None:
+def test_claims_section_shows_a_verdict_per_claim(tmp_path: Path) -> None:
+    from helpers_results import with_evidence
+
+    report = str(render_target([LoadedResult(TWO_CORE, with_evidence(load_result(TWO_CORE)))], tmp_path)["REPORT.md"])
+    assert "Missing evidence" not in report
     table = _section(report, "Claims check")
     assert _row(
         table,
@@ -155,6 +160,26 @@ def test_claims_section_shows_a_verdict_per_claim(report: str) -> None:
         "expected 4/2 producer layers = 2.000 (s=2); measured 2.000 in 4 cells",
     )
     assert "❌" not in table
+
+
+def test_a_result_without_checks_stability_or_host_load_gets_a_banner_and_no_firm_verdict(report: str) -> None:
+    banner = report.split("### Verdict")[0]
+    assert "**Missing evidence.**" in banner
+    assert all(f"`{field}`" in banner for field in ("checks", "stability", "host_load"))
+    claims = _section(report, "Claims check")
+    assert _row(claims, "KV cache shrinks by the sharing factor", "H64-MQA-CLA2 vs H64-MQA", "❔ inconclusive")
+    assert "✅" not in claims and "❌" not in claims
+    verdict = _section(report, "Verdict")
+    assert "decode latency not distinguishable: unchecked (no checks or stability in the result)" in verdict
+    assert "faster" not in verdict.split("**Context")[1]
+
+
+def test_report_names_the_attnbench_commit_that_rendered_it(report: str) -> None:
+    from harness.report import attnbench_commit
+
+    commit = attnbench_commit().short
+    assert commit is not None
+    assert re.search(rf"^Rendered by attnbench at commit `{commit}`", report, flags=re.M)
 
 
 def test_report_writes_every_plot_as_a_valid_png(out: Path) -> None:

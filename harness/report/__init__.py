@@ -15,7 +15,9 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.report.render import CROSS_TARGET_NAME, LoadedResult, render_cross_target, render_target
 from harness.results.lock import folder_lock
+from harness.results.schema import GitInfo
 from harness.results.store import load_result, newest_results, write_bytes_atomic, write_text_atomic
+from harness.runfiles import PROJECT_ROOT, git_info
 
 __all__ = ["LoadedResult", "build_reports", "load_results"]
 
@@ -41,6 +43,14 @@ def load_results(paths: Sequence[str | Path]) -> list[LoadedResult]:
     return list(chosen.values())
 
 
+def attnbench_commit() -> GitInfo:
+    """The commit of the attnbench code rendering a report (its own checkout, whatever the working folder)."""
+    try:
+        return git_info(PROJECT_ROOT)
+    except UserError:  # a copy without .git that does not name its commit
+        return GitInfo(commit=None, short=None, dirty=None)
+
+
 def _write(path: Path, content: str | bytes) -> None:
     if isinstance(content, bytes):
         write_bytes_atomic(path, content)
@@ -56,10 +66,11 @@ def build_reports(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
     for item in loaded:
         by_target.setdefault(item.result.target, []).append(item)
 
+    renderer = attnbench_commit()
     rendered: list[tuple[Path, str | bytes]] = []
     for target, items in sorted(by_target.items()):
         report_dir = out_dir / target
-        files = render_target(items, report_dir)
+        files = render_target(items, report_dir, renderer)
         # Plots first, then the markdown that links them.
         rendered += sorted(
             ((report_dir / name, data) for name, data in files.items()), key=lambda f: f[0].suffix == ".md"
