@@ -223,6 +223,26 @@ def test_one_target_with_two_scenarios_gets_one_report_with_a_section_each(tmp_p
     assert list(files) == ["REPORT.md"]
 
 
+def test_a_folder_also_gives_the_quality_report_of_its_newest_quality_result(tmp_path: Path) -> None:
+    from test_quality_claims import conversion, result
+
+    from harness.results.quality import save_quality
+
+    folder = tmp_path / "results" / "cpu-test"
+    folder.mkdir(parents=True)
+    shutil.copy(TWO_CORE, tmp_path / "results" / "20261124T061500Z_3f2a9c1.json")
+    older = result([2.0, 2.1, 1.9], [2.0, 2.1, 1.9])
+    newer = result([2.0, 2.1, 1.9], [2.0, 2.1, 1.9], [conversion([3.0, 3.1, 2.9], [2.6, 2.7, 2.5])])
+    save_quality(older, folder / "quality_20261101T000000Z_0000000.json")
+    save_quality(newer, folder / "quality_20261102T000000Z_0000000.json")
+    written = build_reports([tmp_path / "results"], tmp_path / "results")
+    quality = tmp_path / "results" / "cpu-test" / "QUALITY-t.md"
+    assert quality in written
+    text = quality.read_text(encoding="utf-8")
+    assert "[quality_20261102T000000Z_0000000.json](quality_20261102T000000Z_0000000.json)" in text
+    assert "An uptrained conversion reaches the loss of training the variant from scratch" in text
+
+
 def test_a_non_result_file_is_a_user_error_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=re.escape(str(NOT_A_RESULT))):
         build_reports([TWO_CORE, NOT_A_RESULT], tmp_path / "out")
