@@ -139,3 +139,25 @@ def test_titles_name_the_target_the_model_scale_and_the_dtype_and_fit_the_figure
         assert result.target in flat and "d_model 1024, 4 layers, 50.0 M params" in flat and "bfloat16" in flat
         width = int(fig.get_figwidth() * plots.TITLE_CHARS_PER_INCH)
         assert all(len(line) <= width for line in title.splitlines()), build.__name__
+
+
+def test_the_backend_bars_carry_error_bars_and_ring_an_unstable_cell() -> None:
+    cells = []
+    for backend in ("sdpa", "grouped"):
+        for variant in VARIANTS:
+            cell = make_cell(
+                variant,
+                batch_size=1,
+                backend=backend,
+                attention_samples=lognormal_samples(0.0005, sigma=0.05),
+            )
+            assert cell.metrics is not None
+            metrics = cell.metrics.model_copy(update={"attention_bandwidth_fraction": 0.4})
+            cells.append(cell.model_copy(update={"metrics": metrics}))
+    result = _unstable(make_run(cells), "H128-MQA")
+    fig = plots.backend_bandwidth_figure(result, plots.series_palette(result))
+    assert fig is not None
+    (ax,) = fig.axes
+    assert sum(isinstance(c, ErrorbarContainer) for c in ax.containers) == 2  # one per backend
+    assert len(ax.patches) == 2 * len(VARIANTS)
+    assert _suspect_marks(fig) and plots.SUSPECT_LABEL in _legend_labels(fig)

@@ -146,7 +146,7 @@ def _error_bars(ax: Axes, panel: pd.DataFrame, x: str, y: str, low: str, high: s
 
 def _mark_suspect(ax: Axes, panel: pd.DataFrame, x: str, y: str) -> bool:
     """A red ring around every point whose cell is unstable or failed a self-check; whether any was marked."""
-    suspect = panel[panel["suspect"]].dropna(subset=[x, y]) if "suspect" in panel else panel.iloc[0:0]
+    suspect = panel[panel["suspect"].eq(True)].dropna(subset=[x, y]) if "suspect" in panel else panel.iloc[0:0]
     if suspect.empty:
         return False
     ax.scatter(
@@ -364,7 +364,7 @@ def _memory_bars(
         for ax, context in zip(row, contexts, strict=True):
             panel = frame[(frame["context_len"] == context) & frame[col].notna()].set_index("series").reindex(series)
             ax.barh(series, panel[col].fillna(0.0), color=[palette.get(name, "grey") for name in series])
-            marked = panel[panel["suspect"].fillna(False).astype(bool)]
+            marked = panel[panel["suspect"].eq(True)]
             if not marked.empty:
                 suspect = True
                 ax.scatter(
@@ -505,7 +505,7 @@ def kv_bytes_vs_latency(result: RunResult, palette: dict[str, Any]) -> bytes | N
 
 
 def backend_bandwidth_figure(result: RunResult, palette: dict[str, Any]) -> Figure | None:
-    """Core-attention bandwidth as a fraction of peak, a bar per backend, grouped by variant.
+    """Core-attention bandwidth as a fraction of peak, a bar per backend with its p10-p90, grouped by variant.
 
     A panel per dtype and batch size, at the longest context measured. Only for runs with more than
     one backend: this is the plot that ranks them.
@@ -520,18 +520,32 @@ def backend_bandwidth_figure(result: RunResult, palette: dict[str, Any]) -> Figu
     backends = list(dict.fromkeys(frame["backend"]))
     colours = dict(zip(backends, sns.color_palette("tab10", len(backends)), strict=False))
     fig, grid = _figure(1, len(panels), sharey=True)
+    variants = list(dict.fromkeys(frame["variant"]))
+    width = 0.8 / len(backends)
+    suspect = False
     for ax, (dtype, batch) in zip(grid[0], panels, strict=True):
         panel = frame[(frame["dtype"] == dtype) & (frame["batch_size"] == batch)]
-        sns.barplot(
-            panel,
-            x="variant",
-            y="attention_bandwidth_fraction",
-            hue="backend",
-            hue_order=backends,
-            palette=colours,
-            legend=False,
-            ax=ax,
-        )
+        for i, backend in enumerate(backends):
+            bars = panel[panel["backend"] == backend].set_index("variant").reindex(variants)
+            x = [v + (i - (len(backends) - 1) / 2) * width for v in range(len(variants))]
+            y = bars["attention_bandwidth_fraction"]
+            ax.bar(x, y.fillna(0.0), width=width, color=colours[backend])
+            spans = bars.assign(x=x).dropna(subset=["attention_bandwidth_fraction_low"])
+            ax.errorbar(
+                spans["x"],
+                spans["attention_bandwidth_fraction"],
+                yerr=[
+                    (spans["attention_bandwidth_fraction"] - spans["attention_bandwidth_fraction_low"]).clip(lower=0),
+                    (spans["attention_bandwidth_fraction_high"] - spans["attention_bandwidth_fraction"]).clip(lower=0),
+                ],
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.8,
+                capsize=1.5,
+            )
+            suspect = _mark_suspect(ax, bars.assign(x=x).reset_index(), "x", "attention_bandwidth_fraction") or suspect
+        ax.set_xticks(range(len(variants)))
+        ax.set_xticklabels(variants, rotation=30, ha="right")
         _fraction_axis(ax, float(frame["attention_bandwidth_fraction"].max()), "core attention: % of peak")
         ax.set_xlabel("")
         ax.set_title(f"{dtype}, batch size {batch}")
@@ -539,7 +553,9 @@ def backend_bandwidth_figure(result: RunResult, palette: dict[str, Any]) -> Figu
         fig, result, f"Core attention by backend, context {longest}, fraction of measured peak ({_peak_label(result)})"
     )
     handles = [Line2D([0], [0], color=colours[b], linewidth=8, label=b) for b in backends]
-    fig.legend(handles=handles, title="backend", loc="outside right center")
+    fig.legend(
+        handles=[*handles, *([_suspect_handle()] if suspect else [])], title="backend", loc="outside right center"
+    )
     return fig
 
 
