@@ -52,6 +52,8 @@ def test_a_clearly_faster_variant_is_concluded_faster_with_its_kv_and_batch_rati
     assert row.latency is not None and row.latency.high < 1
     assert row.decode == "faster"
     assert row.conclusion == "8× less KV per token; decode 50% faster"
+    table = next(line for line in "\n".join(verdict_section(run)).splitlines() if line.startswith("| H128-MQA"))
+    assert [cell.strip() for cell in table.strip("|").split("|")][:3] == ["H128-MQA", "×0.125", "×1.00"]
 
 
 def test_an_interval_that_includes_one_is_not_distinguishable() -> None:

@@ -16,8 +16,8 @@ from harness.results.schema import GitInfo, RunResult
 # What each field is evidence of, in the words of the banner.
 EVIDENCE = {
     "checks": "self-checks of the numbers",
-    "stability": "stability assessment (rounds agreement, spread)",
-    "host_load": "host load while timing",
+    "stability": "whether the rounds agreed and the spread stayed typical",
+    "host_load": "how busy the host was while timing",
 }
 
 
@@ -42,11 +42,13 @@ def missing_evidence(result: RunResult) -> list[str]:
 
 def banner(result: RunResult, missing: list[str]) -> str:
     """A markdown warning naming the evidence ``result`` lacks and what follows from it."""
-    names = ", ".join(f"`{field}` ({EVIDENCE[field]})" for field in missing)
+    names = ", ".join(f"`{field}`" for field in missing)
+    meaning = "; ".join(EVIDENCE[field] for field in missing)
     commit = result.git.short or "an unknown commit"
     return (
         f"> ⚠ **Missing evidence.** The result file of `{result.scenario.name}` (measured at `{commit}`) has no "
-        f"{names}: it was written before attnbench recorded them. Its numbers are shown as measured, but none is "
+        f"{names} ({meaning}): it was written before attnbench recorded them. Its numbers are shown as measured, "
+        "but none is "
         "known to be trustworthy, so every verdict below is inconclusive or not distinguishable. Measure again "
         "with the current code for verdicts."
     )

@@ -108,7 +108,8 @@ def _untrusted(cells: Sequence[CellResult], missing: list[str]) -> str | None:
 
 
 def _times(ratio: float) -> str:
-    return f"×{ratio:.3g}"
+    """``×0.125``, ``×0.86``, ``×1.10``, ``×37.8``: two decimals from 1 to 10, else three significant digits."""
+    return f"×{ratio:.2f}" if 1 <= ratio < 10 else f"×{ratio:.3g}"
 
 
 def _decode(latency: LatencyRatio | None, untrusted: str | None) -> str:
