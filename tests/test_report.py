@@ -170,7 +170,7 @@ def test_a_result_without_checks_stability_or_host_load_gets_a_banner_and_no_fir
     assert _row(claims, "KV cache shrinks by the sharing factor", "H64-MQA-CLA2 vs H64-MQA", "❔ inconclusive")
     assert "✅" not in claims and "❌" not in claims
     verdict = _section(report, "Verdict")
-    assert "decode latency not distinguishable: unchecked (no checks or stability in the result)" in verdict
+    assert "decode latency not distinguishable: unchecked (the result has no checks, stability, host_load)" in verdict
     assert "faster" not in verdict.split("**Context")[1]
 
 

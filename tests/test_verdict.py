@@ -76,7 +76,7 @@ def test_a_result_without_checks_or_stability_is_unchecked_and_not_distinguishab
     run = make_run([_cell("H128-MHA", 0.010), _cell("H128-MQA", 0.005)])  # written before they were recorded
     (row,) = verdict_rows(run, "H128-MHA", 2048, 1)
     assert row.decode == NOT_DISTINGUISHABLE
-    assert "unchecked (no checks or stability in the result)" in row.conclusion
+    assert "unchecked (the result has no checks, stability, host_load)" in row.conclusion
 
 
 def test_a_cell_that_did_not_run_is_not_distinguishable_and_says_why() -> None:

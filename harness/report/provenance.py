@@ -48,9 +48,8 @@ def banner(result: RunResult, missing: list[str]) -> str:
     return (
         f"> ⚠ **Missing evidence.** The result file of `{result.scenario.name}` (measured at `{commit}`) has no "
         f"{names} ({meaning}): it was written before attnbench recorded them. Its numbers are shown as measured, "
-        "but none is "
-        "known to be trustworthy, so every verdict below is inconclusive or not distinguishable. Measure again "
-        "with the current code for verdicts."
+        "but none is known to be trustworthy, so every verdict below is inconclusive or not distinguishable. "
+        "Measure again with the current code for verdicts."
     )
 
 

@@ -95,15 +95,15 @@ def _max_batch_at(result: RunResult, variant: str, dtype: str, backend: str, con
 
 
 def _untrusted(cells: Sequence[CellResult], missing: list[str]) -> str | None:
-    """Why these cells' latencies cannot decide: unstable, failed self-checks, or never assessed."""
+    """Why these cells' latencies cannot decide: unstable, failed self-checks, or never assessed (the result lacks
+    evidence fields, harness/report/provenance.py)."""
     if any(c.unstable for c in cells):
         return "unstable"
     failed = sorted({name for c in cells for name in c.checks_failed})
     if failed:
         return f"failed self-checks ({', '.join(failed)})"
-    unchecked = [field for field in missing if field in ("checks", "stability")]
-    if unchecked:
-        return f"unchecked (no {' or '.join(unchecked)} in the result)"
+    if missing:
+        return f"unchecked (the result has no {', '.join(missing)})"
     return None
 
 
