@@ -222,8 +222,34 @@ def test_mqa_claim_does_not_hold_when_mqa_attention_is_as_slow_as_mha(golden: Ru
     assert check.verdict == "does not hold"
     assert check.evidence == (
         "median ratio H64-MQA/MHA 1.00 over 3 cells; smaller in 0/3; "
-        "fails at B=1 ctx=1024 float32 sdpa (1.00), B=1 ctx=4096 float32 sdpa (1.00), B=8 ctx=1024 float32 sdpa (1.00)"
+        "fails at B=1 ctx=1024 float32 sdpa (1.00), B=1 ctx=4096 float32 sdpa (1.00), B=8 ctx=1024 float32 sdpa "
+        "(1.00); cause: likely the K/V copy: on CPU, sdpa repeats K/V to every query head before a kernel "
+        "that cannot read shared KV heads (a copy per step, then as much traffic for MQA/GQA as for MHA); "
+        "this result predates the record of whether it did"
     )
+
+
+def test_mqa_claim_that_fails_under_sdpa_names_the_kv_copy_the_cells_recorded(golden: RunResult) -> None:
+    copied = _edit(
+        _attention_like(golden, "H64-MQA", "H64-MHA", 1.0),
+        "H64-MQA",
+        lambda cell: cell if cell.metrics is None else _metrics(cell, sdpa_kernel="math", sdpa_kv_copied=True),
+    )
+    check = _only(check_attention_cut_by_kv_heads(copied), "H64-MQA vs H64-MHA")
+    assert check.evidence.endswith(
+        "cause: sdpa repeated K/V to every query head before its kernel (a copy per step; the SDPA kernels section "
+        "names the kernel), so it reads as much for MQA/GQA as for MHA"
+    )
+
+
+def test_mqa_claim_that_fails_while_sdpa_read_kv_in_place_names_no_copy(golden: RunResult) -> None:
+    in_place = _edit(
+        _attention_like(golden, "H64-MQA", "H64-MHA", 1.0),
+        "H64-MQA",
+        lambda cell: cell if cell.metrics is None else _metrics(cell, sdpa_kv_copied=False),
+    )
+    check = _only(check_attention_cut_by_kv_heads(in_place), "H64-MQA vs H64-MHA")
+    assert check.verdict == "does not hold" and "cause:" not in check.evidence
 
 
 def test_claims_are_not_testable_without_a_cla_variant(golden: RunResult) -> None:
@@ -259,7 +285,10 @@ def test_mqa_claim_gets_a_verdict_per_backend_when_a_run_has_several(golden: Run
         ("H64-MQA vs H64-MHA, eager", "does not hold"),
         ("H64-MQA vs H64-MHA, sdpa", "holds"),
     ]
-    assert checks[0].evidence.endswith("B=8 ctx=1024 float32 eager (1.00)")
+    assert checks[0].evidence.endswith(
+        "B=8 ctx=1024 float32 eager (1.00); cause: eager expands K/V to every query head, so it reads as much for "
+        "MQA/GQA as for MHA"
+    )
     assert checks[1].evidence == "median ratio H64-MQA/MHA 0.13–0.16 over 3 cells; smaller in 3/3"
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.report.quality_claims import CLAIM_MATCHED_KV, CLAIM_UPTRAIN, quality_claims
+from harness.report.quality_claims import CLAIM_MATCHED_KV, CLAIM_UPTRAIN, CLAIM_UPTRAIN_SCRATCH, quality_claims
 from harness.report.quality_report import pareto_front
 from harness.results.quality import Conversion, ConversionRun, CorpusInfo, QualityResult, SeedRun, VariantQuality
 from harness.results.schema import GitInfo
@@ -129,11 +129,29 @@ def conversion(before: list[float], after: list[float]) -> Conversion:
     )
 
 
-def test_a_conversion_recovers_when_uptraining_lowers_the_loss_on_every_seed_beyond_the_spread():
+def test_uptraining_lowers_the_loss_when_it_does_so_on_every_seed_beyond_the_spread():
     checks = quality_claims(result([2.0, 2.1, 1.9], [2.0, 2.1, 1.9], [conversion([3.0, 3.1, 2.9], [2.2, 2.31, 2.1])]))
     (claim,) = [c for c in checks if c.claim == CLAIM_UPTRAIN]
     assert (claim.comparison, claim.verdict) == ("H16-MHA -> H16-MQA", "holds")
     assert "(2.0000 trained from scratch)" in claim.evidence
+
+
+def test_a_conversion_that_improves_but_stays_worse_than_from_scratch_does_not_reach_it():
+    checks = quality_claims(result([2.0, 2.1, 1.9], [2.0, 2.1, 1.9], [conversion([3.0, 3.1, 2.9], [2.6, 2.7, 2.5])]))
+    (improves,) = [c for c in checks if c.claim == CLAIM_UPTRAIN]
+    (reaches,) = [c for c in checks if c.claim == CLAIM_UPTRAIN_SCRATCH]
+    assert improves.verdict == "holds"
+    assert (reaches.comparison, reaches.verdict) == ("H16-MHA -> H16-MQA", "does not hold")
+    assert reaches.evidence.startswith(
+        "loss 2.6000 after uptraining vs 2.0000 trained from scratch; difference +0.6000"
+    )
+    assert reaches.evidence.endswith("it stays worse than training from scratch")
+
+
+def test_a_conversion_within_the_seed_spread_of_from_scratch_is_inconclusive():
+    checks = quality_claims(result([2.0, 2.3, 1.7], [2.0, 2.3, 1.7], [conversion([3.0, 3.1, 2.9], [2.1, 2.2, 1.9])]))
+    (reaches,) = [c for c in checks if c.claim == CLAIM_UPTRAIN_SCRATCH]
+    assert reaches.verdict == "inconclusive at this scale"
 
 
 def test_without_a_conversion_the_uptraining_claim_is_not_testable():

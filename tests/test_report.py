@@ -76,8 +76,9 @@ def test_cli_prints_each_file_it_wrote(tmp_path: Path, capsys: pytest.CaptureFix
     assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'out' / 'cpu-amd-epyc-2c' / 'REPORT.md'}"]
 
 
-def test_report_shows_the_environment_with_measured_peak_bandwidth(report: str) -> None:
-    environment = report.split("## Scenario")[0]
+def test_report_closes_with_the_environment_and_its_measured_peak_bandwidth(report: str) -> None:
+    environment = report.split("\n## Environment\n")[1]
+    assert "## Scenario" not in environment
     assert _row(environment, "CPU", "AMD EPYC 7B13")
     assert _row(environment, "CPU cores (logical)", "2")
     assert _row(environment, "Memory", "8.00 GiB")
@@ -145,7 +146,11 @@ def test_failed_cells_are_listed_with_their_error(report: str) -> None:
     )  # fmt: skip
 
 
-def test_claims_section_shows_a_verdict_per_claim(report: str) -> None:
+def test_claims_section_shows_a_verdict_per_claim(tmp_path: Path) -> None:
+    from helpers_results import with_evidence
+
+    report = str(render_target([LoadedResult(TWO_CORE, with_evidence(load_result(TWO_CORE)))], tmp_path)["REPORT.md"])
+    assert "Missing evidence" not in report
     table = _section(report, "Claims check")
     assert _row(
         table,
@@ -155,6 +160,26 @@ def test_claims_section_shows_a_verdict_per_claim(report: str) -> None:
         "expected 4/2 producer layers = 2.000 (s=2); measured 2.000 in 4 cells",
     )
     assert "❌" not in table
+
+
+def test_a_result_without_checks_stability_or_host_load_gets_a_banner_and_no_firm_verdict(report: str) -> None:
+    banner = report.split("### Verdict")[0]
+    assert "**Missing evidence.**" in banner
+    assert all(f"`{field}`" in banner for field in ("checks", "stability", "host_load"))
+    claims = _section(report, "Claims check")
+    assert _row(claims, "KV cache shrinks by the sharing factor", "H64-MQA-CLA2 vs H64-MQA", "❔ inconclusive")
+    assert "✅" not in claims and "❌" not in claims
+    verdict = _section(report, "Verdict")
+    assert "decode latency not distinguishable: unchecked (the result has no checks, stability, host_load)" in verdict
+    assert "faster" not in verdict.split("**Context")[1]
+
+
+def test_report_names_the_attnbench_commit_that_rendered_it(report: str) -> None:
+    from harness.report import attnbench_commit
+
+    commit = attnbench_commit().short
+    assert commit is not None
+    assert re.search(rf"^Rendered by attnbench at commit `{commit}`", report, flags=re.M)
 
 
 def test_report_writes_every_plot_as_a_valid_png(out: Path) -> None:
@@ -196,6 +221,26 @@ def test_one_target_with_two_scenarios_gets_one_report_with_a_section_each(tmp_p
     assert text.count("## Scenario `cla-long`") == 1
     assert text.count("## Scenario `cla-small`") == 1
     assert list(files) == ["REPORT.md"]
+
+
+def test_a_folder_also_gives_the_quality_report_of_its_newest_quality_result(tmp_path: Path) -> None:
+    from test_quality_claims import conversion, result
+
+    from harness.results.quality import save_quality
+
+    folder = tmp_path / "results" / "cpu-test"
+    folder.mkdir(parents=True)
+    shutil.copy(TWO_CORE, tmp_path / "results" / "20261124T061500Z_3f2a9c1.json")
+    older = result([2.0, 2.1, 1.9], [2.0, 2.1, 1.9])
+    newer = result([2.0, 2.1, 1.9], [2.0, 2.1, 1.9], [conversion([3.0, 3.1, 2.9], [2.6, 2.7, 2.5])])
+    save_quality(older, folder / "quality_20261101T000000Z_0000000.json")
+    save_quality(newer, folder / "quality_20261102T000000Z_0000000.json")
+    written = build_reports([tmp_path / "results"], tmp_path / "results")
+    quality = tmp_path / "results" / "cpu-test" / "QUALITY-t.md"
+    assert quality in written
+    text = quality.read_text(encoding="utf-8")
+    assert "[quality_20261102T000000Z_0000000.json](quality_20261102T000000Z_0000000.json)" in text
+    assert "An uptrained conversion reaches the loss of training the variant from scratch" in text
 
 
 def test_a_non_result_file_is_a_user_error_naming_the_file(tmp_path: Path) -> None:

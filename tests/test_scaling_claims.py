@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers_results import lognormal_samples, make_summary
+from helpers_results import lognormal_samples, make_summary, with_evidence
 
 from harness.measure.checks import derived_checks
 from harness.report.claims import CLAIM_TRAIN_KV, check_tp, check_train_kv
@@ -114,7 +114,7 @@ def test_a_step_that_did_not_run_is_no_evidence(golden: RunResult):
 
 
 def test_the_report_shows_training_step_memory_and_the_training_claim(golden: RunResult, tmp_path: Path):
-    report = render_target([LoadedResult(GOLDEN, with_steps(golden))], tmp_path)["REPORT.md"]
+    report = render_target([LoadedResult(GOLDEN, with_evidence(with_steps(golden)))], tmp_path)["REPORT.md"]
     assert isinstance(report, str)
     section = report.split("### Training step memory", 1)[1].split("###", 1)[0]
     assert [

@@ -20,6 +20,8 @@ just filled. The report renders the verdicts (harness/report/tables.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from harness.measure.checks import MEMORY_HOLDS_WEIGHTS_AND_KV
 from harness.report.pairing import (
     ClaimCheck,
@@ -247,6 +249,31 @@ def _judge_attention_unchanged(result: RunResult, pair: Pair) -> list[ClaimCheck
     return [conclude(CLAIM_ATTENTION_CLA, pair.label, summary, evidence)]
 
 
+def _cells_of(result: RunResult, pair: Pair, backend: str) -> list[tuple[CellResult, CellResult]]:
+    return [(sub, ref) for coord, sub, ref in paired_cells(result, pair) if coord[3] == backend]
+
+
+def _kv_copy_cause(result: RunResult, backend: str, subject_cells: list[CellResult]) -> str | None:
+    """Why a backend reads as many K/V bytes for MQA/GQA as for MHA, when it does: it copied K/V per query head."""
+    if backend == "eager":
+        return "eager expands K/V to every query head, so it reads as much for MQA/GQA as for MHA"
+    if backend != "sdpa":
+        return None
+    copied = [c.metrics.sdpa_kv_copied for c in subject_cells if c.metrics is not None]
+    if any(copied):
+        return (
+            "sdpa repeated K/V to every query head before its kernel (a copy per step; the SDPA kernels section "
+            "names the kernel), so it reads as much for MQA/GQA as for MHA"
+        )
+    if result.device == "cpu" and all(flag is None for flag in copied):
+        return (
+            "likely the K/V copy: on CPU, sdpa repeats K/V to every query head before a kernel that cannot read "
+            "shared KV heads (a copy per step, then as much traffic for MQA/GQA as for MHA); this result predates "
+            "the record of whether it did"
+        )
+    return None
+
+
 def _judge_attention_cut(result: RunResult, pair: Pair) -> list[ClaimCheck]:
     """MQA/GQA have a smaller core attention median than MHA of the same head dim, per cell; one
     verdict per backend when the run timed several."""
@@ -270,7 +297,11 @@ def _judge_attention_cut(result: RunResult, pair: Pair) -> list[ClaimCheck]:
             f"{'cold ' if cold else ''}median ratio {pair.subject.name}/MHA {value_range(ratios, 2)} over "
             f"{len(ratios)} cells; smaller in {smaller}/{len(ratios)}"
         )
-        checks.append(conclude(CLAIM_ATTENTION_KV_HEADS, comparison, summary, evidence))
+        check = conclude(CLAIM_ATTENTION_KV_HEADS, comparison, summary, evidence)
+        cause = _kv_copy_cause(result, backend, [sub for sub, _ in _cells_of(result, pair, backend)])
+        if smaller < len(ratios) and cause is not None:
+            check = replace(check, evidence=f"{check.evidence}; cause: {cause}")
+        checks.append(check)
     return checks
 
 

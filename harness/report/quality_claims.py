@@ -5,7 +5,9 @@
   against GQA): the CLA variant should reach the lower validation loss.
 - Conversion (Ainslie et al. 2023, §2.2, and Brandon et al. 2024, §2.2): a trained checkpoint converted by
   mean-pooling K/V heads or dropping consumers' K/V, then uptrained for a small fraction of the original
-  steps, should recover: its loss after uptraining below its loss right after the conversion.
+  steps, improves: its loss after uptraining below its loss right after the conversion. That alone does not
+  say it recovers, so a second claim asks whether it reaches the loss of the same variant trained from
+  scratch (when the scenario trains one): a conversion that improves yet stays worse does not.
 
 A verdict is ``holds`` or ``does not hold`` only when the 95% interval of the difference excludes zero
 (harness/stats/seeds.py: Welch's across variants, Student's over the paired per-seed differences of a
@@ -26,7 +28,8 @@ QualityVerdict = Literal["holds", "does not hold", "inconclusive at this scale",
 INCONCLUSIVE: QualityVerdict = "inconclusive at this scale"
 
 CLAIM_MATCHED_KV = "At matched KV bytes per token, CLA reaches a lower validation perplexity"
-CLAIM_UPTRAIN = "A converted checkpoint recovers with uptraining on a small fraction of the original steps"
+CLAIM_UPTRAIN = "Uptraining on a small fraction of the original steps lowers a converted checkpoint's loss"
+CLAIM_UPTRAIN_SCRATCH = "An uptrained conversion reaches the loss of training the variant from scratch"
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,30 @@ def uptrain_claims(result: QualityResult) -> list[QualityClaim]:
             continue
         evidence += f"; change 95% CI [{change.low:+.4f}, {change.high:+.4f}] over {change.n} seeds"
         out.append(QualityClaim(CLAIM_UPTRAIN, comparison, _verdict(change.low, change.high), evidence))
+        if conversion.target in scratch:
+            out.append(
+                _against_scratch(comparison, [r.validation_loss_after for r in runs], scratch[conversion.target])
+            )
     if not out:
         out.append(QualityClaim(CLAIM_UPTRAIN, "—", "not testable", "no conversion in this run (quality.convert_to)"))
     return out
+
+
+def _against_scratch(comparison: str, after: list[float], scratch: list[float]) -> QualityClaim:
+    """The uptrained conversion's loss against the variant trained from scratch: holds when lower beyond the
+    spread, does not hold when it stays higher beyond it (Welch's interval of the difference after - scratch)."""
+    evidence = f"loss {mean_ci(after).mean:.4f} after uptraining vs {mean_ci(scratch).mean:.4f} trained from scratch"
+    if len(after) < 2 or len(scratch) < 2:
+        return QualityClaim(CLAIM_UPTRAIN_SCRATCH, comparison, INCONCLUSIVE, f"{evidence}; one seed: no spread")
+    diff = welch_difference_ci(after, scratch)
+    verdict = _verdict(diff.low, diff.high)
+    evidence += (
+        f"; difference {diff.difference:+.4f} nats, 95% CI [{diff.low:+.4f}, {diff.high:+.4f}] over {len(after)} "
+        f"and {len(scratch)} seeds"
+    )
+    if verdict == "does not hold":
+        evidence += "; it stays worse than training from scratch"
+    return QualityClaim(CLAIM_UPTRAIN_SCRATCH, comparison, verdict, evidence)
 
 
 def quality_claims(result: QualityResult) -> list[QualityClaim]:

@@ -20,7 +20,9 @@ from harness.cellkey import CellKey
 from harness.measure.window import STEADY_TOLERANCE
 from harness.report import plots, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
-from harness.results.schema import CellResult, RunResult, Summary
+from harness.report.provenance import banner, missing_evidence, rendered_by, without_evidence
+from harness.report.verdict import verdict_section
+from harness.results.schema import CellResult, GitInfo, RunResult, Summary
 from harness.results.stability import noise_floor
 
 REPORT_NAME = "REPORT.md"
@@ -214,10 +216,12 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
             files[name] = png
             images[suffix] = _plot_link(name, f"{alt}, {result.scenario.name} on {result.target}")
 
+    missing = missing_evidence(result)
     lines = [f"## Scenario `{result.scenario.name}`", ""]
+    if missing:
+        lines += [banner(result, missing), ""]
+    lines += verdict_section(result)
     lines += [tables.key_value_table(tables.scenario_rows(result, _link(loaded.path, report_dir))), ""]
-    if show_env:
-        lines += ["### Environment of this run", "", tables.key_value_table(tables.environment_rows(result)), ""]
     lines += ["### How it was measured", "", how_measured(result), ""]
     lines += ["### Self-checks and stability", "", tables.checks_summary(result), ""]
     for extra in (tables.checks_table(result), tables.stability_summary(result), tables.stability_table(result)):
@@ -229,7 +233,7 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         "The system claims of Brandon et al. 2024, *Reducing Transformer Key-Value Cache Size with Cross-Layer "
         "Attention* (arXiv 2405.12981), tested on this run's numbers.",
         "",
-        tables.claims_table(check_claims(result)),
+        tables.claims_table(without_evidence(check_claims(result), missing)),
         "",
         TOLERANCE_NOTES,
         "",
@@ -297,11 +301,18 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         "Cells that ran out of memory, failed, or whose backend cannot run their variant (unsupported).",
         tables.failed_cells_table(result),
     )
+    if show_env:
+        lines += ["### Environment of this run", "", tables.key_value_table(tables.environment_rows(result)), ""]
     return lines
 
 
-def render_target(loaded: Sequence[LoadedResult], report_dir: Path) -> dict[str, str | bytes]:
-    """Every file of one target's report folder: REPORT.md and its PNGs, by file name."""
+def render_target(
+    loaded: Sequence[LoadedResult], report_dir: Path, renderer: GitInfo | None = None
+) -> dict[str, str | bytes]:
+    """Every file of one target's report folder: REPORT.md and its PNGs, by file name.
+
+    ``renderer``: the attnbench commit rendering it, named under the title (left out when None).
+    """
     ordered = sorted(loaded, key=lambda item: item.result.scenario.name)
     first = ordered[0].result
     files: dict[str, str | bytes] = {}
@@ -309,9 +320,12 @@ def render_target(loaded: Sequence[LoadedResult], report_dir: Path) -> dict[str,
     lines = [
         f"# attnbench report: `{first.target}`",
         "",
-        f"Newest result per scenario for this hardware target: {scenarios}. Written by `attnbench report`.",
+        f"Newest result per scenario for this hardware target: {scenarios}. Written by `attnbench report`. "
+        "Each scenario opens with its verdict; the environment closes the report.",
         "",
     ]
+    if renderer is not None:
+        lines += [rendered_by(renderer), ""]
     suspect = [item.result for item in ordered if any(c.checks_failed or c.unstable for c in item.result.cells)]
     if suspect:
         names = ", ".join(f"`{r.scenario.name}`" for r in suspect)
@@ -320,16 +334,16 @@ def render_target(loaded: Sequence[LoadedResult], report_dir: Path) -> dict[str,
             "stability* section before trusting their numbers.",
             "",
         ]
+    for item in ordered:
+        result = item.result
+        same_env = result.environment == first.environment and result.peak_bandwidth_gbps == first.peak_bandwidth_gbps
+        lines += render_scenario(item, report_dir, files, show_env=not same_env)
     lines += [
         "## Environment",
         "",
         tables.key_value_table(tables.environment_rows(first)),
         "",
     ]
-    for item in ordered:
-        result = item.result
-        same_env = result.environment == first.environment and result.peak_bandwidth_gbps == first.peak_bandwidth_gbps
-        lines += render_scenario(item, report_dir, files, show_env=not same_env)
     files[REPORT_NAME] = "\n".join(lines).rstrip() + "\n"
     return files
 

@@ -287,6 +287,7 @@ class ScenarioRef(_Model):
     description: str = ""
     model: dict[str, Any]  # the scenario's [model] table, resolved with defaults
     measure: dict[str, Any]
+    baseline: str | None = None  # [report] baseline: the variant the report's verdict compares with; None: the first
 
 
 class GitInfo(_Model):

@@ -212,6 +212,7 @@ def create(out_dir: Path, target: str, environment: dict[str, Any], run: RunIden
             description=scenario.description,
             model=scenario.model.model_dump(),
             measure=scenario.measure.model_dump(),
+            baseline=scenario.report.baseline,
         ),
         device=run.device_kind,
         quick=run.quick,

@@ -318,6 +318,11 @@ def parse_scenario(data: dict[str, Any], source: str) -> tuple[Scenario, tuple[V
             variants.append(resolve_variant(spec, scenario.model))
         except _FieldError as exc:
             problems.append(Problem(exc.reason, source, f"variant[{index}].{exc.field}"))
+    baseline = scenario.report.baseline
+    if baseline is not None and baseline not in seen:
+        problems.append(
+            Problem(f"{baseline!r} is not a variant of this scenario ({', '.join(seen)})", source, "report.baseline")
+        )
     if problems:
         raise UserErrors(problems)
     if scenario.quality is not None:

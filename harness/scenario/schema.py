@@ -224,6 +224,16 @@ class MeasureSpec(_Strict):
         return tuple(m for m in DEFAULT_METRICS if m != "max_batch" or self.memory_budget is not None)
 
 
+class ReportSpec(_Strict):
+    """How ``attnbench report`` reads a run of this scenario."""
+
+    baseline: str | None = Field(
+        None,
+        min_length=1,
+        description="the variant the report's verdict compares every other with; default the first variant",
+    )
+
+
 class Scenario(_Strict):
     """A whole scenario file."""
 
@@ -236,6 +246,7 @@ class Scenario(_Strict):
     quality: QualitySpec | None = Field(
         None, description="training every variant at toy scale for its validation loss (attnbench train)"
     )
+    report: ReportSpec = ReportSpec()
 
 
 def scenario_json_schema() -> dict[str, Any]:
