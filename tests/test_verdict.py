@@ -11,7 +11,6 @@ import pytest
 from helpers_results import lognormal_samples, make_cell, make_run, with_evidence
 from test_scenario import write
 
-from harness.stats.order import median_ci_indices, summarize
 from harness.report.verdict import (
     NOT_DISTINGUISHABLE,
     PER_MEDIAN_CONFIDENCE,
@@ -21,7 +20,9 @@ from harness.report.verdict import (
     verdict_section,
 )
 from harness.results.schema import CellResult, RunResult, Stability
+from harness.results.summary import summarize
 from harness.scenario import load_scenario
+from harness.stats.order import median_ci_indices
 
 
 def _cell(variant: str, median_s: float, batch: int = 1, kv_bytes_per_token: int = 2048, seed: int = 0) -> CellResult:

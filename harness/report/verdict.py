@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from harness.stats.order import CONFIDENCE, median_ci
 from harness.report.provenance import missing_evidence
 from harness.report.savings import kv_per_sequence
 from harness.report.tables import MISSING, TABLEFMT
 from harness.results.schema import CellResult, RunResult, Summary
+from harness.stats.order import CONFIDENCE, median_ci
 
 # Each median's interval level, so that both hold together with probability CONFIDENCE (module doc).
 PER_MEDIAN_CONFIDENCE = math.sqrt(CONFIDENCE)
