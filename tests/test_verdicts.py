@@ -107,7 +107,9 @@ def test_an_interleaved_latency_carries_its_signed_rank_interval_and_says_it_exc
     assert change.paired is not None
     assert decode["interval"] == pytest.approx([change.paired.ci_low, change.paired.ci_high])
     assert (decode["interval_kind"], decode["interval_confidence"], decode["rounds"]) == ("paired signed-rank", 0.95, 6)
-    assert decode["verdict"] == "regression" and "excludes 1" in decode["reason"]
+    assert decode["verdict"] == "regression"
+    assert decode["reason"].startswith("round ratio ×1.050 beyond median:2%; round ratios' interval [")
+    assert decode["reason"].endswith("] excludes 1")
     assert data["paired"] is True and data["verdict"] == "regression"
 
 

@@ -95,24 +95,38 @@ def _moved(change: MetricChange) -> str:
 def reason(change: MetricChange, alpha: float) -> str:
     """Why ``change`` got its verdict, in one sentence with its numbers."""
     threshold = change.threshold
-    beyond = threshold.exceeded_by(change.base, change.head)
-    gate = f"{_moved(change)} {'beyond' if beyond else 'within'} {threshold.spec}"
-    parts = [gate]
     if change.paired is not None:
-        p = change.paired
-        if not p.covered:
-            parts.append(f"{len(p.ratios)} rounds are too few for the confidence asked (interval is [min, max])")
-        elif p.significant:
-            parts.append(f"round ratios' interval [{p.ci_low:.3f}, {p.ci_high:.3f}] excludes 1")
-        else:
-            parts.append(f"round ratios' interval [{p.ci_low:.3f}, {p.ci_high:.3f}] includes 1")
-    elif change.p_value is not None:
+        return _paired_reason(change)
+    beyond = threshold.exceeded_by(change.base, change.head)
+    parts = [f"{_moved(change)} {'beyond' if beyond else 'within'} {threshold.spec}"]
+    if change.p_value is not None:
         relation = "<" if change.p_value < alpha else ">="
         parts.append(f"Mann-Whitney U p = {change.p_value:.2g} {relation} {alpha:g}")
-    if change.paired is None and change.noise is not None and change.base:
+    if change.noise is not None and change.base:
         relative = abs(change.head - change.base) / abs(change.base)
         parts.append(f"{'beyond' if relative > change.noise else 'within'} the noise ±{change.noise:.1%}")
     return "; ".join(parts)
+
+
+def _paired_reason(change: MetricChange) -> str:
+    """An interleaved comparison decides on the per-round ratios (harness/compare/cells.py): their
+    Hodges-Lehmann ratio against the threshold, their signed-rank interval against 1. Bandwidth takes the
+    verdict of the latency it divides by, so its reason speaks of that latency's ratios."""
+    p, threshold = change.paired, change.threshold
+    assert p is not None
+    whose = "its latency's " if change.metric == "bandwidth_gbps" else ""
+    if threshold.relative:
+        beyond = threshold.exceeded_by(1.0, p.ratio)
+        gate = f"{whose}round ratio ×{p.ratio:.3f} {'beyond' if beyond else 'within'} {threshold.spec}"
+    else:
+        beyond = threshold.exceeded_by(change.base, change.head)
+        gate = f"{_moved(change)} {'beyond' if beyond else 'within'} {threshold.spec}"
+    if not p.covered:
+        interval = f"{len(p.ratios)} rounds are too few for the confidence asked (the interval is [min, max])"
+    else:
+        side = "excludes" if p.significant else "includes"
+        interval = f"{whose}round ratios' interval [{p.ci_low:.3f}, {p.ci_high:.3f}] {side} 1"
+    return f"{gate}; {interval}"
 
 
 def _metric_entry(
