@@ -240,6 +240,10 @@ def _steps_table(history: TargetHistory) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def render_page(history: TargetHistory, rendered_by: str) -> str:
     """The whole page; ``rendered_by`` names the attnbench commit that rendered it."""
     payload = json.dumps(page_data(history), allow_nan=False).replace("</", "<\\/")
@@ -263,7 +267,8 @@ def render_page(history: TargetHistory, rendered_by: str) -> str:
 <script>{_ERRORS_JS}</script>
 </head><body>
 <h1>attnbench history: {target}</h1>
-<p>{len(history.files)} result files over {len(history.commits)} commits, in git's order (oldest left).
+<p>{_count(len(history.files), "result file")} over {_count(len(history.commits), "commit")},
+in git's order (oldest left).
 Each point is one result file: decode latency with its median's 95% interval, bandwidth with the interval
 of the latency it divides by, max batch with its probes' repeatability. A red cross is a cell that was
 unstable or failed a self-check; a hollow point comes from a file that did not assess stability. A dashed
