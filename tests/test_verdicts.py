@@ -9,12 +9,16 @@ import pytest
 from helpers_results import make_cell, make_run
 
 from harness import cli, compare
+from harness.ab import AbRun, Plan
+from harness.cli import ab_cmd
 from harness.compare.github import MARKER, MAX_BODY_CHARS, render_github
 from harness.compare.verdicts import SCHEMA, verdicts
 from harness.measure.derive import pooled_summary
 from harness.results.schema import CellResult, Pairing, RunResult
+from harness.results.store import save_result
 
 DATA = Path(__file__).parent / "data" / "compare"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def golden_json(capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, dict]:  # type: ignore[type-arg]
@@ -144,3 +148,21 @@ def test_compare_and_ab_take_json_and_github_formats(command: list[str]) -> None
     assert parser.parse_args([*command, "--json"]).format == "json"
     assert parser.parse_args([*command, "--format", "github"]).format == "github"
     assert parser.parse_args(command).format == "markdown"
+
+
+def test_ab_prints_the_json_verdicts_of_what_it_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The measuring is ab's own (tests/test_ab_paths.py runs it whole); here it hands over two paired files.
+    drift = [1.0, 1.2, 0.8, 1.1, 0.9, 1.15]
+    paths = {role: tmp_path / f"{role}.json" for role in ("base", "head")}
+    save_result(_paired_run("base", [0.010 * d for d in drift]), paths["base"])
+    save_result(_paired_run("head", [0.0105 * d for d in drift]), paths["head"])
+    measured = AbRun(paths["base"], paths["head"], Plan(rounds=6, confidence=0.95, comparisons=1), rounds_done={"c": 6})
+    monkeypatch.setattr(ab_cmd, "interleave", lambda *args, **kwargs: measured)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["ab", "HEAD", ".", str(REPO / "scenarios" / "default.toml"), "--quiet", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert (code, data["exit_code"], data["verdict"], data["paired"]) == (1, 1, "regression", True)
+    decode = metric(data, data["cells"][0]["cell"], "decode_latency_s")
+    assert decode["interval_kind"] == "paired signed-rank" and decode["interval"][0] > 1.0
