@@ -81,6 +81,13 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def history(session: nox.Session) -> None:
+    """Render the history page and figures of each target from every result under results/."""
+    install_project(session)
+    session.run("attnbench", "history", *session.posargs)
+
+
+@nox.session(default=False)
 def compare(session: nox.Session) -> None:
     """Compare two results (files, folders or git revisions): nox -s compare -- BASE HEAD."""
     if len(session.posargs) < 2:

@@ -31,6 +31,7 @@ SUBCOMMANDS = (
     "report",
     "compare",
     "ab",
+    "history",
     "merge",
     "export",
     "train",

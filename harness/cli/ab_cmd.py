@@ -15,7 +15,7 @@ from typing import Any
 
 from harness import compare
 from harness.ab import interleave
-from harness.cli.compare_cmd import parse_alpha
+from harness.cli.compare_cmd import add_output_options, parse_alpha, render
 from harness.cli.run_cmd import default_scenario
 from harness.errors import UserError
 from harness.hardware import resolve_device
@@ -68,8 +68,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--alpha", default=str(compare.DEFAULT_ALPHA), help="Mann-Whitney U level (default %(default)s)"
     )
-    parser.add_argument("--only-changed", action="store_true", help="list only regressions and improvements")
-    parser.add_argument("--output", "-o", metavar="FILE", help="also write the markdown to FILE")
+    add_output_options(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.set_defaults(func=run)
 
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         )
     base, head = compare.load_sides(str(measured.base_path), str(measured.head_path))
     comparison = compare.compare_sides(base, head, thresholds, alpha)
-    text = compare.render_markdown(comparison, only_changed=args.only_changed)
+    text = render(comparison, args)
     print(text, end="")
     print(f"base: {measured.base_path}\nhead: {measured.head_path}", file=sys.stderr)
     for label in measured.only_one_side:

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import compare
+from harness.compare.github import render_github
+from harness.compare.verdicts import render_json
 from harness.errors import UserError
 from harness.results.store import write_text_atomic
 
 _SIDE_HELP = "a result file, a results folder (newest result per scenario) or a git revision"
+FORMATS = ("markdown", "json", "github")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -49,9 +52,31 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--target", help="when both sides are revisions: the target to compare (default: the one committed at both)"
     )
-    parser.add_argument("--only-changed", action="store_true", help="list only regressions and improvements")
-    parser.add_argument("--output", "-o", metavar="FILE", help="also write the markdown to FILE")
+    add_output_options(parser)
     parser.set_defaults(func=run)
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--format``, ``--json``, ``--only-changed`` and ``--output``: shared by compare and ab."""
+    parser.add_argument("--only-changed", action="store_true", help="list only regressions and improvements")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="markdown",
+        help="markdown (the verdict on its first line), json (per cell and metric: ratio, interval, verdict, "
+        "reason; docs/verdicts.md) or github (a pull-request comment body); default %(default)s",
+    )
+    parser.add_argument("--json", action="store_const", const="json", dest="format", help="same as --format json")
+    parser.add_argument("--output", "-o", metavar="FILE", help="also write what is printed to FILE")
+
+
+def render(comparison: compare.Comparison, args: argparse.Namespace) -> str:
+    """The comparison in the format asked for."""
+    if args.format == "json":
+        return render_json(comparison)
+    if args.format == "github":
+        return render_github(comparison)
+    return compare.render_markdown(comparison, only_changed=args.only_changed)
 
 
 def parse_alpha(text: str) -> float:
@@ -69,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     alpha = parse_alpha(args.alpha)
     base, head = compare.load_sides(args.base, args.head, target=args.target)
     comparison = compare.compare_sides(base, head, thresholds, alpha, allow_cross_target=args.allow_cross_target)
-    text = compare.render_markdown(comparison, only_changed=args.only_changed)
+    text = render(comparison, args)
     print(text, end="")
     if args.output:
         write_text_atomic(Path(args.output), text)

@@ -65,9 +65,12 @@ def _evidence(change: MetricChange) -> str:
 
 
 def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
-    """The comparison as GitHub markdown: one table per scenario, cells not compared, a summary line."""
+    """The comparison as GitHub markdown: the overall verdict on the first line, then one table per
+    scenario and the cells not compared."""
     thresholds = ", ".join(t.spec for t in comparison.thresholds.values())
     lines = [
+        summary_line(comparison),  # the verdict first: what a reader (or a script reading one line) needs
+        "",
         "## attnbench compare",
         "",
         _side_line("base", comparison.base),
@@ -126,7 +129,6 @@ def render_markdown(comparison: Comparison, only_changed: bool = False) -> str:
         ]
         headers = ["scenario", "cell", "base", "head", "verdict", "why"]
         lines += ["", "### not compared", "", tabulate(rows, headers, tablefmt="github", disable_numparse=True)]
-    lines += ["", summary_line(comparison)]
     return "\n".join(lines) + "\n"
 
 

@@ -99,3 +99,15 @@ def committed_result(
 ) -> RunResult:
     """The newest result for ``target`` and ``scenario`` committed at ``rev`` (UserError when none)."""
     return committed_results(rev, target, [scenario], cwd, results_dir)[0]
+
+
+def commit_order(cwd: Path | None = None) -> dict[str, int]:
+    """Every commit reachable from HEAD, by full hash, numbered oldest first in git's topological order
+    (a parent always before its children); empty outside a repository."""
+    root = repo_root(cwd)
+    if root is None:
+        return {}
+    proc = _git(["rev-list", "--topo-order", "--reverse", "HEAD"], root)
+    if proc.returncode != 0:
+        return {}
+    return {commit: index for index, commit in enumerate(proc.stdout.split())}
