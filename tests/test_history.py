@@ -17,9 +17,9 @@ from harness.history import build_histories, figure_name
 from harness.history.page import render_page
 from harness.history.series import METRICS, build_history, metric_value
 from harness.history.steps import detect_steps, weighted_median
-from harness.stats.order import summarize
 from harness.results.schema import CellResult, GitInfo, RunResult, Stability
 from harness.results.store import save_result
+from harness.results.summary import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -175,7 +175,7 @@ def test_history_refuses_a_bad_result_file_and_writes_nothing(
     (tmp_path / "results" / "cpu-test-2c" / "broken.json").write_text('{"schema_version": 1, "cells": [')
     assert cli.main(["history", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "broken.json: not valid JSON" in err[0]
+    assert len(err) == 1 and "broken.json: not JSON" in err[0]
     assert not (tmp_path / "out").exists()
 
 

@@ -24,7 +24,7 @@ FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"hardware"}),
     frozenset({"measure"}),  # the worker side: everything that touches torch to measure
     frozenset({"run"}),  # the parent side of a run: plans, rounds, executors, result files
-    frozenset({"launch", "train", "report", "doctor", "serve", "ab"}),
+    frozenset({"launch", "train", "report", "history", "doctor", "serve", "ab"}),
     frozenset({"cli"}),
     frozenset({"__main__", "__init__"}),
 )
@@ -38,6 +38,7 @@ PARENT_SIDE = (
     "harness.ab",
     "harness.compare",
     "harness.report",
+    "harness.history",
     "harness.results.store",
     "harness.results.merge",
     "harness.results.stability",

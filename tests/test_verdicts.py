@@ -13,9 +13,9 @@ from harness.ab import AbRun, Plan
 from harness.cli import ab_cmd
 from harness.compare.github import MARKER, MAX_BODY_CHARS, render_github
 from harness.compare.verdicts import SCHEMA, verdicts
-from harness.run.derive import pooled_summary
 from harness.results.schema import CellResult, Pairing, RunResult
 from harness.results.store import save_result
+from harness.run.derive import pooled_summary
 
 DATA = Path(__file__).parent / "data" / "compare"
 REPO = Path(__file__).resolve().parents[1]

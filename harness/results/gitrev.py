@@ -107,7 +107,7 @@ def commit_order(cwd: Path | None = None) -> dict[str, int]:
     root = repo_root(cwd)
     if root is None:
         return {}
-    proc = _git(["rev-list", "--topo-order", "--reverse", "HEAD"], root)
-    if proc.returncode != 0:
+    out = run_git(["rev-list", "--topo-order", "--reverse", "HEAD"], root)
+    if not out.ok:
         return {}
-    return {commit: index for index, commit in enumerate(proc.stdout.split())}
+    return {commit: index for index, commit in enumerate(out.stdout.split())}
