@@ -24,6 +24,7 @@ SUBCOMMANDS = (
     "validate",
     "schema",
     "plan",
+    "calibrate",
     "import-config",
     "hw",
     "doctor",
