@@ -31,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     results = Path(args.results)
     target = args.target or detect_target("cpu")
-    folder = results / target
+    path = calibration_path(results, target)
+    folder = path.parent
     if not folder.is_dir():
         raise UserError(f"no results of target {target!r}", source=str(folder))
-    path = calibration_path(results, target)
     check_file_writable(path)
     calibration = calibrate(folder, target, git_info())
     save_calibration(calibration, path)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import UserError
 from harness.predict.calibration import CALIBRATION_NAME, Calibration, load_calibration, predict_latency
 from harness.predict.costmodel import LatencyModel, MemoryModel
 from harness.predict.features import CellFeatures
 from harness.predict.vendor import VendorFigures, default_workspace_bytes, vendor_figures
-from harness.results.schema import CellPrediction
+from harness.results.schema import TARGET_PATTERN, CellPrediction
 
 # what a calibration-less GPU's memory is taken to be: the accounting alone (weights, cache, activations)
 ACCOUNTING_MEMORY = MemoryModel(fixed_bytes=0.0, sequence_factor=1.0)
@@ -72,6 +74,9 @@ class TargetModel:
 
 
 def calibration_path(results_dir: Path, target: str) -> Path:
+    """``results_dir/<target>/calibration.json``; UserError for a target id that is no folder name."""
+    if not re.fullmatch(TARGET_PATTERN, target):
+        raise UserError(f"not a target id (letters, digits, '.', '_', '-'): {target!r}", source="--target")
     return results_dir / target / CALIBRATION_NAME
 
 
