@@ -24,7 +24,7 @@ from harness.results.store import load_result, result_files, write_text_atomic
 
 CALIBRATION_NAME = "calibration.json"
 CALIBRATION_VERSION = 1
-MIN_GROUP_CELLS = 6  # a group (dtype, backend) gets figures of its own from this many distinct cells
+MIN_GROUP_CELLS = 8  # a group (dtype, backend) gets figures of its own from this many distinct cells
 LATENCIES = ("decode", "attention")  # the warm decode step and warm core attention
 
 
