@@ -38,6 +38,7 @@ from harness.hardware import is_cuda, resolve_device
 from harness.measure import cell as cell_worker
 from harness.measure import stability
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
+from harness.predict.record import CellPredictor
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
 from harness.results.store import check_writable, load_result
 from harness.runfiles import CellKey, ResultFile, RunIdentity, git_info, needed_bytes
@@ -130,6 +131,7 @@ class Runner:
         self._failed: list[CellResult] = []
         self._reps: dict[CellKey, dict[str, int]] = {}  # calls per warm sample of an earlier run, per cell
         self._paired = False  # begin() with a pairing: one side of an interleaved comparison
+        self._predictor = CellPredictor(options.out_dir, self.loaded)  # each cell's prediction and its error
 
     @property
     def result_path(self) -> Path | None:
@@ -186,6 +188,7 @@ class Runner:
 
     def _begin_local(self, pairing: Pairing | None, cells: list[Cell]) -> None:
         target, environment = self._describe()
+        self._predictor.model(target)  # a broken calibration.json stops the run here, before anything is measured
         out_dir, resume = self.options.out_dir, self.options.resume
         if resume:
             reopened = runfiles.reopen(
@@ -374,6 +377,7 @@ class Runner:
         target = job.target or outcome.node.target
         file = self.files.get(target) or self._add_file(target, self._new_file(outcome.node))
         cell = job.cell
+        result = self._predictor.annotate(target, file.result.environment, cell, result)
         if cell.key in file.index:
             file.result.cells[file.index[cell.key]] = result
         else:
