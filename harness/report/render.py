@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from harness.measure.stability import noise_floor
 from harness.measure.window import STEADY_TOLERANCE
-from harness.report import plots, savings, tables, tp_section
+from harness.report import plots, predicted, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
 
@@ -284,6 +284,11 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
     )
     lines += savings.savings_section(result)
     lines += tp_section.tp_section(result)
+    predicted_lines, predicted_files = predicted.prediction_section(
+        result, f"{slug(result.scenario.name)}-predicted-vs-measured.png"
+    )
+    lines += predicted_lines
+    files.update(predicted_files)
     if "kv-bytes-vs-latency" in images:
         lines += _section(
             "Memory against latency",
