@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     "schema",
     "plan",
     "calibrate",
+    "explore",
     "import-config",
     "hw",
     "doctor",
