@@ -31,8 +31,9 @@ class TargetModel:
 
     @property
     def workspace_bytes(self) -> int:
-        """Fixed bytes beside weights the accounting adds for this target (cuBLAS's, from vendor figures)."""
-        return default_workspace_bytes(self.vendor) if self.vendor is not None and self.calibration is None else 0
+        """Fixed bytes beside weights the accounting adds for this target: cuBLAS's default on a GPU with vendor
+        figures (a calibration's memory fit counts it the same way: harness/predict/features.py), none on a CPU."""
+        return default_workspace_bytes(self.vendor) if self.vendor is not None else 0
 
     def latency_model(self, metric: str, dtype: str, backend: str | None) -> LatencyModel | None:
         if self.calibration is not None:
@@ -84,9 +85,9 @@ def target_model(results_dir: Path, target: str) -> TargetModel | None:
     """The target's calibration under ``results_dir`` if it has one, else its vendor figures, else None.
     A calibration file with a problem is a UserError naming it."""
     path = calibration_path(results_dir, target)
-    if path.is_file():
-        return TargetModel(target, calibration=load_calibration(path))
     figures = vendor_figures(target)
+    if path.is_file():
+        return TargetModel(target, calibration=load_calibration(path), vendor=figures)
     return TargetModel(target, vendor=figures) if figures is not None else None
 
 

@@ -34,7 +34,7 @@ class CellPredictor:
         if model is None or result.status != "ok" or metrics is None:
             return result
         scenario = self.loaded.scenario
-        workspace = fixed_workspace_bytes(environment) if model.calibration is not None else model.workspace_bytes
+        workspace = fixed_workspace_bytes(environment)  # the run's own, from its fingerprint
         features = cell_features(scenario.model, cell.variant, cell.dtype, cell.batch_size, cell.context_len, workspace)
         predicted = model.predict(features, cell.dtype, result.backend_used, scenario.measure.memory_budget)
         max_batch = metrics.max_batch
