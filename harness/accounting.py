@@ -170,9 +170,15 @@ def flops_per_step(model: ModelSpec, variant: Variant, batch_size: int, context_
     value width) per position per layer: 4 · n_heads · head_dim for K/V attention (Chowdhery et al.
     2022, PaLM, appendix B), 2 · n_heads · (2 d_c + d_h^R) for MLA's absorbed form."""
     params = param_counts(model, variant)
+    return batch_size * 2 * params.matmul + attention_flops_per_step(variant, batch_size, context_len)
+
+
+def attention_flops_per_step(variant: Variant, batch_size: int, context_len: int) -> int:
+    """FLOPs of core attention in one decode step, over all L layers: QK^T and PV over each layer's held
+    positions, 2 · n_heads · (score width + value width) per position (the attention term of
+    :func:`flops_per_step`)."""
     positions = sum(held_len(window, context_len) for window in variant.windows)
-    attention = 2 * variant.n_heads * (variant.score_width + variant.value_width) * positions
-    return batch_size * (2 * params.matmul + attention)
+    return batch_size * 2 * variant.n_heads * (variant.score_width + variant.value_width) * positions
 
 
 def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str, context_len: int) -> int:

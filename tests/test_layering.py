@@ -22,6 +22,7 @@ FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"parallel", "accounting", "results"}),
     frozenset({"model", "plan", "compare", "export", "revisions"}),
     frozenset({"hardware"}),
+    frozenset({"predict"}),  # the cost model: predictions from the accounting and a target's calibration
     frozenset({"measure"}),  # the worker side: everything that touches torch to measure
     frozenset({"run"}),  # the parent side of a run: plans, rounds, executors, result files
     frozenset({"launch", "train", "report", "history", "doctor", "serve", "ab"}),
@@ -39,6 +40,7 @@ PARENT_SIDE = (
     "harness.compare",
     "harness.report",
     "harness.history",
+    "harness.predict",
     "harness.results.store",
     "harness.results.merge",
     "harness.results.stability",

@@ -15,6 +15,7 @@ from helpers_results import make_cell, make_run
 
 from harness.cli import main
 from harness.errors import UserError
+from harness.predict.calibration import CALIBRATION_NAME, load_calibration
 from harness.results import gitrev
 from harness.results.quality import QUALITY_PREFIX, load_quality
 from harness.results.store import load_result, parse_result
@@ -71,8 +72,11 @@ def test_a_result_written_by_the_harness_passes_every_check() -> None:
 
 @pytest.mark.parametrize("path", sorted((REPO / "results").rglob("*.json")), ids=lambda p: p.name)
 def test_every_committed_result_file_passes_every_check(path: Path) -> None:
-    # quality results (attnbench train) have their own schema and reader
-    (load_quality if path.name.startswith(QUALITY_PREFIX) else load_result)(path)
+    # quality results (attnbench train) and cost-model calibrations have their own schema and reader
+    if path.name == CALIBRATION_NAME:
+        load_calibration(path)
+    else:
+        (load_quality if path.name.startswith(QUALITY_PREFIX) else load_result)(path)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,8 @@ SUBCOMMANDS = (
     "validate",
     "schema",
     "plan",
+    "calibrate",
+    "explore",
     "import-config",
     "hw",
     "doctor",

@@ -1,4 +1,6 @@
-"""``attnbench plan FILE [--json]``: the accounting of every variant and cell, without measuring."""
+"""``attnbench plan FILE [--json] [--predict [--target T] [--results DIR]]``: the accounting of every variant and
+cell, without measuring; with ``--predict``, each cell's latency, bandwidth, memory and max batch as the target's
+cost model predicts them (its calibration.json, else vendor figures, marked as such)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from harness.cli import predict_view
 from harness.cli.notes import print_warnings
 from harness.plan import plan
 from harness.scenario import load_scenario
@@ -20,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("plan", help="show the accounting of a scenario", description=__doc__)
     parser.add_argument("file", nargs="?", default=DEFAULT_SCENARIO, help=f"scenario file (default {DEFAULT_SCENARIO})")
     parser.add_argument("--json", action="store_true", help="print JSON with 'variants' and 'cells' lists")
+    parser.add_argument("--predict", action="store_true", help="predict every cell with the target's cost model")
+    parser.add_argument("--target", help="target id to predict for (default: this machine's CPU target)")
+    parser.add_argument("--results", default="results", help="folder holding <target>/calibration.json")
     parser.set_defaults(func=run)
 
 
@@ -27,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_scenario(args.file)
     print_warnings("plan", loaded.warnings)
     data = plan(loaded)
+    if args.predict:
+        return predict_view.run_predict(loaded, data, args)
     if args.json:
         print(json.dumps(data, indent=1))
         return 0

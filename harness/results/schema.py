@@ -223,6 +223,22 @@ class Placement(_Model):
     peak_bandwidth_gbps: Positive | None = None  # the node's measured peak this round's fractions divide by
 
 
+class CellPrediction(_Model):
+    """What the target's cost model predicted for this cell before it was measured, and how far off it was
+    (harness/predict/): from its calibration (results/<target>/calibration.json) or, where it has none,
+    from vendor figures. Error fractions are predicted / measured − 1."""
+
+    source: Literal["calibration", "vendor"]
+    fitted_utc: str | None = None  # when the calibration was fitted (None for vendor figures)
+    decode_latency_s: Seconds | None = None  # warm decode step
+    attention_latency_s: Seconds | None = None  # warm core attention
+    peak_memory_bytes: Count | None = None
+    max_batch: Count | None = None  # under the scenario's memory budget
+    decode_error_fraction: float | None = None
+    attention_error_fraction: float | None = None
+    max_batch_error_fraction: float | None = None
+
+
 class CellResult(_Model):
     """One cell: its coordinates, whether it ran, and what it measured."""
 
@@ -263,6 +279,7 @@ class CellResult(_Model):
     host_load: list[HostLoad] = []  # one per measurement round (CPU hosts; empty where unknown)
     stability: Stability | None = None  # assessed at the end of the run, against the run's other cells
     placement: list[Placement] = []  # one per measurement round, in order (empty in files written before)
+    prediction: CellPrediction | None = None  # the cost model's, with its error (absent in files written before)
 
     @property
     def unstable(self) -> bool:

@@ -32,6 +32,7 @@ from harness.cellkey import CellKey
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
 from harness.measure.worker import IsolatedRunner
+from harness.predict.record import CellPredictor
 from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
 from harness.results.store import check_writable, load_result
@@ -131,6 +132,7 @@ class Runner:
         self._failed: list[CellResult] = []
         self._reps: dict[CellKey, dict[str, int]] = {}  # calls per warm sample of an earlier run, per cell
         self._paired = False  # begin() with a pairing: one side of an interleaved comparison
+        self._predictor = CellPredictor(options.out_dir, self.loaded)  # each cell's prediction and its error
 
     @property
     def result_path(self) -> Path | None:
@@ -188,6 +190,7 @@ class Runner:
     def _begin_local(self, pairing: Pairing | None, cells: list[Cell]) -> None:
         threads = self.loaded.scenario.measure.threads  # the fingerprint records the threads cells run with
         target, environment = describe(self.workers, self.device, threads, self.timeout_s)
+        self._predictor.model(target)  # a broken calibration.json stops the run here, before anything is measured
         out_dir, resume = self.options.out_dir, self.options.resume
         if resume:
             reopened = runfiles.reopen(
@@ -376,6 +379,7 @@ class Runner:
         target = job.target or outcome.node.target
         file = self.files.get(target) or self._add_file(target, self._new_file(outcome.node))
         cell = job.cell
+        result = self._predictor.annotate(target, file.result.environment, cell, result)
         if cell.key in file.index:
             file.result.cells[file.index[cell.key]] = result
         else:
