@@ -8,13 +8,16 @@ cached latent (harness/model/mla.py). Definitions follow docs/design.md; each fo
 A layer with a sliding window caches at most ``window`` positions (a ring buffer): it holds
 ``min(cache_len, window)`` of them, and that is what is allocated, read and counted here.
 An 8-bit cache counts one byte per element plus its float32 scales, which do not grow with the
-batch or the context.
+batch or the context. A paged cache (``variant.page_size``) allocates whole pages per sequence and a
+block table of int64 entries (harness/pages.py): the last page's unused tail is counted as allocated;
+a step reads only the positions it attends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.pages import BLOCK_TABLE_ENTRY_BYTES, pages_per_sequence
 from harness.scenario.schema import ModelSpec
 from harness.units import DTYPE_BYTES, KV_DTYPE_BYTES
 from harness.variants import SCALE_BYTES, Variant
@@ -114,8 +117,13 @@ def kv_scale_bytes(variant: Variant) -> int:
 
 def kv_bytes_per_sequence(variant: Variant, dtype: str, context_len: int) -> int:
     """Cache bytes one sequence holds at this context: Σ over producers of width · bytes · held positions,
-    where a windowed producer holds min(cache_len, window) positions (a ring buffer)."""
+    where a windowed producer holds min(cache_len, window) positions (a ring buffer). A paged cache holds
+    whole pages (the last one's unused tail included) and one block-table entry per page."""
     per_position = variant.cache_width * kv_element_bytes(variant, dtype)
+    if variant.page_size is not None:
+        page = variant.page_size
+        pages = sum(pages_per_sequence(variant.windows[p], cache_len(context_len), page) for p in variant.producers)
+        return pages * (page * per_position + BLOCK_TABLE_ENTRY_BYTES)
     return sum(per_position * held_len(variant.windows[layer], context_len) for layer in variant.producers)
 
 

@@ -21,6 +21,21 @@ _FP8_UNREADABLE: dict[str, str] = {
 }
 
 
+# Backends that read a paged cache (harness/model/paged.py): native's kernel through the block table,
+# eager and MLA's naive form from a gathered copy.
+PAGED_BACKENDS: tuple[str, ...] = ("eager", "native", "naive")
+
+
+def paged_unsupported(backend: str) -> str | None:
+    """Why ``backend`` cannot read a paged KV cache, or None if it can."""
+    if backend in PAGED_BACKENDS or backend == "auto":
+        return None
+    return (
+        f"attention backend {backend!r} reads a contiguous KV cache only; a paged cache is read by "
+        f"{', '.join(PAGED_BACKENDS)}"
+    )
+
+
 def kv_dtype_unsupported(backend: str, device_type: str | None) -> str | None:
     """Why ``backend`` cannot read a float8 cache on ``device_type`` (None: on any device), or None if it can."""
     if backend in _FP8_UNREADABLE:
@@ -48,6 +63,8 @@ def unsupported_reason(backend: str, variant: Variant, device_type: str | None =
         )
     if variant.mla is not None and backend == "flex":
         return "the flex backend is not verified for MLA's different key and value widths"
+    if variant.page_size is not None and (reason := paged_unsupported(backend)) is not None:
+        return reason
     if variant.kv_dtype is not None:
         return kv_dtype_unsupported(backend, device_type)
     return None

@@ -223,6 +223,7 @@ class Variant:
     kv_dtype: str | None = None  # cache dtype when it differs from the weights' (float8_e4m3fn, float8_e5m2)
     kv_scale: str = "tensor"  # scale granularity of an 8-bit cache: "tensor" or "head"
     mla: MLAShape | None = None  # set for multi-head latent attention
+    page_size: int | None = None  # positions per cache page (harness/model/paged.py); None: contiguous
 
     def __post_init__(self) -> None:
         if self.layer_windows and all(window is None for window in self.layer_windows):
@@ -241,6 +242,8 @@ class Variant:
             raise ValueError(f"kv_dtype {self.kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         if self.kv_scale not in KV_SCALES:
             raise ValueError(f"kv_scale {self.kv_scale!r} is not one of {', '.join(KV_SCALES)}")
+        if self.page_size is not None and self.page_size < 1:
+            raise ValueError(f"page_size must be positive, got {self.page_size}")
         if self.mla is not None:
             if self.n_kv_heads != 1:
                 raise ValueError(
@@ -369,7 +372,8 @@ class Variant:
         kv = f"-{KV_DTYPE_SUFFIX[self.kv_dtype]}" if self.kv_dtype is not None else ""
         if self.kv_dtype is not None and self.kv_scale == "head":
             kv += "(per-head scales)"
-        return f"{base}{sharing}{windows}{kv}"
+        pages = f"-P{self.page_size}" if self.page_size is not None else ""
+        return f"{base}{sharing}{windows}{kv}{pages}"
 
     def to_payload(self) -> dict[str, Any]:
         """Plain data for crossing a process boundary; :meth:`from_payload` is its inverse."""
@@ -383,6 +387,7 @@ class Variant:
             "kv_dtype": self.kv_dtype,
             "kv_scale": self.kv_scale,
             "mla": None if self.mla is None else asdict(self.mla),
+            "page_size": self.page_size,
         }
 
     @classmethod
@@ -398,6 +403,7 @@ class Variant:
             kv_dtype=payload.get("kv_dtype"),
             kv_scale=payload.get("kv_scale", "tensor"),
             mla=None if mla is None else MLAShape(**mla),
+            page_size=payload.get("page_size"),
         )
 
 

@@ -100,7 +100,7 @@ def _build_and_step(
             seed=payload["seed"],
             weights="synthetic" if fill else "zeros",
         )
-        cache = decoder.allocate_cache(batch_size, accounting.cache_len(context_len))
+        cache = decoder.allocate_cache(batch_size, accounting.cache_len(context_len), page_seed=payload["seed"])
         if fill:
             generator = torch.Generator(device=device).manual_seed(payload["seed"])
             decoder.fill_cache_synthetic(cache, context_len, generator)

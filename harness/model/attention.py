@@ -43,6 +43,7 @@ from harness.backend_support import MLA_FORMS, kv_dtype_unsupported, unsupported
 from harness.model import native, sdpa
 from harness.model.decode_kernels import split_kv_decode
 from harness.model.kvcache import LayerCache, Visible
+from harness.model.paged import PagedVisible
 from harness.model.quant import dequantize, is_fp8
 from harness.variants import Variant
 
@@ -186,6 +187,8 @@ def attend_visible(
 ) -> Tensor:
     """Attention of q [B, n_heads, T, width] over what a cache slot shows it (see :meth:`LayerCache.visible`):
     through ``backend``, or for a windowed slot's multi-token step through the masked textbook form."""
+    if isinstance(visible, PagedVisible):
+        return _paged(q, visible, slot, backend, scale)
     if visible.mask is None:
         return attend(
             q,
@@ -198,6 +201,37 @@ def attend_visible(
             v_scale=slot.v_scale,
         )
     return attend_masked(q, visible.k, visible.v, visible.mask, scale=scale, k_scale=slot.k_scale, v_scale=slot.v_scale)
+
+
+def _paged(q: Tensor, visible: PagedVisible, slot: LayerCache, backend: str, scale: float | None) -> Tensor:
+    """Attention over a paged slot (harness/model/paged.py): ``native`` reads the pages in place through the
+    block table; ``eager``, and ``native``'s steps its kernel does not take, attend a gathered copy of the
+    positions. Other backends read contiguous caches only (harness/backend_support.py) and are refused."""
+    if backend == "native":
+        assert visible.block_table is not None
+        if _native_takes(q, visible.k, visible.v, scale):
+            starts, stops = visible.spans()
+            return native.run_paged(q, visible.k, visible.v, visible.block_table, starts, stops)
+    elif backend != "eager":
+        raise ValueError(f"attention backend {backend!r} cannot read a paged KV cache; eager and native can")
+    gathered = visible.gathered()  # [B, heads, stop - first, width]: the textbook paged form's copy
+    return attend(
+        q,
+        gathered.k,
+        gathered.v,
+        start_pos=gathered.start_pos,
+        backend="eager" if backend == "eager" else "grouped",
+        scale=scale,
+        k_scale=slot.k_scale,
+        v_scale=slot.v_scale,
+    )
+
+
+def _native_takes(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> bool:
+    """Whether the native kernel runs this step itself (else ``native`` runs ``grouped``, as documented)."""
+    same_width = v.shape[-1] == k.shape[-1]
+    default_scale = scale is None or scale == 1.0 / math.sqrt(q.shape[-1])
+    return same_width and default_scale and native.supports(q, k) is None
 
 
 def attend_masked(

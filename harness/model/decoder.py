@@ -29,6 +29,7 @@ from harness.model.attention import BACKENDS, attend_visible
 from harness.model.kvcache import KVCache, LayerCache, Visible
 from harness.model.layers import RMSNorm, Rotation, apply_rope, rope_angles
 from harness.model.mla import LatentAttention
+from harness.model.paged import PagedKVCache, PagedVisible, allocate, fill_synthetic
 from harness.model.quant import FP8_DTYPES, fit_scale, quantize
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant
@@ -184,13 +185,17 @@ class Decoder(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
 
-    def allocate_cache(self, batch_size: int, cache_len: int) -> KVCache:
+    def allocate_cache(self, batch_size: int, cache_len: int, *, page_seed: int = 0) -> KVCache:
         """Zeroed slots for every producer layer, each holding cache_len positions, or its window's worth.
 
         K and V: [batch_size, n_kv_heads, held, head_dim] each; MLA: the latent [batch_size, 1, held,
         d_c + d_h^R], whose first d_c columns are the values (a view). An 8-bit cache gets scales of 1.
+        A variant with a ``page_size`` gets pools of pages and block tables shuffled with ``page_seed``
+        (harness/model/paged.py).
         """
         variant, device, dtype = self.variant, self.device, self.cache_dtype
+        if variant.page_size is not None:
+            return allocate(variant, batch_size, cache_len, dtype=dtype, device=device, seed=page_seed)
         k, v, k_scale, v_scale, windows = [], [], [], [], []
         for producer in variant.producers:
             window = variant.windows[producer]
@@ -231,6 +236,9 @@ class Decoder(nn.Module):
         if not 0 <= length <= cache.cache_len:
             raise ValueError(f"cannot fill {length} positions of a cache of {cache.cache_len}")
         per_head = self.variant.kv_scale == "head"
+        if isinstance(cache, PagedKVCache):
+            fill_synthetic(cache, per_head, generator)  # every page: which positions a page holds is the table's
+            return
         for tensor, scale in self._filled(cache):
             n_fill = min(length, tensor.shape[2])
             n_block = min(n_fill, SYNTHETIC_BLOCK)
@@ -327,6 +335,8 @@ class Decoder(nn.Module):
         if self.backend in MLA_FORMS:
             return attention.attend_cache(q, slot, pos, self.backend)
         visible = slot.visible(pos, 1)
+        if isinstance(visible, PagedVisible):
+            visible = visible.gathered()  # the positions in order: the reference reads no pages
         group = q.shape[1] // visible.k.shape[1]
         heads = []
         for head in range(q.shape[1]):
