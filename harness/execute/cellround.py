@@ -82,6 +82,7 @@ def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, An
         "kv_scale": variant.kv_scale if variant.kv_dtype is not None else None,
         "mla": dataclasses.asdict(variant.mla) if variant.mla is not None else None,
         "kv_bytes_per_sequence": accounting.kv_bytes_per_sequence(variant, dtype, context_len),
+        "page_size": variant.page_size,
     }
 
 

@@ -26,7 +26,9 @@ first d_c columns as values) and the score scale may be given (MLA scales by 1/s
 by the latent's width). A float8 cache is read by the backends that can read it (eager, which widens
 the slice it reads as it already repeats it per head; grouped on CPU, whose split-KV kernel widens
 it chunk by chunk in the CPU caches); the others refuse it with the reason, never widening the
-whole cache behind the caller's back (harness/backend_support.py says which and why).
+whole cache behind the caller's back (harness/backend_support.py says which and why). A paged cache
+(harness/model/paged.py) is read by ``native`` in place through its block table and by ``eager`` from a
+gathered copy of the attended positions; the other backends refuse it with the reason.
 """
 
 from __future__ import annotations

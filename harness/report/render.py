@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from harness.measure.stability import noise_floor
 from harness.measure.window import STEADY_TOLERANCE
-from harness.report import plots, savings, tables, tp_section
+from harness.report import paging, plots, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.results.schema import CellResult, RunResult, Summary
 
@@ -283,6 +283,7 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         [images["max-batch-vs-context"]] if "max-batch-vs-context" in images else [],
     )
     lines += savings.savings_section(result)
+    lines += paging.paging_section(result)
     lines += tp_section.tp_section(result)
     if "kv-bytes-vs-latency" in images:
         lines += _section(

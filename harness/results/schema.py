@@ -246,6 +246,7 @@ class CellResult(_Model):
     # kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim, q_lora_rank
     mla: dict[str, Size | None] | None = None
     kv_bytes_per_sequence: Size | None = None  # cache bytes one sequence holds at this context (windows counted)
+    page_size: Size | None = None  # positions per page of a paged cache (sweep.page_size); null: contiguous
     # timeout: no answer within measure.cell_timeout_s; unsupported: the backend cannot run this variant on this
     # device (the error says why), not measured; killed: the worker was ended by SIGKILL without a word (the
     # error names the likely cause: the out-of-memory killer, or another process)

@@ -39,6 +39,9 @@ Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 LayerIndex = Annotated[int, Field(ge=0, le=MAX_LAYERS - 1)]
 # one process per rank: no engine shards a decoder over more ranks than it has query heads to give each
 TPDegree = Annotated[int, Field(gt=0, le=1024)]
+# Positions per page of a paged KV cache (harness/model/paged.py), or the static contiguous cache. Engines
+# use 1 to a few hundred; a page larger than any context is a contiguous cache with extra steps.
+PageSize = Annotated[int, Field(gt=0, le=2**20)] | Literal["contiguous"]
 
 ByteSize = Annotated[
     int,
@@ -126,10 +129,16 @@ class SweepSpec(_Strict):
         description="tensor-parallel degrees; unless [1] (the default), each cell's decode step is also measured "
         "sharded over each degree, one process per rank (1: the same harness, unsharded)",
     )
+    page_size: list[PageSize] | None = Field(
+        None,
+        min_length=1,
+        description="KV-cache layouts: positions per page of a paged cache, or 'contiguous'; each variant is "
+        "measured in each layout, a paged one named <variant>-P<page_size>; default: contiguous only",
+    )
 
     @model_validator(mode="after")
     def _no_repeats(self) -> SweepSpec:
-        for axis in ("batch_size", "context_len", "backend", "dtype", "tp"):
+        for axis in ("batch_size", "context_len", "backend", "dtype", "tp", "page_size"):
             values = getattr(self, axis)
             if values is not None and len(set(values)) != len(values):
                 raise ValueError(f"sweep.{axis} repeats a value: {values}")
