@@ -10,13 +10,17 @@ A layer with a sliding window caches at most ``window`` positions (a ring buffer
 An 8-bit cache counts one byte per element plus its float32 scales, which do not grow with the
 batch or the context. A paged cache (``variant.page_size``) allocates whole pages per sequence and a
 block table of int64 entries (harness/pages.py): the last page's unused tail is counted as allocated;
-a step reads only the positions it attends.
+a step reads only the positions it attends. In a ragged batch (``variant.lengths``, harness/lengths.py)
+each sequence has its own context, ``context_len`` the longest: a contiguous cache still gives every
+sequence a slot for the longest, a paged one only the pages each sequence holds, and a step reads and
+computes over each sequence's own positions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.lengths import iter_lengths, sequence_lengths
 from harness.pages import BLOCK_TABLE_ENTRY_BYTES, pages_per_sequence
 from harness.scenario.schema import ModelSpec
 from harness.units import DTYPE_BYTES, KV_DTYPE_BYTES
@@ -131,16 +135,44 @@ def kv_cache_bytes(variant: Variant, dtype: str, batch_size: int, context_len: i
     """What the static cache allocates: kv_bytes_per_sequence · batch_size, plus the scales of an 8-bit cache.
 
     Without windows or an 8-bit cache this is kv_bytes_per_token · batch_size · cache_len (docs/design.md).
+    A paged cache of a ragged batch holds each sequence's own pages, and block tables as wide as the
+    longest sequence's.
     """
+    if variant.page_size is not None and variant.lengths is not None and variant.lengths.ragged:
+        lengths = sequence_lengths(variant.lengths, context_len, batch_size)
+        return sum(_paged_sequence_bytes(variant, dtype, length, context_len) for length in lengths) + kv_scale_bytes(
+            variant
+        )
     return kv_bytes_per_sequence(variant, dtype, context_len) * batch_size + kv_scale_bytes(variant)
+
+
+def _paged_sequence_bytes(variant: Variant, dtype: str, length: int, context_len: int) -> int:
+    """Bytes of a paged cache one sequence of ``length`` tokens holds in a batch whose longest has context_len:
+    its own whole pages, and a block-table row as wide as the longest sequence's."""
+    assert variant.page_size is not None
+    page, per_position = variant.page_size, variant.cache_width * kv_element_bytes(variant, dtype)
+    total = 0
+    for producer in variant.producers:
+        window = variant.windows[producer]
+        total += pages_per_sequence(window, cache_len(length), page) * page * per_position
+        total += pages_per_sequence(window, cache_len(context_len), page) * BLOCK_TABLE_ENTRY_BYTES
+    return total
 
 
 def _kv_read_bytes(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
     """Cache bytes every one of the L attention layers reads in a decode step: its producer's held
     positions (CLA consumers re-read them, paper §2.3), and its producer's scales."""
     per_position = variant.cache_width * kv_element_bytes(variant, dtype)
-    positions = sum(held_len(window, context_len) for window in variant.windows)
-    return batch_size * positions * per_position + variant.n_layers * variant.scales_per_producer * SCALE_BYTES
+    return _held_positions(variant, batch_size, context_len) * per_position + (
+        variant.n_layers * variant.scales_per_producer * SCALE_BYTES
+    )
+
+
+def _held_positions(variant: Variant, batch_size: int, context_len: int) -> int:
+    """Cache positions all L layers attend in one decode step, summed over the batch's sequences (each at its
+    own context in a ragged batch)."""
+    lengths = sequence_lengths(variant.lengths, context_len, batch_size)
+    return sum(held_len(window, length) for length in lengths for window in variant.windows)
 
 
 def attention_bytes_per_step(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
@@ -178,9 +210,9 @@ def flops_per_step(model: ModelSpec, variant: Variant, batch_size: int, context_
     value width) per position per layer: 4 · n_heads · head_dim for K/V attention (Chowdhery et al.
     2022, PaLM, appendix B), 2 · n_heads · (2 d_c + d_h^R) for MLA's absorbed form."""
     params = param_counts(model, variant)
-    positions = sum(held_len(window, context_len) for window in variant.windows)
+    positions = _held_positions(variant, batch_size, context_len)
     attention = 2 * variant.n_heads * (variant.score_width + variant.value_width) * positions
-    return batch_size * (2 * params.matmul + attention)
+    return batch_size * 2 * params.matmul + attention
 
 
 def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str, context_len: int) -> int:
@@ -218,7 +250,22 @@ def predicted_max_batch(
     counting each windowed layer's min(cache_len, window) positions. 0 when even the weights do not fit.
     """
     free = budget_bytes - weight_bytes(model, variant, dtype) - kv_scale_bytes(variant) - workspace_bytes
+    if variant.page_size is not None and variant.lengths is not None and variant.lengths.ragged:
+        return _ragged_paged_max_batch(model, variant, dtype, context_len, free)
     return max(0, free // bytes_per_sequence(model, variant, dtype, context_len))
+
+
+def _ragged_paged_max_batch(model: ModelSpec, variant: Variant, dtype: str, context_len: int, free: int) -> int:
+    """A ragged batch in pages: sequences join in batch order (harness/lengths.py) while their pages, block-table
+    rows and activations (sized for the longest) fit ``free``; exact, since a larger batch only adds sequences."""
+    activations = activation_bytes_per_sequence(model, variant, dtype, context_len)
+    batch, used = 0, 0
+    for length in iter_lengths(variant.lengths, context_len):
+        used += _paged_sequence_bytes(variant, dtype, length, context_len) + activations
+        if used > free:
+            return batch
+        batch += 1
+    return batch  # the stream has no end; unreachable
 
 
 KIB = 1024

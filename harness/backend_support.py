@@ -36,6 +36,21 @@ def paged_unsupported(backend: str) -> str | None:
     )
 
 
+# Backends that run a ragged batch (each sequence at its own context): native's kernel over each
+# sequence's span, eager with the positions past a sequence's length masked.
+RAGGED_BACKENDS: tuple[str, ...] = ("eager", "native")
+
+
+def ragged_unsupported(backend: str) -> str | None:
+    """Why ``backend`` cannot run a ragged batch, or None if it can."""
+    if backend in RAGGED_BACKENDS or backend == "auto":
+        return None
+    return (
+        f"attention backend {backend!r} takes one context length for the whole batch; a ragged batch is run by "
+        f"{', '.join(RAGGED_BACKENDS)}"
+    )
+
+
 def kv_dtype_unsupported(backend: str, device_type: str | None) -> str | None:
     """Why ``backend`` cannot read a float8 cache on ``device_type`` (None: on any device), or None if it can."""
     if backend in _FP8_UNREADABLE:
@@ -64,6 +79,8 @@ def unsupported_reason(backend: str, variant: Variant, device_type: str | None =
     if variant.mla is not None and backend == "flex":
         return "the flex backend is not verified for MLA's different key and value widths"
     if variant.page_size is not None and (reason := paged_unsupported(backend)) is not None:
+        return reason
+    if variant.lengths is not None and variant.lengths.ragged and (reason := ragged_unsupported(backend)) is not None:
         return reason
     if variant.kv_dtype is not None:
         return kv_dtype_unsupported(backend, device_type)

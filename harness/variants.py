@@ -30,6 +30,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.lengths import LengthMix
+
 # H128-MHA, H64-MQA-CLA2, MLA512-R64, MLA512-R64-Q1536-CLA2, H128-GQA8-SWA4096-5:1-KV8. Numbers have at most
 # 9 digits: a longer one is no width or count, and Python refuses to convert thousands of digits.
 PAPER_NAME_RE = re.compile(
@@ -224,6 +226,7 @@ class Variant:
     kv_scale: str = "tensor"  # scale granularity of an 8-bit cache: "tensor" or "head"
     mla: MLAShape | None = None  # set for multi-head latent attention
     page_size: int | None = None  # positions per cache page (harness/model/paged.py); None: contiguous
+    lengths: LengthMix | None = None  # each sequence's context in a ragged batch (harness/lengths.py); None: all alike
 
     def __post_init__(self) -> None:
         if self.layer_windows and all(window is None for window in self.layer_windows):
@@ -373,7 +376,8 @@ class Variant:
         if self.kv_dtype is not None and self.kv_scale == "head":
             kv += "(per-head scales)"
         pages = f"-P{self.page_size}" if self.page_size is not None else ""
-        return f"{base}{sharing}{windows}{kv}{pages}"
+        ragged = f"-{self.lengths.label}" if self.lengths is not None and self.lengths.ragged else ""
+        return f"{base}{sharing}{windows}{kv}{ragged}{pages}"
 
     def to_payload(self) -> dict[str, Any]:
         """Plain data for crossing a process boundary; :meth:`from_payload` is its inverse."""
@@ -388,6 +392,7 @@ class Variant:
             "kv_scale": self.kv_scale,
             "mla": None if self.mla is None else asdict(self.mla),
             "page_size": self.page_size,
+            "lengths": None if self.lengths is None else asdict(self.lengths),
         }
 
     @classmethod
@@ -404,7 +409,14 @@ class Variant:
             kv_scale=payload.get("kv_scale", "tensor"),
             mla=None if mla is None else MLAShape(**mla),
             page_size=payload.get("page_size"),
+            lengths=_length_mix(payload.get("lengths")),
         )
+
+
+def _length_mix(payload: dict[str, Any] | None) -> LengthMix | None:
+    if payload is None:
+        return None
+    return LengthMix(payload["kind"], tuple(payload.get("fractions", ())), payload.get("seed", 0))
 
 
 def producer_count(n_layers: int, kv_sharing: int) -> int:

@@ -215,7 +215,15 @@ def test_the_native_kernel_reads_pages_over_each_sequences_own_span(dtype: torch
     stops = torch.tensor([width * page_size, 7 + 2 * page_size, 30 * page_size + 1])
     out = native.run_paged(q, k_pool, v_pool, table, starts, stops, n_splits=3)
     for b in range(batch_size):
-        view = PagedVisible(k_pool, v_pool, 0, None, table[b : b + 1], page_size, int(starts[b]), int(stops[b]))
+        view = PagedVisible(
+            k_pool,
+            v_pool,
+            0,
+            block_table=table[b : b + 1],
+            page_size=page_size,
+            first=int(starts[b]),
+            stop=int(stops[b]),
+        )
         gathered = view.gathered()  # [1, n_kv_heads, n, head_dim] in position order
         k = gathered.k.double().repeat_interleave(group, dim=1)
         v = gathered.v.double().repeat_interleave(group, dim=1)

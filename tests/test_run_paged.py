@@ -1,10 +1,12 @@
-"""A run with sweep.page_size: each variant in each cache layout, what is measured, recorded and reported."""
+"""A run with sweep.page_size and sweep.lengths: each variant in each cache layout and length mix, what is
+measured, recorded and reported."""
 
 from __future__ import annotations
 
 import pytest
 
 from harness.model import native
+from harness.report import paging
 from harness.report.paging import paging_section
 from harness.results.schema import RunResult
 from harness.results.store import load_result
@@ -20,8 +22,6 @@ d_ff = 128
 vocab_size = 97
 dtype = "float32"
 [[variant]]
-name = "H16-GQA2-SWA8-1:1"
-[[variant]]
 name = "H16-MQA-CLA2"
 [[variant]]
 name = "latent"
@@ -31,10 +31,11 @@ qk_rope_head_dim = 8
 qk_nope_head_dim = 16
 n_heads = 4
 [sweep]
-batch_size = [2]
+batch_size = [3]
 context_len = [30]
 backend = ["eager", "sdpa"]
 page_size = ["contiguous", 4]
+lengths = ["same", [1, 0.5, 0.25]]
 [measure]
 metrics = ["decode", "memory"]
 warmup_s = 0.01
@@ -62,8 +63,8 @@ def paged_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, int]
 def test_each_variant_is_measured_in_each_layout_and_paged_sdpa_is_unsupported(paged_run: tuple[RunResult, int]):
     result, exit_code = paged_run
     status = {(c.variant, c.backend): c for c in result.cells}
-    assert len(status) == 12
-    for name in ("H16-GQA2-SWA8-1:1", "H16-MQA-CLA2", "latent"):
+    assert len(status) == 16
+    for name in ("H16-MQA-CLA2", "latent"):
         assert status[(name, "eager")].status == "ok" and status[(name, "eager")].page_size is None
         assert status[(f"{name}-P4", "eager")].status == "ok"
         assert status[(f"{name}-P4", "eager")].page_size == 4
@@ -76,7 +77,7 @@ def test_each_variant_is_measured_in_each_layout_and_paged_sdpa_is_unsupported(p
 def test_every_paged_cache_holds_the_accounted_bytes_with_its_last_page_waste(paged_run: tuple[RunResult, int]):
     result, _ = paged_run
     cells = {(c.variant, c.backend): c for c in result.cells}
-    for name in ("H16-GQA2-SWA8-1:1", "H16-MQA-CLA2", "latent"):
+    for name in ("H16-MQA-CLA2", "latent"):
         paged, contiguous = cells[(f"{name}-P4", "eager")], cells[(name, "eager")]
         assert paged.metrics is not None and contiguous.metrics is not None
         assert paged.metrics.kv_cache_bytes == paged.metrics.kv_cache_bytes_expected
@@ -85,6 +86,23 @@ def test_every_paged_cache_holds_the_accounted_bytes_with_its_last_page_waste(pa
         assert paged.metrics.kv_cache_bytes > contiguous.metrics.kv_cache_bytes  # 31 positions in 8 pages of 4
     mqa = cells[("H16-MQA-CLA2-P4", "eager")]
     assert mqa.kv_bytes_per_sequence == 2 * (8 * 4 * 2 * 16 * 4 + 8 * 8)  # 2 producers: 8 pages and 8 entries
+
+
+def test_a_ragged_batch_records_its_lengths_and_holds_only_its_sequences_pages(paged_run: tuple[RunResult, int]):
+    result, _ = paged_run
+    cells = {(c.variant, c.backend): c for c in result.cells}
+    ragged, uniform = cells[("H16-MQA-CLA2-fixed(1,0.5,0.25)-P4", "eager")], cells[("H16-MQA-CLA2-P4", "eager")]
+    assert ragged.status == "ok" and (ragged.length_mix, ragged.context_lens) == ("fixed(1,0.5,0.25)", [30, 15, 8])
+    assert ragged.metrics is not None and uniform.metrics is not None
+    assert ragged.metrics.kv_cache_bytes == ragged.metrics.kv_cache_bytes_expected
+    # per producer: pages of 4 for 31, 16 and 9 positions (8 + 4 + 3), and 3 table rows of 8 entries
+    assert ragged.metrics.kv_cache_bytes == 2 * ((8 + 4 + 3) * 4 * 2 * 16 * 4 + 3 * 8 * 8)
+    assert ragged.metrics.bytes_per_step < uniform.metrics.bytes_per_step
+    static = cells[("H16-MQA-CLA2-fixed(1,0.5,0.25)", "eager")]
+    assert static.metrics is not None and static.metrics.kv_cache_bytes == 2 * 3 * 31 * 2 * 16 * 4  # a slot each
+    assert cells[("latent-fixed(1,0.5,0.25)", "sdpa")].status == "unsupported"
+    section = "\n".join(paging.ragged_section(result))
+    assert "| H16-MQA-CLA2-fixed(1,0.5,0.25)-P4 " in section and "| 18 " in section  # mean of 30, 15, 8 is 17.7
 
 
 def test_the_report_sets_each_paged_cell_beside_its_contiguous_one(paged_run: tuple[RunResult, int]):

@@ -19,6 +19,7 @@ from harness import accounting
 from harness.backend_support import unsupported_reason
 from harness.execute.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
 from harness.hardware import is_cuda
+from harness.lengths import sequence_lengths
 from harness.measure import cell as cell_worker
 from harness.measure import derive, opt_in
 from harness.measure.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
@@ -83,6 +84,7 @@ def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, An
         "mla": dataclasses.asdict(variant.mla) if variant.mla is not None else None,
         "kv_bytes_per_sequence": accounting.kv_bytes_per_sequence(variant, dtype, context_len),
         "page_size": variant.page_size,
+        "length_mix": variant.lengths.label if variant.lengths is not None and variant.lengths.ragged else None,
     }
 
 
@@ -104,6 +106,11 @@ def cell_fields(job: CellJob) -> dict[str, Any]:
         "params_total": accounting.param_counts(model, v).total,
         "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dtype),
         **cache_fields(v, dtype, cell.context_len),
+        "context_lens": (
+            sequence_lengths(v.lengths, cell.context_len, cell.batch_size)
+            if v.lengths is not None and v.lengths.ragged
+            else None
+        ),
     }
 
 

@@ -20,6 +20,7 @@ import torch
 
 from harness import accounting
 from harness.hardware import detect_target, fingerprint, is_cuda
+from harness.lengths import sequence_lengths
 from harness.measure import checks, timing
 from harness.measure.autotune import choose_backend, output_tolerance
 from harness.measure.bandwidth import load_or_measure_peak
@@ -100,7 +101,10 @@ def _build_and_step(
             seed=payload["seed"],
             weights="synthetic" if fill else "zeros",
         )
-        cache = decoder.allocate_cache(batch_size, accounting.cache_len(context_len), page_seed=payload["seed"])
+        lengths = sequence_lengths(variant.lengths, context_len, batch_size) if variant.lengths else None
+        cache = decoder.allocate_cache(
+            batch_size, accounting.cache_len(context_len), page_seed=payload["seed"], lengths=lengths
+        )
         if fill:
             generator = torch.Generator(device=device).manual_seed(payload["seed"])
             decoder.fill_cache_synthetic(cache, context_len, generator)

@@ -17,7 +17,7 @@ scales, which attention reads and dequantises itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -29,7 +29,7 @@ from harness.model.attention import BACKENDS, attend_visible
 from harness.model.kvcache import KVCache, LayerCache, Visible
 from harness.model.layers import RMSNorm, Rotation, apply_rope, rope_angles
 from harness.model.mla import LatentAttention
-from harness.model.paged import PagedKVCache, PagedVisible, allocate, fill_synthetic
+from harness.model.paged import PagedKVCache, PagedVisible, allocate, fill_synthetic, ragged_shifts
 from harness.model.quant import FP8_DTYPES, fit_scale, quantize
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant
@@ -185,17 +185,23 @@ class Decoder(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
 
-    def allocate_cache(self, batch_size: int, cache_len: int, *, page_seed: int = 0) -> KVCache:
+    def allocate_cache(
+        self, batch_size: int, cache_len: int, *, page_seed: int = 0, lengths: Sequence[int] | None = None
+    ) -> KVCache:
         """Zeroed slots for every producer layer, each holding cache_len positions, or its window's worth.
 
         K and V: [batch_size, n_kv_heads, held, head_dim] each; MLA: the latent [batch_size, 1, held,
         d_c + d_h^R], whose first d_c columns are the values (a view). An 8-bit cache gets scales of 1.
         A variant with a ``page_size`` gets pools of pages and block tables shuffled with ``page_seed``
-        (harness/model/paged.py).
+        (harness/model/paged.py). A ragged batch gives each sequence's context in ``lengths`` (the longest
+        cache_len - 1): decode steps at the longest's position write each sequence at its own
+        (harness/lengths.py); a paged cache then holds only each sequence's pages.
         """
         variant, device, dtype = self.variant, self.device, self.cache_dtype
+        if lengths is not None and (len(lengths) != batch_size or max(lengths) != cache_len - 1 or min(lengths) < 0):
+            raise ValueError(f"a ragged batch of {batch_size} needs as many lengths, the longest {cache_len - 1}")
         if variant.page_size is not None:
-            return allocate(variant, batch_size, cache_len, dtype=dtype, device=device, seed=page_seed)
+            return allocate(variant, batch_size, cache_len, dtype=dtype, device=device, seed=page_seed, lengths=lengths)
         k, v, k_scale, v_scale, windows = [], [], [], [], []
         for producer in variant.producers:
             window = variant.windows[producer]
@@ -214,6 +220,7 @@ class Decoder(nn.Module):
                 k_scale.append(torch.ones(n_scales, device=device))
                 v_scale.append(k_scale[-1] if variant.mla is not None else torch.ones(n_scales, device=device))
         return KVCache(
+            shifts=None if lengths is None else ragged_shifts(lengths, device),
             k=k,
             v=v,
             kv_layers=variant.kv_layers,
@@ -276,8 +283,12 @@ class Decoder(nn.Module):
             raise ValueError(f"positions {start_pos}..{start_pos + n_new - 1} do not fit a cache of {cache.cache_len}")
         if tokens.shape[0] != cache.batch_size:
             raise ValueError(f"batch of {tokens.shape[0]} sequences for a cache of {cache.batch_size}")
-        positions = torch.arange(start_pos, start_pos + n_new, device=tokens.device)
-        rotation = Rotation.of(rope_angles(positions, self.variant.rope_dim, self.spec.rope_theta))
+        ragged = cache.sequence_positions(start_pos, n_new)  # [B, T] in a ragged batch
+        if ragged is not None:
+            rotation = ragged_rotation(ragged, self.variant.rope_dim, self.spec.rope_theta)
+        else:
+            positions = torch.arange(start_pos, start_pos + n_new, device=tokens.device)
+            rotation = Rotation.of(rope_angles(positions, self.variant.rope_dim, self.spec.rope_theta))
         h = self.tok_embeddings(tokens)  # [B, T, d_model]
         try:
             for layer, block in enumerate(self.layers):
@@ -351,7 +362,7 @@ class Decoder(nn.Module):
             heads.append(
                 attend_visible(
                     q[:, head : head + 1],
-                    Visible(one.k, one.v, visible.start_pos),
+                    Visible(one.k, one.v, visible.start_pos, None, visible.lengths),
                     one,
                     backend="eager",
                     scale=attention.softmax_scale,
@@ -361,6 +372,12 @@ class Decoder(nn.Module):
 
     def _attention(self, layer: int) -> Attention | LatentAttention:
         return cast(Block, self.layers[layer]).attention
+
+
+def ragged_rotation(positions: Tensor, rope_dim: int, theta: float) -> Rotation:
+    """The rotation of each sequence's own positions [B, T] (a ragged batch): cos and sin [B, T, 1, rope_dim / 2]."""
+    angles = rope_angles(positions.flatten(), rope_dim, theta).view(*positions.shape, -1)  # [B, T, rope_dim/2]
+    return Rotation(angles.cos()[:, :, None, :], angles.sin()[:, :, None, :])
 
 
 def _scale_of(scale: Tensor | None, kv_head: int) -> Tensor | None:

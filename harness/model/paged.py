@@ -29,6 +29,7 @@ cache are refused (harness/backend_support.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -56,22 +57,32 @@ class PagedVisible(Visible):
     page_size: int = 0
     first: int = 0
     stop: int = 0
-
-    def locations(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Pages [B, n] and offsets [n] of ``positions`` [n]."""
-        assert self.block_table is not None
-        return page_locations(self.block_table, self.page_size, positions)
+    # A ragged decode step: int64 [B] each, the positions firsts[b] .. stops[b] - 1 sequence b attends
+    # (``first`` and ``stop`` are then the widest span's bounds, unused).
+    firsts: Tensor | None = None
+    stops: Tensor | None = None
 
     def gathered(self) -> Visible:
-        """The attended positions copied out of the pages in position order: k, v [B, heads, stop - first, width]."""
-        positions = torch.arange(self.first, self.stop, device=self.k.device)
-        pages, offsets = self.locations(positions)
+        """The attended positions copied out of the pages in position order: k, v [B, heads, n, width]. In a
+        ragged step n is the longest span, and ``lengths`` says how many of them each sequence attends."""
+        assert self.block_table is not None
+        if self.firsts is None or self.stops is None:
+            positions = torch.arange(self.first, self.stop, device=self.k.device)  # [n]
+            lengths = None
+        else:
+            lengths = self.stops - self.firsts  # [B]
+            steps = torch.arange(int(lengths.max()), device=self.k.device)
+            positions = torch.minimum(self.firsts[:, None] + steps[None, :], self.stops[:, None] - 1)  # [B, n]
+        pages, offsets = page_locations(self.block_table, self.page_size, positions)
         k = self.k[pages, :, offsets].transpose(1, 2)  # [B, n, heads, width] -> [B, heads, n, width]
         v = self.v[pages, :, offsets].transpose(1, 2)
-        return Visible(k, v, self.start_pos)
+        start_pos = self.start_pos if lengths is None else k.shape[2] - 1
+        return Visible(k, v, start_pos, None, lengths)
 
     def spans(self) -> tuple[Tensor, Tensor]:
         """Per sequence, the first and one-past-last position attended: int64 [B] each (the native kernel's)."""
+        if self.firsts is not None and self.stops is not None:
+            return self.firsts, self.stops
         assert self.block_table is not None
         batch_size, device = self.block_table.shape[0], self.block_table.device
         starts = torch.full((batch_size,), self.first, dtype=torch.int64, device=device)
@@ -79,9 +90,11 @@ class PagedVisible(Visible):
 
 
 def page_locations(block_table: Tensor, page_size: int, positions: Tensor) -> tuple[Tensor, Tensor]:
-    """Pages [B, n] and offsets [n] of positions [n]: table entry (t // page_size) mod width, offset t mod page_size."""
+    """Pages and offsets of positions [n] (every sequence's) or [B, n] (each sequence its own): table entry
+    (t // page_size) mod width, offset t mod page_size. Pages [B, n]; offsets as ``positions``."""
     entries = torch.div(positions, page_size, rounding_mode="floor") % block_table.shape[1]
-    return block_table[:, entries], positions % page_size
+    pages = block_table[:, entries] if positions.dim() == 1 else block_table.gather(1, entries)
+    return pages, positions % page_size
 
 
 @dataclass
@@ -96,10 +109,9 @@ class PagedLayerCache(LayerCache):
         """Positions one sequence's pages span: the ring of a windowed slot, or the whole history."""
         return self.block_table.shape[1] * self.page_size
 
-    def _write(self, pool: Tensor, new: Tensor, first: int) -> None:
-        """Write new [B, heads, n, width] at positions first .. first + n - 1 of every sequence."""
-        positions = torch.arange(first, first + new.shape[2], device=pool.device)
-        pages, offsets = page_locations(self.block_table, self.page_size, positions)  # [B, n], [n]
+    def _write(self, pool: Tensor, new: Tensor, positions: Tensor) -> None:
+        """Write new [B, heads, n, width] at positions [n] of every sequence, or [B, n] of each its own."""
+        pages, offsets = page_locations(self.block_table, self.page_size, positions)  # [B, n], [n] or [B, n]
         pool[pages, :, offsets] = new.transpose(1, 2)  # [B, n, heads, width]
 
     def store(self, k_new: Tensor, v_new: Tensor | None, start_pos: int) -> None:
@@ -111,32 +123,51 @@ class PagedLayerCache(LayerCache):
         if v_new is not None and self.v_scale is not None:
             v_new = quantize(v_new, self.v_scale, self.v.dtype)
         n_new = k_new.shape[2]
+        if self.shifts is not None:
+            positions = self.ragged_positions(start_pos, n_new)[:, None]  # [B, 1]
+            self._write(self.k, k_new, positions)
+            if v_new is not None:
+                self._write(self.v, v_new, positions)
+            return
         if self.window is not None and n_new > 1:
             history_k, history_v, first_kept = self._history(start_pos)
             new_v = v_new if v_new is not None else k_new[..., : self.v.shape[-1]]
             self.pending = (torch.cat((history_k, k_new), dim=2), torch.cat((history_v, new_v), dim=2), first_kept)
         first = start_pos if self.window is None else max(start_pos, start_pos + n_new - self.held)
         offset = first - start_pos
-        self._write(self.k, k_new[:, :, offset:], first)
+        positions = torch.arange(first, start_pos + n_new, device=self.k.device)  # [n]
+        self._write(self.k, k_new[:, :, offset:], positions)
         if v_new is not None:
-            self._write(self.v, v_new[:, :, offset:], first)
+            self._write(self.v, v_new[:, :, offset:], positions)
 
     def _history(self, start_pos: int) -> tuple[Tensor, Tensor, int]:
         """K and V of positions max(0, start_pos - window + 1) .. start_pos - 1 in position order, and the first."""
         assert self.window is not None
         first = max(0, start_pos - self.window + 1)
-        view = PagedVisible(self.k, self.v, 0, None, self.block_table, self.page_size, first, start_pos).gathered()
+        view = PagedVisible(
+            self.k, self.v, 0, None, None, self.block_table, self.page_size, first, start_pos
+        ).gathered()
         return view.k, view.v, first
 
     def visible(self, start_pos: int, n_new: int) -> Visible:
         """The pages queries at start_pos .. start_pos + n_new - 1 attend over (after the step's store): every
         position so far, or for a windowed decode step the window's last positions; a windowed multi-token
         step attends what :meth:`store` kept (a mask says which position each query sees)."""
+        if self.shifts is not None:
+            stops = self.ragged_positions(start_pos, n_new) + 1  # [B]
+            firsts = stops.new_zeros(stops.shape) if self.window is None else (stops - self.window).clamp(min=0)
+            table = self.block_table
+            page = self.page_size
+            return PagedVisible(
+                self.k, self.v, start_pos, block_table=table, page_size=page, firsts=firsts, stops=stops
+            )
         if self.window is not None and n_new > 1:
             return super().visible(start_pos, n_new)
         stop = start_pos + n_new
         first = 0 if self.window is None else max(0, stop - self.window)
-        return PagedVisible(self.k, self.v, start_pos - first, None, self.block_table, self.page_size, first, stop)
+        return PagedVisible(
+            self.k, self.v, start_pos - first, None, None, self.block_table, self.page_size, first, stop
+        )
 
 
 @dataclass
@@ -152,7 +183,14 @@ class PagedKVCache(KVCache):
             raise ValueError(f"{len(self.k)} producer pools need as many block tables, got {len(self.block_tables)}")
         self._layers = [
             PagedLayerCache(
-                slot.k, slot.v, slot.window, slot.k_scale, slot.v_scale, block_table=table, page_size=self.page_size
+                slot.k,
+                slot.v,
+                slot.window,
+                slot.k_scale,
+                slot.v_scale,
+                shifts=self.shifts,
+                block_table=table,
+                page_size=self.page_size,
             )
             for slot, table in zip(self._layers, self.block_tables, strict=True)
         ]
@@ -172,14 +210,23 @@ class PagedKVCache(KVCache):
 
 
 def allocate(
-    variant: Variant, batch_size: int, cache_len: int, *, dtype: torch.dtype, device: torch.device, seed: int = 0
+    variant: Variant,
+    batch_size: int,
+    cache_len: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int = 0,
+    lengths: Sequence[int] | None = None,
 ) -> PagedKVCache:
     """Zeroed pools and shuffled block tables for every producer of ``variant`` (``variant.page_size`` set).
 
     Each producer's pool has exactly the pages its sequences hold (harness/pages.py: whole pages per
     sequence, a windowed producer its ring); producer i's pages are dealt to the sequences in the order
     of a random permutation seeded with ``seed + i``, so no sequence's pages are adjacent by design.
-    An 8-bit cache gets scales of 1, as a contiguous one does.
+    An 8-bit cache gets scales of 1, as a contiguous one does. A ragged batch (``lengths``: each sequence's
+    context, the longest cache_len - 1) holds each sequence's own pages; a block-table row is as wide as
+    the longest sequence's, a shorter one's unused entries repeating its last page (never read).
     """
     page_size = variant.page_size
     if page_size is None:
@@ -188,10 +235,13 @@ def allocate(
     for index, producer in enumerate(variant.producers):
         window = variant.windows[producer]
         windows.append(window)
-        per_sequence = pages_per_sequence(window, cache_len, page_size)
-        n_pages = batch_size * per_sequence
+        width = pages_per_sequence(window, cache_len, page_size)
+        own = (
+            [width] * batch_size if lengths is None else [pages_per_sequence(window, n + 1, page_size) for n in lengths]
+        )
+        n_pages = sum(own)
         order = torch.randperm(n_pages, generator=torch.Generator().manual_seed(seed + index))
-        tables.append(order.view(batch_size, per_sequence).to(device))  # [B, width_in_pages]
+        tables.append(_deal(order, own, width).to(device))  # [B, width_in_pages]
         if variant.mla is not None:
             pool = torch.zeros(n_pages, 1, page_size, variant.mla.latent_width, device=device, dtype=dtype)
             k.append(pool)
@@ -205,6 +255,7 @@ def allocate(
             k_scale.append(torch.ones(n_scales, device=device))
             v_scale.append(k_scale[-1] if variant.mla is not None else torch.ones(n_scales, device=device))
     return PagedKVCache(
+        shifts=None if lengths is None else ragged_shifts(lengths, device),
         k=k,
         v=v,
         kv_layers=variant.kv_layers,
@@ -215,6 +266,23 @@ def allocate(
         block_tables=tables,
         page_size=page_size,
     )
+
+
+def _deal(order: Tensor, own: list[int], width: int) -> Tensor:
+    """Block-table rows [len(own), width]: sequence b takes the next own[b] pages of ``order``, the rest of its
+    row repeating its last page."""
+    rows, start = [], 0
+    for count in own:
+        pages = order[start : start + count]
+        rows.append(torch.cat((pages, pages[-1:].expand(width - count))))
+        start += count
+    return torch.stack(rows)
+
+
+def ragged_shifts(lengths: Sequence[int], device: torch.device) -> Tensor:
+    """How many positions each sequence is behind the longest: int64 [B] (the cache's ``shifts``)."""
+    longest = max(lengths)
+    return torch.tensor([longest - n for n in lengths], dtype=torch.int64, device=device)
 
 
 @torch.no_grad()

@@ -1,10 +1,13 @@
-"""The paged-cache section: each paged cell beside its contiguous cell, capacity and decode latency.
+"""The serving sections: each paged cell beside its contiguous cell, each ragged cell beside its uniform one.
 
 Pure functions from a result to markdown. A paged cell (``page_size`` set, harness/model/paged.py) is
 the variant ``<name>-P<page_size>`` (harness/scenario/serving.py); its contiguous cell is ``<name>`` at the
 same batch, context, dtype and backend. The table shows what paging costs each layout: the cache one
 sequence holds (whole pages and block-table entries, the last page's unused tail included), the max
 batch under the budget (predicted, and measured where the run searched), and the median decode latency.
+A ragged cell (``length_mix`` set, harness/lengths.py) is ``<name>-<mix>[-P<page_size>]``; its uniform
+cell is ``<name>[-P<page_size>]``: beside it, the batch's mean context, the cache the batch holds, the
+bytes a step moves, the max batch and the decode latency.
 """
 
 from __future__ import annotations
@@ -113,6 +116,110 @@ def paging_section(result: RunResult) -> list[str]:
         "page's unused tail and the table), the max batch under the memory budget (predicted, measured in "
         "parentheses), and the median decode latency. Eager gathers the attended positions out of their "
         "pages every step; native reads the pages in place.",
+        "",
+        table,
+        "",
+    ]
+
+
+def uniform_partner(cell: CellResult, cells: list[CellResult]) -> CellResult | None:
+    """The cell of the same variant and layout with every sequence at context_len, if the run has it."""
+    assert cell.length_mix is not None
+    suffix = f"-{cell.length_mix}"
+    base = cell.variant
+    pages = "" if cell.page_size is None else f"-P{cell.page_size}"
+    if pages and base.endswith(pages):
+        base = base[: -len(pages)]
+    if not base.endswith(suffix):
+        return None
+    uniform = base[: -len(suffix)] + pages
+    for other in cells:
+        if (
+            other.length_mix is None
+            and other.variant == uniform
+            and (other.batch_size, other.context_len, other.dtype, other.backend)
+            == (cell.batch_size, cell.context_len, cell.dtype, cell.backend)
+        ):
+            return other
+    return None
+
+
+def _kv_bytes(cell: CellResult | None) -> str:
+    if cell is None or cell.metrics is None or cell.metrics.kv_cache_bytes_expected is None:
+        return MISSING
+    return format_bytes(cell.metrics.kv_cache_bytes_expected)
+
+
+def _step_bytes(cell: CellResult | None) -> str:
+    return MISSING if cell is None or cell.metrics is None else format_bytes(cell.metrics.bytes_per_step)
+
+
+def ragged_table(result: RunResult) -> str | None:
+    """One row per ragged cell, beside its uniform cell; None when the run has no ragged cell."""
+    ragged = [cell for cell in result.cells if cell.length_mix is not None]
+    if not ragged:
+        return None
+    body = []
+    for cell in ragged:
+        partner = uniform_partner(cell, result.cells)
+        if cell.status == "unsupported" and (partner is None or partner.status == "unsupported"):
+            continue
+        lengths = cell.context_lens or []
+        mean = f"{sum(lengths) / len(lengths):,.0f}" if lengths else MISSING
+        ragged_s, uniform_s = _decode_s(cell), _decode_s(partner)
+        body.append(
+            [
+                cell.variant,
+                cell.length_mix,
+                cell.backend,
+                str(cell.context_len),
+                mean,
+                str(cell.batch_size),
+                _kv_bytes(partner),
+                _kv_bytes(cell),
+                _step_bytes(partner),
+                _step_bytes(cell),
+                _max_batch(partner),
+                _max_batch(cell),
+                _decode(partner),
+                _decode(cell),
+                MISSING if ragged_s is None or uniform_s is None else f"{ragged_s / uniform_s:.2f}x",
+            ]
+        )
+    headers = [
+        "variant",
+        "lengths",
+        "backend",
+        "longest",
+        "mean",
+        "batch",
+        "KV uniform",
+        "KV ragged",
+        "bytes/step uniform",
+        "bytes/step ragged",
+        "max batch uniform",
+        "max batch ragged",
+        "decode ms uniform",
+        "decode ms ragged",
+        "ragged / uniform",
+    ]
+    return tabulate(body, headers=headers, tablefmt=TABLEFMT, disable_numparse=True)
+
+
+def ragged_section(result: RunResult) -> list[str]:
+    """The section's markdown lines; nothing for a run without ragged cells."""
+    table = ragged_table(result)
+    if table is None:
+        return []
+    return [
+        "### Ragged against uniform batches",
+        "",
+        "Each ragged cell (every sequence at its own context, the longest at the cell's context) beside the cell "
+        "of the same variant and layout with every sequence at that longest context: the batch's mean context, "
+        "the KV cache the batch allocates (a contiguous cache gives every sequence a slot for the longest, a "
+        "paged one only each sequence's pages), the ideal bytes a decode step moves (each sequence reads its "
+        "own positions), the max batch under the budget (predicted, measured in parentheses) and the median "
+        "decode latency.",
         "",
         table,
         "",

@@ -42,6 +42,11 @@ TPDegree = Annotated[int, Field(gt=0, le=1024)]
 # Positions per page of a paged KV cache (harness/model/paged.py), or the static contiguous cache. Engines
 # use 1 to a few hundred; a page larger than any context is a contiguous cache with extra steps.
 PageSize = Annotated[int, Field(gt=0, le=2**20)] | Literal["contiguous"]
+# How a batch's context lengths are spread (harness/lengths.py): a kind, or fractions of context_len.
+LengthMixSpec = (
+    Literal["same", "uniform", "long-tail"]
+    | Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1, max_length=4096)]
+)
 
 ByteSize = Annotated[
     int,
@@ -136,8 +141,22 @@ class SweepSpec(_Strict):
         "measured in each layout, a paged one named <variant>-P<page_size>; default: contiguous only",
     )
 
+    lengths: list[LengthMixSpec] | None = Field(
+        None,
+        min_length=1,
+        description="context lengths within a batch: 'same', 'uniform', 'long-tail' or a list of fractions of "
+        "context_len (one of them 1); context_len is the longest sequence's; default: same",
+    )
+
     @model_validator(mode="after")
     def _no_repeats(self) -> SweepSpec:
+        for mix in self.lengths or []:
+            if isinstance(mix, list) and max(mix) != 1:
+                raise ValueError(
+                    f"sweep.lengths: a list of fractions must include 1 (context_len is the longest): {mix}"
+                )
+        if self.lengths is not None and len({str(mix) for mix in self.lengths}) != len(self.lengths):
+            raise ValueError(f"sweep.lengths repeats a value: {self.lengths}")
         for axis in ("batch_size", "context_len", "backend", "dtype", "tp", "page_size"):
             values = getattr(self, axis)
             if values is not None and len(set(values)) != len(values):

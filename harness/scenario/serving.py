@@ -1,9 +1,12 @@
-"""Serving-shaped cells: the cache layouts a scenario's ``sweep.page_size`` crosses with every variant.
+"""Serving-shaped cells: the cache layouts and length mixes a scenario's sweep crosses with every variant.
 
 ``sweep.page_size`` lists page sizes in positions, and ``"contiguous"`` for the static cache; absent, every
 cell is contiguous. A paged form of a variant is the same attention configuration with its cache in
-pages (harness/model/paged.py), named ``<variant>-P<page_size>``, so that results, resume, compare and the
-report tell the layouts apart by variant name and pair each paged cell with its contiguous one.
+pages (harness/model/paged.py), named ``<variant>-P<page_size>``. ``sweep.lengths`` lists how a batch's
+context lengths are spread (harness/lengths.py); a ragged form is named ``<variant>-longtail``,
+``-uniform`` or ``-fixed(1,0.5)`` after its mix, before any page suffix (``H128-GQA8-longtail-P16``).
+Results, resume, compare and the report tell the forms apart by variant name and pair each paged or
+ragged cell with its contiguous, uniform one.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from harness.lengths import LengthMix
 from harness.variants import Variant
 
 CONTIGUOUS = "contiguous"
@@ -30,6 +34,27 @@ def with_layout(variant: Variant, layout: int | str) -> Variant:
     return dataclasses.replace(variant, name=paged_name(variant.name, layout), page_size=layout)
 
 
-def layouts(variant: Variant, page_sizes: Sequence[int | str] | None) -> list[Variant]:
-    """The forms of ``variant`` a sweep measures, in the order of ``sweep.page_size`` (None: contiguous only)."""
-    return [with_layout(variant, layout) for layout in (page_sizes or [CONTIGUOUS])]
+def length_mix(spec: str | Sequence[float], seed: int) -> LengthMix:
+    """A ``sweep.lengths`` entry as a :class:`LengthMix` drawing with ``seed``."""
+    if isinstance(spec, str):
+        return LengthMix(spec, seed=seed)
+    return LengthMix("fixed", tuple(float(f) for f in spec), seed=seed)
+
+
+def with_lengths(variant: Variant, mix: LengthMix) -> Variant:
+    """``variant`` in batches spread by ``mix``, or itself for ``same``."""
+    if not mix.ragged:
+        return variant
+    return dataclasses.replace(variant, name=f"{variant.name}-{mix.label}", lengths=mix)
+
+
+def layouts(
+    variant: Variant,
+    page_sizes: Sequence[int | str] | None,
+    lengths: Sequence[str | Sequence[float]] | None = None,
+    seed: int = 0,
+) -> list[Variant]:
+    """The forms of ``variant`` a sweep measures: each cache layout of ``sweep.page_size`` (None: contiguous
+    only), each in each length mix of ``sweep.lengths`` (None: same), in that order."""
+    mixes = [length_mix(spec, seed) for spec in (lengths or ["same"])]
+    return [with_layout(with_lengths(variant, mix), layout) for layout in (page_sizes or [CONTIGUOUS]) for mix in mixes]
