@@ -13,7 +13,9 @@ block table of int64 entries (harness/pages.py): the last page's unused tail is 
 a step reads only the positions it attends. In a ragged batch (``variant.lengths``, harness/lengths.py)
 each sequence has its own context, ``context_len`` the longest: a contiguous cache still gives every
 sequence a slot for the longest, a paged one only the pages each sequence holds, and a step reads and
-computes over each sequence's own positions.
+computes over each sequence's own positions. A multi-token step (``variant.q_len`` = T new tokens per
+sequence, causal within them: speculative verification) writes T positions, reads the cache once per
+layer and does T tokens' matmuls.
 """
 
 from __future__ import annotations
@@ -30,15 +32,29 @@ from harness.variants import SCALE_BYTES, Variant
 DECODE_TOKENS = 1
 
 
-def cache_len(context_len: int) -> int:
-    """Positions the static KV cache is allocated for: the context plus the decoded token."""
-    return context_len + DECODE_TOKENS
+def cache_len(context_len: int, q_len: int = DECODE_TOKENS) -> int:
+    """Positions the static KV cache is allocated for: the context plus the step's new tokens."""
+    return context_len + q_len
 
 
-def held_len(window: int | None, context_len: int) -> int:
+def held_len(window: int | None, context_len: int, q_len: int = DECODE_TOKENS) -> int:
     """Positions a layer's cache holds at this context: cache_len, or at most ``window`` for a windowed layer."""
-    positions = cache_len(context_len)
+    positions = cache_len(context_len, q_len)
     return positions if window is None else min(positions, window)
+
+
+def read_len(window: int | None, context_len: int, q_len: int = DECODE_TOKENS) -> int:
+    """Positions a layer reads in one step of q_len new tokens: what it holds, or for a windowed layer's
+    multi-token step the window's last window - 1 positions before the step and the step's own."""
+    if q_len == 1 or window is None:
+        return held_len(window, context_len, q_len)
+    return min(context_len, window - 1) + q_len
+
+
+def attended_pairs(window: int | None, context_len: int, q_len: int = DECODE_TOKENS) -> int:
+    """(query, key) pairs a layer scores in one step: new token t (0-based) sees context_len + t + 1 positions,
+    at most ``window`` of them (causal within the new tokens)."""
+    return sum(held_len(window, context_len + t, 1) for t in range(q_len))
 
 
 @dataclass(frozen=True)
@@ -126,9 +142,12 @@ def kv_bytes_per_sequence(variant: Variant, dtype: str, context_len: int) -> int
     per_position = variant.cache_width * kv_element_bytes(variant, dtype)
     if variant.page_size is not None:
         page = variant.page_size
-        pages = sum(pages_per_sequence(variant.windows[p], cache_len(context_len), page) for p in variant.producers)
+        positions = cache_len(context_len, variant.q_len)
+        pages = sum(pages_per_sequence(variant.windows[p], positions, page) for p in variant.producers)
         return pages * (page * per_position + BLOCK_TABLE_ENTRY_BYTES)
-    return sum(per_position * held_len(variant.windows[layer], context_len) for layer in variant.producers)
+    return sum(
+        per_position * held_len(variant.windows[layer], context_len, variant.q_len) for layer in variant.producers
+    )
 
 
 def kv_cache_bytes(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
@@ -154,8 +173,8 @@ def _paged_sequence_bytes(variant: Variant, dtype: str, length: int, context_len
     total = 0
     for producer in variant.producers:
         window = variant.windows[producer]
-        total += pages_per_sequence(window, cache_len(length), page) * page * per_position
-        total += pages_per_sequence(window, cache_len(context_len), page) * BLOCK_TABLE_ENTRY_BYTES
+        total += pages_per_sequence(window, cache_len(length, variant.q_len), page) * page * per_position
+        total += pages_per_sequence(window, cache_len(context_len, variant.q_len), page) * BLOCK_TABLE_ENTRY_BYTES
     return total
 
 
@@ -172,7 +191,13 @@ def _held_positions(variant: Variant, batch_size: int, context_len: int) -> int:
     """Cache positions all L layers attend in one decode step, summed over the batch's sequences (each at its
     own context in a ragged batch)."""
     lengths = sequence_lengths(variant.lengths, context_len, batch_size)
-    return sum(held_len(window, length) for length in lengths for window in variant.windows)
+    return sum(read_len(window, length, variant.q_len) for length in lengths for window in variant.windows)
+
+
+def _attended_pairs(variant: Variant, batch_size: int, context_len: int) -> int:
+    """(query, key) pairs all L layers score in one step, summed over the batch's sequences."""
+    lengths = sequence_lengths(variant.lengths, context_len, batch_size)
+    return sum(attended_pairs(window, length, variant.q_len) for length in lengths for window in variant.windows)
 
 
 def attention_bytes_per_step(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
@@ -184,12 +209,14 @@ def attention_bytes_per_step(variant: Variant, dtype: str, batch_size: int, cont
     output write (MLA: the absorbed query of width d_c + d_h^R and the latent-width output).
     """
     width = DTYPE_BYTES[dtype]
-    q_and_out = variant.n_layers * batch_size * variant.n_heads * (variant.score_width + variant.value_width) * width
+    tokens = batch_size * variant.q_len
+    q_and_out = variant.n_layers * tokens * variant.n_heads * (variant.score_width + variant.value_width) * width
     return _kv_read_bytes(variant, dtype, batch_size, context_len) + q_and_out
 
 
 def bytes_per_step(model: ModelSpec, variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
-    """Ideal memory traffic of one decode step (docs/design.md, "Bytes moved per step").
+    """Ideal memory traffic of one decode step (docs/design.md, "Bytes moved per step"); of a multi-token
+    step, the same with q_len new tokens per sequence (the cache is still read once per layer).
 
     Every weight read once (the embedding table only for the batch_size rows looked up), the KV
     cache read by every one of the L attention layers, and the new token's K/V (or latent) written
@@ -199,20 +226,22 @@ def bytes_per_step(model: ModelSpec, variant: Variant, dtype: str, batch_size: i
     """
     width = DTYPE_BYTES[dtype]
     params = param_counts(model, variant)
-    weights = (params.total - params.embedding + min(batch_size, model.vocab_size) * model.d_model) * width
-    kv_written = kv_bytes_per_token(variant, dtype) * batch_size
+    tokens = batch_size * variant.q_len
+    weights = (params.total - params.embedding + min(tokens, model.vocab_size) * model.d_model) * width
+    kv_written = kv_bytes_per_token(variant, dtype) * tokens
     return weights + _kv_read_bytes(variant, dtype, batch_size, context_len) + kv_written
 
 
 def flops_per_step(model: ModelSpec, variant: Variant, batch_size: int, context_len: int) -> int:
-    """FLOPs of one decode step: 2 per matmul parameter per token (Kaplan et al. 2020, §2.1),
-    plus attention's QK^T and PV over each layer's held positions, 2 · n_heads · (score width +
+    """FLOPs of one decode step: 2 per matmul parameter per token (Kaplan et al. 2020, §2.1; q_len tokens per
+    sequence in a multi-token step), plus attention's QK^T and PV over each (query, key) pair a layer scores
+    (each new token its causal prefix, at most its window), 2 · n_heads · (score width +
     value width) per position per layer: 4 · n_heads · head_dim for K/V attention (Chowdhery et al.
     2022, PaLM, appendix B), 2 · n_heads · (2 d_c + d_h^R) for MLA's absorbed form."""
     params = param_counts(model, variant)
-    positions = _held_positions(variant, batch_size, context_len)
-    attention = 2 * variant.n_heads * (variant.score_width + variant.value_width) * positions
-    return batch_size * 2 * params.matmul + attention
+    pairs = _attended_pairs(variant, batch_size, context_len)
+    attention = 2 * variant.n_heads * (variant.score_width + variant.value_width) * pairs
+    return batch_size * variant.q_len * 2 * params.matmul + attention
 
 
 def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str, context_len: int) -> int:
@@ -222,9 +251,9 @@ def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str
     layer's attention scores over the most positions a layer holds (kept in float32), plus residual,
     normed and projected vectors.
     """
-    width = DTYPE_BYTES[dtype]
-    longest = max(held_len(window, context_len) for window in variant.windows)
-    return (
+    width, tokens = DTYPE_BYTES[dtype], variant.q_len
+    longest = max(read_len(window, context_len, tokens) for window in variant.windows)
+    return tokens * (
         model.vocab_size * width
         + 3 * model.d_ff * width
         + variant.n_heads * longest * 4

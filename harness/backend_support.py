@@ -51,6 +51,18 @@ def ragged_unsupported(backend: str) -> str | None:
     )
 
 
+def multi_token_unsupported(variant: Variant) -> str | None:
+    """Why a step of ``variant.q_len`` new tokens per sequence is not measured for ``variant``, or None."""
+    if variant.lengths is not None and variant.lengths.ragged:
+        return "a ragged batch takes one new token per sequence; multi-token steps run on uniform batches"
+    if variant.is_windowed:
+        return (
+            "a windowed layer's multi-token step attends the history its producer kept during the step, which "
+            "the core-attention metric cannot replay alone; not measured"
+        )
+    return None
+
+
 def kv_dtype_unsupported(backend: str, device_type: str | None) -> str | None:
     """Why ``backend`` cannot read a float8 cache on ``device_type`` (None: on any device), or None if it can."""
     if backend in _FP8_UNREADABLE:
@@ -81,6 +93,8 @@ def unsupported_reason(backend: str, variant: Variant, device_type: str | None =
     if variant.page_size is not None and (reason := paged_unsupported(backend)) is not None:
         return reason
     if variant.lengths is not None and variant.lengths.ragged and (reason := ragged_unsupported(backend)) is not None:
+        return reason
+    if variant.q_len > 1 and (reason := multi_token_unsupported(variant)) is not None:
         return reason
     if variant.kv_dtype is not None:
         return kv_dtype_unsupported(backend, device_type)

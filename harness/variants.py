@@ -227,6 +227,7 @@ class Variant:
     mla: MLAShape | None = None  # set for multi-head latent attention
     page_size: int | None = None  # positions per cache page (harness/model/paged.py); None: contiguous
     lengths: LengthMix | None = None  # each sequence's context in a ragged batch (harness/lengths.py); None: all alike
+    q_len: int = 1  # new tokens per sequence per step (sweep.q_len): 1 is a decode step, more a verification step
 
     def __post_init__(self) -> None:
         if self.layer_windows and all(window is None for window in self.layer_windows):
@@ -247,6 +248,8 @@ class Variant:
             raise ValueError(f"kv_scale {self.kv_scale!r} is not one of {', '.join(KV_SCALES)}")
         if self.page_size is not None and self.page_size < 1:
             raise ValueError(f"page_size must be positive, got {self.page_size}")
+        if self.q_len < 1:
+            raise ValueError(f"q_len must be positive, got {self.q_len}")
         if self.mla is not None:
             if self.n_kv_heads != 1:
                 raise ValueError(
@@ -377,7 +380,8 @@ class Variant:
             kv += "(per-head scales)"
         pages = f"-P{self.page_size}" if self.page_size is not None else ""
         ragged = f"-{self.lengths.label}" if self.lengths is not None and self.lengths.ragged else ""
-        return f"{base}{sharing}{windows}{kv}{ragged}{pages}"
+        step = f"-T{self.q_len}" if self.q_len > 1 else ""
+        return f"{base}{sharing}{windows}{kv}{ragged}{pages}{step}"
 
     def to_payload(self) -> dict[str, Any]:
         """Plain data for crossing a process boundary; :meth:`from_payload` is its inverse."""
@@ -393,6 +397,7 @@ class Variant:
             "mla": None if self.mla is None else asdict(self.mla),
             "page_size": self.page_size,
             "lengths": None if self.lengths is None else asdict(self.lengths),
+            "q_len": self.q_len,
         }
 
     @classmethod
@@ -410,6 +415,7 @@ class Variant:
             mla=None if mla is None else MLAShape(**mla),
             page_size=payload.get("page_size"),
             lengths=_length_mix(payload.get("lengths")),
+            q_len=payload.get("q_len", 1),
         )
 
 

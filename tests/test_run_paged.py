@@ -36,6 +36,7 @@ context_len = [30]
 backend = ["eager", "sdpa"]
 page_size = ["contiguous", 4]
 lengths = ["same", [1, 0.5, 0.25]]
+q_len = [1, 2]
 [measure]
 metrics = ["decode", "memory"]
 warmup_s = 0.01
@@ -63,7 +64,7 @@ def paged_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, int]
 def test_each_variant_is_measured_in_each_layout_and_paged_sdpa_is_unsupported(paged_run: tuple[RunResult, int]):
     result, exit_code = paged_run
     status = {(c.variant, c.backend): c for c in result.cells}
-    assert len(status) == 16
+    assert len(status) == 32
     for name in ("H16-MQA-CLA2", "latent"):
         assert status[(name, "eager")].status == "ok" and status[(name, "eager")].page_size is None
         assert status[(f"{name}-P4", "eager")].status == "ok"
@@ -136,3 +137,21 @@ def test_native_reads_pages_where_it_reads_the_contiguous_cache() -> None:
 
     variant = with_layout(Variant("H16-GQA2", 16, 4, 2, sharing_map(4, 1)), 16)
     assert variant.name == "H16-GQA2-P16" and unsupported_reason("native", variant, "cpu") is None
+
+
+def test_a_two_token_step_moves_the_cache_once_and_the_report_shows_it_below_the_one_token_step(
+    paged_run: tuple[RunResult, int],
+):
+    result, _ = paged_run
+    cells = {(c.variant, c.backend): c for c in result.cells}
+    two, one = cells[("H16-MQA-CLA2-P4-T2", "eager")], cells[("H16-MQA-CLA2-P4", "eager")]
+    assert two.status == "ok" and two.q_len == 2 and one.q_len is None
+    assert two.metrics is not None and one.metrics is not None
+    assert two.metrics.kv_cache_bytes == two.metrics.kv_cache_bytes_expected
+    assert one.metrics.flops_per_step < two.metrics.flops_per_step < 2.1 * one.metrics.flops_per_step
+    assert two.metrics.bytes_per_step < 1.1 * one.metrics.bytes_per_step  # weights and cache read once either way
+    ragged_two = cells[("H16-MQA-CLA2-fixed(1,0.5,0.25)-T2", "eager")]
+    assert ragged_two.status == "unsupported" and "one new token per sequence" in str(ragged_two.error)
+    section = "\n".join(paging.multi_token_section(result))
+    rows = [line for line in section.splitlines() if line.startswith("| H16-MQA-CLA2-P4")]
+    assert [row.split("|")[2].strip() for row in rows[:2]] == ["1", "2"]

@@ -302,14 +302,15 @@ class Decoder(nn.Module):
         return self(tokens, cache, 0)
 
     def decode_step(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
-        """Logits [B, 1, vocab_size] for one new token per sequence, tokens [B, 1], at position ``pos``."""
+        """Logits [B, T, vocab_size] for T new tokens per sequence, tokens [B, T], at positions ``pos`` ...
+        (T = 1: a decode step; more: a verification step, causal within the new tokens)."""
         return self(tokens, cache, pos)
 
     def core_query_shape(self, batch_size: int) -> tuple[int, int, int, int]:
-        """Shape of the query :meth:`core_attention` takes: [B, n_heads, 1, width], width per the backend's form
+        """Shape of the query :meth:`core_attention` takes: [B, n_heads, q_len, width], width per the backend's form
         (head_dim; for MLA the absorbed d_c + d_h^R, or d_h + d_h^R for ``naive``)."""
         width = self._attention(0).core_query_width(self.backend)
-        return (batch_size, self.variant.n_heads, 1, width)
+        return (batch_size, self.variant.n_heads, self.variant.q_len, width)
 
     def core_attention(self, q: Tensor, cache: KVCache, pos: int) -> Tensor:
         """The attention op alone, for each of the L layers, over what its producer's slot holds for position ``pos``.
@@ -345,7 +346,7 @@ class Decoder(nn.Module):
         attention, slot = self._attention(layer), cache.layer(layer)
         if self.backend in MLA_FORMS:
             return attention.attend_cache(q, slot, pos, self.backend)
-        visible = slot.visible(pos, 1)
+        visible = slot.visible(pos, q.shape[2])
         if isinstance(visible, PagedVisible):
             visible = visible.gathered()  # the positions in order: the reference reads no pages
         group = q.shape[1] // visible.k.shape[1]

@@ -5,6 +5,8 @@ the variant ``<name>-P<page_size>`` (harness/scenario/serving.py); its contiguou
 same batch, context, dtype and backend. The table shows what paging costs each layout: the cache one
 sequence holds (whole pages and block-table entries, the last page's unused tail included), the max
 batch under the budget (predicted, and measured where the run searched), and the median decode latency.
+A multi-token cell (``q_len`` above 1) is ``<name>-T<q_len>``; beside its one-token cell ``<name>``: bytes and
+FLOPs per step, their ratio, the achieved bandwidth and the latency per step and per new token.
 A ragged cell (``length_mix`` set, harness/lengths.py) is ``<name>-<mix>[-P<page_size>]``; its uniform
 cell is ``<name>[-P<page_size>]``: beside it, the batch's mean context, the cache the batch holds, the
 bytes a step moves, the max batch and the decode latency.
@@ -220,6 +222,84 @@ def ragged_section(result: RunResult) -> list[str]:
         "paged one only each sequence's pages), the ideal bytes a decode step moves (each sequence reads its "
         "own positions), the max batch under the budget (predicted, measured in parentheses) and the median "
         "decode latency.",
+        "",
+        table,
+        "",
+    ]
+
+
+def _one_token_partner(cell: CellResult, cells: list[CellResult]) -> CellResult | None:
+    suffix = f"-T{cell.q_len}"
+    if not cell.variant.endswith(suffix):
+        return None
+    name = cell.variant[: -len(suffix)]
+    for other in cells:
+        if (
+            other.q_len is None
+            and other.variant == name
+            and (other.batch_size, other.context_len, other.dtype, other.backend)
+            == (cell.batch_size, cell.context_len, cell.dtype, cell.backend)
+        ):
+            return other
+    return None
+
+
+def _step_row(cell: CellResult, q_len: int) -> list[str]:
+    metrics = cell.metrics
+    if metrics is None:
+        return [MISSING] * 5
+    seconds = _decode_s(cell)
+    bandwidth = metrics.bandwidth_gbps
+    return [
+        format_bytes(metrics.bytes_per_step),
+        f"{metrics.flops_per_step / 1e9:.2f}",
+        f"{metrics.flops_per_step / metrics.bytes_per_step:.1f}",
+        MISSING if bandwidth is None else f"{bandwidth:.1f}",
+        _decode(cell) if seconds is None else f"{fmt_ms(seconds)} / {fmt_ms(seconds / q_len)}",
+    ]
+
+
+def multi_token_table(result: RunResult) -> str | None:
+    """Each multi-token cell below its one-token cell; None when the run has none."""
+    multi = [cell for cell in result.cells if cell.q_len is not None and cell.status != "unsupported"]
+    if not multi:
+        return None
+    body = []
+    for cell in multi:
+        assert cell.q_len is not None
+        partner = _one_token_partner(cell, result.cells)
+        coords = [cell.backend, str(cell.context_len), str(cell.batch_size)]
+        if partner is not None and partner.status == "ok":
+            body.append([partner.variant, "1", *coords, *_step_row(partner, 1)])
+        body.append([cell.variant, str(cell.q_len), *coords, *_step_row(cell, cell.q_len)])
+    headers = [
+        "variant",
+        "q_len",
+        "backend",
+        "context",
+        "batch",
+        "bytes/step",
+        "GFLOP/step",
+        "FLOP/byte",
+        "GB/s",
+        "decode ms: step / per token",
+    ]
+    return tabulate(body, headers=headers, tablefmt=TABLEFMT, disable_numparse=True)
+
+
+def multi_token_section(result: RunResult) -> list[str]:
+    """The section's markdown lines; nothing for a run without multi-token cells."""
+    table = multi_token_table(result)
+    if table is None:
+        return []
+    return [
+        "### Multi-token steps",
+        "",
+        "Each step of q_len new tokens per sequence (causal within them: speculative verification) below the "
+        "one-token step of the same variant: the ideal bytes a step moves (the cache read once per layer, "
+        "weights once), its FLOPs, their ratio (FLOP per byte: a step stays memory-bound while this is below "
+        "the machine's FLOP/s over its bandwidth), the achieved bandwidth (bytes per step over the median), and "
+        "the median latency per step and per new token.",
         "",
         table,
         "",

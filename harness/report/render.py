@@ -285,6 +285,7 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
     lines += savings.savings_section(result)
     lines += paging.paging_section(result)
     lines += paging.ragged_section(result)
+    lines += paging.multi_token_section(result)
     lines += tp_section.tp_section(result)
     if "kv-bytes-vs-latency" in images:
         lines += _section(

@@ -148,6 +148,13 @@ class SweepSpec(_Strict):
         "context_len (one of them 1); context_len is the longest sequence's; default: same",
     )
 
+    q_len: list[Annotated[int, Field(gt=0, le=4096)]] = Field(
+        [1],
+        min_length=1,
+        description="new tokens per sequence per step, causal within them (1: a decode step; more: speculative "
+        "verification); a form with more is named <variant>-T<q_len>",
+    )
+
     @model_validator(mode="after")
     def _no_repeats(self) -> SweepSpec:
         for mix in self.lengths or []:
@@ -157,7 +164,7 @@ class SweepSpec(_Strict):
                 )
         if self.lengths is not None and len({str(mix) for mix in self.lengths}) != len(self.lengths):
             raise ValueError(f"sweep.lengths repeats a value: {self.lengths}")
-        for axis in ("batch_size", "context_len", "backend", "dtype", "tp", "page_size"):
+        for axis in ("batch_size", "context_len", "backend", "dtype", "tp", "page_size", "q_len"):
             values = getattr(self, axis)
             if values is not None and len(set(values)) != len(values):
                 raise ValueError(f"sweep.{axis} repeats a value: {values}")

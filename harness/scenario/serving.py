@@ -5,8 +5,10 @@ cell is contiguous. A paged form of a variant is the same attention configuratio
 pages (harness/model/paged.py), named ``<variant>-P<page_size>``. ``sweep.lengths`` lists how a batch's
 context lengths are spread (harness/lengths.py); a ragged form is named ``<variant>-longtail``,
 ``-uniform`` or ``-fixed(1,0.5)`` after its mix, before any page suffix (``H128-GQA8-longtail-P16``).
-Results, resume, compare and the report tell the forms apart by variant name and pair each paged or
-ragged cell with its contiguous, uniform one.
+``sweep.q_len`` lists new tokens per sequence per step; a form with more than one is named
+``<variant>-T<q_len>`` after everything else (``H128-GQA8-P16-T4``). Results, resume, compare and the
+report tell the forms apart by variant name and pair each paged, ragged or multi-token cell with its
+contiguous, uniform, one-token one.
 """
 
 from __future__ import annotations
@@ -48,13 +50,27 @@ def with_lengths(variant: Variant, mix: LengthMix) -> Variant:
     return dataclasses.replace(variant, name=f"{variant.name}-{mix.label}", lengths=mix)
 
 
+def with_q_len(variant: Variant, q_len: int) -> Variant:
+    """``variant`` stepping q_len new tokens per sequence, named ``<variant>-T<q_len>``; itself for 1."""
+    if q_len == 1:
+        return variant
+    return dataclasses.replace(variant, name=f"{variant.name}-T{q_len}", q_len=q_len)
+
+
 def layouts(
     variant: Variant,
     page_sizes: Sequence[int | str] | None,
     lengths: Sequence[str | Sequence[float]] | None = None,
     seed: int = 0,
+    q_lens: Sequence[int] = (1,),
 ) -> list[Variant]:
     """The forms of ``variant`` a sweep measures: each cache layout of ``sweep.page_size`` (None: contiguous
-    only), each in each length mix of ``sweep.lengths`` (None: same), in that order."""
+    only), each in each length mix of ``sweep.lengths`` (None: same), each at each ``sweep.q_len``, in that
+    order."""
     mixes = [length_mix(spec, seed) for spec in (lengths or ["same"])]
-    return [with_layout(with_lengths(variant, mix), layout) for layout in (page_sizes or [CONTIGUOUS]) for mix in mixes]
+    return [
+        with_q_len(with_layout(with_lengths(variant, mix), layout), q_len)
+        for layout in (page_sizes or [CONTIGUOUS])
+        for mix in mixes
+        for q_len in q_lens
+    ]
