@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.lengths import iter_lengths, sequence_lengths
+from harness.lengths import MAX_RAGGED_BATCH, iter_lengths, sequence_lengths
 from harness.pages import BLOCK_TABLE_ENTRY_BYTES, pages_per_sequence
 from harness.scenario.schema import ModelSpec
 from harness.units import DTYPE_BYTES, KV_DTYPE_BYTES
@@ -190,12 +190,16 @@ def _kv_read_bytes(variant: Variant, dtype: str, batch_size: int, context_len: i
 def _held_positions(variant: Variant, batch_size: int, context_len: int) -> int:
     """Cache positions all L layers attend in one decode step, summed over the batch's sequences (each at its
     own context in a ragged batch)."""
+    if variant.lengths is None or not variant.lengths.ragged:
+        return batch_size * sum(read_len(window, context_len, variant.q_len) for window in variant.windows)
     lengths = sequence_lengths(variant.lengths, context_len, batch_size)
     return sum(read_len(window, length, variant.q_len) for length in lengths for window in variant.windows)
 
 
 def _attended_pairs(variant: Variant, batch_size: int, context_len: int) -> int:
     """(query, key) pairs all L layers score in one step, summed over the batch's sequences."""
+    if variant.lengths is None or not variant.lengths.ragged:
+        return batch_size * sum(attended_pairs(window, context_len, variant.q_len) for window in variant.windows)
     lengths = sequence_lengths(variant.lengths, context_len, batch_size)
     return sum(attended_pairs(window, length, variant.q_len) for length in lengths for window in variant.windows)
 
@@ -286,12 +290,13 @@ def predicted_max_batch(
 
 def _ragged_paged_max_batch(model: ModelSpec, variant: Variant, dtype: str, context_len: int, free: int) -> int:
     """A ragged batch in pages: sequences join in batch order (harness/lengths.py) while their pages, block-table
-    rows and activations (sized for the longest) fit ``free``; exact, since a larger batch only adds sequences."""
+    rows and activations (sized for the longest) fit ``free``; exact, since a larger batch only adds sequences.
+    At most MAX_RAGGED_BATCH, the largest ragged batch a scenario may ask for."""
     activations = activation_bytes_per_sequence(model, variant, dtype, context_len)
     batch, used = 0, 0
     for length in iter_lengths(variant.lengths, context_len):
         used += _paged_sequence_bytes(variant, dtype, length, context_len) + activations
-        if used > free:
+        if used > free or batch == MAX_RAGGED_BATCH:
             return batch
         batch += 1
     return batch  # the stream has no end; unreachable

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 KINDS: tuple[str, ...] = ("same", "uniform", "long-tail")
+# Most sequences a ragged batch may have: one length is drawn, recorded and summed per sequence.
+MAX_RAGGED_BATCH = 2**20
 # long-tail: the shortest draw is this fraction of context_len
 LONG_TAIL_SPAN = 64
 

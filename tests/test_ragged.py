@@ -134,3 +134,29 @@ def test_length_mixes_keep_context_len_the_longest_and_a_larger_batch_only_adds_
 def test_backends_with_one_length_for_the_batch_refuse_a_ragged_one_with_the_reason(backend: str) -> None:
     reason = unsupported_reason(backend, with_lengths(CASES["MLA-CLA2"], FIXED))
     assert reason is not None and "one context length for the whole batch" in reason
+
+
+def test_accounting_of_an_enormous_uniform_batch_takes_no_list_of_its_sequences(tiny_model: ModelSpec) -> None:
+    huge = 2**62
+    variant = with_layout(CASES["GQA2"], 16)
+    per_sequence = accounting.kv_bytes_per_sequence(variant, "float32", 1000)
+    assert accounting.kv_cache_bytes(variant, "float32", huge, 1000) == huge * per_sequence
+    assert accounting.flops_per_step(tiny_model, variant, huge, 1000) > 0
+
+
+def test_a_ragged_batch_larger_than_the_lengths_it_can_draw_is_refused() -> None:
+    from harness.lengths import MAX_RAGGED_BATCH
+    from harness.scenario.load import parse_scenario
+
+    doc = {
+        "name": "x",
+        "model": {"d_model": 64, "n_layers": 2, "d_ff": 64, "vocab_size": 97},
+        "variant": [{"name": "H16-MQA"}],
+        "sweep": {"batch_size": [MAX_RAGGED_BATCH + 1], "context_len": [8], "lengths": ["same", "uniform"]},
+    }
+    with pytest.raises(Exception, match="draws one length per sequence"):
+        parse_scenario(doc, "x.toml")
+    budget = 2**62  # the prediction stops at the largest ragged batch a scenario may ask for
+    variant = with_lengths(with_layout(CASES["MQA-CLA2"], 16), LengthMix("uniform"))
+    model = ModelSpec(d_model=64, n_layers=4, d_ff=96, vocab_size=97, dtype="float32")
+    assert accounting.predicted_max_batch(model, variant, "float32", 1, budget) == MAX_RAGGED_BATCH

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
+from harness.lengths import MAX_RAGGED_BATCH
 from harness.scenario.quality import QualitySpec
 from harness.units import parse_bytes
 
@@ -164,6 +165,11 @@ class SweepSpec(_Strict):
                 )
         if self.lengths is not None and len({str(mix) for mix in self.lengths}) != len(self.lengths):
             raise ValueError(f"sweep.lengths repeats a value: {self.lengths}")
+        if any(mix != "same" for mix in self.lengths or []) and max(self.batch_size) > MAX_RAGGED_BATCH:
+            raise ValueError(
+                f"a ragged batch (sweep.lengths) draws one length per sequence: batch_size at most "
+                f"{MAX_RAGGED_BATCH}, got {max(self.batch_size)}"
+            )
         for axis in ("batch_size", "context_len", "backend", "dtype", "tp", "page_size", "q_len"):
             values = getattr(self, axis)
             if values is not None and len(set(values)) != len(values):
