@@ -8,13 +8,22 @@ cached latent (harness/model/mla.py). Definitions follow docs/design.md; each fo
 A layer with a sliding window caches at most ``window`` positions (a ring buffer): it holds
 ``min(cache_len, window)`` of them, and that is what is allocated, read and counted here.
 An 8-bit cache counts one byte per element plus its float32 scales, which do not grow with the
-batch or the context.
+batch or the context. A paged cache (``variant.page_size``) allocates whole pages per sequence and a
+block table of int64 entries (harness/pages.py): the last page's unused tail is counted as allocated;
+a step reads only the positions it attends. In a ragged batch (``variant.lengths``, harness/lengths.py)
+each sequence has its own context, ``context_len`` the longest: a contiguous cache still gives every
+sequence a slot for the longest, a paged one only the pages each sequence holds, and a step reads and
+computes over each sequence's own positions. A multi-token step (``variant.q_len`` = T new tokens per
+sequence, causal within them: speculative verification) writes T positions, reads the cache once per
+layer and does T tokens' matmuls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.lengths import MAX_RAGGED_BATCH, iter_lengths, sequence_lengths
+from harness.pages import BLOCK_TABLE_ENTRY_BYTES, pages_per_sequence
 from harness.scenario.schema import ModelSpec
 from harness.units import DTYPE_BYTES, KV_DTYPE_BYTES
 from harness.variants import SCALE_BYTES, Variant
@@ -23,15 +32,29 @@ from harness.variants import SCALE_BYTES, Variant
 DECODE_TOKENS = 1
 
 
-def cache_len(context_len: int) -> int:
-    """Positions the static KV cache is allocated for: the context plus the decoded token."""
-    return context_len + DECODE_TOKENS
+def cache_len(context_len: int, q_len: int = DECODE_TOKENS) -> int:
+    """Positions the static KV cache is allocated for: the context plus the step's new tokens."""
+    return context_len + q_len
 
 
-def held_len(window: int | None, context_len: int) -> int:
+def held_len(window: int | None, context_len: int, q_len: int = DECODE_TOKENS) -> int:
     """Positions a layer's cache holds at this context: cache_len, or at most ``window`` for a windowed layer."""
-    positions = cache_len(context_len)
+    positions = cache_len(context_len, q_len)
     return positions if window is None else min(positions, window)
+
+
+def read_len(window: int | None, context_len: int, q_len: int = DECODE_TOKENS) -> int:
+    """Positions a layer reads in one step of q_len new tokens: what it holds, or for a windowed layer's
+    multi-token step the window's last window - 1 positions before the step and the step's own."""
+    if q_len == 1 or window is None:
+        return held_len(window, context_len, q_len)
+    return min(context_len, window - 1) + q_len
+
+
+def attended_pairs(window: int | None, context_len: int, q_len: int = DECODE_TOKENS) -> int:
+    """(query, key) pairs a layer scores in one step: new token t (0-based) sees context_len + t + 1 positions,
+    at most ``window`` of them (causal within the new tokens)."""
+    return sum(held_len(window, context_len + t, 1) for t in range(q_len))
 
 
 @dataclass(frozen=True)
@@ -114,25 +137,71 @@ def kv_scale_bytes(variant: Variant) -> int:
 
 def kv_bytes_per_sequence(variant: Variant, dtype: str, context_len: int) -> int:
     """Cache bytes one sequence holds at this context: Σ over producers of width · bytes · held positions,
-    where a windowed producer holds min(cache_len, window) positions (a ring buffer)."""
+    where a windowed producer holds min(cache_len, window) positions (a ring buffer). A paged cache holds
+    whole pages (the last one's unused tail included) and one block-table entry per page."""
     per_position = variant.cache_width * kv_element_bytes(variant, dtype)
-    return sum(per_position * held_len(variant.windows[layer], context_len) for layer in variant.producers)
+    if variant.page_size is not None:
+        page = variant.page_size
+        positions = cache_len(context_len, variant.q_len)
+        pages = sum(pages_per_sequence(variant.windows[p], positions, page) for p in variant.producers)
+        return pages * (page * per_position + BLOCK_TABLE_ENTRY_BYTES)
+    return sum(
+        per_position * held_len(variant.windows[layer], context_len, variant.q_len) for layer in variant.producers
+    )
 
 
 def kv_cache_bytes(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
     """What the static cache allocates: kv_bytes_per_sequence · batch_size, plus the scales of an 8-bit cache.
 
     Without windows or an 8-bit cache this is kv_bytes_per_token · batch_size · cache_len (docs/design.md).
+    A paged cache of a ragged batch holds each sequence's own pages, and block tables as wide as the
+    longest sequence's.
     """
+    if variant.page_size is not None and variant.lengths is not None and variant.lengths.ragged:
+        lengths = sequence_lengths(variant.lengths, context_len, batch_size)
+        return sum(_paged_sequence_bytes(variant, dtype, length, context_len) for length in lengths) + kv_scale_bytes(
+            variant
+        )
     return kv_bytes_per_sequence(variant, dtype, context_len) * batch_size + kv_scale_bytes(variant)
+
+
+def _paged_sequence_bytes(variant: Variant, dtype: str, length: int, context_len: int) -> int:
+    """Bytes of a paged cache one sequence of ``length`` tokens holds in a batch whose longest has context_len:
+    its own whole pages, and a block-table row as wide as the longest sequence's."""
+    assert variant.page_size is not None
+    page, per_position = variant.page_size, variant.cache_width * kv_element_bytes(variant, dtype)
+    total = 0
+    for producer in variant.producers:
+        window = variant.windows[producer]
+        total += pages_per_sequence(window, cache_len(length, variant.q_len), page) * page * per_position
+        total += pages_per_sequence(window, cache_len(context_len, variant.q_len), page) * BLOCK_TABLE_ENTRY_BYTES
+    return total
 
 
 def _kv_read_bytes(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
     """Cache bytes every one of the L attention layers reads in a decode step: its producer's held
     positions (CLA consumers re-read them, paper §2.3), and its producer's scales."""
     per_position = variant.cache_width * kv_element_bytes(variant, dtype)
-    positions = sum(held_len(window, context_len) for window in variant.windows)
-    return batch_size * positions * per_position + variant.n_layers * variant.scales_per_producer * SCALE_BYTES
+    return _held_positions(variant, batch_size, context_len) * per_position + (
+        variant.n_layers * variant.scales_per_producer * SCALE_BYTES
+    )
+
+
+def _held_positions(variant: Variant, batch_size: int, context_len: int) -> int:
+    """Cache positions all L layers attend in one decode step, summed over the batch's sequences (each at its
+    own context in a ragged batch)."""
+    if variant.lengths is None or not variant.lengths.ragged:
+        return batch_size * sum(read_len(window, context_len, variant.q_len) for window in variant.windows)
+    lengths = sequence_lengths(variant.lengths, context_len, batch_size)
+    return sum(read_len(window, length, variant.q_len) for length in lengths for window in variant.windows)
+
+
+def _attended_pairs(variant: Variant, batch_size: int, context_len: int) -> int:
+    """(query, key) pairs all L layers score in one step, summed over the batch's sequences."""
+    if variant.lengths is None or not variant.lengths.ragged:
+        return batch_size * sum(attended_pairs(window, context_len, variant.q_len) for window in variant.windows)
+    lengths = sequence_lengths(variant.lengths, context_len, batch_size)
+    return sum(attended_pairs(window, length, variant.q_len) for length in lengths for window in variant.windows)
 
 
 def attention_bytes_per_step(variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
@@ -144,12 +213,14 @@ def attention_bytes_per_step(variant: Variant, dtype: str, batch_size: int, cont
     output write (MLA: the absorbed query of width d_c + d_h^R and the latent-width output).
     """
     width = DTYPE_BYTES[dtype]
-    q_and_out = variant.n_layers * batch_size * variant.n_heads * (variant.score_width + variant.value_width) * width
+    tokens = batch_size * variant.q_len
+    q_and_out = variant.n_layers * tokens * variant.n_heads * (variant.score_width + variant.value_width) * width
     return _kv_read_bytes(variant, dtype, batch_size, context_len) + q_and_out
 
 
 def bytes_per_step(model: ModelSpec, variant: Variant, dtype: str, batch_size: int, context_len: int) -> int:
-    """Ideal memory traffic of one decode step (docs/design.md, "Bytes moved per step").
+    """Ideal memory traffic of one decode step (docs/design.md, "Bytes moved per step"); of a multi-token
+    step, the same with q_len new tokens per sequence (the cache is still read once per layer).
 
     Every weight read once (the embedding table only for the batch_size rows looked up), the KV
     cache read by every one of the L attention layers, and the new token's K/V (or latent) written
@@ -159,26 +230,29 @@ def bytes_per_step(model: ModelSpec, variant: Variant, dtype: str, batch_size: i
     """
     width = DTYPE_BYTES[dtype]
     params = param_counts(model, variant)
-    weights = (params.total - params.embedding + min(batch_size, model.vocab_size) * model.d_model) * width
-    kv_written = kv_bytes_per_token(variant, dtype) * batch_size
+    tokens = batch_size * variant.q_len
+    weights = (params.total - params.embedding + min(tokens, model.vocab_size) * model.d_model) * width
+    kv_written = kv_bytes_per_token(variant, dtype) * tokens
     return weights + _kv_read_bytes(variant, dtype, batch_size, context_len) + kv_written
 
 
 def flops_per_step(model: ModelSpec, variant: Variant, batch_size: int, context_len: int) -> int:
-    """FLOPs of one decode step: 2 per matmul parameter per token (Kaplan et al. 2020, §2.1),
-    plus attention's QK^T and PV over each layer's held positions, 2 · n_heads · (score width +
+    """FLOPs of one decode step: 2 per matmul parameter per token (Kaplan et al. 2020, §2.1; q_len tokens per
+    sequence in a multi-token step), plus attention's QK^T and PV over each (query, key) pair a layer scores
+    (each new token its causal prefix, at most its window), 2 · n_heads · (score width +
     value width) per position per layer: 4 · n_heads · head_dim for K/V attention (Chowdhery et al.
     2022, PaLM, appendix B), 2 · n_heads · (2 d_c + d_h^R) for MLA's absorbed form."""
     params = param_counts(model, variant)
-    return batch_size * 2 * params.matmul + attention_flops_per_step(variant, batch_size, context_len)
+    return batch_size * variant.q_len * 2 * params.matmul + attention_flops_per_step(variant, batch_size, context_len)
 
 
 def attention_flops_per_step(variant: Variant, batch_size: int, context_len: int) -> int:
-    """FLOPs of core attention in one decode step, over all L layers: QK^T and PV over each layer's held
-    positions, 2 · n_heads · (score width + value width) per position (the attention term of
+    """FLOPs of core attention in one step, over all L layers: QK^T and PV over each (query, key) pair a
+    layer scores (each new token its causal prefix, at most its window; every sequence of a ragged batch
+    its own length), 2 · n_heads · (score width + value width) per pair (the attention term of
     :func:`flops_per_step`)."""
-    positions = sum(held_len(window, context_len) for window in variant.windows)
-    return batch_size * 2 * variant.n_heads * (variant.score_width + variant.value_width) * positions
+    pairs = _attended_pairs(variant, batch_size, context_len)
+    return 2 * variant.n_heads * (variant.score_width + variant.value_width) * pairs
 
 
 def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str, context_len: int) -> int:
@@ -188,9 +262,9 @@ def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str
     layer's attention scores over the most positions a layer holds (kept in float32), plus residual,
     normed and projected vectors.
     """
-    width = DTYPE_BYTES[dtype]
-    longest = max(held_len(window, context_len) for window in variant.windows)
-    return (
+    width, tokens = DTYPE_BYTES[dtype], variant.q_len
+    longest = max(read_len(window, context_len, tokens) for window in variant.windows)
+    return tokens * (
         model.vocab_size * width
         + 3 * model.d_ff * width
         + variant.n_heads * longest * 4
@@ -216,7 +290,23 @@ def predicted_max_batch(
     counting each windowed layer's min(cache_len, window) positions. 0 when even the weights do not fit.
     """
     free = budget_bytes - weight_bytes(model, variant, dtype) - kv_scale_bytes(variant) - workspace_bytes
+    if variant.page_size is not None and variant.lengths is not None and variant.lengths.ragged:
+        return _ragged_paged_max_batch(model, variant, dtype, context_len, free)
     return max(0, free // bytes_per_sequence(model, variant, dtype, context_len))
+
+
+def _ragged_paged_max_batch(model: ModelSpec, variant: Variant, dtype: str, context_len: int, free: int) -> int:
+    """A ragged batch in pages: sequences join in batch order (harness/lengths.py) while their pages, block-table
+    rows and activations (sized for the longest) fit ``free``; exact, since a larger batch only adds sequences.
+    At most MAX_RAGGED_BATCH, the largest ragged batch a scenario may ask for."""
+    activations = activation_bytes_per_sequence(model, variant, dtype, context_len)
+    batch, used = 0, 0
+    for length in iter_lengths(variant.lengths, context_len):
+        used += _paged_sequence_bytes(variant, dtype, length, context_len) + activations
+        if used > free or batch == MAX_RAGGED_BATCH:
+            return batch
+        batch += 1
+    return batch  # the stream has no end; unreachable
 
 
 KIB = 1024

@@ -21,6 +21,48 @@ _FP8_UNREADABLE: dict[str, str] = {
 }
 
 
+# Backends that read a paged cache (harness/model/paged.py): native's kernel through the block table,
+# eager and MLA's naive form from a gathered copy.
+PAGED_BACKENDS: tuple[str, ...] = ("eager", "native", "naive")
+
+
+def paged_unsupported(backend: str) -> str | None:
+    """Why ``backend`` cannot read a paged KV cache, or None if it can."""
+    if backend in PAGED_BACKENDS or backend == "auto":
+        return None
+    return (
+        f"attention backend {backend!r} reads a contiguous KV cache only; a paged cache is read by "
+        f"{', '.join(PAGED_BACKENDS)}"
+    )
+
+
+# Backends that run a ragged batch (each sequence at its own context): native's kernel over each
+# sequence's span, eager with the positions past a sequence's length masked.
+RAGGED_BACKENDS: tuple[str, ...] = ("eager", "native")
+
+
+def ragged_unsupported(backend: str) -> str | None:
+    """Why ``backend`` cannot run a ragged batch, or None if it can."""
+    if backend in RAGGED_BACKENDS or backend == "auto":
+        return None
+    return (
+        f"attention backend {backend!r} takes one context length for the whole batch; a ragged batch is run by "
+        f"{', '.join(RAGGED_BACKENDS)}"
+    )
+
+
+def multi_token_unsupported(variant: Variant) -> str | None:
+    """Why a step of ``variant.q_len`` new tokens per sequence is not measured for ``variant``, or None."""
+    if variant.lengths is not None and variant.lengths.ragged:
+        return "a ragged batch takes one new token per sequence; multi-token steps run on uniform batches"
+    if variant.is_windowed:
+        return (
+            "a windowed layer's multi-token step attends the history its producer kept during the step, which "
+            "the core-attention metric cannot replay alone; not measured"
+        )
+    return None
+
+
 def kv_dtype_unsupported(backend: str, device_type: str | None) -> str | None:
     """Why ``backend`` cannot read a float8 cache on ``device_type`` (None: on any device), or None if it can."""
     if backend in _FP8_UNREADABLE:
@@ -48,6 +90,12 @@ def unsupported_reason(backend: str, variant: Variant, device_type: str | None =
         )
     if variant.mla is not None and backend == "flex":
         return "the flex backend is not verified for MLA's different key and value widths"
+    if variant.page_size is not None and (reason := paged_unsupported(backend)) is not None:
+        return reason
+    if variant.lengths is not None and variant.lengths.ragged and (reason := ragged_unsupported(backend)) is not None:
+        return reason
+    if variant.q_len > 1 and (reason := multi_token_unsupported(variant)) is not None:
+        return reason
     if variant.kv_dtype is not None:
         return kv_dtype_unsupported(backend, device_type)
     return None

@@ -29,6 +29,8 @@ def tp_problem(model: ModelSpec, variant: Variant, tp: int) -> str | None:
         return f"its {variant.n_heads} query heads do not split evenly over {tp} ranks"
     if model.d_ff % tp:
         return f"d_ff ({model.d_ff}) does not split evenly over {tp} ranks"
+    if variant.lengths is not None and variant.lengths.ragged:
+        return "a ragged batch (sweep.lengths) is not sharded: its ranks are built with one length for the batch"
     if variant.mla is None and variant.n_kv_heads % tp and tp % variant.n_kv_heads:
         return (
             f"its {variant.n_kv_heads} KV heads neither split over {tp} ranks nor replicate evenly "

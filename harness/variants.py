@@ -30,6 +30,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.lengths import LengthMix
+
 # H128-MHA, H64-MQA-CLA2, MLA512-R64, MLA512-R64-Q1536-CLA2, H128-GQA8-SWA4096-5:1-KV8. Numbers have at most
 # 9 digits: a longer one is no width or count, and Python refuses to convert thousands of digits.
 PAPER_NAME_RE = re.compile(
@@ -223,6 +225,9 @@ class Variant:
     kv_dtype: str | None = None  # cache dtype when it differs from the weights' (float8_e4m3fn, float8_e5m2)
     kv_scale: str = "tensor"  # scale granularity of an 8-bit cache: "tensor" or "head"
     mla: MLAShape | None = None  # set for multi-head latent attention
+    page_size: int | None = None  # positions per cache page (harness/model/paged.py); None: contiguous
+    lengths: LengthMix | None = None  # each sequence's context in a ragged batch (harness/lengths.py); None: all alike
+    q_len: int = 1  # new tokens per sequence per step (sweep.q_len): 1 is a decode step, more a verification step
 
     def __post_init__(self) -> None:
         if self.layer_windows and all(window is None for window in self.layer_windows):
@@ -241,6 +246,10 @@ class Variant:
             raise ValueError(f"kv_dtype {self.kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
         if self.kv_scale not in KV_SCALES:
             raise ValueError(f"kv_scale {self.kv_scale!r} is not one of {', '.join(KV_SCALES)}")
+        if self.page_size is not None and self.page_size < 1:
+            raise ValueError(f"page_size must be positive, got {self.page_size}")
+        if self.q_len < 1:
+            raise ValueError(f"q_len must be positive, got {self.q_len}")
         if self.mla is not None:
             if self.n_kv_heads != 1:
                 raise ValueError(
@@ -369,7 +378,10 @@ class Variant:
         kv = f"-{KV_DTYPE_SUFFIX[self.kv_dtype]}" if self.kv_dtype is not None else ""
         if self.kv_dtype is not None and self.kv_scale == "head":
             kv += "(per-head scales)"
-        return f"{base}{sharing}{windows}{kv}"
+        pages = f"-P{self.page_size}" if self.page_size is not None else ""
+        ragged = f"-{self.lengths.label}" if self.lengths is not None and self.lengths.ragged else ""
+        step = f"-T{self.q_len}" if self.q_len > 1 else ""
+        return f"{base}{sharing}{windows}{kv}{ragged}{pages}{step}"
 
     def to_payload(self) -> dict[str, Any]:
         """Plain data for crossing a process boundary; :meth:`from_payload` is its inverse."""
@@ -383,6 +395,9 @@ class Variant:
             "kv_dtype": self.kv_dtype,
             "kv_scale": self.kv_scale,
             "mla": None if self.mla is None else asdict(self.mla),
+            "page_size": self.page_size,
+            "lengths": None if self.lengths is None else asdict(self.lengths),
+            "q_len": self.q_len,
         }
 
     @classmethod
@@ -398,7 +413,16 @@ class Variant:
             kv_dtype=payload.get("kv_dtype"),
             kv_scale=payload.get("kv_scale", "tensor"),
             mla=None if mla is None else MLAShape(**mla),
+            page_size=payload.get("page_size"),
+            lengths=_length_mix(payload.get("lengths")),
+            q_len=payload.get("q_len", 1),
         )
+
+
+def _length_mix(payload: dict[str, Any] | None) -> LengthMix | None:
+    if payload is None:
+        return None
+    return LengthMix(payload["kind"], tuple(payload.get("fractions", ())), payload.get("seed", 0))
 
 
 def producer_count(n_layers: int, kv_sharing: int) -> int:

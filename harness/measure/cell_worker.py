@@ -20,6 +20,7 @@ import torch
 
 from harness import accounting
 from harness.hardware import detect_target, fingerprint, is_cuda
+from harness.lengths import sequence_lengths
 from harness.measure import checks, timing
 from harness.measure.autotune import choose_backend, output_tolerance
 from harness.measure.bandwidth import load_or_measure_peak
@@ -29,7 +30,7 @@ from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPe
 from harness.measure.reference import reference_loop
 from harness.measure.telemetry import NvmlSampler, other_gpu_processes
 from harness.model import build_decoder, sdpa
-from harness.model.attention import prepare_backend, resolve_backend
+from harness.model.attention import causal_mask, prepare_backend, resolve_backend
 from harness.model.decoder import Decoder, KVCache
 from harness.results.schema import Telemetry
 from harness.scenario.schema import ModelSpec
@@ -100,11 +101,14 @@ def _build_and_step(
             seed=payload["seed"],
             weights="synthetic" if fill else "zeros",
         )
-        cache = decoder.allocate_cache(batch_size, accounting.cache_len(context_len))
+        lengths = sequence_lengths(variant.lengths, context_len, batch_size) if variant.lengths else None
+        cache = decoder.allocate_cache(
+            batch_size, accounting.cache_len(context_len, variant.q_len), page_seed=payload["seed"], lengths=lengths
+        )
         if fill:
             generator = torch.Generator(device=device).manual_seed(payload["seed"])
             decoder.fill_cache_synthetic(cache, context_len, generator)
-        tokens = torch.randint(0, model.vocab_size, (batch_size, 1), device=device)
+        tokens = torch.randint(0, model.vocab_size, (batch_size, variant.q_len), device=device)
         decoder.decode_step(tokens, cache, context_len)
         _sync(device)
     return decoder, cache, tokens, tracker.result()
@@ -300,8 +304,11 @@ def _observe_sdpa(decoder: Decoder, cache: KVCache, q: torch.Tensor, pos: int) -
     if decoder.variant.mla is not None:
         out["check"] = checks.mla_latent_read(seen, decoder.variant).model_dump()
     else:
-        visible = cache.layer(0).visible(pos, 1)
-        planned = sdpa.plan(q, visible.k[:, :, : visible.start_pos + 1], visible.v[:, :, : visible.start_pos + 1])
+        n_new = q.shape[2]
+        visible = cache.layer(0).visible(pos, n_new)
+        n_valid = visible.start_pos + n_new
+        mask = causal_mask(visible.start_pos, n_new, q.device) if n_new > 1 and visible.start_pos > 0 else None
+        planned = sdpa.plan(q, visible.k[:, :, :n_valid], visible.v[:, :, :n_valid], mask, n_new > 1 and mask is None)
         check = checks.sdpa_kernel(planned, seen, decoder.device.type, decoder.dtype, decoder.variant)
         out["check"] = check.model_dump()
     return out

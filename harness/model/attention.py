@@ -26,7 +26,9 @@ first d_c columns as values) and the score scale may be given (MLA scales by 1/s
 by the latent's width). A float8 cache is read by the backends that can read it (eager, which widens
 the slice it reads as it already repeats it per head; grouped on CPU, whose split-KV kernel widens
 it chunk by chunk in the CPU caches); the others refuse it with the reason, never widening the
-whole cache behind the caller's back (harness/backend_support.py says which and why).
+whole cache behind the caller's back (harness/backend_support.py says which and why). A paged cache
+(harness/model/paged.py) is read by ``native`` in place through its block table and by ``eager`` from a
+gathered copy of the attended positions; the other backends refuse it with the reason.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from harness.backend_support import MLA_FORMS, kv_dtype_unsupported, unsupported
 from harness.model import native, sdpa
 from harness.model.decode_kernels import split_kv_decode
 from harness.model.kvcache import LayerCache, Visible
+from harness.model.paged import PagedVisible
 from harness.model.quant import dequantize, is_fp8
 from harness.variants import Variant
 
@@ -129,6 +132,7 @@ def attend(
     scale: float | None = None,
     k_scale: Tensor | None = None,
     v_scale: Tensor | None = None,
+    lengths: Tensor | None = None,
 ) -> Tensor:
     """Attention of new queries over a static cache.
 
@@ -137,6 +141,8 @@ def attend(
     past start_pos + T are not read. ``scale`` multiplies the scores (default 1/sqrt(head_dim)).
     A float8 cache comes with its float32 scales ``k_scale``, ``v_scale`` ([1] or [n_kv_heads]); a
     backend that cannot read float8 raises ValueError rather than widening the cache.
+    A ragged decode step (T == 1) passes ``lengths`` [B]: sequence b attends its first lengths[b]
+    positions (``start_pos`` counts for the longest); eager masks the rest, native reads only them.
     Returns [B, n_heads, T, v_dim] in q's dtype.
     """
     n_heads, n_new = q.shape[1], q.shape[2]
@@ -153,6 +159,8 @@ def attend(
             raise ValueError(reason)
         if k_scale is None or v_scale is None:
             raise ValueError("a float8 cache needs its k_scale and v_scale")
+    if lengths is not None:
+        return _ragged(q, k, v, lengths, backend, scale, k_scale, v_scale)
     if backend == "eager":
         return _eager(q, *_widened(k, v, k_scale, v_scale, q.dtype), start_pos, scale)
     if backend == "sdpa":
@@ -186,6 +194,8 @@ def attend_visible(
 ) -> Tensor:
     """Attention of q [B, n_heads, T, width] over what a cache slot shows it (see :meth:`LayerCache.visible`):
     through ``backend``, or for a windowed slot's multi-token step through the masked textbook form."""
+    if isinstance(visible, PagedVisible):
+        return _paged(q, visible, slot, backend, scale)
     if visible.mask is None:
         return attend(
             q,
@@ -196,8 +206,74 @@ def attend_visible(
             scale=scale,
             k_scale=slot.k_scale,
             v_scale=slot.v_scale,
+            lengths=visible.lengths,
         )
     return attend_masked(q, visible.k, visible.v, visible.mask, scale=scale, k_scale=slot.k_scale, v_scale=slot.v_scale)
+
+
+def _paged(q: Tensor, visible: PagedVisible, slot: LayerCache, backend: str, scale: float | None) -> Tensor:
+    """Attention over a paged slot (harness/model/paged.py): ``native`` reads the pages in place through the
+    block table; ``eager``, and ``native``'s steps its kernel does not take, attend a gathered copy of the
+    positions. Other backends read contiguous caches only (harness/backend_support.py) and are refused."""
+    if backend == "native":
+        assert visible.block_table is not None
+        if _native_takes(q, visible.k, visible.v, scale):
+            starts, stops = visible.spans()
+            return native.run_paged(q, visible.k, visible.v, visible.block_table, starts, stops)
+    elif backend != "eager":
+        raise ValueError(f"attention backend {backend!r} cannot read a paged KV cache; eager and native can")
+    gathered = visible.gathered()  # [B, heads, stop - first, width]: the textbook paged form's copy
+    return attend(
+        q,
+        gathered.k,
+        gathered.v,
+        start_pos=gathered.start_pos,
+        backend="eager" if backend == "eager" else "grouped",
+        scale=scale,
+        k_scale=slot.k_scale,
+        v_scale=slot.v_scale,
+        lengths=gathered.lengths,
+    )
+
+
+def _ragged(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lengths: Tensor,
+    backend: str,
+    scale: float | None,
+    k_scale: Tensor | None,
+    v_scale: Tensor | None,
+) -> Tensor:
+    """A ragged decode step over k, v [B, n_kv_heads, S, width]: sequence b attends its first lengths[b] positions.
+
+    native runs its paged kernel with each sequence's slice as one page (block table [[0], [1], ...]), which
+    reads only the attended positions; eager (and native's steps its kernel does not take) masks the rest.
+    """
+    if q.shape[2] != 1:
+        raise ValueError(f"a ragged batch takes one new query per sequence, got {q.shape[2]}")
+    if backend == "native" and _native_takes(q, k, v, scale):
+        table = torch.arange(k.shape[0], device=k.device)[:, None]  # sequence b's slice is page b
+        return native.run_paged(q, k, v, table, torch.zeros_like(lengths), lengths)
+    if backend not in ("eager", "native"):
+        raise ValueError(f"attention backend {backend!r} cannot run a ragged batch; eager and native can")
+    k, v = _widened(k, v, k_scale, v_scale, q.dtype)
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # [B, n_heads, S, head_dim]
+    v = v.repeat_interleave(group, dim=1)  # [B, n_heads, S, v_dim]
+    factor = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.matmul(q * factor, k.transpose(-2, -1)).float()  # [B, n_heads, 1, S]
+    beyond = torch.arange(k.shape[2], device=k.device)[None, :] >= lengths[:, None]  # [B, S]
+    scores = scores.masked_fill(beyond[:, None, None, :], float("-inf"))
+    return torch.matmul(_softmax_f32(scores, v.dtype), v).to(q.dtype)  # [B, n_heads, 1, v_dim]
+
+
+def _native_takes(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> bool:
+    """Whether the native kernel runs this step itself (else ``native`` runs ``grouped``, as documented)."""
+    same_width = v.shape[-1] == k.shape[-1]
+    default_scale = scale is None or scale == 1.0 / math.sqrt(q.shape[-1])
+    return same_width and default_scale and native.supports(q, k) is None
 
 
 def attend_masked(

@@ -17,7 +17,7 @@ scales, which attention reads and dequantises itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -29,6 +29,7 @@ from harness.model.attention import BACKENDS, attend_visible
 from harness.model.kvcache import KVCache, LayerCache, Visible
 from harness.model.layers import RMSNorm, Rotation, apply_rope, rope_angles
 from harness.model.mla import LatentAttention
+from harness.model.paged import PagedKVCache, PagedVisible, allocate, fill_synthetic, ragged_shifts
 from harness.model.quant import FP8_DTYPES, fit_scale, quantize
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant
@@ -184,13 +185,23 @@ class Decoder(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
 
-    def allocate_cache(self, batch_size: int, cache_len: int) -> KVCache:
+    def allocate_cache(
+        self, batch_size: int, cache_len: int, *, page_seed: int = 0, lengths: Sequence[int] | None = None
+    ) -> KVCache:
         """Zeroed slots for every producer layer, each holding cache_len positions, or its window's worth.
 
         K and V: [batch_size, n_kv_heads, held, head_dim] each; MLA: the latent [batch_size, 1, held,
         d_c + d_h^R], whose first d_c columns are the values (a view). An 8-bit cache gets scales of 1.
+        A variant with a ``page_size`` gets pools of pages and block tables shuffled with ``page_seed``
+        (harness/model/paged.py). A ragged batch gives each sequence's context in ``lengths`` (the longest
+        cache_len - 1): decode steps at the longest's position write each sequence at its own
+        (harness/lengths.py); a paged cache then holds only each sequence's pages.
         """
         variant, device, dtype = self.variant, self.device, self.cache_dtype
+        if lengths is not None and (len(lengths) != batch_size or max(lengths) != cache_len - 1 or min(lengths) < 0):
+            raise ValueError(f"a ragged batch of {batch_size} needs as many lengths, the longest {cache_len - 1}")
+        if variant.page_size is not None:
+            return allocate(variant, batch_size, cache_len, dtype=dtype, device=device, seed=page_seed, lengths=lengths)
         k, v, k_scale, v_scale, windows = [], [], [], [], []
         for producer in variant.producers:
             window = variant.windows[producer]
@@ -209,6 +220,7 @@ class Decoder(nn.Module):
                 k_scale.append(torch.ones(n_scales, device=device))
                 v_scale.append(k_scale[-1] if variant.mla is not None else torch.ones(n_scales, device=device))
         return KVCache(
+            shifts=None if lengths is None else ragged_shifts(lengths, device),
             k=k,
             v=v,
             kv_layers=variant.kv_layers,
@@ -231,6 +243,9 @@ class Decoder(nn.Module):
         if not 0 <= length <= cache.cache_len:
             raise ValueError(f"cannot fill {length} positions of a cache of {cache.cache_len}")
         per_head = self.variant.kv_scale == "head"
+        if isinstance(cache, PagedKVCache):
+            fill_synthetic(cache, per_head, generator)  # every page: which positions a page holds is the table's
+            return
         for tensor, scale in self._filled(cache):
             n_fill = min(length, tensor.shape[2])
             n_block = min(n_fill, SYNTHETIC_BLOCK)
@@ -268,8 +283,12 @@ class Decoder(nn.Module):
             raise ValueError(f"positions {start_pos}..{start_pos + n_new - 1} do not fit a cache of {cache.cache_len}")
         if tokens.shape[0] != cache.batch_size:
             raise ValueError(f"batch of {tokens.shape[0]} sequences for a cache of {cache.batch_size}")
-        positions = torch.arange(start_pos, start_pos + n_new, device=tokens.device)
-        rotation = Rotation.of(rope_angles(positions, self.variant.rope_dim, self.spec.rope_theta))
+        ragged = cache.sequence_positions(start_pos, n_new)  # [B, T] in a ragged batch
+        if ragged is not None:
+            rotation = ragged_rotation(ragged, self.variant.rope_dim, self.spec.rope_theta)
+        else:
+            positions = torch.arange(start_pos, start_pos + n_new, device=tokens.device)
+            rotation = Rotation.of(rope_angles(positions, self.variant.rope_dim, self.spec.rope_theta))
         h = self.tok_embeddings(tokens)  # [B, T, d_model]
         try:
             for layer, block in enumerate(self.layers):
@@ -283,14 +302,15 @@ class Decoder(nn.Module):
         return self(tokens, cache, 0)
 
     def decode_step(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
-        """Logits [B, 1, vocab_size] for one new token per sequence, tokens [B, 1], at position ``pos``."""
+        """Logits [B, T, vocab_size] for T new tokens per sequence, tokens [B, T], at positions ``pos`` ...
+        (T = 1: a decode step; more: a verification step, causal within the new tokens)."""
         return self(tokens, cache, pos)
 
     def core_query_shape(self, batch_size: int) -> tuple[int, int, int, int]:
-        """Shape of the query :meth:`core_attention` takes: [B, n_heads, 1, width], width per the backend's form
+        """Shape of the query :meth:`core_attention` takes: [B, n_heads, q_len, width], width per the backend's form
         (head_dim; for MLA the absorbed d_c + d_h^R, or d_h + d_h^R for ``naive``)."""
         width = self._attention(0).core_query_width(self.backend)
-        return (batch_size, self.variant.n_heads, 1, width)
+        return (batch_size, self.variant.n_heads, self.variant.q_len, width)
 
     def core_attention(self, q: Tensor, cache: KVCache, pos: int) -> Tensor:
         """The attention op alone, for each of the L layers, over what its producer's slot holds for position ``pos``.
@@ -326,7 +346,9 @@ class Decoder(nn.Module):
         attention, slot = self._attention(layer), cache.layer(layer)
         if self.backend in MLA_FORMS:
             return attention.attend_cache(q, slot, pos, self.backend)
-        visible = slot.visible(pos, 1)
+        visible = slot.visible(pos, q.shape[2])
+        if isinstance(visible, PagedVisible):
+            visible = visible.gathered()  # the positions in order: the reference reads no pages
         group = q.shape[1] // visible.k.shape[1]
         heads = []
         for head in range(q.shape[1]):
@@ -341,7 +363,7 @@ class Decoder(nn.Module):
             heads.append(
                 attend_visible(
                     q[:, head : head + 1],
-                    Visible(one.k, one.v, visible.start_pos),
+                    Visible(one.k, one.v, visible.start_pos, None, visible.lengths),
                     one,
                     backend="eager",
                     scale=attention.softmax_scale,
@@ -351,6 +373,12 @@ class Decoder(nn.Module):
 
     def _attention(self, layer: int) -> Attention | LatentAttention:
         return cast(Block, self.layers[layer]).attention
+
+
+def ragged_rotation(positions: Tensor, rope_dim: int, theta: float) -> Rotation:
+    """The rotation of each sequence's own positions [B, T] (a ragged batch): cos and sin [B, T, 1, rope_dim / 2]."""
+    angles = rope_angles(positions.flatten(), rope_dim, theta).view(*positions.shape, -1)  # [B, T, rope_dim/2]
+    return Rotation(angles.cos()[:, :, None, :], angles.sin()[:, :, None, :])
 
 
 def _scale_of(scale: Tensor | None, kv_head: int) -> Tensor | None:

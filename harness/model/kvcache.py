@@ -27,13 +27,16 @@ class Visible:
 
     Without a mask: k, v [B, heads, S, width] of which positions 0 .. start_pos + T - 1 are read,
     causal within the new tokens. With a mask (a windowed layer's multi-token step): exactly the
-    positions the queries may see, and ``mask`` [T, S] says which each query sees.
+    positions the queries may see, and ``mask`` [T, S] says which each query sees. In a ragged decode
+    step (harness/lengths.py) ``lengths`` [B] says how many of the first positions sequence b attends;
+    ``start_pos`` then counts for the longest.
     """
 
     k: Tensor
     v: Tensor
     start_pos: int
     mask: Tensor | None = None
+    lengths: Tensor | None = None
 
 
 @dataclass
@@ -50,6 +53,9 @@ class LayerCache:
     # and its consumers, since writing the step into the ring overwrites what earlier queries see.
     # Set by store(), cleared by the decoder at the end of the forward pass.
     pending: tuple[Tensor, Tensor, int] | None = field(default=None, repr=False)
+    # A ragged batch: int64 [B], how many positions sequence b is behind the step's start_pos (which is the
+    # longest sequence's position); None when every sequence is at start_pos.
+    shifts: Tensor | None = field(default=None, repr=False)
 
     @property
     def held(self) -> int:
@@ -68,6 +74,15 @@ class LayerCache:
         if v_new is not None and self.v_scale is not None:
             v_new = quantize(v_new, self.v_scale, self.v.dtype)
         n_new = k_new.shape[2]
+        if self.shifts is not None:
+            slots = self.ragged_positions(start_pos, n_new)  # [B]
+            if self.window is not None:
+                slots = slots % self.window
+            rows = torch.arange(k_new.shape[0], device=k_new.device)
+            self.k[rows, :, slots] = k_new[:, :, 0]  # [B, heads, width] at each sequence's own slot
+            if v_new is not None:
+                self.v[rows, :, slots] = v_new[:, :, 0]
+            return
         if self.window is None:
             self.k[:, :, start_pos : start_pos + n_new] = k_new
             if v_new is not None:
@@ -101,8 +116,21 @@ class LayerCache:
         slots = torch.arange(first, start_pos, device=self.k.device) % self.window
         return self.k.index_select(2, slots), self.v.index_select(2, slots), first
 
+    def ragged_positions(self, start_pos: int, n_new: int) -> Tensor:
+        """Each sequence's position in a ragged decode step: start_pos - shifts, int64 [B]."""
+        assert self.shifts is not None
+        if n_new != 1:
+            raise ValueError(f"a ragged batch takes one new token per sequence, got {n_new}")
+        return start_pos - self.shifts
+
     def visible(self, start_pos: int, n_new: int) -> Visible:
         """What queries at positions start_pos .. start_pos + n_new - 1 attend over (after the step's store)."""
+        if self.shifts is not None:
+            lengths = self.ragged_positions(start_pos, n_new) + 1  # [B]
+            n_valid = start_pos + 1
+            if self.window is not None:  # a ring fills from slot 0 and then holds only positions in the window
+                lengths, n_valid = lengths.clamp(max=self.held), min(n_valid, self.held)
+            return Visible(self.k[:, :, :n_valid], self.v[:, :, :n_valid], n_valid - 1, None, lengths)
         if self.window is None:
             return Visible(self.k, self.v, start_pos)
         if n_new == 1:
@@ -137,6 +165,7 @@ class KVCache:
     windows: tuple[int | None, ...] = ()  # per slot; () means all global
     k_scale: list[Tensor | None] = field(default_factory=list)  # per slot, for an 8-bit cache
     v_scale: list[Tensor | None] = field(default_factory=list)
+    shifts: Tensor | None = None  # a ragged batch: int64 [B], positions each sequence is behind the longest
     _slots: tuple[int, ...] = field(init=False, repr=False)
     _layers: list[LayerCache] = field(init=False, repr=False)
 
@@ -153,7 +182,9 @@ class KVCache:
         v_scale = self.v_scale or [None] * n
         if self.positions is None:
             self.positions = self.k[0].shape[2]
-        self._layers = [LayerCache(self.k[i], self.v[i], windows[i], k_scale[i], v_scale[i]) for i in range(n)]
+        self._layers = [
+            LayerCache(self.k[i], self.v[i], windows[i], k_scale[i], v_scale[i], shifts=self.shifts) for i in range(n)
+        ]
 
     def index_of_layer(self, layer: int) -> int:
         """The producer slot (index into ``k`` and ``v``) that ``layer`` reads."""
@@ -187,6 +218,13 @@ class KVCache:
     @property
     def batch_size(self) -> int:
         return self.k[0].shape[0]
+
+    def sequence_positions(self, start_pos: int, n_new: int) -> Tensor | None:
+        """Each sequence's positions of a step at start_pos, int64 [B, n_new], in a ragged batch; else None."""
+        if self.shifts is None:
+            return None
+        steps = torch.arange(n_new, device=self.shifts.device)
+        return start_pos - self.shifts[:, None] + steps[None, :]
 
     @property
     def cache_len(self) -> int:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from harness.model.attention import attend_visible
 from harness.model.kvcache import LayerCache, Visible
 from harness.model.layers import RMSNorm, Rotation, apply_rope
+from harness.model.paged import PagedVisible
 from harness.model.quant import dequantize
 from harness.variants import MLAShape, Variant
 
@@ -121,6 +122,8 @@ class LatentAttention(nn.Module):
         visible = slot.visible(start_pos, q.shape[2])
         if backend != "naive":
             return attend_visible(q, visible, slot, backend=backend, scale=self.softmax_scale)
+        if isinstance(visible, PagedVisible):
+            visible = visible.gathered()  # the latent's positions out of their pages, then decompressed
         n_read = visible.k.shape[2] if visible.mask is not None else visible.start_pos + q.shape[2]
         k, v = self.decompress(visible.k[:, :, :n_read], slot)
         plain = LayerCache(k, v, slot.window)  # decompressed: no float8 left to dequantise

@@ -4,7 +4,8 @@ The kernel is C++ compiled on first use with PyTorch's extension builder (ninja 
 compiler) for the CPU it runs on (``-march=native``), and cached in PyTorch's extension folder
 (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). The build takes about 20 s on a
 2-core machine, once per source, compiler flags, CPU and PyTorch version; later processes only load
-the library. It registers the operator ``torch.ops.attnbench.decode_attention``.
+the library. It registers the operators ``torch.ops.attnbench.decode_attention`` and
+``torch.ops.attnbench.paged_decode_attention`` (the same kernel reading pages through a block table).
 
 ``available()`` says, without building, whether a build can be tried (a C++ compiler is on the
 path); ``load()`` builds or loads it and raises :class:`NativeUnavailable` with the reason when it
@@ -177,3 +178,14 @@ def run(q: Tensor, k: Tensor, v: Tensor, n_splits: int = 0) -> Tensor:
     """decode_attention for a step the caller has already checked with :func:`supports`."""
     load()
     return torch.ops.attnbench.decode_attention(q, k, v, n_splits)
+
+
+def run_paged(
+    q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor, starts: Tensor, stops: Tensor, n_splits: int = 0
+) -> Tensor:
+    """The kernel over a paged cache: q [B, n_heads, 1, head_dim]; pools [n_pages, n_kv_heads, page_size,
+    head_dim]; block_table [B, width] int64; sequence b attends positions starts[b] .. stops[b] - 1, position
+    t in the page of table entry (t // page_size) mod width (harness/model/paged.py). The caller has checked
+    the step with :func:`supports` (q against the pool). Returns [B, n_heads, 1, head_dim] in q's dtype."""
+    load()
+    return torch.ops.attnbench.paged_decode_attention(q, k_pool, v_pool, block_table, starts, stops, n_splits)

@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from harness.cellkey import CellKey
 from harness.measure.window import STEADY_TOLERANCE
-from harness.report import plots, predicted, savings, tables, tp_section
+from harness.report import paging, plots, predicted, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.report.provenance import banner, missing_evidence, rendered_by, without_evidence
 from harness.report.verdict import verdict_section
@@ -288,6 +288,9 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
         [images["max-batch-vs-context"]] if "max-batch-vs-context" in images else [],
     )
     lines += savings.savings_section(result)
+    lines += paging.paging_section(result)
+    lines += paging.ragged_section(result)
+    lines += paging.multi_token_section(result)
     lines += tp_section.tp_section(result)
     predicted_lines, predicted_files = predicted.prediction_section(
         result, f"{slug(result.scenario.name)}-predicted-vs-measured.png"

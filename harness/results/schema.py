@@ -264,6 +264,10 @@ class CellResult(_Model):
     # kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim, q_lora_rank
     mla: dict[str, Size | None] | None = None
     kv_bytes_per_sequence: Size | None = None  # cache bytes one sequence holds at this context (windows counted)
+    page_size: Size | None = None  # positions per page of a paged cache (sweep.page_size); null: contiguous
+    length_mix: str | None = None  # how a ragged batch's contexts are spread (sweep.lengths); null: all context_len
+    context_lens: list[Size] | None = None  # a ragged batch's context per sequence, context_len the longest
+    q_len: Size | None = None  # new tokens per sequence per step (sweep.q_len) when more than 1; null: one
     # timeout: no answer within measure.cell_timeout_s; unsupported: the backend cannot run this variant on this
     # device (the error says why), not measured; killed: the worker was ended by SIGKILL without a word (the
     # error names the likely cause: the out-of-memory killer, or another process)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from harness import accounting
 from harness.backend_support import unsupported_reason
 from harness.hardware import is_cuda
+from harness.lengths import sequence_lengths
 from harness.measure import cell_worker
 from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch, TPMeasurement
@@ -81,6 +82,9 @@ def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, An
         "kv_scale": variant.kv_scale if variant.kv_dtype is not None else None,
         "mla": dataclasses.asdict(variant.mla) if variant.mla is not None else None,
         "kv_bytes_per_sequence": accounting.kv_bytes_per_sequence(variant, dtype, context_len),
+        "page_size": variant.page_size,
+        "length_mix": variant.lengths.label if variant.lengths is not None and variant.lengths.ragged else None,
+        "q_len": variant.q_len if variant.q_len > 1 else None,
     }
 
 
@@ -102,6 +106,11 @@ def cell_fields(job: CellJob) -> dict[str, Any]:
         "params_total": accounting.param_counts(model, v).total,
         "kv_bytes_per_token": accounting.kv_bytes_per_token(v, dtype),
         **cache_fields(v, dtype, cell.context_len),
+        "context_lens": (
+            sequence_lengths(v.lengths, cell.context_len, cell.batch_size)
+            if v.lengths is not None and v.lengths.ragged
+            else None
+        ),
     }
 
 

@@ -1,4 +1,4 @@
-"""Expansion of a scenario into cells: variant x batch_size x context_len x dtype x backend."""
+"""Expansion of a scenario into cells: variant (in each cache layout) x batch_size x context_len x dtype x backend."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from harness.cellkey import CellKey
 from harness.scenario.schema import Scenario
+from harness.scenario.serving import layouts
 from harness.variants import Variant
 
 
@@ -31,11 +32,17 @@ class Cell:
 
 
 def expand_cells(scenario: Scenario, variants: tuple[Variant, ...]) -> list[Cell]:
-    """All cells in a stable order: variant-major, then dtype, backend, context, batch."""
+    """All cells in a stable order: variant-major (each variant in the order of ``sweep.page_size``'s layouts,
+    each in the order of ``sweep.lengths``' mixes, each at each ``sweep.q_len``), then dtype, backend, context,
+    batch."""
     dtypes = scenario.sweep.dtype or [scenario.model.dtype]
+    sweep, seed = scenario.sweep, scenario.measure.seed
+    laid_out = [
+        form for variant in variants for form in layouts(variant, sweep.page_size, sweep.lengths, seed, sweep.q_len)
+    ]
     return [
         Cell(variant, batch, context, dtype, backend)
         for variant, dtype, backend, context, batch in itertools.product(
-            variants, dtypes, scenario.sweep.backend, scenario.sweep.context_len, scenario.sweep.batch_size
+            laid_out, dtypes, scenario.sweep.backend, scenario.sweep.context_len, scenario.sweep.batch_size
         )
     ]

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
+from harness.lengths import MAX_RAGGED_BATCH
 from harness.scenario.quality import QualitySpec
 from harness.units import parse_bytes
 
@@ -39,6 +40,14 @@ Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 LayerIndex = Annotated[int, Field(ge=0, le=MAX_LAYERS - 1)]
 # one process per rank: no engine shards a decoder over more ranks than it has query heads to give each
 TPDegree = Annotated[int, Field(gt=0, le=1024)]
+# Positions per page of a paged KV cache (harness/model/paged.py), or the static contiguous cache. Engines
+# use 1 to a few hundred; a page larger than any context is a contiguous cache with extra steps.
+PageSize = Annotated[int, Field(gt=0, le=2**20)] | Literal["contiguous"]
+# How a batch's context lengths are spread (harness/lengths.py): a kind, or fractions of context_len.
+LengthMixSpec = (
+    Literal["same", "uniform", "long-tail"]
+    | Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1, max_length=4096)]
+)
 
 ByteSize = Annotated[
     int,
@@ -126,10 +135,42 @@ class SweepSpec(_Strict):
         description="tensor-parallel degrees; unless [1] (the default), each cell's decode step is also measured "
         "sharded over each degree, one process per rank (1: the same harness, unsharded)",
     )
+    page_size: list[PageSize] | None = Field(
+        None,
+        min_length=1,
+        description="KV-cache layouts: positions per page of a paged cache, or 'contiguous'; each variant is "
+        "measured in each layout, a paged one named <variant>-P<page_size>; default: contiguous only",
+    )
+
+    lengths: list[LengthMixSpec] | None = Field(
+        None,
+        min_length=1,
+        description="context lengths within a batch: 'same', 'uniform', 'long-tail' or a list of fractions of "
+        "context_len (one of them 1); context_len is the longest sequence's; default: same",
+    )
+
+    q_len: list[Annotated[int, Field(gt=0, le=4096)]] = Field(
+        [1],
+        min_length=1,
+        description="new tokens per sequence per step, causal within them (1: a decode step; more: speculative "
+        "verification); a form with more is named <variant>-T<q_len>",
+    )
 
     @model_validator(mode="after")
     def _no_repeats(self) -> SweepSpec:
-        for axis in ("batch_size", "context_len", "backend", "dtype", "tp"):
+        for mix in self.lengths or []:
+            if isinstance(mix, list) and max(mix) != 1:
+                raise ValueError(
+                    f"sweep.lengths: a list of fractions must include 1 (context_len is the longest): {mix}"
+                )
+        if self.lengths is not None and len({str(mix) for mix in self.lengths}) != len(self.lengths):
+            raise ValueError(f"sweep.lengths repeats a value: {self.lengths}")
+        if any(mix != "same" for mix in self.lengths or []) and max(self.batch_size) > MAX_RAGGED_BATCH:
+            raise ValueError(
+                f"a ragged batch (sweep.lengths) draws one length per sequence: batch_size at most "
+                f"{MAX_RAGGED_BATCH}, got {max(self.batch_size)}"
+            )
+        for axis in ("batch_size", "context_len", "backend", "dtype", "tp", "page_size", "q_len"):
             values = getattr(self, axis)
             if values is not None and len(set(values)) != len(values):
                 raise ValueError(f"sweep.{axis} repeats a value: {values}")

@@ -14,7 +14,11 @@
 // register, which keeps GQA and MQA memory-bound on a CPU.
 // While a block is computed the next one is prefetched, so that reading memory and computing overlap.
 //
-// Registered as the operator attnbench::decode_attention; harness/model/native.py builds and loads it.
+// The same kernel reads a paged cache through a block table (attnbench::paged_decode_attention), each
+// sequence over its own span of positions.
+//
+// Registered as the operators attnbench::decode_attention and attnbench::paged_decode_attention;
+// harness/model/native.py builds and loads them.
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -385,24 +389,56 @@ void attend_block(const float* q, const T* k, const T* v, int64_t stride, int64_
   block_values<GB>(scores, v, stride, n, head_dim, ahead, out);
 }
 
+// Where one (sequence, KV head) row's positions lie. ContiguousRow: a slice of a contiguous cache, position
+// t at k + t · stride. PagedRow: pages of a pool behind a block table (Kwon et al. 2023, "Efficient Memory
+// Management for Large Language Model Serving with PagedAttention", §4.1): position t in the page of table
+// entry (t / page_size) mod table_width, at offset t mod page_size; a window's ring of pages wraps, a full
+// history's table is never indexed past its width. `run_end(t)`: where the positions that follow t stop
+// being one stride apart (the end of t's page).
+template <typename T>
+struct ContiguousRow {
+  const T* k;
+  const T* v;
+  int64_t stride;
+  int64_t run_end(int64_t) const { return std::numeric_limits<int64_t>::max(); }
+  const T* key(int64_t t) const { return k + t * stride; }
+  const T* value(int64_t t) const { return v + t * stride; }
+};
+
+template <typename T>
+struct PagedRow {
+  const T* k;  // the pool at this row's KV head: page p's first position at k + p · k_page_stride
+  const T* v;
+  const int64_t* table;  // this sequence's block table
+  int64_t table_width, page_size, k_page_stride, v_page_stride, stride;
+  int64_t run_end(int64_t t) const { return (t / page_size + 1) * page_size; }
+  int64_t page(int64_t t) const { return table[(t / page_size) % table_width]; }
+  const T* key(int64_t t) const { return k + page(t) * k_page_stride + (t % page_size) * stride; }
+  const T* value(int64_t t) const { return v + page(t) * v_page_stride + (t % page_size) * stride; }
+};
+
 // One split of one row, positions [start, stop), for all `group` query heads of its KV head, from
 // scratch. Each block of positions is read from memory once: the heads take it in register tiles of
-// 4, 2 and 1 while it is in L1. q: [group, head_dim] in the dtype's lane order, pre-scaled by
-// 1/sqrt(head_dim); m, l: [group]; out: [group, head_dim] (unnormalised, in the lane order).
-template <typename T>
-void split_attention(const float* q, const T* k, const T* v, int64_t stride, int64_t start, int64_t stop,
-                     int64_t group, int64_t head_dim, float* m, float* l, float* out) {
+// 4, 2 and 1 while it is in L1. A block never crosses the end of a page. q: [group, head_dim] in the
+// dtype's lane order, pre-scaled by 1/sqrt(head_dim); m, l: [group]; out: [group, head_dim]
+// (unnormalised, in the lane order).
+template <typename T, typename Row>
+void split_attention(const float* q, const Row& row, int64_t start, int64_t stop, int64_t group, int64_t head_dim,
+                     float* m, float* l, float* out) {
   std::fill(m, m + group, -std::numeric_limits<float>::infinity());
   std::fill(l, l + group, 0.0f);
   std::fill(out, out + group * head_dim, 0.0f);
-  for (int64_t t0 = start; t0 < stop; t0 += kBlock) {
-    const int64_t n = std::min(kBlock, stop - t0);
-    const T* kb = k + t0 * stride;
-    const T* vb = v + t0 * stride;
+  const int64_t stride = row.stride;
+  for (int64_t t0 = start; t0 < stop;) {
+    const int64_t end = std::min(stop, row.run_end(t0));  // positions one stride apart from t0 on
+    const int64_t n = std::min(kBlock, end - t0);
+    const T* kb = row.key(t0);
+    const T* vb = row.value(t0);
     // The next block is prefetched while this one is computed, spread over the passes (a line per row
     // and step), by the first head tile only. Without it the hardware prefetchers run a few lines
     // ahead and wait: computing and reading memory took turns (measured: the passes' times added up).
-    const int64_t ahead = std::clamp<int64_t>(stop - (t0 + kBlock), 0, kBlock);
+    // Only rows of the same run are prefetched: past the end of a page lies another sequence's page.
+    const int64_t ahead = std::clamp<int64_t>(end - (t0 + kBlock), 0, kBlock);
     int64_t g = 0;
     for (; g + 4 <= group; g += 4)
       attend_block<4>(q + g * head_dim, kb, vb, stride, n, head_dim, g == 0 ? ahead : 0, m + g, l + g,
@@ -413,6 +449,7 @@ void split_attention(const float* q, const T* k, const T* v, int64_t stride, int
     for (; g < group; ++g)
       attend_block<1>(q + g * head_dim, kb, vb, stride, n, head_dim, g == 0 ? ahead : 0, m + g, l + g,
                       out + g * head_dim);
+    t0 += n;
   }
 }
 
@@ -423,13 +460,45 @@ struct Shape {
   int64_t k_batch_stride, k_head_stride, v_batch_stride, v_head_stride, position_stride;
 };
 
-// q: [rows, group, head_dim] float32 pre-scaled, rows = batch_size · n_kv_heads; out likewise.
+// A contiguous cache: every row attends positions [0, n_valid).
 template <typename T>
-void run(const float* q, const T* k, const T* v, const Shape& shape, int64_t n_splits, float* out) {
-  const int64_t group = shape.group, head_dim = shape.head_dim, n_valid = shape.n_valid;
-  const int64_t rows = shape.batch_size * shape.n_kv_heads;
-  const int64_t split_len = (n_valid + n_splits - 1) / n_splits;
+struct ContiguousSource {
+  const T* k;
+  const T* v;
+  Shape shape;
+  ContiguousRow<T> row(int64_t r) const {
+    const int64_t b = r / shape.n_kv_heads, h = r % shape.n_kv_heads;
+    return {k + b * shape.k_batch_stride + h * shape.k_head_stride, v + b * shape.v_batch_stride + h * shape.v_head_stride,
+            shape.position_stride};
+  }
+  int64_t first(int64_t) const { return 0; }
+  int64_t stop(int64_t) const { return shape.n_valid; }
+};
 
+// A paged cache: pools [n_pages, n_kv_heads, page_size, head_dim], a block table [B, table_width], and per
+// sequence the positions [starts[b], stops[b]) it attends.
+template <typename T>
+struct PagedSource {
+  const T* k;
+  const T* v;
+  const int64_t* table;
+  const int64_t* starts;
+  const int64_t* stops;
+  int64_t n_kv_heads, table_width, page_size, k_page_stride, v_page_stride, k_head_stride, v_head_stride, stride;
+  PagedRow<T> row(int64_t r) const {
+    const int64_t b = r / n_kv_heads, h = r % n_kv_heads;
+    return {k + h * k_head_stride, v + h * v_head_stride, table + b * table_width, table_width, page_size,
+            k_page_stride, v_page_stride, stride};
+  }
+  int64_t first(int64_t r) const { return starts[r / n_kv_heads]; }
+  int64_t stop(int64_t r) const { return stops[r / n_kv_heads]; }
+};
+
+// q: [rows, group, head_dim] float32 pre-scaled, rows = batch_size · n_kv_heads; out likewise.
+// Row r attends positions [source.first(r), source.stop(r)), cut into n_splits splits.
+template <typename T, typename Source>
+void run(const float* q, const Source& source, int64_t rows, int64_t group, int64_t head_dim, int64_t n_splits,
+         float* out) {
   // q in the dtype's lane order, within each 16-element step
   std::vector<float> q_lanes(rows * group * head_dim);
   for (int64_t i = 0; i < rows * group * head_dim; i += kStep)
@@ -440,13 +509,12 @@ void run(const float* q, const T* k, const T* v, const Shape& shape, int64_t n_s
   std::vector<float> partial(rows * n_splits * group * head_dim);
   at::parallel_for(0, rows * n_splits, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t row = item / n_splits, split = item % n_splits;
-      const int64_t b = row / shape.n_kv_heads, h = row % shape.n_kv_heads;
-      const int64_t start = split * split_len, stop = std::min(n_valid, start + split_len);
-      split_attention(q_lanes.data() + row * group * head_dim, k + b * shape.k_batch_stride + h * shape.k_head_stride,
-                      v + b * shape.v_batch_stride + h * shape.v_head_stride, shape.position_stride, start, stop,
-                      group, head_dim, m.data() + item * group, l.data() + item * group,
-                      partial.data() + item * group * head_dim);
+      const int64_t r = item / n_splits, split = item % n_splits;
+      const int64_t first = source.first(r), last = source.stop(r);
+      const int64_t split_len = (last - first + n_splits - 1) / n_splits;
+      const int64_t start = std::min(last, first + split * split_len), stop = std::min(last, start + split_len);
+      split_attention<T>(q_lanes.data() + r * group * head_dim, source.row(r), start, stop, group, head_dim,
+                         m.data() + item * group, l.data() + item * group, partial.data() + item * group * head_dim);
     }
   });
 
@@ -511,15 +579,20 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   at::Tensor out = at::empty({batch_size, n_heads, 1, head_dim}, q.options().dtype(at::kFloat));
   const float* q_data = q32.data_ptr<float>();
   float* out_data = out.data_ptr<float>();
+  const int64_t group = n_heads / n_kv_heads;
   switch (k.scalar_type()) {
     case at::kFloat:
-      run(q_data, k.data_ptr<float>(), v.data_ptr<float>(), shape, n_splits, out_data);
+      run<float>(q_data, ContiguousSource<float>{k.data_ptr<float>(), v.data_ptr<float>(), shape}, rows, group, head_dim,
+                 n_splits, out_data);
       break;
     case at::kBFloat16:
-      run(q_data, k.data_ptr<c10::BFloat16>(), v.data_ptr<c10::BFloat16>(), shape, n_splits, out_data);
+      run<c10::BFloat16>(q_data,
+                         ContiguousSource<c10::BFloat16>{k.data_ptr<c10::BFloat16>(), v.data_ptr<c10::BFloat16>(), shape},
+                         rows, group, head_dim, n_splits, out_data);
       break;
     case at::kHalf:
-      run(q_data, k.data_ptr<c10::Half>(), v.data_ptr<c10::Half>(), shape, n_splits, out_data);
+      run<c10::Half>(q_data, ContiguousSource<c10::Half>{k.data_ptr<c10::Half>(), v.data_ptr<c10::Half>(), shape}, rows,
+                     group, head_dim, n_splits, out_data);
       break;
     default:
       TORCH_CHECK(false, "decode_attention takes float32, bfloat16 or float16 caches, got ", k.scalar_type());
@@ -527,8 +600,94 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out.to(q.scalar_type());
 }
 
+// The same step over a paged cache. q: [B, n_heads, 1, head_dim]; k_pool, v_pool: [n_pages, n_kv_heads,
+// page_size, head_dim], contiguous in head_dim, with the same position stride; block_table: [B, width]
+// int64 page indices; starts, stops: [B] int64, the positions [starts[b], stops[b]) sequence b attends
+// (each at least one). n_splits <= 0 chooses the splits per row as decode_attention does, from the
+// longest sequence. Returns [B, n_heads, 1, head_dim] in q's dtype.
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                                  const at::Tensor& block_table, const at::Tensor& starts, const at::Tensor& stops,
+                                  int64_t n_splits) {
+  TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(),
+              "paged_decode_attention runs on CPU");
+  TORCH_CHECK(q.dim() == 4 && k_pool.dim() == 4 && v_pool.dim() == 4,
+              "q must be [B, heads, 1, head_dim] and the pools [pages, heads, page_size, head_dim]");
+  TORCH_CHECK(q.size(2) == 1, "paged_decode_attention takes one new query per sequence, got ", q.size(2));
+  TORCH_CHECK(k_pool.sizes() == v_pool.sizes(), "the K and V pools must have the same shape");
+  TORCH_CHECK(k_pool.scalar_type() == v_pool.scalar_type(), "the K and V pools must have the same dtype");
+  TORCH_CHECK(block_table.scalar_type() == at::kLong && starts.scalar_type() == at::kLong &&
+                  stops.scalar_type() == at::kLong,
+              "the block table, starts and stops must be int64");
+  const int64_t batch_size = q.size(0), n_heads = q.size(1), head_dim = q.size(3);
+  const int64_t n_kv_heads = k_pool.size(1), page_size = k_pool.size(2);
+  TORCH_CHECK(k_pool.size(3) == head_dim, "the pools do not match q's head_dim");
+  TORCH_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
+  TORCH_CHECK(head_dim % kStep == 0, "head_dim must be a multiple of ", kStep, ", got ", head_dim);
+  TORCH_CHECK(k_pool.stride(3) == 1 && v_pool.stride(3) == 1, "the pools must be contiguous in head_dim");
+  TORCH_CHECK(k_pool.stride(2) == v_pool.stride(2), "the pools must have the same position stride");
+  TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == batch_size && block_table.size(1) > 0,
+              "the block table must be [B, width]");
+  TORCH_CHECK(starts.numel() == batch_size && stops.numel() == batch_size, "starts and stops need one entry a sequence");
+  const at::Tensor table = block_table.contiguous(), first = starts.contiguous(), last = stops.contiguous();
+  const int64_t* first_data = first.data_ptr<int64_t>();
+  const int64_t* last_data = last.data_ptr<int64_t>();
+  const int64_t* table_data = table.data_ptr<int64_t>();
+  const int64_t n_pages = k_pool.size(0), width = table.size(1);
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch_size; ++b) {
+    TORCH_CHECK(0 <= first_data[b] && first_data[b] < last_data[b], "sequence ", b, " attends no position");
+    TORCH_CHECK(last_data[b] - first_data[b] <= width * page_size, "sequence ", b, " attends more positions than its ",
+                width, " pages hold");
+    longest = std::max(longest, last_data[b] - first_data[b]);
+  }
+  for (int64_t i = 0; i < batch_size * width; ++i)
+    TORCH_CHECK(0 <= table_data[i] && table_data[i] < n_pages, "block table entry ", i, " is not a page of the pool");
+  const int64_t rows = batch_size * n_kv_heads;
+  if (n_splits <= 0) {
+    const int64_t wanted = (kItemsPerThread * at::get_num_threads() + rows - 1) / rows;
+    n_splits = std::max<int64_t>(1, std::min(wanted, longest / kMinSplitLen));
+  }
+  n_splits = std::min(n_splits, longest);
+  const at::Tensor q32 = (q.to(at::kFloat) * (1.0 / std::sqrt(static_cast<double>(head_dim)))).contiguous();
+  at::Tensor out = at::empty({batch_size, n_heads, 1, head_dim}, q.options().dtype(at::kFloat));
+  const float* q_data = q32.data_ptr<float>();
+  float* out_data = out.data_ptr<float>();
+  const int64_t group = n_heads / n_kv_heads;
+  auto source = [&](auto* k, auto* v) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(k)>>;
+    return PagedSource<T>{k,          v,          table_data,         first_data,         last_data,
+                          n_kv_heads, width,      page_size,          k_pool.stride(0),   v_pool.stride(0),
+                          k_pool.stride(1),       v_pool.stride(1),   k_pool.stride(2)};
+  };
+  switch (k_pool.scalar_type()) {
+    case at::kFloat:
+      run<float>(q_data, source(k_pool.data_ptr<float>(), v_pool.data_ptr<float>()), rows, group, head_dim, n_splits,
+                 out_data);
+      break;
+    case at::kBFloat16:
+      run<c10::BFloat16>(q_data, source(k_pool.data_ptr<c10::BFloat16>(), v_pool.data_ptr<c10::BFloat16>()), rows,
+                         group, head_dim, n_splits, out_data);
+      break;
+    case at::kHalf:
+      run<c10::Half>(q_data, source(k_pool.data_ptr<c10::Half>(), v_pool.data_ptr<c10::Half>()), rows, group, head_dim,
+                     n_splits, out_data);
+      break;
+    default:
+      TORCH_CHECK(false, "paged_decode_attention takes float32, bfloat16 or float16 pools, got ", k_pool.scalar_type());
+  }
+  return out.to(q.scalar_type());
+}
+
 }  // namespace
 
-TORCH_LIBRARY(attnbench, m) { m.def("decode_attention(Tensor q, Tensor k, Tensor v, int n_splits=0) -> Tensor"); }
+TORCH_LIBRARY(attnbench, m) {
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, int n_splits=0) -> Tensor");
+  m.def(
+      "paged_decode_attention(Tensor q, Tensor k_pool, Tensor v_pool, Tensor block_table, Tensor starts, "
+      "Tensor stops, int n_splits=0) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(attnbench, CPU, m) { m.impl("decode_attention", &decode_attention); }
+TORCH_LIBRARY_IMPL(attnbench, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+  m.impl("paged_decode_attention", &paged_decode_attention);
+}
