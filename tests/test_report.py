@@ -371,3 +371,14 @@ def test_the_report_names_the_sdpa_kernel_each_variant_ran(tmp_path: Path) -> No
     dtype = next(c.dtype for c in result.cells)
     assert ("H64-MQA", dtype, "cudnn", "read in place") in rows
     assert ("H64-GQA4", dtype, "math", "repeated per query head") in rows
+
+
+def test_a_history_figure_beside_the_report_is_shown_and_none_is_not_invented(tmp_path: Path) -> None:
+    from harness.history import figure_name
+
+    loaded = [LoadedResult(TWO_CORE, _without_metrics(TWO_CORE))]
+    name = load_result(TWO_CORE).scenario.name
+    assert "History across commits" not in str(render_target(loaded, tmp_path)["REPORT.md"])
+    (tmp_path / figure_name(name)).write_bytes(PNG_SIGNATURE)
+    report = str(render_target(loaded, tmp_path)["REPORT.md"])
+    assert f"]({figure_name(name)})" in _section(report, "History across commits")

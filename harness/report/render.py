@@ -17,6 +17,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness.cellkey import CellKey
+from harness.history import PAGE_NAME, figure_name
 from harness.measure.window import STEADY_TOLERANCE
 from harness.report import paging, plots, predicted, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
@@ -303,6 +304,16 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
             "KV cache bytes per token against decode latency: variants toward the lower left are on the front.",
             None,
             [images["kv-bytes-vs-latency"]],
+        )
+    history = figure_name(result.scenario.name)
+    if (report_dir / history).is_file():  # written by `attnbench history` into the same folder
+        lines += _section(
+            "History across commits",
+            "Each cell's decode latency, bandwidth fraction, peak memory and max batch relative to its first commit, "
+            f"over every result of this scenario under this folder (`attnbench history`; the page `{PAGE_NAME}` "
+            "beside this report has the intervals, unstable points and detected steps).",
+            None,
+            [_plot_link(history, f"history of {result.scenario.name} on {result.target}")],
         )
     lines += _section(
         "Cells that did not run",
