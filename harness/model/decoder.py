@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from harness.backend_support import MLA_FORMS, unsupported_reason
 from harness.model.attention import BACKENDS, attend_visible
-from harness.model.kvcache import KVCache, LayerCache, Visible
+from harness.model.kvcache import KVCache, LayerCache, Visible, slot_tensors
 from harness.model.layers import RMSNorm, Rotation, apply_rope, rope_angles
 from harness.model.mla import LatentAttention
 from harness.model.paged import PagedKVCache, PagedVisible, allocate, fill_synthetic, ragged_shifts
@@ -207,18 +207,12 @@ class Decoder(nn.Module):
             window = variant.windows[producer]
             held = cache_len if window is None else min(cache_len, window)
             windows.append(window)
-            if variant.mla is not None:
-                latent = torch.zeros(batch_size, 1, held, variant.mla.latent_width, device=device, dtype=dtype)
-                k.append(latent)
-                v.append(latent[..., : variant.mla.kv_lora_rank])  # [B, 1, held, d_c], a view
-            else:
-                shape = (batch_size, variant.n_kv_heads, held, variant.head_dim)
-                k.append(torch.zeros(shape, device=device, dtype=dtype))
-                v.append(torch.zeros(shape, device=device, dtype=dtype))
-            if variant.kv_dtype is not None:
-                n_scales = variant.n_kv_heads if variant.kv_scale == "head" else 1
-                k_scale.append(torch.ones(n_scales, device=device))
-                v_scale.append(k_scale[-1] if variant.mla is not None else torch.ones(n_scales, device=device))
+            slot_k, slot_v, slot_k_scale, slot_v_scale = slot_tensors(variant, batch_size, held, device, dtype)
+            k.append(slot_k)
+            v.append(slot_v)
+            if slot_k_scale is not None and slot_v_scale is not None:
+                k_scale.append(slot_k_scale)
+                v_scale.append(slot_v_scale)
         return KVCache(
             shifts=None if lengths is None else ragged_shifts(lengths, device),
             k=k,

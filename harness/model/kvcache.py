@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from harness.model.quant import is_fp8, quantize
+from harness.variants import Variant
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,29 @@ class LayerCache:
         assert self.pending is not None, "a windowed slot's multi-token step reads what its producer stored"
         k, v, first = self.pending
         return Visible(k, v, start_pos, window_mask(start_pos, n_new, first, k.shape[2], self.window, k.device))
+
+
+def slot_tensors(
+    variant: Variant, rows: int, positions: int, device: torch.device | str, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One producer's zeroed K, V and (8-bit caches only) scales of 1: ``rows`` of ``positions`` each.
+
+    A contiguous slot has a row per sequence; a paged pool (harness/model/paged.py) a row per page.
+    K and V: [rows, n_kv_heads, positions, head_dim] each; MLA: the latent [rows, 1, positions,
+    d_c + d_h^R] as K and its first d_c columns as V (a view). Scales: one per KV head or one in all
+    (``kv_scale``); MLA's values share the latent's scale.
+    """
+    if variant.mla is not None:
+        latent = torch.zeros(rows, 1, positions, variant.mla.latent_width, device=device, dtype=dtype)
+        k, v = latent, latent[..., : variant.mla.kv_lora_rank]
+    else:
+        shape = (rows, variant.n_kv_heads, positions, variant.head_dim)
+        k, v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+    if variant.kv_dtype is None:
+        return k, v, None, None
+    n_scales = variant.n_kv_heads if variant.kv_scale == "head" else 1
+    k_scale = torch.ones(n_scales, device=device)
+    return k, v, k_scale, k_scale if variant.mla is not None else torch.ones(n_scales, device=device)
 
 
 def window_mask(start_pos: int, n_new: int, first: int, n_keys: int, window: int, device: torch.device) -> Tensor:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from harness.model.kvcache import KVCache, LayerCache, Visible
+from harness.model.kvcache import KVCache, LayerCache, Visible, slot_tensors
 from harness.model.quant import fit_scale, quantize
 from harness.pages import pages_per_sequence
 from harness.variants import Variant
@@ -242,18 +242,12 @@ def allocate(
         n_pages = sum(own)
         order = torch.randperm(n_pages, generator=torch.Generator().manual_seed(seed + index))
         tables.append(_deal(order, own, width).to(device))  # [B, width_in_pages]
-        if variant.mla is not None:
-            pool = torch.zeros(n_pages, 1, page_size, variant.mla.latent_width, device=device, dtype=dtype)
-            k.append(pool)
-            v.append(pool[..., : variant.mla.kv_lora_rank])  # [n_pages, 1, page_size, d_c], a view
-        else:
-            shape = (n_pages, variant.n_kv_heads, page_size, variant.head_dim)
-            k.append(torch.zeros(shape, device=device, dtype=dtype))
-            v.append(torch.zeros(shape, device=device, dtype=dtype))
-        if variant.kv_dtype is not None:
-            n_scales = variant.n_kv_heads if variant.kv_scale == "head" else 1
-            k_scale.append(torch.ones(n_scales, device=device))
-            v_scale.append(k_scale[-1] if variant.mla is not None else torch.ones(n_scales, device=device))
+        pool_k, pool_v, pool_k_scale, pool_v_scale = slot_tensors(variant, n_pages, page_size, device, dtype)
+        k.append(pool_k)
+        v.append(pool_v)
+        if pool_k_scale is not None and pool_v_scale is not None:
+            k_scale.append(pool_k_scale)
+            v_scale.append(pool_v_scale)
     return PagedKVCache(
         shifts=None if lengths is None else ragged_shifts(lengths, device),
         k=k,
