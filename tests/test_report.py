@@ -382,3 +382,11 @@ def test_a_history_figure_beside_the_report_is_shown_and_none_is_not_invented(tm
     (tmp_path / figure_name(name)).write_bytes(PNG_SIGNATURE)
     report = str(render_target(loaded, tmp_path)["REPORT.md"])
     assert f"]({figure_name(name)})" in _section(report, "History across commits")
+
+
+def test_claims_the_run_cannot_test_are_listed_once_below_the_verdicts(report: str) -> None:
+    claims = _section(report, "Claims check")
+    table, _, below = claims.partition("➖ not testable in this run:")
+    assert "not testable |" not in table  # no table row is only "not testable"
+    assert "- CLA cuts training K/V activations by the sharing factor (" in below
+    assert below.count("- CLA cuts training K/V activations by the sharing factor") == 1

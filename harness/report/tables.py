@@ -393,7 +393,27 @@ VERDICT_LABELS = {
 
 
 def claims_table(checks: Sequence[ClaimCheck]) -> str:
-    rows = [[c.claim, c.comparison, VERDICT_LABELS[c.verdict], _one_line(c.evidence)] for c in checks]
-    return tabulate(
-        rows, headers=["claim", "comparison", "verdict", "evidence"], tablefmt=TABLEFMT, disable_numparse=True
-    )
+    """The claims this run could test, one row per comparison; below them, once per claim, those it could not
+    and why (a row per comparison saying only "not testable" would bury the verdicts)."""
+    tested = [c for c in checks if c.verdict != "not testable"]
+    out = []
+    if tested:
+        rows = [[c.claim, c.comparison, VERDICT_LABELS[c.verdict], _one_line(c.evidence)] for c in tested]
+        out.append(
+            tabulate(
+                rows, headers=["claim", "comparison", "verdict", "evidence"], tablefmt=TABLEFMT, disable_numparse=True
+            )
+        )
+    untested: dict[str, list[ClaimCheck]] = {}
+    for check in checks:
+        if check.verdict == "not testable":
+            untested.setdefault(check.claim, []).append(check)
+    if untested:
+        lines = [f"{VERDICT_LABELS['not testable']} in this run:"]
+        for claim, group in untested.items():
+            comparisons = [c.comparison for c in group if c.comparison not in ("", "—")]
+            reasons = list(dict.fromkeys(_one_line(c.evidence) for c in group))
+            where = f" ({', '.join(comparisons)})" if comparisons else ""
+            lines.append(f"- {claim}{where}: {'; '.join(reasons)}")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
