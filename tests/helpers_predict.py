@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from helpers_results import lognormal_samples, make_metrics, make_run
+
 from harness import accounting
 from harness.predict.costmodel import LatencyModel, MemoryModel
 from harness.predict.features import cell_features
 from harness.results.schema import CellResult, MaxBatch, RunResult
 from harness.scenario import expand_cells, load_scenario
-from tests.helpers_results import lognormal_samples, make_metrics, make_run
 
 DECODE = LatencyModel(bandwidth_gbps=20.0, tflops=0.05, layer_overhead_s=2e-4, step_overhead_s=1e-3, combine="sum")
 ATTENTION = LatencyModel(bandwidth_gbps=25.0, tflops=0.04, layer_overhead_s=1e-5, step_overhead_s=5e-5, combine="sum")

@@ -7,7 +7,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers_predict import modelled_run
 from helpers_tiny import DECODE_ONLY, tiny_scenario
+from test_predict import GIT
 
 from harness.cli import main
 from harness.hardware import detect_target
@@ -15,8 +17,6 @@ from harness.predict.calibration import CALIBRATION_NAME, calibrate, save_calibr
 from harness.predict.explore import Candidate, design_space, frontier, generated_variants, paper_name
 from harness.results.store import load_result, result_files, save_result
 from harness.scenario import Cell, load_scenario
-from tests.helpers_predict import modelled_run
-from tests.test_predict import GIT
 
 
 @pytest.fixture(autouse=True)

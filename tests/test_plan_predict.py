@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+from helpers_predict import DECODE, modelled_run
+from test_predict import GIT
+
 from harness.cli import main
 from harness.predict.calibration import CALIBRATION_NAME, calibrate, save_calibration
 from harness.results.store import save_result
-from tests.helpers_predict import DECODE, modelled_run
-from tests.test_predict import GIT
 
 
 def _calibrated(tmp_path):

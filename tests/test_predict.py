@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers_predict import ATTENTION, DECODE, MEMORY, modelled_run
 
 from harness.cli import main
 from harness.predict.calibration import CALIBRATION_NAME, calibrate, load_calibration, save_calibration
@@ -14,7 +15,6 @@ from harness.predict.costmodel import LatencyModel, MemoryModel
 from harness.predict.fit import LatencyPoint, MemoryPoint, abs_error_quantiles, fit_latency, fit_memory
 from harness.results.schema import GitInfo
 from harness.results.store import save_result
-from tests.helpers_predict import ATTENTION, DECODE, MEMORY, modelled_run
 
 GIT = GitInfo(commit="0" * 40, short="0000000", dirty=False)
 

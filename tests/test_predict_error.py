@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_predict import modelled_run
 
 from harness.predict.calibration import target_observations
 from harness.results.store import save_result
-from tests.helpers_predict import modelled_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "predict_error.py"
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers_predict import modelled_run
 from helpers_tiny import FAST_TIMING, tiny_scenario
+from test_predict import GIT
 
 from harness.hardware import detect_target
 from harness.predict.calibration import CALIBRATION_NAME, calibrate, save_calibration
 from harness.results.store import load_result, result_files, save_result
 from harness.run.runner import Runner, RunOptions
-from tests.helpers_predict import modelled_run
-from tests.test_predict import GIT
 
 
 @pytest.fixture(autouse=True)

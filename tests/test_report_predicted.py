@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers_predict import modelled_run
+
 from harness.report.predicted import pairs, prediction_section
 from harness.report.render import LoadedResult, render_target
 from harness.results.schema import CellPrediction, RunResult
-from tests.helpers_predict import modelled_run
 
 
 def _predicted(run: RunResult, off: dict[str, float]) -> RunResult:
