@@ -67,13 +67,18 @@ class LayerCache:
         """Whether v is a view of k (MLA's latent serves as keys and values)."""
         return self.v.untyped_storage().data_ptr() == self.k.untyped_storage().data_ptr()
 
-    def store(self, k_new: Tensor, v_new: Tensor | None, start_pos: int) -> None:
-        """Write new positions start_pos .. start_pos + T - 1: k_new [B, heads, T, k_width], v_new likewise
-        (None where v is a view of k). An 8-bit slot quantises them with its scales."""
+    def quantized(self, k_new: Tensor, v_new: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """New K and V as the slot stores them: quantised with its scales for an 8-bit slot, else as given."""
         if self.k_scale is not None:
             k_new = quantize(k_new, self.k_scale, self.k.dtype)
         if v_new is not None and self.v_scale is not None:
             v_new = quantize(v_new, self.v_scale, self.v.dtype)
+        return k_new, v_new
+
+    def store(self, k_new: Tensor, v_new: Tensor | None, start_pos: int) -> None:
+        """Write new positions start_pos .. start_pos + T - 1: k_new [B, heads, T, k_width], v_new likewise
+        (None where v is a view of k). An 8-bit slot quantises them with its scales."""
+        k_new, v_new = self.quantized(k_new, v_new)
         n_new = k_new.shape[2]
         if self.shifts is not None:
             slots = self.ragged_positions(start_pos, n_new)  # [B]

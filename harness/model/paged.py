@@ -118,10 +118,7 @@ class PagedLayerCache(LayerCache):
         """Write positions start_pos .. start_pos + T - 1 into their pages (quantised for an 8-bit slot).
         A windowed slot keeps the last ``held`` of them, and for a multi-token step the history its
         queries need, before the ring is written over (as :meth:`LayerCache.store`)."""
-        if self.k_scale is not None:
-            k_new = quantize(k_new, self.k_scale, self.k.dtype)
-        if v_new is not None and self.v_scale is not None:
-            v_new = quantize(v_new, self.v_scale, self.v.dtype)
+        k_new, v_new = self.quantized(k_new, v_new)
         n_new = k_new.shape[2]
         if self.shifts is not None:
             positions = self.ragged_positions(start_pos, n_new)[:, None]  # [B, 1]
