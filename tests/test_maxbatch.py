@@ -97,3 +97,27 @@ def test_a_boundary_whose_repeat_changes_its_verdict_is_uncertain_by_at_least_on
 def test_identical_repeated_probes_leave_no_uncertainty() -> None:
     probes = [Probe(10, True, 900, "ok"), Probe(11, False, 1010, "ok"), Probe(10, True, 900, "ok")]
     assert boundary_uncertainty(probes, 10, bytes_per_sequence=100) == 0
+
+
+def test_a_boundary_peak_within_the_between_run_margin_of_the_budget_is_uncertain_by_a_sequence() -> None:
+    # One run of an A/A comparison: batch 118 fits 2.07 MiB under the budget, 119 goes 0.30 MiB over;
+    # the other run measured 119 at 0.43 MiB under. Each run's repeats agreed to the byte.
+    mib, budget = 2**20, 384 * 2**20
+    per_sequence = 2 * mib
+    base = [Probe(118, True, budget - int(2.07 * mib), "ok"), Probe(119, False, budget + int(0.30 * mib), "ok")] * 2
+    head = [Probe(119, True, budget - int(0.43 * mib), "ok"), Probe(120, False, budget + int(1.58 * mib), "ok")] * 2
+    assert boundary_uncertainty(base, 118, per_sequence) == 0  # the repeats alone see nothing
+    assert boundary_uncertainty(base, 118, per_sequence, budget, margin_bytes=mib) == 1
+    assert boundary_uncertainty(head, 119, per_sequence, budget, margin_bytes=mib) == 1
+
+
+def test_a_boundary_well_clear_of_the_budget_on_both_sides_stays_exact() -> None:
+    mib, budget = 2**20, 384 * 2**20
+    probes = [Probe(10, True, budget - 5 * mib, "ok"), Probe(11, False, budget + 3 * mib, "ok")] * 2
+    assert boundary_uncertainty(probes, 10, 8 * mib, budget, margin_bytes=mib) == 0
+
+
+def test_the_between_run_margin_counts_in_sequences_when_sequences_are_small() -> None:
+    kib, budget = 2**10, 10**9
+    probes = [Probe(500, True, budget - 100 * kib, "ok"), Probe(501, False, budget + 156 * kib, "ok")]
+    assert boundary_uncertainty(probes, 500, 256 * kib, budget, margin_bytes=1024 * kib) == 4

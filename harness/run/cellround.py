@@ -24,7 +24,7 @@ from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch, TPMeasurement
 from harness.run import derive, opt_in
 from harness.run.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
-from harness.run.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
+from harness.run.maxbatch import RESIDENT_SET_NOISE_BYTES, Probe, SearchResult, boundary_uncertainty, search_max_batch
 from harness.scenario.schema import MeasureSpec
 from harness.variants import Variant
 
@@ -308,7 +308,7 @@ class _CellRound:
             # and turn the spread of peaks at one batch into sequences.
             again = [probe(measured), probe(measured + 1)] if measured > 0 else []
             probes += again
-            uncertainty = boundary_uncertainty(probes, measured, per_sequence)
+            uncertainty = boundary_uncertainty(probes, measured, per_sequence, budget, RESIDENT_SET_NOISE_BYTES)
         return MaxBatch(
             budget_bytes=budget,
             predicted=predicted,
