@@ -1,5 +1,5 @@
-"""``attnbench validate FILE...``: check scenario files (TOML) and result files (JSON), every problem
-of every file, one line each; exit 2 when any file has a problem."""
+"""``attnbench validate FILE...``: check scenario files (TOML), result files and cost-model calibrations
+(JSON), every problem of every file, one line each; exit 2 when any file has a problem."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from harness.cli import print_problems
 from harness.cli.notes import print_warnings
 from harness.errors import UserError, one_line
+from harness.predict.calibration import CALIBRATION_NAME, load_calibration
 from harness.results.store import RESULT_SUFFIX, load_result
 from harness.scenario import expand_cells, load_scenario
 
@@ -19,13 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "files",
         nargs="+",
         metavar="FILE",
-        help=f"scenario TOML files, or result files (ending in {RESULT_SUFFIX}) as written by 'attnbench run'",
+        help=f"scenario TOML files, result files (ending in {RESULT_SUFFIX}) as written by 'attnbench run', or a "
+        f"target's {CALIBRATION_NAME} as written by 'attnbench calibrate'",
     )
     parser.set_defaults(func=run)
 
 
 def check(path: str) -> str:
     """What ``path`` holds, in a few words; UserError listing its problems when it is not valid."""
+    if Path(path).name == CALIBRATION_NAME:
+        calibration = load_calibration(Path(path))
+        return (
+            f"ok (cost model of {calibration.target}, {len(calibration.latency)} latency fits from "
+            f"{len(calibration.files)} result files, fitted at commit {calibration.git.short})"
+        )
     if Path(path).suffix.lower() == RESULT_SUFFIX:
         result = load_result(path)
         stops = result.interruptions

@@ -8,7 +8,6 @@ from each measurement it learned from.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.errors import UserError, UserErrors, validation_problems
+from harness.inputs import read_json
 from harness.predict.costmodel import LatencyModel, MemoryModel
 from harness.predict.features import CellFeatures, CellKey, Observation, observations
 from harness.predict.fit import LatencyPoint, MemoryPoint, abs_error_quantiles, fit_latency, fit_memory
@@ -24,6 +24,7 @@ from harness.results.store import load_result, result_files, write_text_atomic
 
 CALIBRATION_NAME = "calibration.json"
 CALIBRATION_VERSION = 1
+CALIBRATION_LIMIT_BYTES = 64 * 2**20  # a fit of thousands of cells is well under a megabyte
 MIN_GROUP_CELLS = 8  # a group (dtype, backend) gets figures of its own from this many distinct cells
 LATENCIES = ("decode", "attention")  # the warm decode step and warm core attention
 
@@ -220,12 +221,7 @@ def save_calibration(calibration: Calibration, path: Path) -> None:
 
 def load_calibration(path: Path) -> Calibration:
     """A calibration file, checked whole; UserError naming the file and field of each problem."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"not JSON: {exc}", source=str(path)) from None
+    data = read_json(path, CALIBRATION_LIMIT_BYTES, "calibration file")
     try:
         return Calibration.model_validate(data)
     except ValidationError as exc:
