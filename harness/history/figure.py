@@ -10,13 +10,11 @@ of cells.
 
 from __future__ import annotations
 
-import io
-import warnings
-
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harness.history.series import METRICS, Series, TargetHistory
+from harness.png import png_bytes
 
 DPI = 110
 LEGEND_CELLS = 8
@@ -82,10 +80,4 @@ def render_figure(history: TargetHistory, scenario: str) -> bytes:
         f"{len(labels)} commits; dashed: a step that persisted",
         fontsize=11,
     )
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r"constrained_layout not applied", category=UserWarning)
-        fig.savefig(buffer, format="png", dpi=DPI)
-    fig.clear()
-    return buffer.getvalue()
+    return png_bytes(fig, DPI)

@@ -15,9 +15,7 @@ horizontal bars per series, named on the axis, instead of a column of dots with 
 
 from __future__ import annotations
 
-import io
 import textwrap
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from harness.png import png_bytes
 from harness.report.savings import kv_per_sequence
 from harness.results.schema import CellMetrics, RunResult, Summary
 from harness.units import format_bytes
@@ -175,16 +174,7 @@ def _figure(
 
 
 def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # A variant or scenario name may hold any character, and be of any length: a character the
-        # font lacks is drawn as a box, and labels too long for the layout overlap. The plot is
-        # still written; a warning per character on stderr would tell the reader nothing more.
-        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r"constrained_layout not applied", category=UserWarning)
-        fig.savefig(buffer, format="png", dpi=DPI)
-    fig.clear()
-    return buffer.getvalue()
+    return png_bytes(fig, DPI)
 
 
 def _png_or_none(fig: Figure | None) -> bytes | None:
