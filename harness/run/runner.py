@@ -14,8 +14,9 @@ continues the newest unfinished file of the same scenario per target. A stop sig
 the folder is checked writable, with room for the files, before anything is measured, and a save
 that fails later (a full disk) stops the run with the last good file in place. Every worker call has
 a time limit (``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run
-goes on. Nothing here touches CUDA: the workers do (the worker functions that the rounds name are
-imported, and torch with them, but run only in the workers).
+goes on. Nothing here touches CUDA, nor imports torch: the rounds name the worker functions by their
+entry points and hand them typed requests (harness/measure/protocol.py); only the workers import and
+run them.
 """
 
 from __future__ import annotations
