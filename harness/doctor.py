@@ -371,9 +371,9 @@ def _max_batch_finding(device: str) -> Finding:
     """The runner's max-batch search on a small stack, against the accounting's prediction."""
     from harness import accounting
     from harness.errors import RunFailure
-    from harness.measure.worker import IsolatedRunner
     from harness.run.maxbatch import Probe, search_max_batch
     from harness.run.node import describe
+    from harness.run.worker import IsolatedRunner
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 
@@ -448,7 +448,7 @@ def run_doctor(
     ``progress`` hears the name of each check as it starts, ``on_finding`` each finding as soon as its check
     ends, so that a doctor stopped half-way has already reported what it found.
     """
-    from harness.measure.worker import IsolatedRunner
+    from harness.run.worker import IsolatedRunner
 
     runner = IsolatedRunner()
     findings: list[Finding] = []

@@ -10,9 +10,10 @@ import pytest
 from helpers_requests import cell_request
 
 from harness import accounting, doctor
-from harness.measure import cell_worker, worker
+from harness.measure import cell_worker
 from harness.measure.protocol import Entry, Request, resolve
-from harness.measure.worker import WorkerOutcome
+from harness.run import worker
+from harness.run.worker import WorkerOutcome
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant, sharing_map
 

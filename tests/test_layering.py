@@ -54,8 +54,8 @@ PARENT_SIDE = (
     "harness.results.store",
     "harness.results.merge",
     "harness.results.stability",
-    "harness.measure.worker",
-    "harness.measure.ranks",
+    "harness.run.worker",
+    "harness.run.ranks",
     "harness.measure.protocol",
 )
 

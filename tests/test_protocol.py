@@ -19,7 +19,7 @@ from harness.measure.protocol import (
     accept,
     resolve,
 )
-from harness.measure.worker import IsolatedRunner
+from harness.run.worker import IsolatedRunner
 
 
 def test_a_misspelt_field_is_refused_where_the_request_is_built() -> None:

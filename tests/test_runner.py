@@ -320,7 +320,7 @@ class _InProcess:
     """Runs worker functions in this process (so that monkeypatched ones are seen), with the same outcomes."""
 
     def call(self, entry, payload, timeout_s=None):  # type: ignore[no-untyped-def]
-        from harness.measure.worker import WorkerOutcome, describe_exception, is_out_of_memory
+        from harness.run.worker import WorkerOutcome, describe_exception, is_out_of_memory
 
         try:
             return WorkerOutcome("ok", resolve(entry)(payload), None, 0.0)
@@ -359,7 +359,7 @@ def _hang(payload: CellRequest) -> dict[str, object]:
 
 
 def test_a_capture_that_broke_its_worker_is_measured_again_with_graphs_off(tmp_path: Path):
-    from harness.measure.worker import WorkerOutcome
+    from harness.run.worker import WorkerOutcome
 
     text = TINY.replace("[1, 2]", "[1]").replace('memory_budget = "{budget}"\n', 'metrics = ["decode"]\n')
     runner = Runner(RunOptions(scenario=str(scenario(tmp_path, text)), device="cpu", out_dir=tmp_path / "o"))

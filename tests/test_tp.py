@@ -16,12 +16,12 @@ from helpers_requests import rank_request
 from harness import accounting
 from harness.cli import main
 from harness.measure.protocol import RankRequest
-from harness.measure.ranks import run_ranks
 from harness.measure.tp_rank import process_group
-from harness.measure.worker import IsolatedRunner
 from harness.model import build_decoder
 from harness.model.tp import shard_decoder
 from harness.parallel import kv_heads_per_rank, kv_replication, rank_variant, tp_problem
+from harness.run.ranks import run_ranks
+from harness.run.worker import IsolatedRunner
 from harness.scenario.schema import ModelSpec
 from harness.variants import MLAShape, Variant, sharing_map
 

@@ -10,9 +10,9 @@ from helpers_requests import cell_request
 
 from harness import accounting
 from harness.measure.train_step import measure_train_step
-from harness.measure.worker import IsolatedRunner
 from harness.model import build_decoder
 from harness.model.training import causal_forward, next_token_loss, saved_bytes
+from harness.run.worker import IsolatedRunner
 from harness.scenario.schema import ModelSpec
 from harness.variants import MLAShape, Variant, sharing_map
 

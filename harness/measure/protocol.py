@@ -1,7 +1,7 @@
 """What crosses the process boundary between the parent and a worker: typed requests and entry points by name.
 
 The parent (runner, doctor) builds a frozen request, names the worker function that takes it by its
-:class:`Entry`, and hands both to an isolated worker (harness/measure/worker.py). The worker resolves the
+:class:`Entry`, and hands both to an isolated worker (harness/run/worker.py). The worker resolves the
 name (:func:`resolve`) and checks the request's protocol (:func:`accept`) before it runs anything. The
 parent thus never imports the worker side, nor torch with it; this module imports neither, so both sides
 share it.
@@ -149,7 +149,7 @@ class CellRequest(Request):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RankRequest(CellRequest):
-    """measure_rank: one rank of a tensor-parallel group (harness/measure/ranks.py fills in the last three)."""
+    """measure_rank: one rank of a tensor-parallel group (harness/run/ranks.py fills in the last three)."""
 
     tp: int  # the group's size
     threads_per_rank: int | None  # CPU: the cores shared out among the ranks; None on CUDA

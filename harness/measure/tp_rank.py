@@ -1,6 +1,6 @@
 """What one rank of a tensor-parallel decode measurement runs, in a process of its own.
 
-Every rank of a group (harness/measure/ranks.py starts them together) joins a ``torch.distributed``
+Every rank of a group (harness/run/ranks.py starts them together) joins a ``torch.distributed``
 process group through a file store the parent made: gloo on CPU, NCCL on CUDA with rank r on
 ``cuda:<first + r>``. It builds its shard of the cell's model (harness/model/tp.py), allocates and fills
 its own cache, runs one decode step, then times decode steps in lockstep with the other ranks: the

@@ -23,11 +23,11 @@ from harness.backend_support import unsupported_reason
 from harness.hardware import is_cuda
 from harness.lengths import sequence_lengths
 from harness.measure.protocol import CellRequest, Entry, Request, Timing
-from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch, TPMeasurement
 from harness.run import derive, opt_in
 from harness.run.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
 from harness.run.maxbatch import Probe, SearchResult, boundary_uncertainty, search_max_batch
+from harness.run.worker import IsolatedRunner, WorkerOutcome
 from harness.scenario.schema import MeasureSpec
 from harness.variants import Variant
 

@@ -9,15 +9,15 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from harness.measure.protocol import Entry, Request
-from harness.measure.worker import WorkerOutcome
 from harness.results.schema import CellResult, MaxBatch, Placement
+from harness.run.worker import WorkerOutcome
 from harness.scenario import Cell, LoadedScenario
 
 ExecutorName = Literal["local", "ray"]
 
 
 class WorkerCaller(Protocol):
-    """Runs the worker function ``entry`` names on ``request`` in an isolated worker (harness/measure/worker.py's
+    """Runs the worker function ``entry`` names on ``request`` in an isolated worker (harness/run/worker.py's
     IsolatedRunner)."""
 
     def call(

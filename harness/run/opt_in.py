@@ -3,7 +3,7 @@
 - ``train_step`` (in ``measure.metrics``): one training step of the cell's batch, for its memory
   (harness/measure/train_step.py);
 - ``sweep.tp``: the cell's decode step sharded over each tensor-parallel degree, one process per rank
-  (harness/measure/tp_rank.py, launched by harness/measure/ranks.py).
+  (harness/measure/tp_rank.py, launched by harness/run/ranks.py).
 
 The runner calls :func:`train_step` and :func:`tensor_parallel` after a cell's first round and stores
 what they return in the cell's metrics; a failure here is recorded there and never fails the cell.
@@ -19,11 +19,11 @@ from typing import Any
 from harness import accounting
 from harness.backend_support import training_problem
 from harness.measure.protocol import CellRequest, Entry, NotEnoughDevices, RankRequest, Request
-from harness.measure.ranks import run_ranks
-from harness.measure.worker import IsolatedRunner, WorkerOutcome
 from harness.parallel import kv_heads_per_rank, kv_replication, rank_variant, tp_problem
 from harness.results.schema import TPMeasurement, TPRank, TrainStep
 from harness.results.summary import summarize
+from harness.run.ranks import run_ranks
+from harness.run.worker import IsolatedRunner, WorkerOutcome
 from harness.scenario import Cell
 from harness.scenario.schema import ModelSpec
 

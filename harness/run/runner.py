@@ -32,7 +32,6 @@ from typing import Any
 from harness.cellkey import CellKey
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
-from harness.measure.worker import IsolatedRunner
 from harness.predict.record import CellPredictor
 from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
@@ -44,6 +43,7 @@ from harness.run.local import LocalExecutor
 from harness.run.node import describe, peak_gbps, probe_peak
 from harness.run.runfiles import ResultFile, RunIdentity, git_info, needed_bytes
 from harness.run.shards import shard_cells
+from harness.run.worker import IsolatedRunner
 from harness.scenario import Cell, expand_cells, load_scenario
 from harness.signals import Interrupted
 

@@ -3,7 +3,7 @@ tensor-parallel measurement.
 
 The ranks of a group wait for each other in collectives, so one that fails or dies would leave the
 others waiting until the collective's own timeout. :func:`run_ranks` starts every rank from the
-runner's forkserver (harness/measure/worker.py: torch already imported, the same one-line errors),
+runner's forkserver (harness/run/worker.py: torch already imported, the same one-line errors),
 hands each a file store in a fresh folder to meet through (no port to find, nothing left behind), and
 watches them all: the first rank that fails or dies ends the others, and a group that has not finished
 within ``timeout_s`` is ended whole. No child outlives the call.
@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from harness.measure.protocol import RankRequest
-from harness.measure.worker import (
+from harness.run.worker import (
     KILL_WAIT_S,
     POLL_S,
     Function,

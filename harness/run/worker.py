@@ -186,7 +186,7 @@ class IsolatedRunner:
 
     @property
     def context(self) -> multiprocessing.context.ForkServerContext:
-        """The forkserver context children start from (harness/measure/ranks.py starts groups of them)."""
+        """The forkserver context children start from (harness/run/ranks.py starts groups of them)."""
         return self._context
 
     def call(self, fn: Function, request: Any, timeout_s: float | None = None) -> WorkerOutcome:
