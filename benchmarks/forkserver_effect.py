@@ -1,6 +1,6 @@
 """Does a forkserver give all of its workers a constant of their own? Measured, not assumed.
 
-Every measuring worker is a fork of its run's one forkserver (harness/measure/worker.py), so the
+Every measuring worker is a fork of its run's one forkserver (harness/run/worker.py), so the
 workers of one run share whatever that forkserver's process state gives them: the physical pages of
 everything it loaded and allocated (shared copy-on-write), its address-space layout, its heap. If
 that state makes their timings differ by a constant, two runs (or the two sides of ``ab``) differ by
@@ -100,7 +100,7 @@ def work(payload: dict[str, Any]) -> dict[str, Any]:
 def driver() -> None:
     """A process with a forkserver of its own: one fresh worker per line read from stdin."""
     sys.path.insert(0, str(ROOT))
-    from harness.measure.worker import IsolatedRunner
+    from harness.run.worker import IsolatedRunner
 
     runner = IsolatedRunner()
     for line in sys.stdin:

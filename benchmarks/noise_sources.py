@@ -30,7 +30,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parent.parent
-# The fixed glibc thresholds the workers start with (harness/measure/worker.py MALLOC_ENV): every
+# The fixed glibc thresholds the workers start with (harness/run/worker.py MALLOC_ENV): every
 # allocation above 128 KiB is a fresh mmap, so a step's temporaries fault their pages in on every call.
 FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 # (label, torch threads (0: torch's default), environment of the process)

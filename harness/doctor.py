@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from harness.hardware import is_cuda
+from harness.measure.protocol import CellRequest, CheckRequest, Entry, Timing
 
 Status = Literal["pass", "fail", "skip"]
 CHECK_TIMEOUT_S = 240.0
@@ -45,16 +46,16 @@ def _skip(name: str, why: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks: module-level functions of a payload {"device": ...}, each run in a worker
+# Checks: module-level functions of a CheckRequest (harness/measure/protocol.py), each run in a worker
 
 
-def check_worker_starts(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_worker_starts(request: CheckRequest) -> list[dict[str, Any]]:
     import torch
 
     from harness.hardware import detect_target
     from harness.measure.cell_worker import enter_device
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     x = torch.ones(1024, device=device)
     total = float(x.sum())
@@ -62,19 +63,19 @@ def check_worker_starts(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [_finding("worker starts on the device", total == 1024.0, f"target {detect_target(device)} ({where})")]
 
 
-def allocates_too_much(payload: dict[str, Any]) -> dict[str, Any]:
+def allocates_too_much(request: CheckRequest) -> dict[str, Any]:
     """Allocate far more than the device has (or, with ``fraction``, than a capped allocator allows)."""
     import torch
 
     from harness.measure.cell_worker import enter_device
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     if is_cuda(device):
         total = torch.cuda.get_device_properties(device).total_memory
-        if payload.get("fraction"):
-            torch.cuda.set_per_process_memory_fraction(payload["fraction"], device)
-            torch.empty(int(total * payload["fraction"] * 2), dtype=torch.uint8, device=device)
+        if request.fraction:
+            torch.cuda.set_per_process_memory_fraction(request.fraction, device)
+            torch.empty(int(total * request.fraction * 2), dtype=torch.uint8, device=device)
         else:
             torch.empty(total * 4, dtype=torch.uint8, device=device)
     else:
@@ -82,7 +83,7 @@ def allocates_too_much(payload: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def check_graphs(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_graphs(request: CheckRequest) -> list[dict[str, Any]]:
     """The decode step and core attention of a small stack captured as CUDA graphs, per backend."""
     import torch
 
@@ -94,7 +95,7 @@ def check_graphs(payload: dict[str, Any]) -> list[dict[str, Any]]:
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     model = ModelSpec(**TINY_MODEL)
     variant = Variant("H128-GQA2-CLA2", 128, 4, 2, sharing_map(4, 2))
@@ -131,14 +132,14 @@ def check_graphs(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def check_timing_device(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_timing_device(request: CheckRequest) -> list[dict[str, Any]]:
     """Events on the selected device time a known amount of work: a 1 GiB copy at a plausible rate."""
     import torch
 
     from harness.measure import timing
     from harness.measure.cell_worker import enter_device
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     src = torch.ones(2**28, device=device)  # 1 GiB of float32
     dst = torch.empty_like(src)
@@ -149,7 +150,7 @@ def check_timing_device(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [_finding("event timing on the selected device", 100 < gbps < 20_000 and captured.graph_used, detail)]
 
 
-def check_flush(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_flush(request: CheckRequest) -> list[dict[str, Any]]:
     """A read of a cache-resident buffer is slower right after the flush cold samples use."""
     import torch
 
@@ -157,7 +158,7 @@ def check_flush(payload: dict[str, Any]) -> list[dict[str, Any]]:
     from harness.measure.cell_worker import enter_device
     from harness.measure.flush import CudaL2Flusher, cpu_flusher
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     if is_cuda(device):
         x = torch.ones(4 * 2**20, device=device)  # 16 MiB: well inside an H100/H200's 50-60 MB L2
@@ -187,7 +188,7 @@ def check_flush(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [_finding("flush makes a cached read cold", ratio > 1.2, detail)]
 
 
-def check_sdpa_kernels(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_sdpa_kernels(request: CheckRequest) -> list[dict[str, Any]]:
     """Which SDPA kernel runs per dtype, head dim and KV sharing, and that it is the one planned."""
     import torch
 
@@ -197,7 +198,7 @@ def check_sdpa_kernels(payload: dict[str, Any]) -> list[dict[str, Any]]:
     from harness.model.attention import attend
     from harness.variants import Variant
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     out = []
     with torch.inference_mode():
@@ -215,7 +216,7 @@ def check_sdpa_kernels(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def check_choose_backend(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_choose_backend(request: CheckRequest) -> list[dict[str, Any]]:
     import torch
 
     from harness.measure.autotune import choose_backend
@@ -224,7 +225,7 @@ def check_choose_backend(payload: dict[str, Any]) -> list[dict[str, Any]]:
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     model = ModelSpec(**TINY_MODEL)
     decoder = build_decoder(model, Variant("H128-MQA", 128, 4, 1, sharing_map(4, 1)), dtype="bfloat16", device=device)
@@ -238,12 +239,12 @@ def check_choose_backend(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [_finding("auto chooses a backend that agrees with eager", choice.backend in choice.latencies_s, detail)]
 
 
-def check_peak(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_peak(request: CheckRequest) -> list[dict[str, Any]]:
     from harness.hardware import fingerprint
     from harness.measure.bandwidth import VENDOR_FLOOR, measure_peak
     from harness.measure.cell_worker import enter_device
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     env = fingerprint(device)
     peak = measure_peak(device, env)
@@ -256,13 +257,13 @@ def check_peak(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [_finding("peak bandwidth within 0.8-1.0x the vendor figure", VENDOR_FLOOR <= share <= 1.0, detail)]
 
 
-def check_nvml(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_nvml(request: CheckRequest) -> list[dict[str, Any]]:
     import torch
 
     from harness.hardware import nvml_call, nvml_parent, nvml_session
     from harness.measure.cell_worker import enter_device
 
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     with nvml_session(device) as session:
         if session is None:
@@ -288,7 +289,7 @@ def check_nvml(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [found, energy]
 
 
-def check_native(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_native(request: CheckRequest) -> list[dict[str, Any]]:
     import torch
 
     from harness.model import native
@@ -313,27 +314,28 @@ def check_native(payload: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def check_cell(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def check_cell(request: CheckRequest) -> list[dict[str, Any]]:
     """A whole cell measured as a run measures it; every self-check of it must pass."""
-    from harness.measure.cell_worker import measure_cell, variant_payload
+    from harness.measure.cell_worker import measure_cell
+    from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 
-    device = payload["device"]
-    cell = {
-        "device": device,
-        "model": TINY_MODEL,
-        "variant": variant_payload(Variant("H128-MQA-CLA2", 128, 4, 1, sharing_map(4, 2))),
-        "batch_size": 4,
-        "context_len": 8192,
-        "dtype": "bfloat16",
-        "backend": "sdpa",
-        "seed": 0,
-        "metrics": ["decode", "attention", "memory"],
-        "timing": {"warmup_s": 0.1, "min_time_s": 0.1, "min_samples": 10, "max_samples": 200},
-        "cold": True,
-        "energy_window_s": 2.0 if is_cuda(device) else 0.0,
-        "graphs": True,
-    }
+    device = request.device
+    cell = CellRequest(
+        device=device,
+        model=ModelSpec(**TINY_MODEL),
+        variant=Variant("H128-MQA-CLA2", 128, 4, 1, sharing_map(4, 2)),
+        batch_size=4,
+        context_len=8192,
+        dtype="bfloat16",
+        backend="sdpa",
+        seed=0,
+        metrics=("decode", "attention", "memory"),
+        timing=Timing(warmup_s=0.1, min_time_s=0.1, min_samples=10, max_samples=200),
+        cold=True,
+        energy_window_s=2.0 if is_cuda(device) else 0.0,
+        graphs=True,
+    )
     measured = measure_cell(cell)
     failed = [f"{c['name']}: {c['detail']}" for c in measured["checks"] if not c["passed"]]
     timers = sorted({s["timer"] for s in measured["samples"].values()})
@@ -347,7 +349,7 @@ def check_cell(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _oom_findings(runner: Any, device: str) -> list[Finding]:
     findings = []
-    outcome = runner.call(allocates_too_much, {"device": device}, timeout_s=CHECK_TIMEOUT_S)
+    outcome = runner.call(allocates_too_much, CheckRequest(device=device), timeout_s=CHECK_TIMEOUT_S)
     findings.append(
         Finding(
             "out-of-memory is classified as oom",
@@ -356,7 +358,8 @@ def _oom_findings(runner: Any, device: str) -> list[Finding]:
         )
     )
     if is_cuda(device):
-        outcome = runner.call(allocates_too_much, {"device": device, "fraction": 0.05}, timeout_s=CHECK_TIMEOUT_S)
+        request = CheckRequest(device=device, fraction=0.05)
+        outcome = runner.call(allocates_too_much, request, timeout_s=CHECK_TIMEOUT_S)
         status: Status = "pass" if outcome.status == "oom" else "fail"
         findings.append(
             Finding("the allocator cap of max-batch probes holds", status, f"{outcome.status}: {outcome.error}")
@@ -368,10 +371,9 @@ def _max_batch_finding(device: str) -> Finding:
     """The runner's max-batch search on a small stack, against the accounting's prediction."""
     from harness import accounting
     from harness.errors import RunFailure
-    from harness.measure import cell_worker
-    from harness.measure.worker import IsolatedRunner
     from harness.run.maxbatch import Probe, search_max_batch
     from harness.run.node import describe
+    from harness.run.worker import IsolatedRunner
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 
@@ -386,21 +388,17 @@ def _max_batch_finding(device: str) -> Finding:
     workspace = accounting.fixed_workspace_bytes(environment)
     predicted = accounting.predicted_max_batch(model, variant, "bfloat16", context, budget, workspace)
     per_sequence = accounting.bytes_per_sequence(model, variant, "bfloat16", context)
-    payload = {
-        "device": device,
-        "model": TINY_MODEL,
-        "variant": cell_worker.variant_payload(variant),
-        "context_len": context,
-        "dtype": "bfloat16",
-        "backend": "sdpa",
-        "seed": 0,
-        "budget_bytes": budget,
-    }
+
+    def request(batch: int) -> CellRequest:
+        return CellRequest(
+            device=device, model=model, variant=variant, batch_size=batch, context_len=context, dtype="bfloat16",
+            backend="sdpa", seed=0, budget_bytes=budget,
+        )  # fmt: skip
 
     rounding: dict[int, int] = {}  # batch -> reserved minus allocated bytes (the allocator's rounding)
 
     def probe(batch: int) -> Probe:
-        outcome = runner.call(cell_worker.probe_batch, payload | {"batch_size": batch}, timeout_s=CHECK_TIMEOUT_S)
+        outcome = runner.call(Entry.PROBE_BATCH, request(batch), timeout_s=CHECK_TIMEOUT_S)
         if outcome.status == "ok" and outcome.value is not None:
             peak = int(outcome.value["peak_bytes"])
             rounding[batch] = max(0, peak - int(outcome.value.get("allocated_bytes", peak)))
@@ -433,11 +431,11 @@ CPU_CHECKS = (check_worker_starts, check_flush, check_sdpa_kernels, check_choose
               check_native, check_cell)  # fmt: skip
 
 
-def run_check(payload: dict[str, Any]) -> dict[str, Any]:
-    """The worker's entry point: the check named in the payload, its findings under ``findings``."""
+def run_check(request: CheckRequest) -> dict[str, Any]:
+    """The worker's entry point: the check named in the request, its findings under ``findings``."""
     checks = (*CUDA_CHECKS, *CUDA_COMPILING_CHECKS, *CPU_CHECKS)
-    check = {function.__name__: function for function in checks}[payload["check"]]
-    return {"findings": check(payload)}
+    check = {function.__name__: function for function in checks}[request.check]
+    return {"findings": check(request)}
 
 
 def run_doctor(
@@ -450,7 +448,7 @@ def run_doctor(
     ``progress`` hears the name of each check as it starts, ``on_finding`` each finding as soon as its check
     ends, so that a doctor stopped half-way has already reported what it found.
     """
-    from harness.measure.worker import IsolatedRunner
+    from harness.run.worker import IsolatedRunner
 
     runner = IsolatedRunner()
     findings: list[Finding] = []
@@ -463,7 +461,7 @@ def run_doctor(
     def run_in_worker(name: str) -> None:
         progress(name)
         started = time.perf_counter()
-        outcome = runner.call(run_check, {"device": device, "check": name}, timeout_s=CHECK_TIMEOUT_S)
+        outcome = runner.call(run_check, CheckRequest(device=device, check=name), timeout_s=CHECK_TIMEOUT_S)
         if outcome.status == "ok" and outcome.value is not None:
             found([Finding(**item) for item in outcome.value["findings"]])
         else:

@@ -79,14 +79,13 @@ def test_doctor_with_a_stream_it_cannot_write_exits_2_with_one_line(
 
 def test_on_cuda_the_checks_that_compile_flex_run_after_every_other(monkeypatch: pytest.MonkeyPatch) -> None:
     from harness import doctor
-    from harness.measure import worker
-    from harness.measure.worker import WorkerOutcome
+    from harness.measure.protocol import CheckRequest
+    from harness.run import worker
+    from harness.run.worker import WorkerOutcome
 
     class Runner:
-        def call(self, function: object, payload: dict[str, str], timeout_s: float) -> WorkerOutcome:
-            return WorkerOutcome(
-                "ok", {"findings": [{"name": payload["check"], "status": "pass", "detail": ""}]}, None, 0
-            )
+        def call(self, function: object, payload: CheckRequest, timeout_s: float) -> WorkerOutcome:
+            return WorkerOutcome("ok", {"findings": [{"name": payload.check, "status": "pass", "detail": ""}]}, None, 0)
 
     monkeypatch.setattr(worker, "IsolatedRunner", Runner)
     monkeypatch.setattr(doctor, "_oom_findings", lambda runner, device: [])

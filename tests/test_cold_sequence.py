@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import torch
+from helpers_requests import cell_request
 
 from harness.measure import cell_worker, timing
+from harness.measure.protocol import Timing
 
 HOST_S = 20e-6  # host time to enqueue one op (a graph replay, a kernel, an event record)
 FLUSH_S = 5e-6  # device time of one L2 flush
@@ -97,11 +99,9 @@ def test_cold_core_attention_on_cuda_runs_its_layers_in_one_sequence_with_the_fl
     monkeypatch.setattr(timing, "time_cuda_cold_sequence", cold_sequence)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(cell_worker._CellTimer, "flusher", lambda self, reads: (lambda: calls.append("flush"), "L2"))
-    payload = {
-        "device": "cuda:0",
-        "timing": {"warmup_s": 0.0, "min_time_s": 0.0, "min_samples": 1, "max_samples": 1},
-        "cold": True,
-    }
+    payload = cell_request(
+        device="cuda:0", timing=Timing(warmup_s=0.0, min_time_s=0.0, min_samples=1, max_samples=1), cold=True
+    )
     timer = cell_worker._CellTimer(payload, torch.bfloat16)
     parts = [lambda i=i: calls.append(f"layer {i}") for i in range(3)]
     out = timer.time("attention", lambda: None, parts, reads=[], flush_before=[True, False, True])

@@ -4,13 +4,16 @@ first matmul of the step beside weights and cache."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import pytest
+from helpers_requests import cell_request
 
 from harness import accounting, doctor
-from harness.measure import cell_worker, worker
-from harness.measure.worker import WorkerOutcome
+from harness.measure import cell_worker
+from harness.measure.protocol import Entry, Request, resolve
+from harness.run import worker
+from harness.run.worker import WorkerOutcome
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant, sharing_map
 
@@ -27,7 +30,8 @@ class FakeCudaRunner:
         self.fixed = accounting.weight_bytes(model, variant, "bfloat16") + 32 * 2**20  # weights + cuBLAS workspace
         self.per_sequence = accounting.bytes_per_sequence(model, variant, "bfloat16", 4096)
 
-    def call(self, function: Any, payload: dict[str, Any], timeout_s: float) -> WorkerOutcome:
+    def call(self, entry: Entry, request: Request, timeout_s: float) -> WorkerOutcome:
+        function, payload = resolve(entry), dataclasses.asdict(request)
         if function is cell_worker.describe_machine:
             return WorkerOutcome("ok", {"target": "nvidia-h100", "environment": HOPPER}, None, 0.1)
         assert function is cell_worker.probe_batch and payload["device"] == "cuda:0"
@@ -61,6 +65,6 @@ def test_a_cuda_probe_reports_the_reserved_peak_the_cap_bounds_with_the_allocate
     peak = MemoryPeak(peak_allocated_bytes=900, peak_reserved_bytes=1000, process_bytes=None)
     monkeypatch.setattr(cell_worker, "_build_and_step", lambda payload, backend, fill: (None, None, None, peak))
     monkeypatch.setattr(cell_worker, "_concrete_backend", lambda payload: "sdpa")
-    answer = cell_worker.probe_batch({"device": "cuda:0", "budget_bytes": 1000, "batch_size": 3})
+    answer = cell_worker.probe_batch(cell_request(device="cuda:0", budget_bytes=1000, batch_size=3))
     assert answer == {"batch_size": 3, "peak_bytes": 1000, "allocated_bytes": 900, "fits": True}
     assert fake.fractions == [(0.25, 0)]

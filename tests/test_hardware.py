@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import helpers_fakecuda
 import pytest
 import torch
+from helpers_requests import cell_request
 
 from harness import hardware
 from harness.cli import hw_cmd
@@ -27,6 +29,7 @@ from harness.hardware import (
 )
 from harness.measure import bandwidth
 from harness.measure.bandwidth import PeakBandwidth, load_or_measure_peak
+from harness.measure.protocol import MachineRequest, PeakRequest
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -308,16 +311,18 @@ def test_every_worker_function_makes_the_payloads_device_current_first(monkeypat
         raise Entered
 
     monkeypatch.setattr(cell_worker, "enter_device", enter)
-    functions = (
-        cell_worker.measure_cell,
-        cell_worker.probe_batch,
-        cell_worker.choose_auto_backend,
-        cell_worker.describe_machine,
-        cell_worker.probe_peak,
-    )
+    cell = cell_request(device="cuda:1", budget_bytes=1, backend="sdpa")
+    requests: dict[Callable[..., object], object] = {
+        cell_worker.measure_cell: cell,
+        cell_worker.probe_batch: cell,
+        cell_worker.choose_auto_backend: cell,
+        cell_worker.describe_machine: MachineRequest(device="cuda:1"),
+        cell_worker.probe_peak: PeakRequest(device="cuda:1", target="t", environment={}),
+    }
+    functions = tuple(requests)
     for function in functions:
         with pytest.raises(Entered):
-            function({"device": "cuda:1", "budget_bytes": 1, "backend": "sdpa"})
+            function(requests[function])
     assert entered == ["cuda:1"] * len(functions)
 
 

@@ -30,12 +30,22 @@ FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"__main__", "__init__"}),
 )
 
-# Imported by the parent process; none of them may import torch, however deep.
+# Imported by the parent process; none of them may import torch, however deep. The runner and everything it
+# reaches name the worker functions by their entry points (harness/measure/protocol.py), never import them.
 PARENT_SIDE = (
     "harness.cli",
+    "harness.run.runner",
+    "harness.run.cellround",
+    "harness.run.opt_in",
+    "harness.run.node",
+    "harness.run.local",
+    "harness.run.raytasks",
     "harness.run.runfiles",
     "harness.run.derive",
     "harness.run.shards",
+    "harness.launch.slurm",
+    "harness.serve",
+    "harness.doctor",
     "harness.ab",
     "harness.compare",
     "harness.report",
@@ -44,7 +54,9 @@ PARENT_SIDE = (
     "harness.results.store",
     "harness.results.merge",
     "harness.results.stability",
-    "harness.measure.worker",
+    "harness.run.worker",
+    "harness.run.ranks",
+    "harness.measure.protocol",
 )
 
 

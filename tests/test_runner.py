@@ -11,6 +11,7 @@ from helpers_tiny import FAST_TIMING, tiny_scenario
 
 from harness.cli import main
 from harness.errors import UserError
+from harness.measure.protocol import CellRequest, MachineRequest, resolve
 from harness.results.schema import RunResult
 from harness.results.store import load_result
 from harness.run.runner import Runner, RunOptions, RunProgress
@@ -294,8 +295,8 @@ def test_auto_cells_measure_memory_and_probe_max_batch_with_the_backend_they_rep
     for name in ("measure_cell", "probe_batch"):
         real = getattr(cell_worker, name)
 
-        def recording(payload: dict[str, object], real: object = real, name: str = name) -> dict[str, object]:
-            seen.append((name, str(payload["backend"])))
+        def recording(payload: CellRequest, real: object = real, name: str = name) -> dict[str, object]:
+            seen.append((name, str(payload.backend)))
             return real(payload)  # type: ignore[operator]
 
         monkeypatch.setattr(cell_worker, name, recording)
@@ -318,11 +319,11 @@ def test_auto_cells_measure_memory_and_probe_max_batch_with_the_backend_they_rep
 class _InProcess:
     """Runs worker functions in this process (so that monkeypatched ones are seen), with the same outcomes."""
 
-    def call(self, fn, payload, timeout_s=None):  # type: ignore[no-untyped-def]
-        from harness.measure.worker import WorkerOutcome, describe_exception, is_out_of_memory
+    def call(self, entry, payload, timeout_s=None):  # type: ignore[no-untyped-def]
+        from harness.run.worker import WorkerOutcome, describe_exception, is_out_of_memory
 
         try:
-            return WorkerOutcome("ok", fn(payload), None, 0.0)
+            return WorkerOutcome("ok", resolve(entry)(payload), None, 0.0)
         except Exception as exc:
             status = "oom" if is_out_of_memory(exc) else "error"
             return WorkerOutcome(status, None, describe_exception(exc), 0.0, type(exc).__name__)
@@ -336,12 +337,13 @@ def test_a_cell_whose_worker_hangs_is_recorded_as_a_timeout_and_the_run_goes_on(
     real_call = runner.workers.call
     calls: list[str] = []
 
-    def first_measurement_hangs(fn, payload, timeout_s=None):  # type: ignore[no-untyped-def]
+    def first_measurement_hangs(entry, payload, timeout_s=None):  # type: ignore[no-untyped-def]
+        fn = resolve(entry)
         calls.append(fn.__name__)
         if fn.__name__ == "measure_cell" and calls.count("measure_cell") == 1:
             assert timeout_s == 60
             return real_call(_hang, payload, timeout_s=0.5)
-        return real_call(fn, payload, timeout_s=timeout_s)
+        return real_call(entry, payload, timeout_s=timeout_s)
 
     runner.workers.call = first_measurement_hangs  # type: ignore[method-assign]
     outcome = runner.run()
@@ -349,7 +351,7 @@ def test_a_cell_whose_worker_hangs_is_recorded_as_a_timeout_and_the_run_goes_on(
     assert outcome.exit_code == 1 and outcome.failed_cells[0].status == "timeout"
 
 
-def _hang(payload: dict[str, object]) -> dict[str, object]:
+def _hang(payload: CellRequest) -> dict[str, object]:
     import time
 
     time.sleep(60)
@@ -357,19 +359,19 @@ def _hang(payload: dict[str, object]) -> dict[str, object]:
 
 
 def test_a_capture_that_broke_its_worker_is_measured_again_with_graphs_off(tmp_path: Path):
-    from harness.measure.worker import WorkerOutcome
+    from harness.run.worker import WorkerOutcome
 
     text = TINY.replace("[1, 2]", "[1]").replace('memory_budget = "{budget}"\n', 'metrics = ["decode"]\n')
     runner = Runner(RunOptions(scenario=str(scenario(tmp_path, text)), device="cpu", out_dir=tmp_path / "o"))
     real_call = runner.workers.call
     graphs: list[object] = []
 
-    def broken_capture_once(fn, payload, timeout_s=None):  # type: ignore[no-untyped-def]
-        if fn.__name__ == "measure_cell":
-            graphs.append(payload["graphs"])
+    def broken_capture_once(entry, payload, timeout_s=None):  # type: ignore[no-untyped-def]
+        if resolve(entry).__name__ == "measure_cell":
+            graphs.append(payload.graphs)
             if len(graphs) == 1:
                 return WorkerOutcome("error", None, "GraphCaptureStateError: ...", 0.1, "GraphCaptureStateError")
-        return real_call(fn, payload, timeout_s=timeout_s)
+        return real_call(entry, payload, timeout_s=timeout_s)
 
     runner.workers.call = broken_capture_once  # type: ignore[method-assign]
     outcome = runner.run()
@@ -486,7 +488,7 @@ def test_the_machines_fingerprint_records_the_threads_the_scenario_gives_its_wor
 
     before = torch.get_num_threads()
     try:
-        described = cell_worker.describe_machine({"device": "cpu", "threads": 1})
+        described = cell_worker.describe_machine(MachineRequest(device="cpu", threads=1))
         assert described["environment"]["torch_num_threads"] == 1
     finally:
         torch.set_num_threads(before)

@@ -11,15 +11,17 @@ import psutil
 import pytest
 import torch
 import torch.distributed as dist
+from helpers_requests import rank_request
 
 from harness import accounting
 from harness.cli import main
-from harness.measure.ranks import run_ranks
+from harness.measure.protocol import RankRequest
 from harness.measure.tp_rank import process_group
-from harness.measure.worker import IsolatedRunner
 from harness.model import build_decoder
 from harness.model.tp import shard_decoder
 from harness.parallel import kv_heads_per_rank, kv_replication, rank_variant, tp_problem
+from harness.run.ranks import run_ranks
+from harness.run.worker import IsolatedRunner
 from harness.scenario.schema import ModelSpec
 from harness.variants import MLAShape, Variant, sharing_map
 
@@ -62,13 +64,13 @@ def prompt() -> tuple[torch.Tensor, torch.Tensor]:
     return drawn[:, :PROMPT_LEN], drawn[:, PROMPT_LEN:]
 
 
-def sharded_step(payload: dict[str, Any]) -> dict[str, Any]:
+def sharded_step(request: RankRequest) -> dict[str, Any]:
     """One rank: prefill the prompt with its shard, decode the next token; the logits and the rank's cache bytes."""
-    variant = Variant.from_payload(payload["variant"])
+    variant = request.variant
     tokens, following = prompt()
-    with process_group(payload) as group, torch.inference_mode():
+    with process_group(request) as group, torch.inference_mode():
         decoder = shard_decoder(
-            MODEL, variant, tp=payload["tp"], rank=payload["rank"], group=group, dtype="float32", device="cpu", seed=3
+            MODEL, variant, tp=request.tp, rank=request.rank, group=group, dtype="float32", device="cpu", seed=3
         )
         cache = decoder.allocate_cache(2, PROMPT_LEN + 1)
         decoder.prefill(tokens, cache)
@@ -97,7 +99,7 @@ def workers() -> IsolatedRunner:
 def test_a_sharded_decode_step_gives_every_rank_the_unsharded_logits(
     workers: IsolatedRunner, variant: Variant, tp: int
 ):
-    payload = {"tp": tp, "device": "cpu", "variant": variant.to_payload()}
+    payload = rank_request(tp, model=MODEL, variant=variant)
     outcomes = run_ranks(workers, sharded_step, [payload] * tp, timeout_s=120)
     assert [o.status for o in outcomes] == ["ok"] * tp, [o.error for o in outcomes]
     expected = unsharded_logits(variant)
@@ -130,16 +132,16 @@ def test_a_layout_that_does_not_split_evenly_says_why():
     assert tp_problem(model, GQA2, 4) is None
 
 
-def fail_on_rank_one(payload: dict[str, Any]) -> dict[str, Any]:
+def fail_on_rank_one(request: RankRequest) -> dict[str, Any]:
     """Rank 1 fails at once; the others wait for it in a barrier that never completes."""
-    with process_group(payload) as group:
-        if payload["rank"] == 1:
+    with process_group(request) as group:
+        if request.rank == 1:
             raise ValueError("rank 1 cannot build its shard")
         dist.barrier(group=group)
     return {}
 
 
-def sleep_forever(payload: dict[str, Any]) -> dict[str, Any]:
+def sleep_forever(request: RankRequest) -> dict[str, Any]:
     time.sleep(3600)
     return {}
 
@@ -147,7 +149,7 @@ def sleep_forever(payload: dict[str, Any]) -> dict[str, Any]:
 def test_one_failing_rank_ends_the_whole_group_at_once_and_leaves_no_process(workers: IsolatedRunner):
     before = {child.pid for child in psutil.Process().children(recursive=True)}
     start = time.perf_counter()
-    outcomes = run_ranks(workers, fail_on_rank_one, [{"tp": 3, "device": "cpu"}] * 3, timeout_s=300)
+    outcomes = run_ranks(workers, fail_on_rank_one, [rank_request(3)] * 3, timeout_s=300)
     assert time.perf_counter() - start < 60  # not the 300 s limit, nor gloo's own timeout
     assert [o.status for o in outcomes] == ["error", "error", "error"]
     assert outcomes[1].error is not None and outcomes[1].error.startswith("ValueError: rank 1 cannot build its shard")
@@ -157,7 +159,7 @@ def test_one_failing_rank_ends_the_whole_group_at_once_and_leaves_no_process(wor
 
 
 def test_a_group_that_does_not_answer_in_time_is_killed_whole(workers: IsolatedRunner):
-    outcomes = run_ranks(workers, sleep_forever, [{"tp": 2, "device": "cpu"}] * 2, timeout_s=2)
+    outcomes = run_ranks(workers, sleep_forever, [rank_request(2)] * 2, timeout_s=2)
     assert [o.status for o in outcomes] == ["timeout", "timeout"]
     assert outcomes[0].error is not None and "no answer within 2 s" in outcomes[0].error
 

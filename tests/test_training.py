@@ -6,12 +6,13 @@ import dataclasses
 
 import pytest
 import torch
+from helpers_requests import cell_request
 
 from harness import accounting
 from harness.measure.train_step import measure_train_step
-from harness.measure.worker import IsolatedRunner
 from harness.model import build_decoder
 from harness.model.training import causal_forward, next_token_loss, saved_bytes
+from harness.run.worker import IsolatedRunner
 from harness.scenario.schema import ModelSpec
 from harness.variants import MLAShape, Variant, sharing_map
 
@@ -90,15 +91,7 @@ def test_training_step_peak_memory_decreases_with_kv_sharing():
     peaks, kv = [], []
     for sharing in (1, 2, 4):
         variant = Variant(name=f"cla{sharing}", head_dim=32, n_heads=8, n_kv_heads=8, kv_layers=sharing_map(8, sharing))
-        payload = {
-            "device": "cpu",
-            "model": model.model_dump(),
-            "variant": variant.to_payload(),
-            "batch_size": 4,
-            "context_len": 512,
-            "dtype": "float32",
-            "seed": 0,
-        }
+        payload = cell_request(model=model, variant=variant, batch_size=4, context_len=512)
         outcome = workers.call(measure_train_step, payload, timeout_s=120)
         assert outcome.status == "ok" and outcome.value is not None, outcome.error
         kv.append(accounting.train_kv_activation_bytes(variant, "float32", 4, 512))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness.measure.worker import IsolatedRunner, describe_exception, is_out_of_memory
+from harness.run.worker import IsolatedRunner, describe_exception, is_out_of_memory
 
 
 def returns_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def test_a_memory_error_in_the_child_is_an_out_of_memory(workers: IsolatedRunner
 
 
 def test_a_child_killed_by_sigkill_is_recorded_as_killed_with_its_likely_cause(workers: IsolatedRunner, monkeypatch):
-    monkeypatch.setattr("harness.measure.worker.oom_kills", lambda: 4)  # the OOM killer did not act
+    monkeypatch.setattr("harness.run.worker.oom_kills", lambda: 4)  # the OOM killer did not act
     outcome = workers.call(kills_itself, {})
     assert outcome.status == "killed"
     assert outcome.error is not None and "SIGKILL" in outcome.error
@@ -71,14 +71,14 @@ def test_a_child_killed_by_sigkill_is_recorded_as_killed_with_its_likely_cause(w
 
 def test_a_sigkill_the_cgroup_counted_as_an_oom_kill_is_an_out_of_memory(workers: IsolatedRunner, monkeypatch):
     counts = iter([4, 5])  # before and after the call
-    monkeypatch.setattr("harness.measure.worker.oom_kills", lambda: next(counts))
+    monkeypatch.setattr("harness.run.worker.oom_kills", lambda: next(counts))
     outcome = workers.call(kills_itself, {})
     assert outcome.status == "oom"
     assert outcome.error is not None and "rose from 4 to 5" in outcome.error
 
 
 def test_an_unexplained_sigkill_says_the_oom_killer_is_the_likely_cause(workers: IsolatedRunner, monkeypatch):
-    monkeypatch.setattr("harness.measure.worker.oom_kills", lambda: None)  # no cgroup counters to read
+    monkeypatch.setattr("harness.run.worker.oom_kills", lambda: None)  # no cgroup counters to read
     outcome = workers.call(kills_itself, {})
     assert outcome.status == "killed"
     assert outcome.error is not None and "most likely the kernel's out-of-memory killer" in outcome.error

@@ -1,11 +1,12 @@
 """What runs inside a worker process: describing the machine, probing its peak, choosing ``auto``'s
 backend, measuring one cell, probing one batch size.
 
-Each function takes and returns plain dicts (they cross a process boundary). The parent,
+Each function takes a typed request (harness/measure/protocol.py: the parent names it by its ``Entry``,
+never imports it) and returns a plain dict (they cross a process boundary). The parent,
 harness/run/runner.py, decides what to run; these functions only measure. Definitions of every
 figure are in docs/design.md; the self-checks a measurement carries are in harness/measure/checks.py.
 
-Every function first makes the payload's device the current one: on ``cuda:N`` streams, events,
+Every function first makes the request's device the current one: on ``cuda:N`` streams, events,
 graphs and synchronisations would otherwise all go to GPU 0.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,29 +28,18 @@ from harness.measure.bandwidth import load_or_measure_peak
 from harness.measure.flush import CudaL2Flusher, cpu_flusher
 from harness.measure.hostload import HostLoadMeter
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
+from harness.measure.protocol import CellRequest, MachineRequest, PeakRequest
 from harness.measure.reference import reference_loop
 from harness.measure.telemetry import NvmlSampler, other_gpu_processes
 from harness.model import build_decoder, sdpa
 from harness.model.attention import causal_mask, prepare_backend, resolve_backend
 from harness.model.decoder import Decoder, KVCache
 from harness.results.schema import Telemetry
-from harness.scenario.schema import ModelSpec
-from harness.variants import Variant
 
-# Default seconds of CUDA-graph replays of the decode step over which NVML's energy counter is read.
-ENERGY_WINDOW_S = 2.0
 # Result field of each kind of sample set, per metric.
 DECODE_FIELDS = {"warm": "decode_latency_s", "cold": "decode_latency_cold_s", "host": "decode_latency_host_s"}
 ATTENTION_FIELDS = {"warm": "attention_latency_s", "cold": "attention_latency_cold_s"}
 ENERGY_CHUNK_S = 0.05  # replays between two checks of the clock in that window
-
-
-def variant_payload(variant: Variant) -> dict[str, Any]:
-    return variant.to_payload()
-
-
-def _variant(payload: dict[str, Any]) -> Variant:
-    return Variant.from_payload(payload["variant"])
 
 
 def enter_device(device: str) -> None:
@@ -58,13 +48,13 @@ def enter_device(device: str) -> None:
         torch.cuda.set_device(torch.device(device))
 
 
-def set_threads(payload: dict[str, Any]) -> int | None:
+def set_threads(request: CellRequest | MachineRequest) -> int | None:
     """On CPU, torch's intra-op threads as the scenario asks (``measure.threads``; absent: torch's own
     default); the count this worker then runs with. None on CUDA, where the host threads time nothing."""
-    if is_cuda(payload["device"]):
+    if is_cuda(request.device):
         return None
-    if payload.get("threads"):
-        torch.set_num_threads(int(payload["threads"]))
+    if request.threads:
+        torch.set_num_threads(int(request.threads))
     return torch.get_num_threads()
 
 
@@ -78,17 +68,17 @@ def _tracker(device: str) -> CpuMemoryTracker | CudaMemoryTracker:
 
 
 def _build_and_step(
-    payload: dict[str, Any], backend: str, fill: bool
+    request: CellRequest, backend: str, fill: bool
 ) -> tuple[Decoder, KVCache, torch.Tensor, MemoryPeak]:
     """Build the model and its cache, run one decode step; the memory peak of all of it.
 
     Weights and cache are synthetic (random values repeated along each tensor: timing does not depend
     on them); ``fill=False`` (memory probes) leaves them zeroed: the same bytes, written faster.
     """
-    device, dtype = payload["device"], payload["dtype"]
-    model = ModelSpec(**payload["model"])
-    variant = _variant(payload)
-    batch_size, context_len = payload["batch_size"], payload["context_len"]
+    device, dtype = request.device, request.dtype
+    model = request.model
+    variant = request.variant
+    batch_size, context_len = request.batch_size, request.context_len
     prepare_backend(backend)  # a kernel build or library load is not the cell's memory
     tracker = _tracker(device)
     with tracker.track():
@@ -98,15 +88,15 @@ def _build_and_step(
             dtype=dtype,
             device=device,
             backend=backend,
-            seed=payload["seed"],
+            seed=request.seed,
             weights="synthetic" if fill else "zeros",
         )
         lengths = sequence_lengths(variant.lengths, context_len, batch_size) if variant.lengths else None
         cache = decoder.allocate_cache(
-            batch_size, accounting.cache_len(context_len, variant.q_len), page_seed=payload["seed"], lengths=lengths
+            batch_size, accounting.cache_len(context_len, variant.q_len), page_seed=request.seed, lengths=lengths
         )
         if fill:
-            generator = torch.Generator(device=device).manual_seed(payload["seed"])
+            generator = torch.Generator(device=device).manual_seed(request.seed)
             decoder.fill_cache_synthetic(cache, context_len, generator)
         tokens = torch.randint(0, model.vocab_size, (batch_size, variant.q_len), device=device)
         decoder.decode_step(tokens, cache, context_len)
@@ -114,11 +104,11 @@ def _build_and_step(
     return decoder, cache, tokens, tracker.result()
 
 
-def _concrete_backend(payload: dict[str, Any]) -> str:
+def _concrete_backend(request: CellRequest) -> str:
     """The cell's backend; ``auto`` must have been resolved (:func:`choose_auto_backend`) before."""
-    if payload["backend"] == "auto":
+    if request.backend == "auto":
         raise ValueError("backend 'auto' reaches a measurement unresolved; choose_auto_backend resolves it first")
-    return resolve_backend(payload["backend"], "cuda" if is_cuda(payload["device"]) else "cpu", _variant(payload))
+    return resolve_backend(request.backend, "cuda" if is_cuda(request.device) else "cpu", request.variant)
 
 
 def _samples(samples: timing.Samples) -> dict[str, Any]:
@@ -157,13 +147,13 @@ class _CellTimer:
     same capture serves warm and cold samples and the energy window.
     """
 
-    def __init__(self, payload: dict[str, Any], dtype: torch.dtype) -> None:
-        self.device = payload["device"]
+    def __init__(self, request: CellRequest, dtype: torch.dtype) -> None:
+        self.device = request.device
         self.cuda = is_cuda(self.device)
-        self.timing = payload["timing"]
-        self.cold = payload["cold"]
-        self.graphs = payload.get("graphs", True)
-        self.inner_reps: dict[str, int] = payload.get("inner_reps") or {}
+        self.timing = request.needs_timing()
+        self.cold = request.cold
+        self.graphs = request.graphs
+        self.inner_reps: Mapping[str, int] = request.inner_reps or {}
         self.tolerance = output_tolerance(dtype, "cuda" if self.cuda else "cpu")
         self.checks: list[dict[str, Any]] = []
         self.captured: dict[str, timing.Captured] = {}
@@ -171,7 +161,7 @@ class _CellTimer:
 
     def fixed_window(self) -> dict[str, Any]:
         """The scenario's least timed window, without the noise target: what cold and CUDA samples take."""
-        return {key: self.timing[key] for key in ("min_time_s", "min_samples", "max_samples")}
+        return {key: self.timing.window()[key] for key in ("min_time_s", "min_samples", "max_samples")}
 
     def flusher(self, reads: Sequence[torch.Tensor]) -> tuple[Callable[[], None], str]:
         """What empties the caches before a cold sample whose step reads ``reads``, and how it does."""
@@ -197,7 +187,7 @@ class _CellTimer:
         ``host``."""
         if self.cuda:
             return self._time_cuda(metric, fn, parts, reads, flush_before, host)
-        out = {"warm": _samples(timing.time_cpu(fn, **self.timing, inner_reps=self.inner_reps.get(metric)))}
+        out = {"warm": _samples(timing.time_cpu(fn, **self.timing.window(), inner_reps=self.inner_reps.get(metric)))}
         if self.cold:
             # single calls after a flush, in a process the warm samples just warmed: no warm-up, a fixed window
             flush, how = self.flusher(reads)
@@ -218,9 +208,9 @@ class _CellTimer:
         with timing.gc_disabled():
             warm = timing.warm_up_until(
                 fn,
-                self.timing["warmup_s"],
-                self.timing.get("warmup_max_s"),
-                self.timing.get("target_ci"),
+                self.timing.warmup_s,
+                self.timing.warmup_max_s,
+                self.timing.target_ci,
                 torch.cuda.synchronize,
             )
         captured = timing.capture(fn, graph=self.graphs, tolerance=self.tolerance)
@@ -314,32 +304,32 @@ def _observe_sdpa(decoder: Decoder, cache: KVCache, q: torch.Tensor, pos: int) -
     return out
 
 
-def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
+def measure_cell(request: CellRequest) -> dict[str, Any]:
     """Build one cell's model, measure its memory, then time its decode step and core attention.
 
     Returns the measured part of CellMetrics (as a dict), ``backend_used``, the worker's self-checks
     under ``checks``, and under ``samples`` the raw sample sets per metric (each with how it was
-    timed; the parent pools them across rounds and summarises). With ``payload["repeat"]`` (a later
+    timed; the parent pools them across rounds and summarises). With ``request.repeat`` (a later
     measurement round) only the timing is done, with the first round's ``inner_reps``.
     """
-    enter_device(payload["device"])
-    threads = set_threads(payload)
-    device, metrics, repeat = payload["device"], set(payload["metrics"]), payload.get("repeat", False)
-    backend = _concrete_backend(payload)
-    torch.manual_seed(payload["seed"])
+    enter_device(request.device)
+    threads = set_threads(request)
+    device, metrics, repeat = request.device, set(request.metrics), request.repeat
+    backend = _concrete_backend(request)
+    torch.manual_seed(request.seed)
     out: dict[str, Any] = {"backend_used": backend, "threads": threads}
     samples: dict[str, dict[str, Any]] = {}
     with torch.inference_mode():
-        decoder, cache, tokens, memory = _build_and_step(payload, backend, fill=True)
+        decoder, cache, tokens, memory = _build_and_step(request, backend, fill=True)
         out["kv_cache_bytes"] = cache.nbytes
         if "memory" in metrics and not repeat:
             out["peak_memory_bytes"] = memory.peak_allocated_bytes
             out["peak_reserved_bytes"] = memory.peak_reserved_bytes
             out["nvml_process_bytes"] = memory.process_bytes if is_cuda(device) else None
-        context_len, batch_size = payload["context_len"], payload["batch_size"]
+        context_len, batch_size = request.context_len, request.batch_size
         variant = decoder.variant
         q = torch.randn(decoder.core_query_shape(batch_size), device=device, dtype=decoder.dtype)
-        timer = _CellTimer(payload, decoder.dtype)
+        timer = _CellTimer(request, decoder.dtype)
         if backend == "sdpa" and not repeat:
             observed = _observe_sdpa(decoder, cache, q, context_len)
             check = observed.pop("check")
@@ -375,7 +365,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
             others_after = other_gpu_processes(device)
             timer.checks.append(checks.gpu_not_shared(others_before, others_after).model_dump())
             if not repeat:
-                energy = _energy(timer, batch_size, payload.get("energy_window_s", ENERGY_WINDOW_S))
+                energy = _energy(timer, batch_size, request.energy_window_s)
                 if energy is not None:
                     telemetry = telemetry.model_copy(
                         update={
@@ -389,24 +379,24 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def choose_auto_backend(payload: dict[str, Any]) -> dict[str, Any]:
+def choose_auto_backend(request: CellRequest) -> dict[str, Any]:
     """Resolve backend ``auto`` for one cell: build it, time every backend, keep the fastest that agrees.
 
     Run in its own worker before the cell is measured, so that the cell's memory, timing and
     max-batch probes all use the backend it reports.
     """
-    device = payload["device"]
+    device = request.device
     enter_device(device)
-    set_threads(payload)
-    start = resolve_backend("auto", "cuda" if is_cuda(device) else "cpu", _variant(payload))
-    torch.manual_seed(payload["seed"])
+    set_threads(request)
+    start = resolve_backend("auto", "cuda" if is_cuda(device) else "cpu", request.variant)
+    torch.manual_seed(request.seed)
     with torch.inference_mode():
-        decoder, cache, _, _ = _build_and_step(payload, start, fill=True)
-        choice = choose_backend(decoder, cache, payload["context_len"])
+        decoder, cache, _, _ = _build_and_step(request, start, fill=True)
+        choice = choose_backend(decoder, cache, request.context_len)
     return {"backend": choice.backend, "latencies_s": choice.latencies_s, "rejected": choice.rejected}
 
 
-def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
+def probe_batch(request: CellRequest) -> dict[str, Any]:
     """Does this batch size fit the budget? Build the model and cache, run one decode step.
 
     On CUDA the allocator is capped at the budget (so going over raises out-of-memory); the cap bounds
@@ -416,35 +406,39 @@ def probe_batch(payload: dict[str, Any]) -> dict[str, Any]:
     The cache is left zeroed: zeroing already touches every page, and values do not change memory
     use; the weights are zeroed rather than drawn at random, for the same reason.
     """
-    device, budget = payload["device"], payload["budget_bytes"]
+    device, budget = request.device, request.budget_bytes
     enter_device(device)
-    set_threads(payload)
+    if budget is None:
+        raise ValueError("probe_batch needs the request's budget_bytes")
+    set_threads(request)
     if is_cuda(device):
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
     with torch.inference_mode():
-        _, _, _, memory = _build_and_step(payload, _concrete_backend(payload), fill=False)
+        _, _, _, memory = _build_and_step(request, _concrete_backend(request), fill=False)
     allocated = memory.peak_allocated_bytes
     peak = memory.peak_reserved_bytes if is_cuda(device) and memory.peak_reserved_bytes is not None else allocated
+    if peak is None:
+        raise RuntimeError("this platform cannot tell the memory peak that a max-batch probe compares with the budget")
     return {
-        "batch_size": payload["batch_size"],
+        "batch_size": request.batch_size,
         "peak_bytes": peak,
         "allocated_bytes": allocated,
         "fits": peak <= budget,
     }
 
 
-def describe_machine(payload: dict[str, Any]) -> dict[str, Any]:
+def describe_machine(request: MachineRequest) -> dict[str, Any]:
     """The target id and fingerprint of the device, as a worker sees it (the parent never touches CUDA),
     with the torch threads the measuring workers take (``threads``, where the scenario sets them)."""
-    device = payload["device"]
+    device = request.device
     enter_device(device)
-    set_threads(payload)
+    set_threads(request)
     return {"target": detect_target(device), "environment": fingerprint(device)}
 
 
-def probe_peak(payload: dict[str, Any]) -> dict[str, Any]:
+def probe_peak(request: PeakRequest) -> dict[str, Any]:
     """The target's peak bandwidth (cached per target); see harness/measure/bandwidth.py."""
-    enter_device(payload["device"])
-    peak = load_or_measure_peak(payload["target"], payload["device"], env=payload["environment"])
+    enter_device(request.device)
+    peak = load_or_measure_peak(request.target, request.device, env=dict(request.environment))
     return peak.model_dump()

@@ -18,30 +18,29 @@ import torch.nn.functional as F
 
 from harness.measure.cell_worker import enter_device
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker
+from harness.measure.protocol import CellRequest
 from harness.model import build_decoder
 from harness.model.training import causal_forward, saved_bytes
-from harness.scenario.schema import ModelSpec
-from harness.variants import Variant
 
 
-def measure_train_step(payload: dict[str, Any]) -> dict[str, Any]:
+def measure_train_step(request: CellRequest) -> dict[str, Any]:
     """Build the cell's model, run one training step over its batch, and return what it held.
 
     ``peak_memory_bytes`` (and on CUDA ``peak_reserved_bytes``), ``saved_activation_bytes`` (what
     autograd kept for the backward pass, parameters left out) and ``kv_activation_bytes`` (the
     producers' K/V slots among them).
     """
-    device = payload["device"]
+    device = request.device
     enter_device(device)
     cuda = device.startswith("cuda")
-    model = ModelSpec(**payload["model"])
-    variant = Variant.from_payload(payload["variant"])
-    batch_size, seq_len = payload["batch_size"], payload["context_len"]
-    generator = torch.Generator(device=device).manual_seed(payload["seed"])
+    model = request.model
+    variant = request.variant
+    batch_size, seq_len = request.batch_size, request.context_len
+    generator = torch.Generator(device=device).manual_seed(request.seed)
     tokens = torch.randint(0, model.vocab_size, (batch_size, seq_len + 1), device=device, generator=generator)
     tracker = CudaMemoryTracker(device) if cuda else CpuMemoryTracker()
     with tracker.track():
-        decoder = build_decoder(model, variant, dtype=payload["dtype"], device=device, seed=payload["seed"])
+        decoder = build_decoder(model, variant, dtype=request.dtype, device=device, seed=request.seed)
         with saved_bytes() as saved:
             logits, cache = causal_forward(decoder, tokens[:, :-1])  # [B, T, vocab_size]
             loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())

@@ -5,7 +5,9 @@
     round n:  measure again (worker) with the first round's calls per sample -> pool the samples
 
 Every worker call goes through the ``workers`` given (an IsolatedRunner: a fresh process per call,
-with the scenario's ``measure.cell_timeout_s``), so the process running this never touches CUDA.
+with the scenario's ``measure.cell_timeout_s``), so the process running this never touches CUDA: it
+names each worker function by its entry point and hands it a typed request (harness/measure/protocol.py),
+and imports no torch.
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 from harness import accounting
 from harness.backend_support import unsupported_reason
 from harness.hardware import is_cuda
 from harness.lengths import sequence_lengths
-from harness.measure import cell_worker
-from harness.measure.worker import IsolatedRunner, WorkerOutcome
+from harness.measure.protocol import CellRequest, Entry, Request, Timing
 from harness.results.schema import CellMetrics, CellResult, Check, HostLoad, MaxBatch, TPMeasurement
 from harness.run import derive, opt_in
 from harness.run.jobs import CellJob, NodeInfo, Where, WorkerCaller, placement, utc_now
 from harness.run.maxbatch import RESIDENT_SET_NOISE_BYTES, Probe, SearchResult, boundary_uncertainty, search_max_batch
+from harness.run.worker import IsolatedRunner, WorkerOutcome
 from harness.scenario.schema import MeasureSpec
 from harness.variants import Variant
 
@@ -136,28 +139,28 @@ class _CellRound:
         self.workers = workers
         self.timeout_s = self.loaded.scenario.measure.cell_timeout_s
 
-    def _call(self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any]) -> WorkerOutcome:
-        return self.workers.call(fn, payload, timeout_s=self.timeout_s)
+    def _call(self, entry: Entry, request: Request) -> WorkerOutcome:
+        return self.workers.call(entry, request, timeout_s=self.timeout_s)
 
-    def _payload(self, backend: str | None = None) -> dict[str, Any]:
+    def _request(self, backend: str | None = None) -> CellRequest:
         scenario, cell = self.loaded.scenario, self.cell
-        return {
-            "device": self.device,
-            "model": scenario.model.model_dump(),
-            "variant": cell_worker.variant_payload(cell.variant),
-            "batch_size": cell.batch_size,
-            "context_len": cell.context_len,
-            "dtype": cell.dtype,
-            "backend": backend or cell.backend,
-            "seed": scenario.measure.seed,
-            "metrics": list(scenario.measure.selected_metrics),
-            "timing": timing_settings(scenario.measure, self.job.quick, self.job.paired),
-            "cold": scenario.measure.cold,
-            "threads": scenario.measure.threads,
-            "energy_window_s": scenario.measure.energy_window_s,
-            "repeat": False,
-            "graphs": True,
-        }
+        return CellRequest(
+            device=self.device,
+            model=scenario.model,
+            variant=cell.variant,
+            batch_size=cell.batch_size,
+            context_len=cell.context_len,
+            dtype=cell.dtype,
+            backend=backend or cell.backend,
+            seed=scenario.measure.seed,
+            metrics=tuple(scenario.measure.selected_metrics),
+            timing=Timing(**timing_settings(scenario.measure, self.job.quick, self.job.paired)),
+            cold=scenario.measure.cold,
+            threads=scenario.measure.threads,
+            energy_window_s=scenario.measure.energy_window_s,
+            repeat=False,
+            graphs=True,
+        )
 
     def _tensor_parallel(self, backend: str) -> list[TPMeasurement]:
         """The decode step sharded over each ``sweep.tp`` degree: a group of rank processes per degree, started
@@ -166,14 +169,14 @@ class _CellRound:
             raise TypeError("tensor-parallel measurements start rank groups from an IsolatedRunner")
         scenario = self.loaded.scenario
         return opt_in.tensor_parallel(
-            self.workers, self.timeout_s, scenario.model, self.cell, self._payload(backend), scenario.sweep.tp
+            self.workers, self.timeout_s, scenario.model, self.cell, self._request(backend), scenario.sweep.tp
         )
 
-    def _measure_in_worker(self, payload: dict[str, Any]) -> WorkerOutcome:
+    def _measure_in_worker(self, request: CellRequest) -> WorkerOutcome:
         """measure_cell in a worker; once more with CUDA graphs off if a failed capture broke the first one."""
-        outcome = self._call(cell_worker.measure_cell, payload)
+        outcome = self._call(Entry.MEASURE_CELL, request)
         if outcome.exception == "GraphCaptureStateError":
-            return self._call(cell_worker.measure_cell, payload | {"graphs": False})
+            return self._call(Entry.MEASURE_CELL, replace(request, graphs=False))
         return outcome
 
     def _checks(self, worker: list[Check], metrics: CellMetrics | None) -> list[Check]:
@@ -207,7 +210,7 @@ class _CellRound:
             )
         backend, auto_latencies = cell.backend, None
         if cell.backend == "auto":  # resolved in a worker of its own, so that the cell measures what it reports
-            chosen = self._call(cell_worker.choose_auto_backend, self._payload())
+            chosen = self._call(Entry.CHOOSE_AUTO_BACKEND, self._request())
             if chosen.status != "ok" or chosen.value is None:
                 return CellResult(
                     **base,
@@ -216,8 +219,8 @@ class _CellRound:
                     elapsed_s=time.perf_counter() - start,
                 )
             backend, auto_latencies = chosen.value["backend"], chosen.value["latencies_s"]
-        given = {"inner_reps": dict(self.job.inner_reps)} if self.job.inner_reps else {}
-        outcome = self._measure_in_worker(self._payload(backend) | given)
+        given = dict(self.job.inner_reps) if self.job.inner_reps else None
+        outcome = self._measure_in_worker(replace(self._request(backend), inner_reps=given))
         metrics, worker_checks = None, []
         if outcome.status == "ok" and outcome.value is not None:
             measured = dict(outcome.value)
@@ -228,7 +231,7 @@ class _CellRound:
                 known = self.job.max_batch.get(self.target)
                 metrics.max_batch = known if known is not None else self._search_max_batch(backend)
             if "train_step" in self.loaded.scenario.measure.selected_metrics:
-                metrics.train_step = opt_in.train_step(self._call, cell, self._payload(backend))
+                metrics.train_step = opt_in.train_step(self._call, cell, self._request(backend))
             if self.loaded.scenario.sweep.tp != [1]:
                 metrics.tp = self._tensor_parallel(backend)
         elif outcome.status in ("oom", "killed"):  # the accounting still says what the cell would have needed
@@ -251,11 +254,12 @@ class _CellRound:
         start = time.perf_counter()
         cell, peak_gbps = self.cell, self.peak_gbps
         assert previous.metrics is not None  # an ok cell has metrics (RunResult validation)
-        payload = self._payload(previous.backend_used or cell.backend) | {
-            "repeat": True,
-            "inner_reps": derive.inner_reps(previous.metrics),
-        }
-        outcome = self._measure_in_worker(payload)
+        request = replace(
+            self._request(previous.backend_used or cell.backend),
+            repeat=True,
+            inner_reps=derive.inner_reps(previous.metrics),
+        )
+        outcome = self._measure_in_worker(request)
         if outcome.status != "ok" or outcome.value is None:
             return previous.model_copy(
                 update={"status": outcome.status, "error": f"round {previous.rounds_done + 1}: {outcome.error}"}
@@ -286,10 +290,10 @@ class _CellRound:
         workspace = accounting.fixed_workspace_bytes(self.environment)
         predicted = accounting.predicted_max_batch(model, v, dtype, context, budget, workspace)
         per_sequence = accounting.bytes_per_sequence(model, v, dtype, context)
-        payload = self._payload(backend) | {"budget_bytes": budget}
+        request = replace(self._request(backend), budget_bytes=budget)
 
         def probe_in_worker(batch: int) -> Probe:
-            outcome = self._call(cell_worker.probe_batch, payload | {"batch_size": batch})
+            outcome = self._call(Entry.PROBE_BATCH, replace(request, batch_size=batch))
             if outcome.status == "ok" and outcome.value is not None:
                 return Probe(batch, bool(outcome.value["fits"]), int(outcome.value["peak_bytes"]), "ok")
             if outcome.status == "oom":

@@ -8,18 +8,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from harness.measure.worker import WorkerOutcome
+from harness.measure.protocol import Entry, Request
 from harness.results.schema import CellResult, MaxBatch, Placement
+from harness.run.worker import WorkerOutcome
 from harness.scenario import Cell, LoadedScenario
 
 ExecutorName = Literal["local", "ray"]
 
 
 class WorkerCaller(Protocol):
-    """Runs ``fn(payload)`` in an isolated worker (harness/measure/worker.py's IsolatedRunner)."""
+    """Runs the worker function ``entry`` names on ``request`` in an isolated worker (harness/run/worker.py's
+    IsolatedRunner)."""
 
     def call(
-        self, fn: Any, payload: dict[str, Any], timeout_s: float | None = None
+        self, entry: Entry, request: Request, timeout_s: float | None = None
     ) -> WorkerOutcome: ...  # pragma: no cover - a protocol
 
 

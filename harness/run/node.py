@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import RunFailure
-from harness.measure import cell_worker
+from harness.measure.protocol import Entry, MachineRequest, PeakRequest
 from harness.run.jobs import NodeInfo, WorkerCaller
 
 
@@ -18,7 +18,8 @@ def describe(
     workers: WorkerCaller, device: str, threads: int | None, timeout_s: float | None
 ) -> tuple[str, dict[str, Any]]:
     """The target id and fingerprint of ``device``, with the torch threads the measuring workers take."""
-    outcome = workers.call(cell_worker.describe_machine, {"device": device, "threads": threads}, timeout_s=timeout_s)
+    request = MachineRequest(device=device, threads=threads)
+    outcome = workers.call(Entry.DESCRIBE_MACHINE, request, timeout_s=timeout_s)
     if outcome.status != "ok" or outcome.value is None:
         raise RunFailure(f"describing the device failed: {outcome.error}", source=device)
     return outcome.value["target"], outcome.value["environment"]
@@ -28,8 +29,8 @@ def probe_peak(
     workers: WorkerCaller, device: str, target: str, environment: dict[str, Any], timeout_s: float | None
 ) -> dict[str, Any]:
     """The target's peak bandwidth probe (cached per target by the worker: harness/measure/bandwidth.py)."""
-    payload = {"target": target, "device": device, "environment": environment}
-    outcome = workers.call(cell_worker.probe_peak, payload, timeout_s=timeout_s)
+    request = PeakRequest(target=target, device=device, environment=environment)
+    outcome = workers.call(Entry.PROBE_PEAK, request, timeout_s=timeout_s)
     if outcome.status != "ok" or outcome.value is None:
         raise RunFailure(f"the peak bandwidth probe failed: {outcome.error}", source=target)
     return outcome.value

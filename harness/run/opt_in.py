@@ -3,7 +3,7 @@
 - ``train_step`` (in ``measure.metrics``): one training step of the cell's batch, for its memory
   (harness/measure/train_step.py);
 - ``sweep.tp``: the cell's decode step sharded over each tensor-parallel degree, one process per rank
-  (harness/measure/tp_rank.py, launched by harness/measure/ranks.py).
+  (harness/measure/tp_rank.py, launched by harness/run/ranks.py).
 
 The runner calls :func:`train_step` and :func:`tensor_parallel` after a cell's first round and stores
 what they return in the cell's metrics; a failure here is recorded there and never fails the cell.
@@ -18,22 +18,21 @@ from typing import Any
 
 from harness import accounting
 from harness.backend_support import training_problem
-from harness.measure import tp_rank
-from harness.measure import train_step as train_step_worker
-from harness.measure.ranks import run_ranks
-from harness.measure.worker import IsolatedRunner, WorkerOutcome
+from harness.measure.protocol import CellRequest, Entry, NotEnoughDevices, RankRequest, Request
 from harness.parallel import kv_heads_per_rank, kv_replication, rank_variant, tp_problem
 from harness.results.schema import TPMeasurement, TPRank, TrainStep
 from harness.results.summary import summarize
+from harness.run.ranks import run_ranks
+from harness.run.worker import IsolatedRunner, WorkerOutcome
 from harness.scenario import Cell
 from harness.scenario.schema import ModelSpec
 
-Call = Callable[[Callable[[dict[str, Any]], dict[str, Any]], dict[str, Any]], WorkerOutcome]
+Call = Callable[[Entry, Request], WorkerOutcome]
 
 
-def train_step(call: Call, cell: Cell, payload: dict[str, Any]) -> TrainStep:
+def train_step(call: Call, cell: Cell, request: CellRequest) -> TrainStep:
     """The ``train_step`` metric of ``cell``, measured in a worker through ``call`` (the runner's, with its time
-    limit); ``payload`` is the cell's worker payload."""
+    limit); ``request`` is the cell's worker request."""
     variant, dtype = cell.variant, cell.dtype
     base: dict[str, Any] = {
         "tokens": cell.batch_size * cell.context_len,
@@ -44,7 +43,7 @@ def train_step(call: Call, cell: Cell, payload: dict[str, Any]) -> TrainStep:
     reason = training_problem(variant)
     if reason is not None:
         return TrainStep(status="unsupported", error=reason, **base)
-    outcome = call(train_step_worker.measure_train_step, payload)
+    outcome = call(Entry.MEASURE_TRAIN_STEP, request)
     if outcome.status != "ok" or outcome.value is None:
         return TrainStep(status=outcome.status, error=outcome.error, **base)
     return TrainStep(status="ok", **base, **outcome.value)
@@ -55,7 +54,7 @@ def tensor_parallel(
     timeout_s: float,
     model: ModelSpec,
     cell: Cell,
-    payload: dict[str, Any],
+    request: CellRequest,
     degrees: Sequence[int],
 ) -> list[TPMeasurement]:
     """The cell's decode step sharded over each degree in ``degrees``, each rank a process of its own.
@@ -64,7 +63,7 @@ def tensor_parallel(
     multi-device machine gives each rank its own device; the result says how many each had.
     """
     variant, dtype = cell.variant, cell.dtype
-    cuda = payload["device"].startswith("cuda")
+    cuda = request.device.startswith("cuda")
     out = []
     for tp in degrees:
         base: dict[str, Any] = {
@@ -81,8 +80,8 @@ def tensor_parallel(
         base["kv_cache_bytes_per_rank_expected"] = accounting.kv_cache_bytes(
             local, dtype, cell.batch_size, cell.context_len
         )
-        task = payload | {"tp": tp, "threads_per_rank": base["threads_per_rank"]}
-        outcomes = run_ranks(workers, tp_rank.measure_rank, [task] * tp, timeout_s)
+        task = RankRequest.of(request, tp=tp, threads_per_rank=base["threads_per_rank"])
+        outcomes = run_ranks(workers, Entry.MEASURE_RANK, [task] * tp, timeout_s)
         out.append(_combined(outcomes, base))
     return out
 
@@ -94,7 +93,7 @@ def _combined(outcomes: list[WorkerOutcome], base: dict[str, Any]) -> TPMeasurem
     if failed:
         causes = [(rank, o) for rank, o in failed if not (o.error or "").startswith(f"rank {rank} was ended")]
         rank, cause = (causes or failed)[0]
-        status = "unsupported" if cause.exception == tp_rank.NotEnoughDevices.__name__ else cause.status
+        status = "unsupported" if cause.exception == NotEnoughDevices.__name__ else cause.status
         return TPMeasurement(status=status, error=f"rank {rank}: {cause.error}", **base)
     values = [o.value for o in outcomes if o.value is not None]
     slowest = [max(step) for step in zip(*(v["seconds"] for v in values), strict=True)]

@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import RunFailure, UserError
-from harness.measure.worker import IsolatedRunner
 from harness.run.cellround import lost_round, measure_cell_round
 from harness.run.executor import NoPlacement
 from harness.run.jobs import CellJob, CellOutcome, ExecutorName, NodeInfo, Where
 from harness.run.node import describe_node as describe_this_node
+from harness.run.worker import IsolatedRunner
 
 ACCELERATOR_PREFIX = "accelerator_type:"  # the resource Ray gives a node for its GPU type
 INSTALL_HINT = "pip install -e '.[ray]'"

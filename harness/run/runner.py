@@ -14,8 +14,9 @@ continues the newest unfinished file of the same scenario per target. A stop sig
 the folder is checked writable, with room for the files, before anything is measured, and a save
 that fails later (a full disk) stops the run with the last good file in place. Every worker call has
 a time limit (``measure.cell_timeout_s``): a hung device ends that cell as ``timeout`` and the run
-goes on. Nothing here touches CUDA: the workers do (the worker functions that the rounds name are
-imported, and torch with them, but run only in the workers).
+goes on. Nothing here touches CUDA, nor imports torch: the rounds name the worker functions by their
+entry points and hand them typed requests (harness/measure/protocol.py); only the workers import and
+run them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from typing import Any
 from harness.cellkey import CellKey
 from harness.errors import RunFailure, UserError
 from harness.hardware import is_cuda, resolve_device
-from harness.measure.worker import IsolatedRunner
 from harness.predict.record import CellPredictor
 from harness.results import stability
 from harness.results.schema import CellResult, Interruption, MaxBatch, Pairing, RunResult, Shard
@@ -43,6 +43,7 @@ from harness.run.local import LocalExecutor
 from harness.run.node import describe, peak_gbps, probe_peak
 from harness.run.runfiles import ResultFile, RunIdentity, git_info, needed_bytes
 from harness.run.shards import shard_cells
+from harness.run.worker import IsolatedRunner
 from harness.scenario import Cell, expand_cells, load_scenario
 from harness.signals import Interrupted
 

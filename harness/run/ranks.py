@@ -3,7 +3,7 @@ tensor-parallel measurement.
 
 The ranks of a group wait for each other in collectives, so one that fails or dies would leave the
 others waiting until the collective's own timeout. :func:`run_ranks` starts every rank from the
-runner's forkserver (harness/measure/worker.py: torch already imported, the same one-line errors),
+runner's forkserver (harness/run/worker.py: torch already imported, the same one-line errors),
 hands each a file store in a fresh folder to meet through (no port to find, nothing left behind), and
 watches them all: the first rank that fails or dies ends the others, and a group that has not finished
 within ``timeout_s`` is ended whole. No child outlives the call.
@@ -15,14 +15,15 @@ import dataclasses
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
-from harness.measure.worker import (
+from harness.measure.protocol import RankRequest
+from harness.run.worker import (
     KILL_WAIT_S,
     POLL_S,
+    Function,
     IsolatedRunner,
     WorkerOutcome,
     _child_main,
@@ -39,25 +40,25 @@ def _ended(rank: int, why: str, elapsed_s: float) -> WorkerOutcome:
 
 def run_ranks(
     workers: IsolatedRunner,
-    fn: Callable[[dict[str, Any]], dict[str, Any]],
-    payloads: Sequence[dict[str, Any]],
+    fn: Function,
+    requests: Sequence[RankRequest],
     timeout_s: float,
 ) -> list[WorkerOutcome]:
-    """``fn(payloads[r] | {"rank": r, "store_path": ..., "timeout_s": ...})`` in one process per rank, all at
-    once; each rank's outcome, in rank order. Never raises for what a rank does."""
+    """``fn(requests[r])`` with its ``rank``, ``store_path`` and ``timeout_s`` filled in, in one process per rank,
+    all at once; each rank's outcome, in rank order. Never raises for what a rank does."""
     start = time.perf_counter()
     kills_before = oom_kills()
     context = workers.context
-    outcomes: list[WorkerOutcome | None] = [None] * len(payloads)
+    outcomes: list[WorkerOutcome | None] = [None] * len(requests)
     with tempfile.TemporaryDirectory(prefix="attnbench-ranks-") as folder:
         store = str(Path(folder) / STORE_NAME)
         processes, receivers, lifelines = [], [], []
         try:
-            for rank, payload in enumerate(payloads):
+            for rank, request in enumerate(requests):
                 receiver, sender = context.Pipe(duplex=False)
                 lifeline_reader, lifeline = context.Pipe(duplex=False)  # a rank exits when this process dies
                 lifelines.append(lifeline)
-                task = payload | {"rank": rank, "store_path": store, "timeout_s": timeout_s}
+                task = dataclasses.replace(request, rank=rank, store_path=store, timeout_s=timeout_s)
                 process = context.Process(target=_child_main, args=(sender, lifeline_reader, fn, task), daemon=True)
                 process.start()
                 sender.close()

@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.measure import protocol
 from harness.measure.hostload import mark_run_root
 
 # Modules the forkserver imports once, so that children start warm.
@@ -99,12 +100,12 @@ def _exit_when_orphaned(lifeline: Connection) -> None:
     os._exit(0)
 
 
-def _child_main(
-    conn: Connection,
-    lifeline: Connection,
-    fn: Callable[[dict[str, Any]], dict[str, Any]],
-    payload: dict[str, Any],
-) -> None:
+# What a worker runs: an entry point by name (the parent's way: it never imports the worker side), or a
+# module-level function.
+Function = protocol.Entry | Callable[[Any], dict[str, Any]]
+
+
+def _child_main(conn: Connection, lifeline: Connection, fn: Function, request: Any) -> None:
     # The parent handles Ctrl-C and ends its children; a child must not die half-way on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(lifeline,), daemon=True, name="lifeline").start()
@@ -112,7 +113,8 @@ def _child_main(
     # the collections that the timing loops run before each timed window.
     gc.freeze()
     try:
-        value = fn(payload)
+        protocol.accept(request)
+        value = (protocol.resolve(fn) if isinstance(fn, protocol.Entry) else fn)(request)
         message: tuple[Any, ...] = ("ok", value, None, None, time.monotonic())
     except BaseException as exc:  # report everything, including MemoryError, to the parent
         ended_at = time.monotonic()
@@ -172,7 +174,8 @@ def killed_cause(oom_kills_before: int | None, oom_kills_after: int | None) -> s
 
 
 class IsolatedRunner:
-    """Runs module-level functions ``fn(payload) -> dict`` in fresh child processes."""
+    """Runs ``fn(request) -> dict`` in fresh child processes: ``fn`` an entry point of the worker side by name
+    (harness/measure/protocol.py), or a module-level function."""
 
     def __init__(self, preload: Sequence[str] = PRELOAD) -> None:
         for name, value in MALLOC_ENV.items():  # inherited by the forkserver, and so by every worker
@@ -183,18 +186,17 @@ class IsolatedRunner:
 
     @property
     def context(self) -> multiprocessing.context.ForkServerContext:
-        """The forkserver context children start from (harness/measure/ranks.py starts groups of them)."""
+        """The forkserver context children start from (harness/run/ranks.py starts groups of them)."""
         return self._context
 
-    def call(
-        self, fn: Callable[[dict[str, Any]], dict[str, Any]], payload: dict[str, Any], timeout_s: float | None = None
-    ) -> WorkerOutcome:
-        """Run ``fn(payload)`` in a child and wait for it; never raises for what the child does."""
+    def call(self, fn: Function, request: Any, timeout_s: float | None = None) -> WorkerOutcome:
+        """Run ``fn(request)`` in a child and wait for it; never raises for what the child does (a request of
+        another protocol included: that is an ``error`` outcome naming both)."""
         start = time.perf_counter()
         kills_before = oom_kills()
         receiver, sender = self._context.Pipe(duplex=False)
         lifeline_reader, lifeline = self._context.Pipe(duplex=False)  # this process holds the only writer
-        process = self._context.Process(target=_child_main, args=(sender, lifeline_reader, fn, payload), daemon=True)
+        process = self._context.Process(target=_child_main, args=(sender, lifeline_reader, fn, request), daemon=True)
         process.start()
         sender.close()
         lifeline_reader.close()
