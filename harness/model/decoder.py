@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.backend_support import MLA_FORMS, unsupported_reason
-from harness.model.attention import BACKENDS, attend_visible
+from harness import backends
+from harness.backend_support import mla_forms, unsupported_reason
+from harness.model.attention import attend_visible
 from harness.model.kvcache import KVCache, LayerCache, Visible, slot_tensors
 from harness.model.layers import RMSNorm, Rotation, apply_rope, rope_angles
 from harness.model.mla import LatentAttention
@@ -137,8 +138,10 @@ class Decoder(nn.Module):
     @backend.setter
     def backend(self, backend: str) -> None:
         """Any attention backend that can run this variant (and ``naive`` for MLA); ValueError with the reason."""
-        if backend not in BACKENDS + MLA_FORMS:
-            raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        try:
+            backends.get(backend)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
         reason = unsupported_reason(backend, self.variant)
         if reason is not None:
             raise ValueError(reason)
@@ -338,7 +341,7 @@ class Decoder(nn.Module):
         """
         layer = self.variant.n_layers - 1
         attention, slot = self._attention(layer), cache.layer(layer)
-        if self.backend in MLA_FORMS:
+        if self.backend in mla_forms():
             return attention.attend_cache(q, slot, pos, self.backend)
         visible = slot.visible(pos, q.shape[2])
         if isinstance(visible, PagedVisible):
