@@ -27,6 +27,7 @@ from harness.measure.bandwidth import load_or_measure_peak
 from harness.measure.flush import CudaL2Flusher, cpu_flusher
 from harness.measure.hostload import HostLoadMeter
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
+from harness.measure.output_check import output_check
 from harness.measure.reference import reference_loop
 from harness.measure.telemetry import NvmlSampler, other_gpu_processes
 from harness.model import build_decoder, sdpa
@@ -340,6 +341,9 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
         variant = decoder.variant
         q = torch.randn(decoder.core_query_shape(batch_size), device=device, dtype=decoder.dtype)
         timer = _CellTimer(payload, decoder.dtype)
+        if not repeat:  # the backend's output on this very query and cache, against float64
+            agrees = output_check(decoder, q, cache, context_len, timer.tolerance)
+            timer.checks += [] if agrees is None else [agrees.model_dump()]
         if backend == "sdpa" and not repeat:
             observed = _observe_sdpa(decoder, cache, q, context_len)
             check = observed.pop("check")

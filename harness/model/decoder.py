@@ -17,6 +17,7 @@ scales, which attention reads and dequantises itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -367,6 +368,11 @@ class Decoder(nn.Module):
                 )
             )  # each [B, 1, 1, value width]
         return torch.cat(heads, dim=1)  # [B, n_heads, 1, value width]
+
+    def softmax_scale(self, layer: int) -> float:
+        """The factor layer ``layer`` scales its scores by (1/sqrt(head_dim); MLA: 1/sqrt(d_h + d_h^R))."""
+        scale = self._attention(layer).softmax_scale
+        return scale if scale is not None else 1.0 / math.sqrt(self.variant.head_dim)
 
     def _attention(self, layer: int) -> Attention | LatentAttention:
         return cast(Block, self.layers[layer]).attention
