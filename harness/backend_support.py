@@ -88,9 +88,11 @@ def kv_dtype_unsupported(backend: str, device_type: str | None, kv_dtype: str | 
 
 def _mla_unsupported(spec: BackendSpec, variant: Variant) -> str | None:
     if variant.mla is None:
-        if spec.kv_cache:
+        if spec.kv_cache and spec.heads:
             return None
-        return f"backend {spec.name!r} decompresses an MLA latent; {variant.name} caches K and V, not a latent"
+        if not spec.kv_cache:
+            return f"backend {spec.name!r} decompresses an MLA latent; {variant.name} caches K and V, not a latent"
+        return f"attention backend {spec.name!r} runs MLA's latent attention only; {variant.name} caches K and V"
     if spec.mla:
         return None
     width, rank = variant.mla.latent_width, variant.mla.kv_lora_rank
@@ -121,6 +123,11 @@ def unsupported_reason(
     spec = _spec(backend)
     if backend == backends.AUTO or spec is None:
         return None
+    if device_type is not None and spec.origin != "built-in":  # an adapter or a plugin: where and whether it runs
+        if not spec.runs_on(device_type):
+            return f"attention backend {backend!r} {spec.where()}"
+        if (missing := spec.missing()) is not None:
+            return f"attention backend {backend!r} {missing}"
     if (reason := _mla_unsupported(spec, variant)) is not None:
         return reason
     if variant.page_size is not None and (reason := paged_unsupported(backend)) is not None:

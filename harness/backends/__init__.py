@@ -14,6 +14,7 @@ import functools
 from dataclasses import dataclass
 from importlib import metadata
 
+from harness.backends.adapters import ADAPTER_SPECS
 from harness.backends.builtin import BUILTIN
 from harness.backends.spec import BackendSpec, find_module, split_path
 
@@ -35,7 +36,7 @@ class Registry:
 @functools.cache
 def registry() -> Registry:
     """The built-ins, then every entry point of the group (loaded once per process), in their order."""
-    specs = list(BUILTIN)
+    specs = [*BUILTIN, *ADAPTER_SPECS]
     problems: list[str] = []
     for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         origin = entry.dist.name if entry.dist is not None else entry.value
