@@ -100,6 +100,16 @@ def _mla_unsupported(spec: BackendSpec, variant: Variant) -> str | None:
     return why.format(name=spec.name, width=width, rank=rank)
 
 
+def _layout_unsupported(spec: BackendSpec, page_size: int | None) -> str | None:
+    """Why a backend that reads only some cache layouts cannot read this one (page_size None: contiguous)."""
+    sizes = ", ".join(str(size) for size in spec.page_sizes or ())
+    if page_size is None and not spec.contiguous:
+        return f"attention backend {spec.name!r} reads a paged cache only (pages of {sizes} positions: sweep.page_size)"
+    if page_size is not None and spec.page_sizes is not None and page_size not in spec.page_sizes:
+        return f"attention backend {spec.name!r} reads pages of {sizes} positions, not {page_size}"
+    return None
+
+
 def _shape_unsupported(spec: BackendSpec, variant: Variant, dtype: str | None) -> str | None:
     """The declared capabilities a plugin may lack and no built-in does: head layout, sharing map, windows, dtype."""
     layout = variant.attention
@@ -131,6 +141,8 @@ def unsupported_reason(
     if (reason := _mla_unsupported(spec, variant)) is not None:
         return reason
     if variant.page_size is not None and (reason := paged_unsupported(backend)) is not None:
+        return reason
+    if (reason := _layout_unsupported(spec, variant.page_size)) is not None:
         return reason
     if variant.lengths is not None and variant.lengths.ragged and (reason := ragged_unsupported(backend)) is not None:
         return reason

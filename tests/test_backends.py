@@ -76,7 +76,7 @@ def test_split_path_accepts_module_function_only() -> None:
 
 
 def test_the_reasons_name_the_backends_the_registry_says_read_pages_and_ragged_batches() -> None:
-    assert paged_backends() == ("eager", "native", "naive")
+    assert paged_backends() == ("eager", "native", "naive", "flashmla")
     assert ragged_backends() == ("eager", "native")
 
 

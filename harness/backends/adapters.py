@@ -1,4 +1,5 @@
-"""Adapters for production decode kernels: FlashInfer, FlashAttention's ``flash_attn_with_kvcache`` and FlashMLA.
+"""Adapters for production decode kernels: FlashInfer (decode and MLA), FlashAttention's
+``flash_attn_with_kvcache`` and FlashMLA.
 
 Each runs on CUDA only and needs its package; where the package is not installed (``requires``, found
 without importing it) or a cell needs what the kernel does not take, the cell is ``unsupported`` with
@@ -24,7 +25,19 @@ FLASHINFER_DECODE = BackendSpec(
     multi_token=False,
     requires=("flashinfer",),
     origin="adapter",
-    refusals={"mla": "FlashInfer's decode kernel takes K and V of one width; MLA runs on flashmla"},
+    refusals={"mla": "FlashInfer's decode kernel takes K and V of one width; MLA runs on flashinfer-mla or flashmla"},
+)
+FLASHINFER_MLA = BackendSpec(
+    name="flashinfer-mla",
+    kernel=f"{ADAPTERS}:flashinfer_mla",
+    summary="FlashInfer's MLA decode kernel (BatchMLAPagedAttentionWrapper) over the latent, one position a page",
+    devices=("cuda",),
+    dtypes=HALF,
+    heads=(),
+    windows=False,
+    multi_token=False,
+    requires=("flashinfer",),
+    origin="adapter",
 )
 FLASH_ATTN = BackendSpec(
     name="flash-attn",
@@ -36,13 +49,17 @@ FLASH_ATTN = BackendSpec(
     windows=False,
     requires=("flash_attn",),
     origin="adapter",
-    refusals={"mla": "flash_attn_with_kvcache takes K and V of one width; MLA runs on flashmla"},
+    refusals={"mla": "flash_attn_with_kvcache takes K and V of one width; MLA runs on flashinfer-mla or flashmla"},
 )
 FLASH_MLA = BackendSpec(
     name="flashmla",
     kernel=f"{ADAPTERS}:flash_mla",
-    summary="FlashMLA's flash_mla_with_kvcache over the latent, viewed as pages of 64 positions",
+    summary="FlashMLA's flash_mla_with_kvcache over a paged latent cache of 64-position pages, read in place",
     devices=("cuda",),
+    paged=True,
+    page_sizes=(64,),
+    contiguous=False,
+    paged_kernel=f"{ADAPTERS}:flash_mla_paged",
     dtypes=HALF,
     heads=(),
     cla=True,
@@ -52,4 +69,4 @@ FLASH_MLA = BackendSpec(
     origin="adapter",
 )
 
-ADAPTER_SPECS: tuple[BackendSpec, ...] = (FLASHINFER_DECODE, FLASH_ATTN, FLASH_MLA)
+ADAPTER_SPECS: tuple[BackendSpec, ...] = (FLASHINFER_DECODE, FLASHINFER_MLA, FLASH_ATTN, FLASH_MLA)

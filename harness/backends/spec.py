@@ -36,6 +36,8 @@ class BackendSpec:
     kv_cache: bool = True  # runs variants that cache K and V (False: an MLA-only form)
     windows: bool = True  # sliding-window layers (a ring buffer of the window's positions)
     paged: bool = False  # paged caches (harness/model/paged.py)
+    page_sizes: tuple[int, ...] | None = None  # the page sizes it reads (None: any)
+    contiguous: bool = True  # contiguous caches (False: a paged cache only)
     ragged: bool = False  # ragged batches: a ``lengths`` per sequence
     multi_token: bool = True  # several new queries per sequence, causal among themselves
     graph_capturable: bool = True  # its step can be captured in a CUDA graph
