@@ -36,6 +36,7 @@ FLASHINFER_MLA = BackendSpec(
     heads=(),
     windows=False,
     multi_token=False,
+    graph_capturable=False,  # its wrapper captures only when built for graphs, with fixed buffers
     requires=("flashinfer",),
     origin="adapter",
 )

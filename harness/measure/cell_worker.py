@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness import accounting
+from harness import accounting, backends
 from harness.hardware import detect_target, fingerprint, is_cuda
 from harness.lengths import sequence_lengths
 from harness.measure import checks, timing
@@ -341,6 +341,7 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
         variant = decoder.variant
         q = torch.randn(decoder.core_query_shape(batch_size), device=device, dtype=decoder.dtype)
         timer = _CellTimer(payload, decoder.dtype)
+        timer.graphs = timer.graphs and backends.get(backend).graph_capturable  # else timed eagerly, with events
         if not repeat:  # the backend's output on this very query and cache, against float64
             agrees = output_check(decoder, q, cache, context_len, timer.tolerance)
             timer.checks += [] if agrees is None else [agrees.model_dump()]
