@@ -103,3 +103,22 @@ def test_reading_the_registry_imports_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_kernel_docs_backends_md_shows_computes_attention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from harness.model.attention import attend
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "backends.md").read_text()
+    source = doc.split("# mykernels/kernel.py: imported by the measuring worker only\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "doc_kernel.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from doc_kernel import attend as documented  # type: ignore[import-not-found]
+
+    generator = torch.Generator().manual_seed(0)
+    for n_new in (1, 3):
+        q = torch.randn(2, 4, n_new, 16, generator=generator)
+        k, v = torch.randn(2, 2, 40, 16, generator=generator), torch.randn(2, 2, 40, 16, generator=generator)
+        got = documented(q, k[:, :, : 30 + n_new], v[:, :, : 30 + n_new], start_pos=30, scale=0.25)
+        torch.testing.assert_close(got, attend(q, k, v, start_pos=30, backend="eager", scale=0.25))
