@@ -146,3 +146,15 @@ def test_a_plugin_with_wrong_numbers_fails_its_reference_check_in_result_report_
     report = next(out.glob("*/REPORT.md")).read_text()
     assert any("toy_wrong" in line and "output_matches_reference" in line for line in report.splitlines())
     assert "warning: output_matches_reference failed in 1 of 4 cells" in stderr
+
+
+def test_an_entry_point_that_cannot_be_loaded_is_listed_with_the_reason_and_exits_1(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    info = site / "broken_kernels-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-kernels\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[attnbench.backends]\nbroken = no_such_kernels_module:SPEC\n")
+    proc = attnbench(["backends"], site, tmp_path / "cache")
+    assert proc.returncode == 1
+    assert "not loaded: entry point 'broken' (no_such_kernels_module:SPEC): ModuleNotFoundError" in proc.stdout
+    assert "| eager " in proc.stdout
