@@ -2,7 +2,8 @@
 # Validate attnbench on a GPU machine in one call of at most BUDGET_S (default 300 s, so that a second
 # call fits beside the first in a 15-minute allowance): install pydantic from carried wheels into a
 # separate folder, run `attnbench doctor --device cuda` (each finding streamed to $OUT/doctor.txt as it
-# completes), the quick GPU scenarios (gpu-quick.toml, kernels-gpu-quick.toml), then the CUDA tests
+# completes), the quick GPU scenarios (gpu-quick.toml, kernels-gpu-quick.toml, whose production kernels,
+# docs/backends.md, run where the image has their packages and are unsupported otherwise), then the CUDA tests
 # without the FlexAttention matrix. Every step is capped, the caps (plus each step's kill grace and the
 # packaging reserve) must add up to no more than the budget, and a step that fails or runs out of time
 # is logged and the next one runs. The report is rendered afterwards, on any machine, from results.tgz.

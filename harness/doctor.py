@@ -17,10 +17,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.hardware import is_cuda
 from harness.measure.protocol import CellRequest, CheckRequest, Entry, Timing
+
+if TYPE_CHECKING:
+    from harness.variants import Variant
 
 Status = Literal["pass", "fail", "skip"]
 CHECK_TIMEOUT_S = 240.0
@@ -83,6 +86,21 @@ def allocates_too_much(request: CheckRequest) -> dict[str, Any]:
     return {}
 
 
+def _graph_backends(variant: Variant) -> list[str]:
+    """Every registered backend that runs this variant on CUDA here and declares its step capturable as a graph."""
+    from harness import backends
+    from harness.backend_support import unsupported_reason
+
+    return [
+        spec.name
+        for spec in backends.registry().specs
+        if spec.runs_on("cuda")
+        and spec.graph_capturable
+        and spec.missing() is None
+        and unsupported_reason(spec.name, variant, "cuda", "bfloat16") is None
+    ]
+
+
 def check_graphs(request: CheckRequest) -> list[dict[str, Any]]:
     """The decode step and core attention of a small stack captured as CUDA graphs, per backend."""
     import torch
@@ -91,7 +109,6 @@ def check_graphs(request: CheckRequest) -> list[dict[str, Any]]:
     from harness.measure.autotune import output_tolerance
     from harness.measure.cell_worker import enter_device
     from harness.model import build_decoder
-    from harness.model.attention import available_backends
     from harness.scenario.schema import ModelSpec
     from harness.variants import Variant, sharing_map
 
@@ -107,7 +124,7 @@ def check_graphs(request: CheckRequest) -> list[dict[str, Any]]:
     tolerance = output_tolerance(torch.bfloat16, "cuda")
     out = []
     with torch.inference_mode():
-        for backend in available_backends("cuda"):
+        for backend in _graph_backends(variant):
             decoder.backend = backend
             for what, fn in (
                 ("decode_step", lambda: decoder.decode_step(tokens, cache, 4096)),

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "harness"
 # Lowest floor first. A module may import its own floor's modules and those of lower floors.
 FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "units", "signals", "inputs", "git", "stats", "cellkey", "pages", "lengths", "png"}),
-    frozenset({"variants"}),
+    frozenset({"variants", "backends"}),
     frozenset({"scenario", "backend_support"}),
     frozenset({"parallel", "accounting", "results"}),
     frozenset({"model", "plan", "compare", "export", "revisions"}),

@@ -23,6 +23,7 @@ from harness.signals import Interrupted, stop_signals
 SUBCOMMANDS = (
     "validate",
     "schema",
+    "backends",
     "plan",
     "calibrate",
     "explore",

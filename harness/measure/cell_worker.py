@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from harness import accounting
+from harness import accounting, backends
 from harness.hardware import detect_target, fingerprint, is_cuda
 from harness.lengths import sequence_lengths
 from harness.measure import checks, timing
@@ -28,6 +28,7 @@ from harness.measure.bandwidth import load_or_measure_peak
 from harness.measure.flush import CudaL2Flusher, cpu_flusher
 from harness.measure.hostload import HostLoadMeter
 from harness.measure.memory import CpuMemoryTracker, CudaMemoryTracker, MemoryPeak
+from harness.measure.output_check import output_check
 from harness.measure.protocol import CellRequest, MachineRequest, PeakRequest
 from harness.measure.reference import reference_loop
 from harness.measure.telemetry import NvmlSampler, other_gpu_processes
@@ -330,6 +331,10 @@ def measure_cell(request: CellRequest) -> dict[str, Any]:
         variant = decoder.variant
         q = torch.randn(decoder.core_query_shape(batch_size), device=device, dtype=decoder.dtype)
         timer = _CellTimer(request, decoder.dtype)
+        timer.graphs = timer.graphs and backends.get(backend).graph_capturable  # else timed eagerly, with events
+        if not repeat:  # the backend's output on this very query and cache, against float64
+            agrees = output_check(decoder, q, cache, context_len, timer.tolerance)
+            timer.checks += [] if agrees is None else [agrees.model_dump()]
         if backend == "sdpa" and not repeat:
             observed = _observe_sdpa(decoder, cache, q, context_len)
             check = observed.pop("check")

@@ -9,12 +9,12 @@ from typing import Literal
 
 import torch
 
-from harness.model.attention import BACKENDS, attend, available_backends, resolve_backend
+from harness.model.attention import attend, available_backends, resolve_backend
 from harness.model.decoder import Decoder, KVCache
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant
 
-__all__ = ["BACKENDS", "Decoder", "KVCache", "attend", "available_backends", "build_decoder", "resolve_backend"]
+__all__ = ["Decoder", "KVCache", "attend", "available_backends", "build_decoder", "resolve_backend"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

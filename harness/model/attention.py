@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.backend_support import MLA_FORMS, kv_dtype_unsupported, unsupported_reason
+from harness import backends
+from harness.backend_support import kv_dtype_unsupported, paged_backends, ragged_backends, unsupported_reason
+from harness.backends.spec import BackendSpec, resolve
 from harness.model import native, sdpa
 from harness.model.decode_kernels import split_kv_decode
 from harness.model.kvcache import LayerCache, Visible
@@ -49,70 +51,87 @@ from harness.model.paged import PagedVisible
 from harness.model.quant import dequantize, is_fp8
 from harness.variants import Variant
 
-BACKENDS: tuple[str, ...] = ("eager", "sdpa", "grouped", "native", "flex")
-# Backends that need a CUDA device, and ones that run on CPU only.
-CUDA_ONLY_BACKENDS: tuple[str, ...] = ("flex",)
-CPU_ONLY_BACKENDS: tuple[str, ...] = ("native",)
-# What a scenario's backend "auto" starts from, per device type, before it measures: the backend that
-# measured fastest there (scenarios/kernels.toml on CPU; sdpa on CUDA until a GPU run says otherwise).
-# harness.measure.autotune.choose_backend then picks by timing every backend on the actual shape.
-# In order of preference: the first one available on the device (native needs a C++ compiler).
-AUTO_BACKENDS: dict[str, tuple[str, ...]] = {"cpu": ("native", "grouped"), "cuda": ("sdpa",)}
-AUTO_BACKEND = "sdpa"  # any other device type
+# Each backend's spec (harness/backends/) says where it runs, what it computes and where its kernel is;
+# a kernel takes (q, k, v, *, start_pos, scale, k_scale, v_scale, lengths) as docs/backends.md describes.
 
 
 def available_backends(device_type: str) -> tuple[str, ...]:
-    """Backends that run on a device of this type (``"cpu"``, ``"cuda"``, ...).
+    """The backends ``auto`` times on a device of this type (``"cpu"``, ``"cuda"``, ...), in registry order:
+    those that run there, and can here (``native`` where a C++ compiler is on the path, an adapter where its
+    package is installed)."""
+    return tuple(
+        spec.name
+        for spec in backends.registry().specs
+        if spec.auto_candidate and spec.runs_on(device_type) and spec.missing() is None
+    )
 
-    ``native`` counts on CPU where a C++ compiler is on the path (its build is tried on first use).
-    """
-    if device_type == "cpu":
-        excluded = CUDA_ONLY_BACKENDS + (() if native.available() else ("native",))
-    elif device_type == "cuda":
-        excluded = CPU_ONLY_BACKENDS
-    else:
-        excluded = CUDA_ONLY_BACKENDS + CPU_ONLY_BACKENDS
-    return tuple(backend for backend in BACKENDS if backend not in excluded)
+
+def auto_preference(device_type: str) -> tuple[str, ...]:
+    """What ``auto`` starts from on this device type before it measures, most preferred first: the backend that
+    measured fastest there (scenarios/kernels.toml on CPU; sdpa on CUDA until a GPU run says otherwise).
+    harness.measure.autotune.choose_backend then picks by timing every candidate on the actual shape."""
+    specs = backends.registry().specs
+    key = device_type if any(device_type in spec.auto_rank for spec in specs) else "*"  # "*": any other type
+    ranked = sorted((spec.auto_rank[key], spec.name) for spec in specs if key in spec.auto_rank)
+    return tuple(name for _, name in ranked)
+
+
+def _spec(backend: str) -> BackendSpec:
+    try:
+        return backends.get(backend)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
 
 
 def resolve_backend(backend: str, device_type: str, variant: Variant | None = None) -> str:
     """The concrete backend a scenario's ``backend`` names on this device (for this variant, when given);
     ValueError if it cannot run there. ``auto`` starts from the first preferred backend that can."""
-    if backend == "auto":
+    if backend == backends.AUTO:
         available = [
             name
             for name in available_backends(device_type)
             if variant is None or unsupported_reason(name, variant, device_type) is None
         ]
-        preferred = AUTO_BACKENDS.get(device_type, (AUTO_BACKEND,))
+        preferred = auto_preference(device_type)
         fallback = available[0] if available else preferred[-1]
         return next((name for name in preferred if name in available), fallback)
+    spec = _spec(backend)
     if variant is not None:
         reason = unsupported_reason(backend, variant, device_type)
         if reason is not None:
             raise ValueError(reason)
-        if backend in MLA_FORMS:
-            return backend
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)} or 'auto'")
-    if backend not in available_backends(device_type):
-        if backend in CUDA_ONLY_BACKENDS:
-            reason = "needs CUDA"
-        elif backend in CPU_ONLY_BACKENDS and device_type != "cpu":
-            reason = "runs on CPU only"
-        else:
-            reason = f"cannot be built here (no C++ compiler {native.compiler() or 'on the path'})"
+    reason = spec.where() if not spec.runs_on(device_type) else spec.missing()
+    if reason is not None:
         raise ValueError(
             f"attention backend {backend!r} {reason}; on {device_type!r} use one of {available_backends(device_type)}"
         )
     return backend
 
 
+def kernel_of(backend: str) -> Callable[..., Tensor]:
+    """The kernel a backend's spec names, imported on first use; ValueError naming the backend if it cannot be."""
+    return _kernel(_spec(backend).kernel)
+
+
+@functools.cache
+def _kernel(path: str) -> Callable[..., Tensor]:
+    try:
+        return resolve(path)
+    except ImportError as exc:
+        raise ValueError(f"attention kernel {path!r} cannot be imported: {exc}") from None
+
+
 def prepare_backend(backend: str) -> None:
-    """One-time setup a backend needs before its first step (building or loading the native kernel),
-    so that it happens outside timed and memory-tracked regions. RuntimeError if it cannot be done."""
+    """One-time setup a backend needs before its first step (building or loading the native kernel, importing a
+    plugin's module), so that it happens outside timed and memory-tracked regions. RuntimeError if it cannot be
+    done."""
     if backend == "native":
         native.load()
+    if backend != backends.AUTO:
+        try:
+            kernel_of(backend)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
 
 
 def causal_mask(start_pos: int, n_new: int, device: torch.device) -> Tensor:
@@ -159,21 +178,92 @@ def attend(
             raise ValueError(reason)
         if k_scale is None or v_scale is None:
             raise ValueError("a float8 cache needs its k_scale and v_scale")
+    spec = _spec(backend)
+    if lengths is not None and not spec.ragged:
+        raise ValueError(
+            f"attention backend {backend!r} cannot run a ragged batch; {' and '.join(ragged_backends())} can"
+        )
+    if not spec.runs_on(q.device.type):
+        raise ValueError(f"attention backend {backend!r} {spec.where()}; tensors are on {q.device.type!r}")
+    kernel = kernel_of(backend)
+    factor = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return kernel(q, k, v, start_pos=start_pos, scale=factor, k_scale=k_scale, v_scale=v_scale, lengths=lengths)
+
+
+def eager_kernel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    start_pos: int,
+    scale: float | None,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
+    lengths: Tensor | None = None,
+) -> Tensor:
+    """The textbook form (backend ``eager``): K/V widened from float8 and repeated per query head."""
     if lengths is not None:
-        return _ragged(q, k, v, lengths, backend, scale, k_scale, v_scale)
-    if backend == "eager":
-        return _eager(q, *_widened(k, v, k_scale, v_scale, q.dtype), start_pos, scale)
-    if backend == "sdpa":
-        return _sdpa(q, k, v, start_pos, scale)
-    if backend == "grouped":
-        return _grouped(q, k, v, start_pos, scale, k_scale, v_scale)
-    if backend == "native":
-        return _native(q, k, v, start_pos, scale)
-    if backend == "flex":
-        if q.device.type != "cuda":
-            raise ValueError(f"attention backend 'flex' needs CUDA; tensors are on {q.device.type!r}")
-        return _flex(q, k, v, start_pos, scale)
-    raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        return _ragged_masked(q, k, v, lengths, scale, k_scale, v_scale)
+    return _eager(q, *_widened(k, v, k_scale, v_scale, q.dtype), start_pos, scale)
+
+
+def sdpa_kernel(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, scale: float | None, **_: Tensor | None) -> Tensor:
+    """Backend ``sdpa`` (contiguous, non-float8 caches; its spec refuses the rest before a call)."""
+    return _sdpa(q, k, v, start_pos, scale)
+
+
+def grouped_kernel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    start_pos: int,
+    scale: float | None,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
+    **_: Tensor | None,
+) -> Tensor:
+    """Backend ``grouped``."""
+    return _grouped(q, k, v, start_pos, scale, k_scale, v_scale)
+
+
+def native_kernel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    start_pos: int,
+    scale: float | None,
+    k_scale: Tensor | None = None,
+    v_scale: Tensor | None = None,
+    lengths: Tensor | None = None,
+) -> Tensor:
+    """Backend ``native``; a ragged step runs its paged kernel with each sequence's slice as one page (block
+    table [[0], [1], ...]), which reads only the attended positions, or, where the kernel does not take the
+    step, the masked textbook form."""
+    if lengths is not None:
+        if _native_takes(q, k, v, scale):
+            table = torch.arange(k.shape[0], device=k.device)[:, None]  # sequence b's slice is page b
+            return native.run_paged(q, k, v, table, torch.zeros_like(lengths), lengths)
+        return _ragged_masked(q, k, v, lengths, scale, k_scale, v_scale)
+    return _native(q, k, v, start_pos, scale)
+
+
+def native_paged(q: Tensor, visible: PagedVisible, scale: float | None) -> Tensor | None:
+    """``native`` over a paged slot: its kernel reads the pages in place through the block table; None where
+    the kernel does not take the step (the caller then attends a gathered copy)."""
+    assert visible.block_table is not None
+    if not _native_takes(q, visible.k, visible.v, scale):
+        return None
+    starts, stops = visible.spans()
+    return native.run_paged(q, visible.k, visible.v, visible.block_table, starts, stops)
+
+
+def flex_kernel(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, scale: float | None, **_: Tensor | None) -> Tensor:
+    """Backend ``flex`` (CUDA only)."""
+    if q.device.type != "cuda":
+        raise ValueError(f"attention backend 'flex' needs CUDA; tensors are on {q.device.type!r}")
+    return _flex(q, k, v, start_pos, scale)
 
 
 def _widened(
@@ -212,23 +302,26 @@ def attend_visible(
 
 
 def _paged(q: Tensor, visible: PagedVisible, slot: LayerCache, backend: str, scale: float | None) -> Tensor:
-    """Attention over a paged slot (harness/model/paged.py): ``native`` reads the pages in place through the
-    block table; ``eager``, and ``native``'s steps its kernel does not take, attend a gathered copy of the
-    positions. Other backends read contiguous caches only (harness/backend_support.py) and are refused."""
-    if backend == "native":
-        assert visible.block_table is not None
-        if _native_takes(q, visible.k, visible.v, scale):
-            starts, stops = visible.spans()
-            return native.run_paged(q, visible.k, visible.v, visible.block_table, starts, stops)
-    elif backend != "eager":
-        raise ValueError(f"attention backend {backend!r} cannot read a paged KV cache; eager and native can")
+    """Attention over a paged slot (harness/model/paged.py): a backend whose spec names a paged kernel reads the
+    pages in place (``native``, through the block table); the others that read paged caches (``eager``), and
+    the steps a paged kernel does not take, attend a gathered copy of the positions. Backends that read
+    contiguous caches only are refused (harness/backend_support.py)."""
+    spec = _spec(backend)
+    if not spec.paged:
+        raise ValueError(
+            f"attention backend {backend!r} cannot read a paged KV cache; {' and '.join(paged_backends())} can"
+        )
+    if spec.paged_kernel is not None:
+        out = _kernel(spec.paged_kernel)(q, visible, scale)
+        if out is not None:
+            return out
     gathered = visible.gathered()  # [B, heads, stop - first, width]: the textbook paged form's copy
     return attend(
         q,
         gathered.k,
         gathered.v,
         start_pos=gathered.start_pos,
-        backend="eager" if backend == "eager" else "grouped",
+        backend=backend,
         scale=scale,
         k_scale=slot.k_scale,
         v_scale=slot.v_scale,
@@ -236,28 +329,19 @@ def _paged(q: Tensor, visible: PagedVisible, slot: LayerCache, backend: str, sca
     )
 
 
-def _ragged(
+def _ragged_masked(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     lengths: Tensor,
-    backend: str,
     scale: float | None,
     k_scale: Tensor | None,
     v_scale: Tensor | None,
 ) -> Tensor:
-    """A ragged decode step over k, v [B, n_kv_heads, S, width]: sequence b attends its first lengths[b] positions.
-
-    native runs its paged kernel with each sequence's slice as one page (block table [[0], [1], ...]), which
-    reads only the attended positions; eager (and native's steps its kernel does not take) masks the rest.
-    """
+    """A ragged decode step over k, v [B, n_kv_heads, S, width] in the textbook form: sequence b attends its first
+    lengths[b] positions, the rest masked."""
     if q.shape[2] != 1:
         raise ValueError(f"a ragged batch takes one new query per sequence, got {q.shape[2]}")
-    if backend == "native" and _native_takes(q, k, v, scale):
-        table = torch.arange(k.shape[0], device=k.device)[:, None]  # sequence b's slice is page b
-        return native.run_paged(q, k, v, table, torch.zeros_like(lengths), lengths)
-    if backend not in ("eager", "native"):
-        raise ValueError(f"attention backend {backend!r} cannot run a ragged batch; eager and native can")
     k, v = _widened(k, v, k_scale, v_scale, q.dtype)
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)  # [B, n_heads, S, head_dim]
@@ -405,10 +489,10 @@ class FlexKernel:
 
 
 @functools.cache
-def flex_kernel() -> FlexKernel:
+def compiled_flex() -> FlexKernel:
     """The one compiled flex kernel of this process, built on first use."""
     return FlexKernel()
 
 
 def _flex(q: Tensor, k: Tensor, v: Tensor, start_pos: int, scale: float | None) -> Tensor:
-    return flex_kernel()(q, k, v, start_pos, scale).to(q.dtype)
+    return compiled_flex()(q, k, v, start_pos, scale).to(q.dtype)

@@ -17,6 +17,7 @@ scales, which attention reads and dequantises itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -24,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.backend_support import MLA_FORMS, unsupported_reason
-from harness.model.attention import BACKENDS, attend_visible
+from harness import backends
+from harness.backend_support import mla_forms, unsupported_reason
+from harness.model.attention import attend_visible
 from harness.model.kvcache import KVCache, LayerCache, Visible, slot_tensors
 from harness.model.layers import RMSNorm, Rotation, apply_rope, rope_angles
 from harness.model.mla import LatentAttention
@@ -137,8 +139,10 @@ class Decoder(nn.Module):
     @backend.setter
     def backend(self, backend: str) -> None:
         """Any attention backend that can run this variant (and ``naive`` for MLA); ValueError with the reason."""
-        if backend not in BACKENDS + MLA_FORMS:
-            raise ValueError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        try:
+            backends.get(backend)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
         reason = unsupported_reason(backend, self.variant)
         if reason is not None:
             raise ValueError(reason)
@@ -338,7 +342,7 @@ class Decoder(nn.Module):
         """
         layer = self.variant.n_layers - 1
         attention, slot = self._attention(layer), cache.layer(layer)
-        if self.backend in MLA_FORMS:
+        if self.backend in mla_forms():
             return attention.attend_cache(q, slot, pos, self.backend)
         visible = slot.visible(pos, q.shape[2])
         if isinstance(visible, PagedVisible):
@@ -364,6 +368,11 @@ class Decoder(nn.Module):
                 )
             )  # each [B, 1, 1, value width]
         return torch.cat(heads, dim=1)  # [B, n_heads, 1, value width]
+
+    def softmax_scale(self, layer: int) -> float:
+        """The factor layer ``layer`` scales its scores by (1/sqrt(head_dim); MLA: 1/sqrt(d_h + d_h^R))."""
+        scale = self._attention(layer).softmax_scale
+        return scale if scale is not None else 1.0 / math.sqrt(self.variant.head_dim)
 
     def _attention(self, layer: int) -> Attention | LatentAttention:
         return cast(Block, self.layers[layer]).attention

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from harness.backends.builtin import native_compiler
+
 SOURCE = Path(__file__).parent / "csrc" / "decode_attention.cpp"
 # head_dim must be a multiple of this (two vectors of eight float32 lanes per step).
 HEAD_DIM_MULTIPLE = 16
@@ -47,7 +49,7 @@ class NativeUnavailable(RuntimeError):
 
 def compiler() -> str | None:
     """The C++ compiler PyTorch's builder would use (``$CXX``, else ``c++``), if it is on the path."""
-    return shutil.which(os.environ.get("CXX", "c++"))
+    return native_compiler()
 
 
 def available() -> bool:

@@ -14,15 +14,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
+from harness import backends
 from harness.lengths import MAX_RAGGED_BATCH
 from harness.scenario.quality import QualitySpec
 from harness.units import parse_bytes
 
 DType = Literal["float32", "bfloat16", "float16"]
-# Attention implementations a cell can be timed with (see harness/model/attention.py).
-Backend = Literal["eager", "sdpa", "grouped", "native", "flex", "naive", "auto"]
+
+
+def _registered_backend(name: str) -> str:
+    """A backend the registry knows (harness/backends/), ``auto``, or a ``"module:function"`` kernel on the path."""
+    problem = backends.name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+# Attention implementations a cell can be timed with: a name in the registry (`attnbench backends`).
+Backend = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_registered_backend)]
 Metric = Literal["decode", "attention", "memory", "max_batch", "train_step"]
 ALL_METRICS: tuple[Metric, ...] = ("decode", "attention", "memory", "max_batch", "train_step")
 # What a scenario without measure.metrics measures: train_step is opt-in, as max_batch is without a budget.
