@@ -52,7 +52,8 @@ def ragged_unsupported(backend: str) -> str | None:
 
 
 def multi_token_unsupported(variant: Variant) -> str | None:
-    """Why a step of ``variant.q_len`` new tokens per sequence is not measured for ``variant``, or None."""
+    """Why a step of ``variant.q_len`` new tokens per sequence (or a prefill of the whole prompt) is not measured
+    for ``variant``, or None."""
     if variant.lengths is not None and variant.lengths.ragged:
         return "a ragged batch takes one new token per sequence; multi-token steps run on uniform batches"
     if variant.is_windowed:
@@ -94,7 +95,7 @@ def unsupported_reason(backend: str, variant: Variant, device_type: str | None =
         return reason
     if variant.lengths is not None and variant.lengths.ragged and (reason := ragged_unsupported(backend)) is not None:
         return reason
-    if variant.q_len > 1 and (reason := multi_token_unsupported(variant)) is not None:
+    if (variant.q_len > 1 or variant.prefill) and (reason := multi_token_unsupported(variant)) is not None:
         return reason
     if variant.kv_dtype is not None:
         return kv_dtype_unsupported(backend, device_type)

@@ -102,14 +102,15 @@ def _build_and_step(
             weights="synthetic" if fill else "zeros",
         )
         lengths = sequence_lengths(variant.lengths, context_len, batch_size) if variant.lengths else None
+        start, n_new = accounting.step_span(variant, context_len)  # a prefill: the whole prompt from position 0
         cache = decoder.allocate_cache(
-            batch_size, accounting.cache_len(context_len, variant.q_len), page_seed=payload["seed"], lengths=lengths
+            batch_size, accounting.cache_len(start, n_new), page_seed=payload["seed"], lengths=lengths
         )
         if fill:
             generator = torch.Generator(device=device).manual_seed(payload["seed"])
-            decoder.fill_cache_synthetic(cache, context_len, generator)
-        tokens = torch.randint(0, model.vocab_size, (batch_size, variant.q_len), device=device)
-        decoder.decode_step(tokens, cache, context_len)
+            decoder.fill_cache_synthetic(cache, start, generator)
+        tokens = torch.randint(0, model.vocab_size, (batch_size, n_new), device=device)
+        decoder.decode_step(tokens, cache, start)
         _sync(device)
     return decoder, cache, tokens, tracker.result()
 
@@ -336,9 +337,9 @@ def measure_cell(payload: dict[str, Any]) -> dict[str, Any]:
             out["peak_memory_bytes"] = memory.peak_allocated_bytes
             out["peak_reserved_bytes"] = memory.peak_reserved_bytes
             out["nvml_process_bytes"] = memory.process_bytes if is_cuda(device) else None
-        context_len, batch_size = payload["context_len"], payload["batch_size"]
-        variant = decoder.variant
-        q = torch.randn(decoder.core_query_shape(batch_size), device=device, dtype=decoder.dtype)
+        batch_size, variant = payload["batch_size"], decoder.variant
+        context_len = accounting.step_span(variant, payload["context_len"])[0]  # where the step starts
+        q = torch.randn(decoder.core_query_shape(batch_size, tokens.shape[1]), device=device, dtype=decoder.dtype)
         timer = _CellTimer(payload, decoder.dtype)
         if backend == "sdpa" and not repeat:
             observed = _observe_sdpa(decoder, cache, q, context_len)
@@ -402,7 +403,7 @@ def choose_auto_backend(payload: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(payload["seed"])
     with torch.inference_mode():
         decoder, cache, _, _ = _build_and_step(payload, start, fill=True)
-        choice = choose_backend(decoder, cache, payload["context_len"])
+        choice = choose_backend(decoder, cache, accounting.step_span(decoder.variant, payload["context_len"])[0])
     return {"backend": choice.backend, "latencies_s": choice.latencies_s, "rejected": choice.rejected}
 
 

@@ -242,6 +242,8 @@ class Decoder(nn.Module):
             return
         for tensor, scale in self._filled(cache):
             n_fill = min(length, tensor.shape[2])
+            if n_fill == 0:  # a prefill's empty cache: nothing to fill
+                continue
             n_block = min(n_fill, SYNTHETIC_BLOCK)
             block = tensor[:, :, :n_block]  # [B, heads, block, width]
             if scale is None:
@@ -300,11 +302,12 @@ class Decoder(nn.Module):
         (T = 1: a decode step; more: a verification step, causal within the new tokens)."""
         return self(tokens, cache, pos)
 
-    def core_query_shape(self, batch_size: int) -> tuple[int, int, int, int]:
-        """Shape of the query :meth:`core_attention` takes: [B, n_heads, q_len, width], width per the backend's form
-        (head_dim; for MLA the absorbed d_c + d_h^R, or d_h + d_h^R for ``naive``)."""
+    def core_query_shape(self, batch_size: int, n_new: int | None = None) -> tuple[int, int, int, int]:
+        """Shape of the query :meth:`core_attention` takes: [B, n_heads, n_new, width] (n_new default q_len; a
+        prefill's is its prompt), width per the backend's form (head_dim; for MLA the absorbed d_c + d_h^R, or
+        d_h + d_h^R for ``naive``)."""
         width = self._attention(0).core_query_width(self.backend)
-        return (batch_size, self.variant.n_heads, self.variant.q_len, width)
+        return (batch_size, self.variant.n_heads, self.variant.q_len if n_new is None else n_new, width)
 
     def core_attention(self, q: Tensor, cache: KVCache, pos: int) -> Tensor:
         """The attention op alone, for each of the L layers, over what its producer's slot holds for position ``pos``.

@@ -156,6 +156,13 @@ class SweepSpec(_Strict):
         "verification); a form with more is named <variant>-T<q_len>",
     )
 
+    prefill: bool = Field(
+        False,
+        description="also measure, per cache layout, each variant's prefill: the whole prompt of context_len "
+        "tokens per sequence through the stack over an empty cache (the time to first token), named "
+        "<variant>-prefill",
+    )
+
     @model_validator(mode="after")
     def _no_repeats(self) -> SweepSpec:
         for mix in self.lengths or []:
