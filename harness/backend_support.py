@@ -95,7 +95,8 @@ def unsupported_reason(backend: str, variant: Variant, device_type: str | None =
         return reason
     if variant.lengths is not None and variant.lengths.ragged and (reason := ragged_unsupported(backend)) is not None:
         return reason
-    if (variant.q_len > 1 or variant.prefill) and (reason := multi_token_unsupported(variant)) is not None:
+    several = variant.q_len > 1 or variant.prefill or variant.chunk is not None
+    if several and (reason := multi_token_unsupported(variant)) is not None:
         return reason
     if variant.kv_dtype is not None:
         return kv_dtype_unsupported(backend, device_type)

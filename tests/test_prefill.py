@@ -15,7 +15,7 @@ from harness.report.prefill import prefill_section
 from harness.results.store import load_result
 from harness.run.runner import Runner, RunOptions
 from harness.scenario.schema import ModelSpec
-from harness.scenario.serving import layouts, with_layout, with_prefill
+from harness.scenario.serving import layouts, with_chunk, with_layout, with_prefill
 from harness.variants import MLAShape, Variant, sharing_map, window_layers
 
 CASES = {
@@ -106,6 +106,7 @@ context_len = [30]
 backend = ["eager"]
 page_size = ["contiguous", 4]
 prefill = true
+prefill_chunk = [8]
 [measure]
 metrics = ["decode", "memory"]
 warmup_s = 0.01
@@ -126,15 +127,69 @@ def test_a_run_measures_each_layouts_prefill_with_its_cache_as_accounted_and_rep
     assert outcome.exit_code == 0
     result = load_result(outcome.path)
     cells = {cell.variant: cell for cell in result.cells}
-    assert sorted(cells) == ["H16-MQA-CLA2", "H16-MQA-CLA2-P4", "H16-MQA-CLA2-P4-prefill", "H16-MQA-CLA2-prefill"]
-    for name in ("H16-MQA-CLA2-prefill", "H16-MQA-CLA2-P4-prefill"):
+    layouts = ["H16-MQA-CLA2", "H16-MQA-CLA2-P4"]
+    assert sorted(cells) == sorted(f"{name}{form}" for name in layouts for form in ("", "-prefill", "-chunk8"))
+    for name in [f"{layout}{form}" for layout in layouts for form in ("-prefill", "-chunk8")]:
         cell = cells[name]
-        assert cell.status == "ok" and cell.prefill is True
+        assert cell.status == "ok" and (cell.prefill is True) == name.endswith("-prefill")
+        assert cell.chunk == (8 if name.endswith("-chunk8") else None)
         assert cell.metrics is not None and cell.metrics.kv_cache_bytes == cell.metrics.kv_cache_bytes_expected
     decode, prefill = cells["H16-MQA-CLA2"].metrics, cells["H16-MQA-CLA2-prefill"].metrics
     assert decode is not None and prefill is not None
     assert prefill.kv_cache_bytes < decode.kv_cache_bytes  # 30 positions, not 30 + 1
     assert prefill.flops_per_step > 25 * decode.flops_per_step  # 30 tokens of matmuls against one
     section = "\n".join(prefill_section(result))
-    rows = [line for line in section.splitlines() if "-prefill" in line]
+    rows = [line for line in section.splitlines() if line.startswith("| H16") and "-prefill " in line]
     assert len(rows) == 2 and all("| 30 " in row for row in rows)
+    chunked = [line.split("|") for line in section.splitlines() if "-chunk8 " in line]
+    assert [row[2].strip() for row in chunked] == ["8", "8"]
+    assert all(float(row[7]) > 0 for row in chunked)  # the decode step of the same layout beside it
+
+
+@pytest.mark.parametrize("chunk", [3, 6])  # pages of 4: the chunk ends inside a page, and past the next one
+@pytest.mark.parametrize("page_size", ["contiguous", 4])
+@pytest.mark.parametrize("backend", [b for b in available_backends("cpu")] + ["naive"])
+@pytest.mark.parametrize("name", CASES)
+def test_a_chunked_prefill_step_equals_the_reference_for_the_chunk_and_each_decode_token(
+    tiny_model: ModelSpec, name: str, backend: str, page_size: int | str, chunk: int
+) -> None:
+    variant = with_chunk(with_layout(CASES[name], page_size), chunk)
+    reason = unsupported_reason(backend, variant, "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    decoder = build_decoder(tiny_model, variant, dtype="float32", device="cpu", backend=backend, seed=3)
+    context, batch_size = 13, 3
+    tokens = torch.randint(0, 97, (batch_size, context + chunk), generator=torch.Generator().manual_seed(8))
+    cache = decoder.allocate_cache(batch_size, accounting.cache_len(*accounting.step_span(variant, context)))
+    decoder.prefill(tokens[:, :context], cache)
+    step = decoder.decode_step(tokens[:, context:], cache, context)  # [1, chunk + 2, vocab]
+    expected = reference_logits(decoder, tokens)  # each sequence's full history
+    assert step.shape[:2] == (1, chunk + batch_size - 1)
+    torch.testing.assert_close(step[0, :chunk].double(), expected[0, context:], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(step[0, chunk:].double(), expected[1:, context], atol=2e-5, rtol=1e-4)
+    q = torch.randn(decoder.core_query_shape(batch_size, chunk), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(
+        decoder.core_attention(q, cache, context), decoder.reference_attention(q, cache, context), atol=2e-5, rtol=1e-4
+    )
+
+
+def test_a_chunked_prefill_step_is_accounted_as_a_chunk_beside_decode_tokens(tiny_model: ModelSpec) -> None:
+    decode, chunked = CASES["GQA2"], with_chunk(CASES["GQA2"], 8)
+    per_position = 4 * 2 * 2 * 16 * 4  # 4 producers, K and V of 2 heads of 16, float32
+    assert accounting.kv_cache_bytes(chunked, "float32", 3, 100) == 3 * 108 * per_position  # slots sized for the chunk
+    params = accounting.param_counts(tiny_model, chunked)
+    per_pair = 2 * 4 * (16 + 16) * 4
+    chunk_pairs = sum(100 + t + 1 for t in range(8))
+    expected_flops = (8 + 2) * 2 * params.matmul + (chunk_pairs + 2 * 101) * per_pair
+    assert accounting.flops_per_step(tiny_model, chunked, 3, 100) == expected_flops
+    read = (108 + 2 * 101) * per_position  # the chunk's sequence reads 108 positions per layer, the others 101
+    written = 10 * per_position
+    weights_and_rows = accounting.bytes_per_step(tiny_model, decode, "float32", 3, 100) - 3 * 101 * per_position
+    weights_and_rows -= 3 * per_position  # a decode step writes 3 tokens' K/V
+    rows = (10 - 3) * tiny_model.d_model * 4  # 10 embedding rows looked up, not 3
+    assert accounting.bytes_per_step(tiny_model, chunked, "float32", 3, 100) == weights_and_rows + rows + read + written
+    budget = 2**22
+    per_token = accounting.activation_bytes_per_sequence(tiny_model, decode, "float32", 107)  # one token over 108
+    fixed = accounting.weight_bytes(tiny_model, chunked, "float32") + 7 * per_token
+    expected_batch = (budget - fixed) // (108 * per_position + per_token)
+    assert accounting.predicted_max_batch(tiny_model, chunked, "float32", 100, budget) == expected_batch

@@ -86,6 +86,7 @@ def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, An
         "length_mix": variant.lengths.label if variant.lengths is not None and variant.lengths.ragged else None,
         "q_len": variant.q_len if variant.q_len > 1 else None,
         "prefill": variant.prefill or None,
+        "chunk": variant.chunk,
     }
 
 

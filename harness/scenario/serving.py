@@ -9,6 +9,8 @@ context lengths are spread (harness/lengths.py); a ragged form is named ``<varia
 ``<variant>-T<q_len>`` after everything else (``H128-GQA8-P16-T4``). ``sweep.prefill`` adds, per cache
 layout, a prefill form named ``<variant>-prefill`` (after any page suffix): its step is the whole prompt of
 ``context_len`` tokens per sequence over an empty cache, whose latency is the time to first token.
+``sweep.prefill_chunk`` adds, per cache layout and chunk size C, a chunked-prefill form named ``<variant>-chunk<C>``:
+sequence 0 adds C prompt tokens beside one decode token of each other sequence (harness/model/chunked.py).
 Results, resume, compare and the report tell the forms apart by variant name and pair each paged, ragged
 or multi-token cell with its contiguous, uniform, one-token one.
 """
@@ -64,6 +66,11 @@ def with_prefill(variant: Variant) -> Variant:
     return dataclasses.replace(variant, name=f"{variant.name}-prefill", prefill=True)
 
 
+def with_chunk(variant: Variant, chunk: int) -> Variant:
+    """``variant`` in chunked-prefill steps of ``chunk`` prompt tokens, named ``<variant>-chunk<chunk>``."""
+    return dataclasses.replace(variant, name=f"{variant.name}-chunk{chunk}", chunk=chunk)
+
+
 def layouts(
     variant: Variant,
     page_sizes: Sequence[int | str] | None,
@@ -71,10 +78,12 @@ def layouts(
     seed: int = 0,
     q_lens: Sequence[int] = (1,),
     prefill: bool = False,
+    chunks: Sequence[int] = (),
 ) -> list[Variant]:
     """The forms of ``variant`` a sweep measures: each cache layout of ``sweep.page_size`` (None: contiguous
     only), each in each length mix of ``sweep.lengths`` (None: same), each at each ``sweep.q_len``, in that
-    order, and with ``prefill`` the layout's prefill form after them (a prompt is one length per batch)."""
+    order, and with ``prefill`` the layout's prefill form after them, then its chunked-prefill form for each of
+    ``chunks`` (a prompt is one length per batch)."""
     mixes = [length_mix(spec, seed) for spec in (lengths or ["same"])]
     forms = []
     for layout in page_sizes or [CONTIGUOUS]:
@@ -83,4 +92,5 @@ def layouts(
         ]
         if prefill:
             forms.append(with_prefill(with_layout(variant, layout)))
+        forms += [with_chunk(with_layout(variant, layout), chunk) for chunk in chunks]
     return forms
