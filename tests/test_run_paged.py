@@ -155,3 +155,20 @@ def test_a_two_token_step_moves_the_cache_once_and_the_report_shows_it_below_the
     section = "\n".join(paging.multi_token_section(result))
     rows = [line for line in section.splitlines() if line.startswith("| H16-MQA-CLA2-P4")]
     assert [row.split("|")[2].strip() for row in rows[:2]] == ["1", "2"]
+
+
+def test_the_roofline_section_gives_both_fractions_and_each_crossover_beside_its_prediction(
+    paged_run: tuple[RunResult, int],
+):
+    from harness.report.roofline import flops_fraction, matmul_peak_tflops, roofline_section
+
+    result, _ = paged_run
+    assert matmul_peak_tflops(result, "float32") is not None  # probed once per target, kept in the environment
+    cell = next(c for c in result.cells if (c.variant, c.backend) == ("H16-MQA-CLA2-P4-T2", "eager"))
+    fraction = flops_fraction(result, cell)
+    assert fraction is not None and fraction > 0
+    lines = "\n".join(roofline_section(result)).splitlines()
+    crossover = [line.split("|") for line in lines if line.startswith("| H16-MQA-CLA2-P4 ") and "1, 2" in line]
+    assert len(crossover) == 1  # the eager one-token paged cell with its two-token step
+    predicted, measured = crossover[0][5].strip(), crossover[0][6].strip()
+    assert predicted.lstrip("> ").isdigit() and measured.lstrip("> ").isdigit()
