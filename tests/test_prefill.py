@@ -11,6 +11,7 @@ from helpers_reference import reference_logits
 from harness import accounting
 from harness.backend_support import unsupported_reason
 from harness.model import available_backends, build_decoder
+from harness.predict.features import variant_of
 from harness.report.prefill import prefill_section
 from harness.results.store import load_result
 from harness.run.runner import Runner, RunOptions
@@ -126,6 +127,7 @@ def test_a_run_measures_each_layouts_prefill_with_its_cache_as_accounted_and_rep
     outcome = Runner(RunOptions(scenario=str(path), device="cpu", out_dir=tmp_path / "out")).run()
     assert outcome.exit_code == 0
     result = load_result(outcome.path)
+    model = ModelSpec.model_validate(result.scenario.model)
     cells = {cell.variant: cell for cell in result.cells}
     layouts = ["H16-MQA-CLA2", "H16-MQA-CLA2-P4"]
     assert sorted(cells) == sorted(f"{name}{form}" for name in layouts for form in ("", "-prefill", "-chunk8"))
@@ -134,6 +136,9 @@ def test_a_run_measures_each_layouts_prefill_with_its_cache_as_accounted_and_rep
         assert cell.status == "ok" and (cell.prefill is True) == name.endswith("-prefill")
         assert cell.chunk == (8 if name.endswith("-chunk8") else None)
         assert cell.metrics is not None and cell.metrics.kv_cache_bytes == cell.metrics.kv_cache_bytes_expected
+        rebuilt = variant_of(cell)  # what the cost model learns from: the step and layout the cell measured
+        assert accounting.flops_per_step(model, rebuilt, 2, 30) == cell.metrics.flops_per_step
+        assert accounting.kv_cache_bytes(rebuilt, "float32", 2, 30) == cell.metrics.kv_cache_bytes_expected
     decode, prefill = cells["H16-MQA-CLA2"].metrics, cells["H16-MQA-CLA2-prefill"].metrics
     assert decode is not None and prefill is not None
     assert prefill.kv_cache_bytes < decode.kv_cache_bytes  # 30 positions, not 30 + 1

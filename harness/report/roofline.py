@@ -168,7 +168,7 @@ def crossover_table(result: RunResult) -> str | None:
         steps = _multi_token_steps(cell, result.cells)
         if 1 not in steps or len(steps) < 2:
             continue
-        variant = dataclasses.replace(variant_of(cell), page_size=cell.page_size)
+        variant = variant_of(cell)
         predicted = predicted_crossover(model, variant, cell, peak_gbps, tflops)
         coords = [cell.variant, cell.backend, str(cell.context_len), str(cell.batch_size)]
         measured = ", ".join(str(q) for q in sorted(steps))
