@@ -172,3 +172,14 @@ def test_the_roofline_section_gives_both_fractions_and_each_crossover_beside_its
     assert len(crossover) == 1  # the eager one-token paged cell with its two-token step
     predicted, measured = crossover[0][5].strip(), crossover[0][6].strip()
     assert predicted.lstrip("> ").isdigit() and measured.lstrip("> ").isdigit()
+
+
+def test_a_paged_step_of_several_tokens_is_set_beside_the_contiguous_step_of_as_many(
+    paged_run: tuple[RunResult, int],
+):
+    result, _ = paged_run
+    cells = {(c.variant, c.backend): c for c in result.cells}
+    partner = paging.contiguous_partner(cells[("H16-MQA-CLA2-P4-T2", "eager")], result.cells)
+    assert partner is not None and partner.variant == "H16-MQA-CLA2-T2"
+    ragged = paging.contiguous_partner(cells[("H16-MQA-CLA2-fixed(1,0.5,0.25)-P4", "eager")], result.cells)
+    assert ragged is not None and ragged.variant == "H16-MQA-CLA2-fixed(1,0.5,0.25)"
