@@ -4,7 +4,9 @@
 # separate folder, run `attnbench doctor --device cuda` (each finding streamed to $OUT/doctor.txt as it
 # completes), the quick GPU scenarios (gpu-quick.toml, kernels-gpu-quick.toml, whose production kernels,
 # docs/backends.md, run where the image has their packages and are unsupported otherwise), then the CUDA tests
-# without the FlexAttention matrix. Every step is capped, the caps (plus each step's kill grace and the
+# without the FlexAttention matrix; with SERVING=1 also the serving scenario's GPU form (serving-gpu.toml:
+# paged caches, 4-token steps, the 2k-prompt prefill and a chunked prefill), its cap added to the default
+# budget (375 s). Every step is capped, the caps (plus each step's kill grace and the
 # packaging reserve) must add up to no more than the budget, and a step that fails or runs out of time
 # is logged and the next one runs. The report is rendered afterwards, on any machine, from results.tgz.
 #
@@ -79,12 +81,18 @@ export ATTNBENCH_COMMIT
 # ---------------------------------------------------------------------------------------------------
 # The budget: every cap, its kill grace and the packaging reserve within BUDGET_S.
 
-BUDGET_S=${BUDGET_S:-300}
 KILL_S=5      # grace after a step's cap before it is killed
 RESERVE_S=15  # kept for packaging the results and the summary
 # Caps in seconds, in the order the steps run.
 CAP_MACHINE=10 CAP_INSTALL=20 CAP_DOCTOR=85 CAP_RUN=65 CAP_KERNELS=50 CAP_TESTS=25
 CAPS=("$CAP_MACHINE" "$CAP_INSTALL" "$CAP_DOCTOR" "$CAP_RUN" "$CAP_KERNELS" "$CAP_TESTS")
+SERVING=${SERVING:-0}  # 1: also run scenarios/serving-gpu.toml, after the kernels scenario
+CAP_SERVING=70
+if [ "$SERVING" = 1 ]; then
+  CAPS+=("$CAP_SERVING")
+  BUDGET_S=${BUDGET_S:-$((300 + CAP_SERVING + KILL_S))}
+fi
+BUDGET_S=${BUDGET_S:-300}
 planned=$RESERVE_S
 for cap in "${CAPS[@]}"; do planned=$((planned + cap + KILL_S)); done
 if ((planned > BUDGET_S)); then
@@ -114,6 +122,7 @@ declare -A DRY=(
   [doctor]="$PY -m harness doctor --help >/dev/null && printf 'start\\tdry run\\n' >'$OUT/doctor.txt'"
   [run gpu-quick]="$PY -m harness plan scenarios/gpu-quick.toml"
   [run kernels-gpu-quick]="$PY -m harness plan scenarios/kernels-gpu-quick.toml && mkdir -p '$RESULTS/dry-run'"
+  [run serving-gpu]="$PY -m harness plan scenarios/serving-gpu.toml >/dev/null"
   [cuda tests]="$PY -m pytest --collect-only -q -m '$CUDA_TESTS' -p no:cacheprovider tests/test_attention.py | tail -1"
 )
 
@@ -149,6 +158,9 @@ step "install" "$CAP_INSTALL" bash -c "$PY -c 'import pydantic' 2>/dev/null || \
 step "doctor" "$CAP_DOCTOR" "$PY" -m harness doctor --device cuda --stream "$OUT/doctor.txt"
 step "run gpu-quick" "$CAP_RUN" "$PY" -m harness run scenarios/gpu-quick.toml --device cuda --quiet --out "$RESULTS"
 step "run kernels-gpu-quick" "$CAP_KERNELS" "$PY" -m harness run scenarios/kernels-gpu-quick.toml --device cuda --quiet --out "$RESULTS"
+if [ "$SERVING" = 1 ]; then
+  step "run serving-gpu" "$CAP_SERVING" "$PY" -m harness run scenarios/serving-gpu.toml --device cuda --quiet --out "$RESULTS"
+fi
 tar -czf "$OUT/results.tgz" -C "$OUT" results 2>>"$LOG" && rm -rf "$RESULTS"
 step "cuda tests" "$CAP_TESTS" "$PY" -m pytest -m "$CUDA_TESTS" -q -x -p no:cacheprovider
 echo "=== done in ${SECONDS}s of ${BUDGET_S}s, $failed step(s) failed; results.tgz holds results/<target>/: \

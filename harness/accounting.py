@@ -15,11 +15,17 @@ each sequence has its own context, ``context_len`` the longest: a contiguous cac
 sequence a slot for the longest, a paged one only the pages each sequence holds, and a step reads and
 computes over each sequence's own positions. A multi-token step (``variant.q_len`` = T new tokens per
 sequence, causal within them: speculative verification) writes T positions, reads the cache once per
-layer and does T tokens' matmuls.
+layer and does T tokens' matmuls. A prefill step (``variant.prefill``) takes a whole prompt of
+context_len tokens per sequence over an empty cache (:func:`step_span`): it writes and reads context_len
+positions and scores the causal triangle. A chunked-prefill step (``variant.chunk`` = C, harness/model/chunked.py)
+runs C prompt tokens of sequence 0 beside one decode token of each other sequence, all at context_len: every
+sequence's slot holds context_len + C positions (as the chunk's does), the step runs C + B - 1 tokens, sequence
+0 reads and scores as a C-token step, the others as a decode step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.lengths import MAX_RAGGED_BATCH, iter_lengths, sequence_lengths
@@ -35,6 +41,39 @@ DECODE_TOKENS = 1
 def cache_len(context_len: int, q_len: int = DECODE_TOKENS) -> int:
     """Positions the static KV cache is allocated for: the context plus the step's new tokens."""
     return context_len + q_len
+
+
+def step_span(variant: Variant, context_len: int) -> tuple[int, int]:
+    """Positions each sequence holds before a cell's step, and the new tokens per sequence the step adds:
+    (context_len, q_len) for a decode or verification step, (0, context_len) for a prefill (the whole prompt
+    of context_len tokens through the stack, filling the cache: the time to first token)."""
+    if variant.chunk is not None:
+        return (context_len, variant.chunk)  # the chunk's sequence, which sizes every slot
+    return (0, context_len) if variant.prefill else (context_len, variant.q_len)
+
+
+def step_tokens(variant: Variant, batch_size: int, context_len: int) -> int:
+    """Tokens one step runs through the stack: batch_size times the new tokens per sequence; a chunked-prefill
+    step's chunk and one token of each other sequence."""
+    if variant.chunk is not None:
+        return variant.chunk + batch_size - 1
+    return batch_size * step_span(variant, context_len)[1]
+
+
+Count = Callable[[int | None, int, int], int]  # (window, positions before, new tokens) -> a count
+
+
+def _uniform_sum(variant: Variant, batch_size: int, context_len: int, count: Count) -> int:
+    """``count(window, before, new)`` over all L layers, summed over a uniform batch's sequences: each at the
+    step's span, or for a chunked-prefill step sequence 0 at the chunk's and the others at a decode token's."""
+    before, new = step_span(variant, context_len)
+
+    def layers(n_new: int) -> int:
+        return sum(count(window, before, n_new) for window in variant.windows)
+
+    if variant.chunk is None:
+        return batch_size * layers(new)
+    return layers(new) + (batch_size - 1) * layers(1)
 
 
 def held_len(window: int | None, context_len: int, q_len: int = DECODE_TOKENS) -> int:
@@ -142,11 +181,11 @@ def kv_bytes_per_sequence(variant: Variant, dtype: str, context_len: int) -> int
     per_position = variant.cache_width * kv_element_bytes(variant, dtype)
     if variant.page_size is not None:
         page = variant.page_size
-        positions = cache_len(context_len, variant.q_len)
+        positions = cache_len(*step_span(variant, context_len))
         pages = sum(pages_per_sequence(variant.windows[p], positions, page) for p in variant.producers)
         return pages * (page * per_position + BLOCK_TABLE_ENTRY_BYTES)
     return sum(
-        per_position * held_len(variant.windows[layer], context_len, variant.q_len) for layer in variant.producers
+        per_position * held_len(variant.windows[layer], *step_span(variant, context_len)) for layer in variant.producers
     )
 
 
@@ -173,8 +212,8 @@ def _paged_sequence_bytes(variant: Variant, dtype: str, length: int, context_len
     total = 0
     for producer in variant.producers:
         window = variant.windows[producer]
-        total += pages_per_sequence(window, cache_len(length, variant.q_len), page) * page * per_position
-        total += pages_per_sequence(window, cache_len(context_len, variant.q_len), page) * BLOCK_TABLE_ENTRY_BYTES
+        total += pages_per_sequence(window, cache_len(*step_span(variant, length)), page) * page * per_position
+        total += pages_per_sequence(window, cache_len(*step_span(variant, context_len)), page) * BLOCK_TABLE_ENTRY_BYTES
     return total
 
 
@@ -191,7 +230,7 @@ def _held_positions(variant: Variant, batch_size: int, context_len: int) -> int:
     """Cache positions all L layers attend in one decode step, summed over the batch's sequences (each at its
     own context in a ragged batch)."""
     if variant.lengths is None or not variant.lengths.ragged:
-        return batch_size * sum(read_len(window, context_len, variant.q_len) for window in variant.windows)
+        return _uniform_sum(variant, batch_size, context_len, read_len)
     lengths = sequence_lengths(variant.lengths, context_len, batch_size)
     return sum(read_len(window, length, variant.q_len) for length in lengths for window in variant.windows)
 
@@ -199,7 +238,7 @@ def _held_positions(variant: Variant, batch_size: int, context_len: int) -> int:
 def _attended_pairs(variant: Variant, batch_size: int, context_len: int) -> int:
     """(query, key) pairs all L layers score in one step, summed over the batch's sequences."""
     if variant.lengths is None or not variant.lengths.ragged:
-        return batch_size * sum(attended_pairs(window, context_len, variant.q_len) for window in variant.windows)
+        return _uniform_sum(variant, batch_size, context_len, attended_pairs)
     lengths = sequence_lengths(variant.lengths, context_len, batch_size)
     return sum(attended_pairs(window, length, variant.q_len) for length in lengths for window in variant.windows)
 
@@ -213,7 +252,7 @@ def attention_bytes_per_step(variant: Variant, dtype: str, batch_size: int, cont
     output write (MLA: the absorbed query of width d_c + d_h^R and the latent-width output).
     """
     width = DTYPE_BYTES[dtype]
-    tokens = batch_size * variant.q_len
+    tokens = step_tokens(variant, batch_size, context_len)
     q_and_out = variant.n_layers * tokens * variant.n_heads * (variant.score_width + variant.value_width) * width
     return _kv_read_bytes(variant, dtype, batch_size, context_len) + q_and_out
 
@@ -230,7 +269,7 @@ def bytes_per_step(model: ModelSpec, variant: Variant, dtype: str, batch_size: i
     """
     width = DTYPE_BYTES[dtype]
     params = param_counts(model, variant)
-    tokens = batch_size * variant.q_len
+    tokens = step_tokens(variant, batch_size, context_len)
     weights = (params.total - params.embedding + min(tokens, model.vocab_size) * model.d_model) * width
     kv_written = kv_bytes_per_token(variant, dtype) * tokens
     return weights + _kv_read_bytes(variant, dtype, batch_size, context_len) + kv_written
@@ -243,7 +282,8 @@ def flops_per_step(model: ModelSpec, variant: Variant, batch_size: int, context_
     value width) per position per layer: 4 · n_heads · head_dim for K/V attention (Chowdhery et al.
     2022, PaLM, appendix B), 2 · n_heads · (2 d_c + d_h^R) for MLA's absorbed form."""
     params = param_counts(model, variant)
-    return batch_size * variant.q_len * 2 * params.matmul + attention_flops_per_step(variant, batch_size, context_len)
+    tokens = step_tokens(variant, batch_size, context_len)
+    return tokens * 2 * params.matmul + attention_flops_per_step(variant, batch_size, context_len)
 
 
 def attention_flops_per_step(variant: Variant, batch_size: int, context_len: int) -> int:
@@ -262,8 +302,8 @@ def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str
     layer's attention scores over the most positions a layer holds (kept in float32), plus residual,
     normed and projected vectors.
     """
-    width, tokens = DTYPE_BYTES[dtype], variant.q_len
-    longest = max(read_len(window, context_len, tokens) for window in variant.windows)
+    width, tokens = DTYPE_BYTES[dtype], step_span(variant, context_len)[1]
+    longest = max(read_len(window, *step_span(variant, context_len)) for window in variant.windows)
     return tokens * (
         model.vocab_size * width
         + 3 * model.d_ff * width
@@ -292,6 +332,13 @@ def predicted_max_batch(
     free = budget_bytes - weight_bytes(model, variant, dtype) - kv_scale_bytes(variant) - workspace_bytes
     if variant.page_size is not None and variant.lengths is not None and variant.lengths.ragged:
         return _ragged_paged_max_batch(model, variant, dtype, context_len, free)
+    if variant.chunk is not None:
+        # the chunk's sequence brings chunk tokens of activations, every other sequence one token's
+        per_token = activation_bytes_per_sequence(model, variant, dtype, context_len) // variant.chunk
+        free -= (variant.chunk - 1) * per_token
+        if free <= 0:
+            return 0
+        return max(0, free // (kv_bytes_per_sequence(variant, dtype, context_len) + per_token))
     return max(0, free // bytes_per_sequence(model, variant, dtype, context_len))
 
 

@@ -60,7 +60,8 @@ def ragged_unsupported(backend: str) -> str | None:
 
 
 def multi_token_unsupported(variant: Variant) -> str | None:
-    """Why a step of ``variant.q_len`` new tokens per sequence is not measured for ``variant``, or None."""
+    """Why a step of ``variant.q_len`` new tokens per sequence (or a prefill of the whole prompt) is not measured
+    for ``variant``, or None."""
     if variant.lengths is not None and variant.lengths.ragged:
         return "a ragged batch takes one new token per sequence; multi-token steps run on uniform batches"
     if variant.is_windowed:
@@ -146,11 +147,11 @@ def unsupported_reason(
         return reason
     if variant.lengths is not None and variant.lengths.ragged and (reason := ragged_unsupported(backend)) is not None:
         return reason
-    if variant.q_len > 1:
+    if variant.q_len > 1 or variant.prefill or variant.chunk is not None:
         if (reason := multi_token_unsupported(variant)) is not None:
             return reason
         if not spec.multi_token:
-            return f"attention backend {backend!r} takes one new token per sequence; q_len {variant.q_len} is not run"
+            return f"attention backend {backend!r} takes one new token per sequence; this step has several"
     if (reason := _shape_unsupported(spec, variant, dtype)) is not None:
         return reason
     if variant.kv_dtype is not None:

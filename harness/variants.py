@@ -228,6 +228,10 @@ class Variant:
     page_size: int | None = None  # positions per cache page (harness/model/paged.py); None: contiguous
     lengths: LengthMix | None = None  # each sequence's context in a ragged batch (harness/lengths.py); None: all alike
     q_len: int = 1  # new tokens per sequence per step (sweep.q_len): 1 is a decode step, more a verification step
+    # sweep.prefill: the step is the whole prompt (context_len tokens per sequence) over an empty cache
+    prefill: bool = False
+    # sweep.prefill_chunk: a chunked-prefill step, sequence 0 adding this many prompt tokens, the others one each
+    chunk: int | None = None
 
     def __post_init__(self) -> None:
         if self.layer_windows and all(window is None for window in self.layer_windows):
@@ -250,6 +254,13 @@ class Variant:
             raise ValueError(f"page_size must be positive, got {self.page_size}")
         if self.q_len < 1:
             raise ValueError(f"q_len must be positive, got {self.q_len}")
+        if self.prefill and self.q_len != 1:
+            raise ValueError(f"a prefill step takes the whole prompt, not q_len {self.q_len}")
+        if self.chunk is not None and (self.chunk < 1 or self.prefill or self.q_len != 1):
+            raise ValueError(
+                f"a chunked-prefill step takes a positive chunk beside one token per other sequence, got chunk "
+                f"{self.chunk} with prefill {self.prefill} and q_len {self.q_len}"
+            )
         if self.mla is not None:
             if self.n_kv_heads != 1:
                 raise ValueError(
@@ -380,7 +391,9 @@ class Variant:
             kv += "(per-head scales)"
         pages = f"-P{self.page_size}" if self.page_size is not None else ""
         ragged = f"-{self.lengths.label}" if self.lengths is not None and self.lengths.ragged else ""
-        step = f"-T{self.q_len}" if self.q_len > 1 else ""
+        step = f"-T{self.q_len}" if self.q_len > 1 else "-prefill" if self.prefill else ""
+        if self.chunk is not None:
+            step = f"-chunk{self.chunk}"
         return f"{base}{sharing}{windows}{kv}{ragged}{pages}{step}"
 
     def to_payload(self) -> dict[str, Any]:
@@ -398,6 +411,8 @@ class Variant:
             "page_size": self.page_size,
             "lengths": None if self.lengths is None else asdict(self.lengths),
             "q_len": self.q_len,
+            "prefill": self.prefill,
+            "chunk": self.chunk,
         }
 
     @classmethod
@@ -416,6 +431,8 @@ class Variant:
             page_size=payload.get("page_size"),
             lengths=_length_mix(payload.get("lengths")),
             q_len=payload.get("q_len", 1),
+            prefill=payload.get("prefill", False),
+            chunk=payload.get("chunk"),
         )
 
 

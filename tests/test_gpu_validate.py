@@ -49,6 +49,19 @@ def test_the_dry_run_goes_through_every_step_within_the_budget(tmp_path: Path) -
     assert not (out / "results").exists()
 
 
+@pytest.mark.slow
+def test_serving_adds_the_serving_scenarios_gpu_form_with_its_cap_on_top_of_the_budget(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = script("--dry-run", env={"OUT": str(out), "SERVING": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (out / "log.txt").read_text()
+    for title in (*STEPS, "run serving-gpu"):
+        assert re.search(rf"^=== {title}: exit 0 after \d+s$", log, re.MULTILINE), title
+    assert "=== run serving-gpu (cap 70s)" in log
+    finished = re.search(r"=== done in (\d+)s of (\d+)s, 0 step\(s\) failed", log)
+    assert finished is not None and int(finished[2]) == 375
+
+
 def test_caps_that_do_not_fit_the_budget_stop_the_script_before_any_step(tmp_path: Path) -> None:
     done = script("--dry-run", env={"OUT": str(tmp_path / "out"), "BUDGET_S": "200"})
     assert done.returncode == 2

@@ -155,3 +155,31 @@ def test_a_two_token_step_moves_the_cache_once_and_the_report_shows_it_below_the
     section = "\n".join(paging.multi_token_section(result))
     rows = [line for line in section.splitlines() if line.startswith("| H16-MQA-CLA2-P4")]
     assert [row.split("|")[2].strip() for row in rows[:2]] == ["1", "2"]
+
+
+def test_the_roofline_section_gives_both_fractions_and_each_crossover_beside_its_prediction(
+    paged_run: tuple[RunResult, int],
+):
+    from harness.report.roofline import flops_fraction, matmul_peak_tflops, roofline_section
+
+    result, _ = paged_run
+    assert matmul_peak_tflops(result, "float32") is not None  # probed once per target, kept in the environment
+    cell = next(c for c in result.cells if (c.variant, c.backend) == ("H16-MQA-CLA2-P4-T2", "eager"))
+    fraction = flops_fraction(result, cell)
+    assert fraction is not None and fraction > 0
+    lines = "\n".join(roofline_section(result)).splitlines()
+    crossover = [line.split("|") for line in lines if line.startswith("| H16-MQA-CLA2-P4 ") and "1, 2" in line]
+    assert len(crossover) == 1  # the eager one-token paged cell with its two-token step
+    predicted, measured = crossover[0][5].strip(), crossover[0][6].strip()
+    assert predicted.lstrip("> ").isdigit() and measured.lstrip("> ").isdigit()
+
+
+def test_a_paged_step_of_several_tokens_is_set_beside_the_contiguous_step_of_as_many(
+    paged_run: tuple[RunResult, int],
+):
+    result, _ = paged_run
+    cells = {(c.variant, c.backend): c for c in result.cells}
+    partner = paging.contiguous_partner(cells[("H16-MQA-CLA2-P4-T2", "eager")], result.cells)
+    assert partner is not None and partner.variant == "H16-MQA-CLA2-T2"
+    ragged = paging.contiguous_partner(cells[("H16-MQA-CLA2-fixed(1,0.5,0.25)-P4", "eager")], result.cells)
+    assert ragged is not None and ragged.variant == "H16-MQA-CLA2-fixed(1,0.5,0.25)"

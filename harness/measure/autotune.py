@@ -63,7 +63,7 @@ def choose_backend(
     available = tuple(name for name in available_backends(device_type) if decoder.supports(name) is None)
     time_one = timer if timer is not None else _default_timer(device_type)
     per_candidate_s = time_budget_s / max(1, len(names))
-    q = _query(decoder, cache, seed)
+    q = _query(decoder, cache, seed, pos)
     expected = decoder.reference_attention(q, cache, pos)
     tolerance = output_tolerance(decoder.dtype, device_type)
     latencies_s: dict[str, float] = {}
@@ -92,10 +92,11 @@ def choose_backend(
     return AutoChoice(backend=min(latencies_s, key=latencies_s.__getitem__), latencies_s=latencies_s, rejected=rejected)
 
 
-def _query(decoder: Decoder, cache: KVCache, seed: int) -> Tensor:
-    """A standard-normal query (:meth:`Decoder.core_query_shape`) in the decoder's dtype, on its device."""
+def _query(decoder: Decoder, cache: KVCache, seed: int, pos: int) -> Tensor:
+    """A standard-normal query (:meth:`Decoder.core_query_shape`) in the decoder's dtype, on its device, for the
+    new positions pos .. the cache's end (a decode step's q_len, a prefill's whole prompt)."""
     generator = torch.Generator(device=decoder.device).manual_seed(seed)
-    shape = decoder.core_query_shape(cache.batch_size)
+    shape = decoder.core_query_shape(cache.batch_size, cache.cache_len - pos)
     return torch.randn(shape, generator=generator, device=decoder.device).to(decoder.dtype)
 
 

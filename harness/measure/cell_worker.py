@@ -93,14 +93,15 @@ def _build_and_step(
             weights="synthetic" if fill else "zeros",
         )
         lengths = sequence_lengths(variant.lengths, context_len, batch_size) if variant.lengths else None
+        start, n_new = accounting.step_span(variant, context_len)  # a prefill: the whole prompt from position 0
         cache = decoder.allocate_cache(
-            batch_size, accounting.cache_len(context_len, variant.q_len), page_seed=request.seed, lengths=lengths
+            batch_size, accounting.cache_len(start, n_new), page_seed=request.seed, lengths=lengths
         )
         if fill:
             generator = torch.Generator(device=device).manual_seed(request.seed)
-            decoder.fill_cache_synthetic(cache, context_len, generator)
-        tokens = torch.randint(0, model.vocab_size, (batch_size, variant.q_len), device=device)
-        decoder.decode_step(tokens, cache, context_len)
+            decoder.fill_cache_synthetic(cache, start, generator)
+        tokens = torch.randint(0, model.vocab_size, (batch_size, n_new), device=device)
+        decoder.decode_step(tokens, cache, start)
         _sync(device)
     return decoder, cache, tokens, tracker.result()
 
@@ -327,15 +328,15 @@ def measure_cell(request: CellRequest) -> dict[str, Any]:
             out["peak_memory_bytes"] = memory.peak_allocated_bytes
             out["peak_reserved_bytes"] = memory.peak_reserved_bytes
             out["nvml_process_bytes"] = memory.process_bytes if is_cuda(device) else None
-        context_len, batch_size = request.context_len, request.batch_size
-        variant = decoder.variant
-        q = torch.randn(decoder.core_query_shape(batch_size), device=device, dtype=decoder.dtype)
+        batch_size, variant = request.batch_size, decoder.variant
+        context_len = accounting.step_span(variant, request.context_len)[0]  # where the step starts
+        q = torch.randn(decoder.core_query_shape(batch_size, tokens.shape[1]), device=device, dtype=decoder.dtype)
         timer = _CellTimer(request, decoder.dtype)
         timer.graphs = timer.graphs and backends.get(backend).graph_capturable  # else timed eagerly, with events
-        if not repeat:  # the backend's output on this very query and cache, against float64
+        if not repeat and variant.chunk is None:  # the backend's output on this very query and cache, against float64
             agrees = output_check(decoder, q, cache, context_len, timer.tolerance)
             timer.checks += [] if agrees is None else [agrees.model_dump()]
-        if backend == "sdpa" and not repeat:
+        if backend == "sdpa" and not repeat and variant.chunk is None:  # a packed step makes two calls a layer
             observed = _observe_sdpa(decoder, cache, q, context_len)
             check = observed.pop("check")
             if check is not None:
@@ -397,7 +398,7 @@ def choose_auto_backend(request: CellRequest) -> dict[str, Any]:
     torch.manual_seed(request.seed)
     with torch.inference_mode():
         decoder, cache, _, _ = _build_and_step(request, start, fill=True)
-        choice = choose_backend(decoder, cache, request.context_len)
+        choice = choose_backend(decoder, cache, accounting.step_span(decoder.variant, request.context_len)[0])
     return {"backend": choice.backend, "latencies_s": choice.latencies_s, "rejected": choice.rejected}
 
 

@@ -46,6 +46,7 @@ class Entry(StrEnum):
     PROBE_BATCH = "harness.measure.cell_worker:probe_batch"
     DESCRIBE_MACHINE = "harness.measure.cell_worker:describe_machine"
     PROBE_PEAK = "harness.measure.cell_worker:probe_peak"
+    PROBE_MATMUL = "harness.measure.matmul_peak:probe_matmul"
     MEASURE_TRAIN_STEP = "harness.measure.train_step:measure_train_step"
     MEASURE_RANK = "harness.measure.tp_rank:measure_rank"
 
@@ -83,7 +84,7 @@ class MachineRequest(Request):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeakRequest(Request):
-    """probe_peak: the target's peak bandwidth, cached per target."""
+    """probe_peak and probe_matmul: the target's peak bandwidth or matmul rate, cached per target."""
 
     device: str
     target: str

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from harness import backends
 from harness.backend_support import mla_forms, unsupported_reason
 from harness.model.attention import attend_visible
+from harness.model.chunked import PackedSlot, chunked_step, packed_query_shape
 from harness.model.kvcache import KVCache, LayerCache, Visible, slot_tensors
 from harness.model.layers import RMSNorm, Rotation, apply_rope, rope_angles
 from harness.model.mla import LatentAttention
@@ -76,7 +77,10 @@ class Attention(nn.Module):
         return self.wo(out)
 
     def attend_cache(self, q: Tensor, slot: LayerCache, start_pos: int, backend: str) -> Tensor:
-        """The attention op over the slot, for queries q [B, n_heads, T, head_dim] at positions start_pos ..."""
+        """The attention op over the slot, for queries q [B, n_heads, T, head_dim] at positions start_pos ...
+        (a chunked-prefill step's packed slot: part by part)."""
+        if isinstance(slot, PackedSlot):
+            return slot.attend_parts(q, lambda part, rows: self.attend_cache(part, rows, start_pos, backend))
         return attend_visible(q, slot.visible(start_pos, q.shape[2]), slot, backend=backend)
 
     def core_query_width(self, backend: str) -> int:
@@ -246,6 +250,8 @@ class Decoder(nn.Module):
             return
         for tensor, scale in self._filled(cache):
             n_fill = min(length, tensor.shape[2])
+            if n_fill == 0:  # a prefill's empty cache: nothing to fill
+                continue
             n_block = min(n_fill, SYNTHETIC_BLOCK)
             block = tensor[:, :, :n_block]  # [B, heads, block, width]
             if scale is None:
@@ -301,14 +307,19 @@ class Decoder(nn.Module):
 
     def decode_step(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
         """Logits [B, T, vocab_size] for T new tokens per sequence, tokens [B, T], at positions ``pos`` ...
-        (T = 1: a decode step; more: a verification step, causal within the new tokens)."""
+        (T = 1: a decode step; more: a verification step, causal within the new tokens). A chunked-prefill
+        variant runs its packed step instead (harness/model/chunked.py): logits [1, chunk + B - 1, vocab_size]."""
+        if self.variant.chunk is not None:
+            return chunked_step(self, tokens, cache, pos)
         return self(tokens, cache, pos)
 
-    def core_query_shape(self, batch_size: int) -> tuple[int, int, int, int]:
-        """Shape of the query :meth:`core_attention` takes: [B, n_heads, q_len, width], width per the backend's form
-        (head_dim; for MLA the absorbed d_c + d_h^R, or d_h + d_h^R for ``naive``)."""
+    def core_query_shape(self, batch_size: int, n_new: int | None = None) -> tuple[int, int, int, int]:
+        """Shape of the query :meth:`core_attention` takes: [B, n_heads, n_new, width] (n_new default q_len; a
+        prefill's is its prompt), width per the backend's form (head_dim; for MLA the absorbed d_c + d_h^R, or
+        d_h + d_h^R for ``naive``)."""
         width = self._attention(0).core_query_width(self.backend)
-        return (batch_size, self.variant.n_heads, self.variant.q_len, width)
+        shape = (batch_size, self.variant.n_heads, self.variant.q_len if n_new is None else n_new, width)
+        return shape if self.variant.chunk is None else packed_query_shape(shape, self.variant.chunk)
 
     def core_attention(self, q: Tensor, cache: KVCache, pos: int) -> Tensor:
         """The attention op alone, for each of the L layers, over what its producer's slot holds for position ``pos``.
@@ -325,8 +336,12 @@ class Decoder(nn.Module):
     def core_attention_layers(self, q: Tensor, cache: KVCache, pos: int) -> list[Callable[[], Tensor]]:
         """:meth:`core_attention` as one call per layer, in layer order (each returns that layer's output)."""
 
+        chunk = self.variant.chunk
+        slots = [slot if chunk is None else PackedSlot.of(slot, chunk) for slot in cache.slots]
+
         def layer_attention(layer: int) -> Callable[[], Tensor]:
-            return lambda: self._attention(layer).attend_cache(q, cache.layer(layer), pos, self.backend)
+            slot = slots[cache.index_of_layer(layer)]
+            return lambda: self._attention(layer).attend_cache(q, slot, pos, self.backend)
 
         return [layer_attention(layer) for layer in range(self.variant.n_layers)]
 
@@ -341,7 +356,15 @@ class Decoder(nn.Module):
         MLA's ``naive`` form has its own query width and no cheaper reference; it is computed as it runs.
         """
         layer = self.variant.n_layers - 1
-        attention, slot = self._attention(layer), cache.layer(layer)
+        slot = cache.layer(layer)
+        if self.variant.chunk is not None:  # a chunked-prefill step's packed query: part by part
+            packed = PackedSlot.of(slot, self.variant.chunk)
+            return packed.attend_parts(q, lambda part, rows: self._reference(layer, part, rows, pos))
+        return self._reference(layer, q, slot, pos)
+
+    def _reference(self, layer: int, q: Tensor, slot: LayerCache, pos: int) -> Tensor:
+        """:meth:`reference_attention` of ``layer`` over one slot."""
+        attention = self._attention(layer)
         if self.backend in mla_forms():
             return attention.attend_cache(q, slot, pos, self.backend)
         visible = slot.visible(pos, q.shape[2])

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.model.attention import attend_visible
+from harness.model.chunked import PackedSlot
 from harness.model.kvcache import LayerCache, Visible
 from harness.model.layers import RMSNorm, Rotation, apply_rope
 from harness.model.paged import PagedVisible
@@ -119,6 +120,8 @@ class LatentAttention(nn.Module):
         absorbed: q [B, n_heads, T, d_c + d_h^R] -> latent-space output [B, n_heads, T, d_c];
         naive: q [B, n_heads, T, d_h + d_h^R] -> [B, n_heads, T, d_v].
         """
+        if isinstance(slot, PackedSlot):  # a chunked-prefill step: part by part
+            return slot.attend_parts(q, lambda part, rows: self.attend_cache(part, rows, start_pos, backend))
         visible = slot.visible(start_pos, q.shape[2])
         if backend != "naive":
             return attend_visible(q, visible, slot, backend=backend, scale=self.softmax_scale)

@@ -53,7 +53,8 @@ def cell_features(
 
 
 def variant_of(cell: CellResult) -> Variant:
-    """The variant a result cell measured, from the shape fields it records."""
+    """The variant a result cell measured, from the shape fields it records (its cache layout and step too; a
+    ragged batch's lengths are not rebuilt: :func:`observations` leaves ragged cells out)."""
     return Variant(
         name=cell.variant,
         head_dim=cell.head_dim,
@@ -64,6 +65,10 @@ def variant_of(cell: CellResult) -> Variant:
         kv_dtype=cell.kv_dtype,
         kv_scale=cell.kv_scale or "tensor",
         mla=MLAShape(**cell.mla) if cell.mla else None,  # type: ignore[arg-type]
+        page_size=cell.page_size,
+        q_len=cell.q_len or 1,
+        prefill=bool(cell.prefill),
+        chunk=cell.chunk,
     )
 
 
@@ -97,7 +102,8 @@ def _memory_points(cell: CellResult) -> tuple[tuple[int, int], ...]:
 
 
 def observations(result: RunResult, path: Path) -> list[Observation]:
-    """Every measured cell of ``result`` that the model may learn from: ``ok``, its self-checks passed."""
+    """Every measured cell of ``result`` that the model may learn from: ``ok``, its self-checks passed, a uniform
+    batch (a ragged one's accounting needs its lengths, which a cell records but not as a mix)."""
     try:
         model = ModelSpec.model_validate(result.scenario.model)
     except ValidationError:  # a file whose model table this version does not know: nothing to learn from
@@ -106,7 +112,7 @@ def observations(result: RunResult, path: Path) -> list[Observation]:
     out = []
     for cell in result.cells:
         metrics = cell.metrics
-        if cell.status != "ok" or metrics is None or cell.checks_failed:
+        if cell.status != "ok" or metrics is None or cell.checks_failed or cell.length_mix is not None:
             continue
         try:
             variant = variant_of(cell)

@@ -44,12 +44,17 @@ def _decode(cell: CellResult | None) -> str:
 
 
 def contiguous_partner(cell: CellResult, cells: list[CellResult]) -> CellResult | None:
-    """The contiguous cell a paged cell is measured against, if the run has it."""
+    """The contiguous cell a paged cell is measured against, if the run has it: the same name without its page
+    suffix, which a step suffix may follow (``X-P16-T4`` against ``X-T4``, ``X-P16-prefill`` against
+    ``X-prefill``)."""
     assert cell.page_size is not None
+    suffix = paged_name("", cell.page_size)
+    head, found, tail = cell.variant.rpartition(suffix)
+    contiguous = head + tail if found and (not tail or tail.startswith("-")) else None
     for other in cells:
         if (
             other.page_size is None
-            and paged_name(other.variant, cell.page_size) == cell.variant
+            and other.variant == contiguous
             and (other.batch_size, other.context_len, other.dtype, other.backend)
             == (cell.batch_size, cell.context_len, cell.dtype, cell.backend)
         ):

@@ -19,7 +19,7 @@ from tabulate import tabulate
 from harness.cellkey import CellKey
 from harness.history import PAGE_NAME, figure_name
 from harness.measure.window import STEADY_TOLERANCE
-from harness.report import paging, plots, predicted, savings, tables, tp_section
+from harness.report import paging, plots, predicted, prefill, roofline, savings, tables, tp_section
 from harness.report.claims import TOLERANCE_NOTES, check_claims
 from harness.report.provenance import banner, missing_evidence, rendered_by, without_evidence
 from harness.report.verdict import verdict_section
@@ -292,6 +292,8 @@ def render_scenario(loaded: LoadedResult, report_dir: Path, files: dict[str, str
     lines += paging.paging_section(result)
     lines += paging.ragged_section(result)
     lines += paging.multi_token_section(result)
+    lines += prefill.prefill_section(result)
+    lines += roofline.roofline_section(result)
     lines += tp_section.tp_section(result)
     predicted_lines, predicted_files = predicted.prediction_section(
         result, f"{slug(result.scenario.name)}-predicted-vs-measured.png"

@@ -268,6 +268,8 @@ class CellResult(_Model):
     length_mix: str | None = None  # how a ragged batch's contexts are spread (sweep.lengths); null: all context_len
     context_lens: list[Size] | None = None  # a ragged batch's context per sequence, context_len the longest
     q_len: Size | None = None  # new tokens per sequence per step (sweep.q_len) when more than 1; null: one
+    prefill: bool | None = None  # true: the step is the whole context_len prompt over an empty cache (sweep.prefill)
+    chunk: Size | None = None  # a chunked-prefill step's chunk (sweep.prefill_chunk): sequence 0's prompt tokens
     # timeout: no answer within measure.cell_timeout_s; unsupported: the backend cannot run this variant on this
     # device (the error says why), not measured; killed: the worker was ended by SIGKILL without a word (the
     # error names the likely cause: the out-of-memory killer, or another process)

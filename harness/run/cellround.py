@@ -88,6 +88,8 @@ def cache_fields(variant: Variant, dtype: str, context_len: int) -> dict[str, An
         "page_size": variant.page_size,
         "length_mix": variant.lengths.label if variant.lengths is not None and variant.lengths.ragged else None,
         "q_len": variant.q_len if variant.q_len > 1 else None,
+        "prefill": variant.prefill or None,
+        "chunk": variant.chunk,
     }
 
 

@@ -36,13 +36,25 @@ def probe_peak(
     return outcome.value
 
 
+def probe_matmul(
+    workers: WorkerCaller, device: str, target: str, environment: dict[str, Any], timeout_s: float | None
+) -> dict[str, Any] | None:
+    """The target's peak matmul rate per dtype (cached per target: harness/measure/matmul_peak.py); None when the
+    probe failed, which leaves only the FLOP/s fractions out."""
+    request = PeakRequest(target=target, device=device, environment=environment)
+    outcome = workers.call(Entry.PROBE_MATMUL, request, timeout_s=timeout_s)
+    return outcome.value if outcome.status == "ok" else None
+
+
 def peak_gbps(peak: dict[str, Any]) -> float:
     """What bandwidth fractions divide by: the larger of the read and copy probes."""
     return max(float(peak["read_gbps"]), float(peak["copy_gbps"]))
 
 
 def describe_node(workers: WorkerCaller, device: str, threads: int | None, timeout_s: float | None) -> NodeInfo:
-    """The node's target, its fingerprint with the peak probe under ``peak_bandwidth``, and its peak."""
+    """The node's target, its fingerprint with the peak probes under ``peak_bandwidth`` and ``peak_matmul``, and its
+    peak bandwidth."""
     target, environment = describe(workers, device, threads, timeout_s)
     peak = probe_peak(workers, device, target, environment, timeout_s)
-    return NodeInfo(target, {**environment, "peak_bandwidth": peak}, peak_gbps(peak))
+    matmul = probe_matmul(workers, device, target, environment, timeout_s)
+    return NodeInfo(target, {**environment, "peak_bandwidth": peak, "peak_matmul": matmul}, peak_gbps(peak))

@@ -40,7 +40,7 @@ from harness.run import runfiles
 from harness.run.executor import Executor, NoPlacement
 from harness.run.jobs import CellJob, CellOutcome, NodeInfo
 from harness.run.local import LocalExecutor
-from harness.run.node import describe, peak_gbps, probe_peak
+from harness.run.node import describe, peak_gbps, probe_matmul, probe_peak
 from harness.run.runfiles import ResultFile, RunIdentity, git_info, needed_bytes
 from harness.run.shards import shard_cells
 from harness.run.worker import IsolatedRunner
@@ -210,6 +210,9 @@ class Runner:
             peak = self._peak(target, result.environment)
             result.environment["peak_bandwidth"] = peak
             result.peak_bandwidth_gbps = peak_gbps(peak)
+        if "peak_matmul" not in result.environment:
+            matmul = probe_matmul(self.workers, self.device, target, result.environment, self.timeout_s)
+            result.environment["peak_matmul"] = matmul
         file.save()
         here = NodeInfo(target, result.environment, result.peak_bandwidth_gbps)
         self.executor = LocalExecutor(self.workers, here, self.device)

@@ -33,12 +33,17 @@ class Cell:
 
 def expand_cells(scenario: Scenario, variants: tuple[Variant, ...]) -> list[Cell]:
     """All cells in a stable order: variant-major (each variant in the order of ``sweep.page_size``'s layouts,
-    each in the order of ``sweep.lengths``' mixes, each at each ``sweep.q_len``), then dtype, backend, context,
+    each in the order of ``sweep.lengths``' mixes, each at each ``sweep.q_len``, then the layout's prefill form
+    with ``sweep.prefill`` and chunked-prefill forms of ``sweep.prefill_chunk``), then dtype, backend, context,
     batch."""
     dtypes = scenario.sweep.dtype or [scenario.model.dtype]
     sweep, seed = scenario.sweep, scenario.measure.seed
     laid_out = [
-        form for variant in variants for form in layouts(variant, sweep.page_size, sweep.lengths, seed, sweep.q_len)
+        form
+        for variant in variants
+        for form in layouts(
+            variant, sweep.page_size, sweep.lengths, seed, sweep.q_len, sweep.prefill, sweep.prefill_chunk
+        )
     ]
     return [
         Cell(variant, batch, context, dtype, backend)

@@ -167,6 +167,19 @@ class SweepSpec(_Strict):
         "verification); a form with more is named <variant>-T<q_len>",
     )
 
+    prefill: bool = Field(
+        False,
+        description="also measure, per cache layout, each variant's prefill: the whole prompt of context_len "
+        "tokens per sequence through the stack over an empty cache (the time to first token), named "
+        "<variant>-prefill",
+    )
+    prefill_chunk: list[Annotated[int, Field(gt=0, le=65536)]] = Field(
+        [],
+        description="chunk sizes of chunked-prefill steps also measured per cache layout: sequence 0 of each batch "
+        "adds a chunk of this many prompt tokens beside one decode token of each other sequence, all at "
+        "context_len, in one packed step; named <variant>-chunk<size>",
+    )
+
     @model_validator(mode="after")
     def _no_repeats(self) -> SweepSpec:
         for mix in self.lengths or []:
@@ -181,7 +194,7 @@ class SweepSpec(_Strict):
                 f"a ragged batch (sweep.lengths) draws one length per sequence: batch_size at most "
                 f"{MAX_RAGGED_BATCH}, got {max(self.batch_size)}"
             )
-        for axis in ("batch_size", "context_len", "backend", "dtype", "tp", "page_size", "q_len"):
+        for axis in ("batch_size", "context_len", "backend", "dtype", "tp", "page_size", "q_len", "prefill_chunk"):
             values = getattr(self, axis)
             if values is not None and len(set(values)) != len(values):
                 raise ValueError(f"sweep.{axis} repeats a value: {values}")

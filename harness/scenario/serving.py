@@ -6,9 +6,13 @@ pages (harness/model/paged.py), named ``<variant>-P<page_size>``. ``sweep.length
 context lengths are spread (harness/lengths.py); a ragged form is named ``<variant>-longtail``,
 ``-uniform`` or ``-fixed(1,0.5)`` after its mix, before any page suffix (``H128-GQA8-longtail-P16``).
 ``sweep.q_len`` lists new tokens per sequence per step; a form with more than one is named
-``<variant>-T<q_len>`` after everything else (``H128-GQA8-P16-T4``). Results, resume, compare and the
-report tell the forms apart by variant name and pair each paged, ragged or multi-token cell with its
-contiguous, uniform, one-token one.
+``<variant>-T<q_len>`` after everything else (``H128-GQA8-P16-T4``). ``sweep.prefill`` adds, per cache
+layout, a prefill form named ``<variant>-prefill`` (after any page suffix): its step is the whole prompt of
+``context_len`` tokens per sequence over an empty cache, whose latency is the time to first token.
+``sweep.prefill_chunk`` adds, per cache layout and chunk size C, a chunked-prefill form named ``<variant>-chunk<C>``:
+sequence 0 adds C prompt tokens beside one decode token of each other sequence (harness/model/chunked.py).
+Results, resume, compare and the report tell the forms apart by variant name and pair each paged, ragged
+or multi-token cell with its contiguous, uniform, one-token one.
 """
 
 from __future__ import annotations
@@ -57,20 +61,36 @@ def with_q_len(variant: Variant, q_len: int) -> Variant:
     return dataclasses.replace(variant, name=f"{variant.name}-T{q_len}", q_len=q_len)
 
 
+def with_prefill(variant: Variant) -> Variant:
+    """``variant`` prefilling a whole prompt in one step, named ``<variant>-prefill``."""
+    return dataclasses.replace(variant, name=f"{variant.name}-prefill", prefill=True)
+
+
+def with_chunk(variant: Variant, chunk: int) -> Variant:
+    """``variant`` in chunked-prefill steps of ``chunk`` prompt tokens, named ``<variant>-chunk<chunk>``."""
+    return dataclasses.replace(variant, name=f"{variant.name}-chunk{chunk}", chunk=chunk)
+
+
 def layouts(
     variant: Variant,
     page_sizes: Sequence[int | str] | None,
     lengths: Sequence[str | Sequence[float]] | None = None,
     seed: int = 0,
     q_lens: Sequence[int] = (1,),
+    prefill: bool = False,
+    chunks: Sequence[int] = (),
 ) -> list[Variant]:
     """The forms of ``variant`` a sweep measures: each cache layout of ``sweep.page_size`` (None: contiguous
     only), each in each length mix of ``sweep.lengths`` (None: same), each at each ``sweep.q_len``, in that
-    order."""
+    order, and with ``prefill`` the layout's prefill form after them, then its chunked-prefill form for each of
+    ``chunks`` (a prompt is one length per batch)."""
     mixes = [length_mix(spec, seed) for spec in (lengths or ["same"])]
-    return [
-        with_q_len(with_layout(with_lengths(variant, mix), layout), q_len)
-        for layout in (page_sizes or [CONTIGUOUS])
-        for mix in mixes
-        for q_len in q_lens
-    ]
+    forms = []
+    for layout in page_sizes or [CONTIGUOUS]:
+        forms += [
+            with_q_len(with_layout(with_lengths(variant, mix), layout), q_len) for mix in mixes for q_len in q_lens
+        ]
+        if prefill:
+            forms.append(with_prefill(with_layout(variant, layout)))
+        forms += [with_chunk(with_layout(variant, layout), chunk) for chunk in chunks]
+    return forms
