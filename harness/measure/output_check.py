@@ -4,7 +4,8 @@ Every measured cell, whatever its backend (a built-in, an adapter or a plugin), 
 core attention once with that backend on the very query and cache it then times, and the same attention
 in float64 in the textbook form: softmax(q kᵀ · scale) v (Vaswani et al. 2017, eq. 1), one sequence and
 KV head at a time (no K/V repeated, a float8 cache dequantised with its scales, a ragged sequence's
-positions past its length and a multi-token step's future positions masked). The check
+positions past its length and a multi-token step's future positions masked, a chunked-prefill step's
+chunk and decode tokens each over their own sequences). The check
 ``output_matches_reference`` fails where any element differs by more than the dtype's tolerance
 (harness/measure/autotune.py's, relative to 1 + |reference|): a kernel that returns wrong numbers is a
 failed check in the result, the report and the run's warnings, not a fast result.
@@ -20,6 +21,8 @@ from torch import Tensor
 
 from harness.backend_support import mla_forms
 from harness.model.attention import causal_mask
+from harness.model.chunked import PackedSlot
+from harness.model.kvcache import LayerCache
 from harness.model.paged import PagedVisible
 from harness.model.quant import dequantize, is_fp8
 from harness.results.schema import Check
@@ -32,9 +35,18 @@ OUTPUT_MATCHES_REFERENCE = "output_matches_reference"
 
 def reference_float64(decoder: Decoder, q: Tensor, cache: KVCache, pos: int) -> Tensor:
     """The last layer's core attention for q (:meth:`Decoder.core_query_shape`) at position ``pos``, in float64:
-    [B, n_heads, T, value width]."""
+    [B, n_heads, T, value width]; a chunked-prefill step's packed query part by part, as the decoder reads it."""
     layer = decoder.variant.n_layers - 1
     slot = cache.layer(layer)
+    scale = decoder.softmax_scale(layer)
+    if decoder.variant.chunk is not None:
+        packed = PackedSlot.of(slot, decoder.variant.chunk)
+        return packed.attend_parts(q.double(), lambda part, rows: _reference_slot(part, rows, pos, scale))
+    return _reference_slot(q, slot, pos, scale)
+
+
+def _reference_slot(q: Tensor, slot: LayerCache, pos: int, scale: float) -> Tensor:
+    """softmax(q kᵀ · scale) v in float64 over what ``slot`` holds for the ``q.shape[2]`` tokens at ``pos``."""
     n_new = q.shape[2]
     visible = slot.visible(pos, n_new)
     if isinstance(visible, PagedVisible):
@@ -42,7 +54,6 @@ def reference_float64(decoder: Decoder, q: Tensor, cache: KVCache, pos: int) -> 
     k, v = visible.k, visible.v
     if visible.mask is None:
         k, v = k[:, :, : visible.start_pos + n_new], v[:, :, : visible.start_pos + n_new]  # [B, kv, S, width]
-    scale = decoder.softmax_scale(layer)
     seen = visible.mask  # [T, S] or None
     if seen is None and n_new > 1:
         seen = causal_mask(visible.start_pos, n_new, q.device)
