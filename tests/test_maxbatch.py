@@ -79,6 +79,17 @@ def test_a_prior_that_underestimates_memory_by_a_third_still_needs_few_probes():
     assert len(calls) <= 5
 
 
+@pytest.mark.parametrize("prior_factor", [0.25, 8.0, 40.0])
+def test_a_far_off_prior_is_replaced_by_the_measured_slope_after_two_probes(prior_factor: float):
+    # a chunked step's search, as measured: 0.6 GiB of weights, about 2.2 MB per sequence, 1 GiB budget,
+    # while the accounting's prior overstated a sequence 40-fold (its transient counted per sequence)
+    per_sequence, weights, budget = 2_230_000, 640 * 2**20, GiB
+    probe, calls = linear_memory(weights, per_sequence, budget)
+    result = search_max_batch(probe, 186, budget, prior_bytes_per_sequence=int(prior_factor * per_sequence))
+    assert result.measured == true_max(weights, per_sequence, budget)
+    assert len(calls) <= 5
+
+
 def test_the_boundarys_uncertainty_is_the_spread_of_repeated_peaks_in_sequences() -> None:
     probes = [
         Probe(57, True, 1_000_000_000, "ok"),

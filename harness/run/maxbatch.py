@@ -20,6 +20,11 @@ LINE_PROBES = 8  # probes guided by the memory line before falling back to bisec
 # run does not show: two runs of one commit (an A/A `attnbench ab` of the default scenario) measured
 # the same batch 0.73 MiB apart while each run's two probes of it agreed to the byte.
 RESIDENT_SET_NOISE_BYTES = 1 << 20
+# Two probes whose peaks differ by this much give a slope to trust over the accounting's prior: the
+# resident set's noise (above) is then at most a quarter of the rise. A prior far off (a transient the
+# accounting overstates) made the line creep a sequence or two per probe: a chunked step's search took
+# 18 probes to move from 186 to 194 sequences, each peak 2 MiB above the last.
+SLOPE_MIN_RISE_BYTES = 4 * RESIDENT_SET_NOISE_BYTES
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,8 @@ def _slope(probes: list[Probe], lo: int, hi: int, prior_bytes_per_sequence: int)
 
     Across the bracket when both of its ends were measured (a secant, as in regula falsi);
     otherwise from the two measured probes farthest apart, if they are far enough apart that
-    the resident set's noise cannot dominate (a quarter of the batch); else the accounting's
-    per-sequence bytes.
+    the resident set's noise cannot dominate (a quarter of the batch, or peaks SLOPE_MIN_RISE_BYTES
+    apart); else the accounting's per-sequence bytes.
     """
     peaks = {p.batch_size: p.peak_bytes for p in probes if p.peak_bytes is not None}
     if lo in peaks and hi in peaks and peaks[hi] > peaks[lo]:
@@ -53,7 +58,7 @@ def _slope(probes: list[Probe], lo: int, hi: int, prior_bytes_per_sequence: int)
     measured = sorted(peaks.items())
     if len(measured) >= 2:
         (b1, m1), (b2, m2) = measured[0], measured[-1]
-        if b2 - b1 >= max(2, b2 // 4) and m2 > m1:
+        if m2 > m1 and (b2 - b1 >= max(2, b2 // 4) or m2 - m1 >= SLOPE_MIN_RISE_BYTES):
             return (m2 - m1) / (b2 - b1)
     return float(prior_bytes_per_sequence)
 
