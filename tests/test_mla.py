@@ -12,8 +12,10 @@ from harness.model import Decoder, available_backends, build_decoder, resolve_ba
 from harness.scenario.schema import ModelSpec
 from harness.variants import MLAShape, Variant, sharing_map, window_layers
 
-# The forms MLA runs in on a CPU: the absorbed form through every backend that takes it, and naive.
-MLA_BACKENDS = [b for b in available_backends("cpu") if b not in ("native", "flex")] + ["naive"]
+# The forms MLA runs in on a CPU: the absorbed form through every backend that takes it, and naive. (These
+# latents are 40 wide, which the native kernel does not step through: native runs grouped here;
+# tests/test_native_mla.py runs the kernel itself on MLA.)
+MLA_BACKENDS = [b for b in available_backends("cpu") if b != "flex"] + ["naive"]
 TOKENS = 9
 
 # name -> (n_layers, KV sharing, q_lora_rank, windows)
@@ -116,7 +118,7 @@ def test_mla_consumers_read_their_producers_latent_with_their_own_up_projections
         assert f"layers.{layer}.attention.wkv_b.weight" in names
 
 
-@pytest.mark.parametrize("backend", ["native", "flex"])
+@pytest.mark.parametrize("backend", ["flex"])
 def test_backends_that_do_not_take_mla_refuse_it_with_the_reason(tiny_model: ModelSpec, backend: str) -> None:
     decoder = mla_decoder(tiny_model, "MLA")
     with pytest.raises(ValueError, match="MLA"):
@@ -126,7 +128,8 @@ def test_backends_that_do_not_take_mla_refuse_it_with_the_reason(tiny_model: Mod
 
 
 def test_auto_on_cpu_starts_mla_from_a_backend_that_takes_it(tiny_model: ModelSpec) -> None:
-    assert resolve_backend("auto", "cpu", mla_variant("MLA")) == "grouped"
+    expected = "native" if "native" in available_backends("cpu") else "grouped"
+    assert resolve_backend("auto", "cpu", mla_variant("MLA")) == expected
 
 
 def test_the_naive_form_is_refused_for_a_variant_without_a_latent(tiny_model: ModelSpec) -> None:
@@ -144,8 +147,8 @@ def test_auto_times_only_the_backends_that_take_mla_and_checks_them_against_the_
     cache = decoder.allocate_cache(2, 12)
     decoder.fill_cache_synthetic(cache, 11, torch.Generator().manual_seed(2))
     choice = choose_backend(decoder, cache, 11, timer=lambda fn, window_s: (fn(), 1.0)[1])
-    assert set(choice.latencies_s) == {"eager", "sdpa", "grouped"}
-    assert "MLA" in choice.rejected["native"]
+    assert set(choice.latencies_s) == {"eager", "sdpa", "grouped"} | ({"native"} & set(available_backends("cpu")))
+    assert choice.rejected == {}  # every CPU candidate takes MLA's absorbed form and agrees with eager
 
 
 def test_an_mla_stack_converts_to_cla_by_dropping_the_consumers_latent_projections(tiny_model: ModelSpec) -> None:

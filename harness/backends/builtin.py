@@ -62,7 +62,6 @@ NATIVE = BackendSpec(
     kernel=f"{ATTENTION}:native_kernel",
     summary="attnbench's compiled CPU decode kernel: one pass over the cache, split-KV, online softmax",
     devices=("cpu",),
-    mla=(),
     paged=True,
     ragged=True,
     graph_capturable=False,
@@ -70,11 +69,7 @@ NATIVE = BackendSpec(
     auto_candidate=True,
     unavailable="harness.backends.builtin:native_unavailable",
     paged_kernel=f"{ATTENTION}:native_paged",
-    refusals={
-        "fp8": "the native kernel widens float32, bfloat16 and float16 caches only",
-        "mla": "the native kernel reads K and V of one width; MLA's absorbed form reads a {width}-wide latent as "
-        "keys and its first {rank} columns as values",
-    },
+    refusals={"fp8": "the native kernel widens float32, bfloat16 and float16 caches only"},
 )
 FLEX = BackendSpec(
     name="flex",

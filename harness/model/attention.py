@@ -242,9 +242,9 @@ def native_kernel(
     table [[0], [1], ...]), which reads only the attended positions, or, where the kernel does not take the
     step, the masked textbook form."""
     if lengths is not None:
-        if _native_takes(q, k, v, scale):
+        if _native_takes(q, k, v):
             table = torch.arange(k.shape[0], device=k.device)[:, None]  # sequence b's slice is page b
-            return native.run_paged(q, k, v, table, torch.zeros_like(lengths), lengths)
+            return native.run_paged(q, k, v, table, torch.zeros_like(lengths), lengths, scale=scale)
         return _ragged_masked(q, k, v, lengths, scale, k_scale, v_scale)
     return _native(q, k, v, start_pos, scale)
 
@@ -253,10 +253,10 @@ def native_paged(q: Tensor, visible: PagedVisible, scale: float | None) -> Tenso
     """``native`` over a paged slot: its kernel reads the pages in place through the block table; None where
     the kernel does not take the step (the caller then attends a gathered copy)."""
     assert visible.block_table is not None
-    if not _native_takes(q, visible.k, visible.v, scale):
+    if not _native_takes(q, visible.k, visible.v):
         return None
     starts, stops = visible.spans()
-    return native.run_paged(q, visible.k, visible.v, visible.block_table, starts, stops)
+    return native.run_paged(q, visible.k, visible.v, visible.block_table, starts, stops, scale=scale)
 
 
 def flex_kernel(q: Tensor, k: Tensor, v: Tensor, *, start_pos: int, scale: float | None, **_: Tensor | None) -> Tensor:
@@ -353,11 +353,9 @@ def _ragged_masked(
     return torch.matmul(_softmax_f32(scores, v.dtype), v).to(q.dtype)  # [B, n_heads, 1, v_dim]
 
 
-def _native_takes(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> bool:
+def _native_takes(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Whether the native kernel runs this step itself (else ``native`` runs ``grouped``, as documented)."""
-    same_width = v.shape[-1] == k.shape[-1]
-    default_scale = scale is None or scale == 1.0 / math.sqrt(q.shape[-1])
-    return same_width and default_scale and native.supports(q, k) is None
+    return native.supports(q, k, v) is None
 
 
 def attend_masked(
@@ -448,14 +446,11 @@ def _grouped(
 
 
 def _native(q: Tensor, k: Tensor, v: Tensor, start_pos: int, scale: float | None) -> Tensor:
-    if v.shape[-1] != k.shape[-1] or (scale is not None and scale != 1.0 / math.sqrt(q.shape[-1])):
-        # the kernel computes softmax(q kᵀ / sqrt(head_dim)) v with one width for K and V
-        raise ValueError("the native kernel takes K and V of one width and the 1/sqrt(head_dim) scale")
     if q.device.type != "cpu":
         return native.decode_attention(q, k, v)  # refuses with the reason
-    if native.supports(q, k) is not None:
-        return _grouped(q, k, v, start_pos, None)  # prefill, or a head_dim the kernel does not take
-    return native.run(q, k, v)
+    if native.supports(q, k, v) is not None:
+        return _grouped(q, k, v, start_pos, scale)  # prefill, or a width the kernel does not take
+    return native.run(q, k, v, scale=scale)
 
 
 class FlexKernel:

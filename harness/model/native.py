@@ -150,7 +150,7 @@ def _put_ninja_on_path() -> None:
     os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
-def supports(q: Tensor, k: Tensor) -> str | None:
+def supports(q: Tensor, k: Tensor, v: Tensor | None = None) -> str | None:
     """Why the kernel cannot run this decode step, or None if it can."""
     if q.device.type != "cpu":
         return f"tensors are on {q.device.type!r}, the native kernel runs on CPU"
@@ -158,36 +158,48 @@ def supports(q: Tensor, k: Tensor) -> str | None:
         return f"the native kernel takes one new query per sequence, got {q.shape[2]}"
     if q.shape[-1] % HEAD_DIM_MULTIPLE:
         return f"the native kernel needs head_dim a multiple of {HEAD_DIM_MULTIPLE}, got {q.shape[-1]}"
+    if v is not None and v.shape[-1] % HEAD_DIM_MULTIPLE:
+        return f"the native kernel needs V's width a multiple of {HEAD_DIM_MULTIPLE}, got {v.shape[-1]}"
     if k.dtype not in DTYPES:
         return f"the native kernel takes float32, bfloat16 or float16 caches, got {k.dtype}"
     return None
 
 
-def decode_attention(q: Tensor, k: Tensor, v: Tensor, n_splits: int = 0) -> Tensor:
-    """softmax(q kᵀ / sqrt(head_dim)) v for one new query per sequence over every position of k and v.
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, n_splits: int = 0, scale: float | None = None) -> Tensor:
+    """softmax(q kᵀ · scale) v for one new query per sequence over every position of k and v.
 
-    q: [B, n_heads, 1, head_dim]; k, v: [B, n_kv_heads, n_valid, head_dim], contiguous in head_dim
-    (slices of the cache). ``n_splits`` splits per (sequence, KV head) row; 0 lets the kernel choose.
-    Returns [B, n_heads, 1, head_dim] in q's dtype. ValueError for a step it does not take.
+    q: [B, n_heads, 1, head_dim]; k: [B, n_kv_heads, n_valid, head_dim], v: [B, n_kv_heads, n_valid, v_dim],
+    contiguous in their last dim with one position stride (slices of the cache; v may be the first v_dim
+    columns of k's rows, as MLA's latent is). ``n_splits`` splits per (sequence, KV head) row; 0 lets the
+    kernel choose. ``scale`` defaults to 1/sqrt(head_dim). Returns [B, n_heads, 1, v_dim] in q's dtype.
+    ValueError for a step it does not take.
     """
-    reason = supports(q, k)
+    reason = supports(q, k, v)
     if reason is not None:
         raise ValueError(reason)
-    return run(q, k, v, n_splits)
+    return run(q, k, v, n_splits, scale)
 
 
-def run(q: Tensor, k: Tensor, v: Tensor, n_splits: int = 0) -> Tensor:
+def run(q: Tensor, k: Tensor, v: Tensor, n_splits: int = 0, scale: float | None = None) -> Tensor:
     """decode_attention for a step the caller has already checked with :func:`supports`."""
     load()
-    return torch.ops.attnbench.decode_attention(q, k, v, n_splits)
+    return torch.ops.attnbench.decode_attention(q, k, v, n_splits, scale)
 
 
 def run_paged(
-    q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor, starts: Tensor, stops: Tensor, n_splits: int = 0
+    q: Tensor,
+    k_pool: Tensor,
+    v_pool: Tensor,
+    block_table: Tensor,
+    starts: Tensor,
+    stops: Tensor,
+    n_splits: int = 0,
+    scale: float | None = None,
 ) -> Tensor:
     """The kernel over a paged cache: q [B, n_heads, 1, head_dim]; pools [n_pages, n_kv_heads, page_size,
-    head_dim]; block_table [B, width] int64; sequence b attends positions starts[b] .. stops[b] - 1, position
-    t in the page of table entry (t // page_size) mod width (harness/model/paged.py). The caller has checked
-    the step with :func:`supports` (q against the pool). Returns [B, n_heads, 1, head_dim] in q's dtype."""
+    head_dim] (K) and [..., v_dim] (V); block_table [B, width] int64; sequence b attends positions starts[b]
+    .. stops[b] - 1, position t in the page of table entry (t // page_size) mod width
+    (harness/model/paged.py). The caller has checked the step with :func:`supports` (q against the pools).
+    ``scale`` as in :func:`decode_attention`. Returns [B, n_heads, 1, v_dim] in q's dtype."""
     load()
-    return torch.ops.attnbench.paged_decode_attention(q, k_pool, v_pool, block_table, starts, stops, n_splits)
+    return torch.ops.attnbench.paged_decode_attention(q, k_pool, v_pool, block_table, starts, stops, n_splits, scale)

@@ -1,8 +1,10 @@
 // Split-KV decode attention for CPUs: one new query per sequence over a KV cache, in one pass.
 //
-// softmax(q kᵀ / sqrt(head_dim)) v (Vaswani et al. 2017, eq. 1) for the query heads that share a KV
-// head (Ainslie et al. 2023, GQA), read straight from the cache: K and V are never copied, upcast
-// or expanded per query head. Each (sequence, KV head) row is cut into splits of positions that run
+// softmax(q kᵀ · scale) v (Vaswani et al. 2017, eq. 1; scale 1/sqrt(head_dim) unless given) for the query
+// heads that share a KV head (Ainslie et al. 2023, GQA), read straight from the cache: K and V are never
+// copied, upcast or expanded per query head. V may be narrower than K and a view of K's rows: MLA's
+// absorbed form (DeepSeek-AI 2024, DeepSeek-V2 §2.1) scores every head against one latent of d_c + d_h^R
+// columns and takes its first d_c columns as values. Each (sequence, KV head) row is cut into splits of positions that run
 // on different threads (Dao et al. 2023, "Flash-Decoding for long-context inference"); a split
 // walks its positions in blocks small enough for the L1 cache and keeps a running softmax (Milakov
 // & Gimelshein 2018, "Online normalizer calculation for softmax"): per query head a running max m,
@@ -29,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -314,7 +317,7 @@ void block_scores(const float* q, const T* k, int64_t stride, int64_t n, int64_t
 // interleaved A/B, 2 threads: bfloat16 MQA +12% on 4 layers x 32 MiB caches, 25.8 -> 29.0 GB/s;
 // 1-2 heads and float32 within -3..+4%.)
 template <int GB>
-void softmax_block(float* scores, int64_t n, int64_t head_dim, float* m, float* l, float* out) {
+void softmax_block(float* scores, int64_t n, int64_t v_dim, float* m, float* l, float* out) {
   static_assert(kLanes % GB == 0, "a vector's lanes must cycle through the heads evenly");
   constexpr int kVecs = kBlock * GB / kLanes;
   for (int64_t i = n * GB; i < kBlock * GB; ++i) scores[i] = -std::numeric_limits<float>::infinity();
@@ -327,7 +330,7 @@ void softmax_block(float* scores, int64_t n, int64_t head_dim, float* m, float* 
     if (top[g] > m[g]) {  // a new running max: rescale what was accumulated under the old one
       const float rescale = std::exp(m[g] - top[g]);
       l[g] *= rescale;
-      for (int64_t d = 0; d < head_dim; ++d) out[g * head_dim + d] *= rescale;
+      for (int64_t d = 0; d < v_dim; ++d) out[g * v_dim + d] *= rescale;
       m[g] = top[g];
     }
   }
@@ -340,14 +343,14 @@ void softmax_block(float* scores, int64_t n, int64_t head_dim, float* m, float* 
   for (int g = 0; g < GB; ++g) l[g] += sum[g];
 }
 
-// out[g, d0 .. d0 + 16·DT) += Σ_t weights[t * GB + g] · v_t[d0 ..] for GB query heads over n positions.
-// Prefetches the same columns of the next block's first `ahead` rows.
+// out[g, d0 .. d0 + 16·DT) += Σ_t weights[t * GB + g] · v_t[d0 ..] for GB query heads over n positions
+// (out rows v_dim wide). Prefetches the same columns of the next block's first `ahead` rows.
 template <int GB, int DT, typename T>
-inline void value_tile(const float* weights, const T* v, int64_t stride, int64_t n, int64_t d0, int64_t head_dim,
+inline void value_tile(const float* weights, const T* v, int64_t stride, int64_t n, int64_t d0, int64_t v_dim,
                        int64_t ahead, float* out) {
   Vec acc[GB][2 * DT];
   for (int g = 0; g < GB; ++g)
-    for (int j = 0; j < 2 * DT; ++j) acc[g][j] = load_vec(out + g * head_dim + d0 + j * kLanes);
+    for (int j = 0; j < 2 * DT; ++j) acc[g][j] = load_vec(out + g * v_dim + d0 + j * kLanes);
   for (int64_t t = 0; t < n; ++t) {
     if (t < ahead)
       for (int j = 0; j < DT; ++j)
@@ -364,29 +367,28 @@ inline void value_tile(const float* weights, const T* v, int64_t stride, int64_t
     }
   }
   for (int g = 0; g < GB; ++g)
-    for (int j = 0; j < 2 * DT; ++j) store_vec(out + g * head_dim + d0 + j * kLanes, acc[g][j]);
+    for (int j = 0; j < 2 * DT; ++j) store_vec(out + g * v_dim + d0 + j * kLanes, acc[g][j]);
 }
 
-// out[g] += Σ_t weights[t * GB + g] · v_t for GB query heads, kChains/GB vectors of out at a time.
+// out[g] += Σ_t weights[t * GB + g] · v_t (v_dim wide) for GB query heads, kChains/GB vectors of out at a time.
 template <int GB, typename T>
-void block_values(const float* weights, const T* v, int64_t stride, int64_t n, int64_t head_dim, int64_t ahead,
+void block_values(const float* weights, const T* v, int64_t stride, int64_t n, int64_t v_dim, int64_t ahead,
                   float* out) {
   constexpr int DT = kChains / GB / 2 > 0 ? kChains / GB / 2 : 1;  // 16-element steps per tile
   int64_t d = 0;
-  for (; d + DT * kStep <= head_dim; d += DT * kStep)
-    value_tile<GB, DT>(weights, v, stride, n, d, head_dim, ahead, out);
-  for (; d < head_dim; d += kStep) value_tile<GB, 1>(weights, v, stride, n, d, head_dim, ahead, out);
+  for (; d + DT * kStep <= v_dim; d += DT * kStep) value_tile<GB, DT>(weights, v, stride, n, d, v_dim, ahead, out);
+  for (; d < v_dim; d += kStep) value_tile<GB, 1>(weights, v, stride, n, d, v_dim, ahead, out);
 }
 
-// One block of n positions (k, v point at its first) for GB query heads: scores, softmax, values.
-// `ahead`: rows of the next block to prefetch while this one is computed.
+// One block of n positions (k, v point at its first) for GB query heads: scores over head_dim, softmax,
+// values over v_dim. `ahead`: rows of the next block to prefetch while this one is computed.
 template <int GB, typename T>
 void attend_block(const float* q, const T* k, const T* v, int64_t stride, int64_t n, int64_t head_dim,
-                  int64_t ahead, float* m, float* l, float* out) {
+                  int64_t v_dim, int64_t ahead, float* m, float* l, float* out) {
   alignas(32) float scores[GB * kBlock];
   block_scores<GB>(q, k, stride, n, head_dim, ahead, scores);
-  softmax_block<GB>(scores, n, head_dim, m, l, out);
-  block_values<GB>(scores, v, stride, n, head_dim, ahead, out);
+  softmax_block<GB>(scores, n, v_dim, m, l, out);
+  block_values<GB>(scores, v, stride, n, v_dim, ahead, out);
 }
 
 // Where one (sequence, KV head) row's positions lie. ContiguousRow: a slice of a contiguous cache, position
@@ -420,14 +422,13 @@ struct PagedRow {
 // One split of one row, positions [start, stop), for all `group` query heads of its KV head, from
 // scratch. Each block of positions is read from memory once: the heads take it in register tiles of
 // 4, 2 and 1 while it is in L1. A block never crosses the end of a page. q: [group, head_dim] in the
-// dtype's lane order, pre-scaled by 1/sqrt(head_dim); m, l: [group]; out: [group, head_dim]
-// (unnormalised, in the lane order).
+// dtype's lane order, pre-scaled; m, l: [group]; out: [group, v_dim] (unnormalised, in the lane order).
 template <typename T, typename Row>
 void split_attention(const float* q, const Row& row, int64_t start, int64_t stop, int64_t group, int64_t head_dim,
-                     float* m, float* l, float* out) {
+                     int64_t v_dim, float* m, float* l, float* out) {
   std::fill(m, m + group, -std::numeric_limits<float>::infinity());
   std::fill(l, l + group, 0.0f);
-  std::fill(out, out + group * head_dim, 0.0f);
+  std::fill(out, out + group * v_dim, 0.0f);
   const int64_t stride = row.stride;
   for (int64_t t0 = start; t0 < stop;) {
     const int64_t end = std::min(stop, row.run_end(t0));  // positions one stride apart from t0 on
@@ -441,14 +442,14 @@ void split_attention(const float* q, const Row& row, int64_t start, int64_t stop
     const int64_t ahead = std::clamp<int64_t>(end - (t0 + kBlock), 0, kBlock);
     int64_t g = 0;
     for (; g + 4 <= group; g += 4)
-      attend_block<4>(q + g * head_dim, kb, vb, stride, n, head_dim, g == 0 ? ahead : 0, m + g, l + g,
-                      out + g * head_dim);
+      attend_block<4>(q + g * head_dim, kb, vb, stride, n, head_dim, v_dim, g == 0 ? ahead : 0, m + g, l + g,
+                      out + g * v_dim);
     for (; g + 2 <= group; g += 2)
-      attend_block<2>(q + g * head_dim, kb, vb, stride, n, head_dim, g == 0 ? ahead : 0, m + g, l + g,
-                      out + g * head_dim);
+      attend_block<2>(q + g * head_dim, kb, vb, stride, n, head_dim, v_dim, g == 0 ? ahead : 0, m + g, l + g,
+                      out + g * v_dim);
     for (; g < group; ++g)
-      attend_block<1>(q + g * head_dim, kb, vb, stride, n, head_dim, g == 0 ? ahead : 0, m + g, l + g,
-                      out + g * head_dim);
+      attend_block<1>(q + g * head_dim, kb, vb, stride, n, head_dim, v_dim, g == 0 ? ahead : 0, m + g, l + g,
+                      out + g * v_dim);
     t0 += n;
   }
 }
@@ -494,11 +495,11 @@ struct PagedSource {
   int64_t stop(int64_t r) const { return stops[r / n_kv_heads]; }
 };
 
-// q: [rows, group, head_dim] float32 pre-scaled, rows = batch_size · n_kv_heads; out likewise.
+// q: [rows, group, head_dim] float32 pre-scaled, rows = batch_size · n_kv_heads; out: [rows, group, v_dim].
 // Row r attends positions [source.first(r), source.stop(r)), cut into n_splits splits.
 template <typename T, typename Source>
-void run(const float* q, const Source& source, int64_t rows, int64_t group, int64_t head_dim, int64_t n_splits,
-         float* out) {
+void run(const float* q, const Source& source, int64_t rows, int64_t group, int64_t head_dim, int64_t v_dim,
+         int64_t n_splits, float* out) {
   // q in the dtype's lane order, within each 16-element step
   std::vector<float> q_lanes(rows * group * head_dim);
   for (int64_t i = 0; i < rows * group * head_dim; i += kStep)
@@ -506,21 +507,21 @@ void run(const float* q, const Source& source, int64_t rows, int64_t group, int6
 
   // Per (row, split): running max and denominator per query head, and the unnormalised output.
   std::vector<float> m(rows * n_splits * group), l(rows * n_splits * group);
-  std::vector<float> partial(rows * n_splits * group * head_dim);
+  std::vector<float> partial(rows * n_splits * group * v_dim);
   at::parallel_for(0, rows * n_splits, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r = item / n_splits, split = item % n_splits;
       const int64_t first = source.first(r), last = source.stop(r);
       const int64_t split_len = (last - first + n_splits - 1) / n_splits;
       const int64_t start = std::min(last, first + split * split_len), stop = std::min(last, start + split_len);
-      split_attention<T>(q_lanes.data() + r * group * head_dim, source.row(r), start, stop, group, head_dim,
-                         m.data() + item * group, l.data() + item * group, partial.data() + item * group * head_dim);
+      split_attention<T>(q_lanes.data() + r * group * head_dim, source.row(r), start, stop, group, head_dim, v_dim,
+                         m.data() + item * group, l.data() + item * group, partial.data() + item * group * v_dim);
     }
   });
 
   // Merge the splits: out = Σ_s e^(m_s - M) out_s / Σ_s e^(m_s - M) l_s with M = max_s m_s, and put
   // the output back in element order. A split past the end of the row (l = 0) adds nothing.
-  std::vector<float> merged(head_dim);
+  std::vector<float> merged(v_dim);
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t g = 0; g < group; ++g) {
       float max_m = -std::numeric_limits<float>::infinity();
@@ -532,11 +533,11 @@ void run(const float* q, const Source& source, int64_t rows, int64_t group, int6
         if (l[idx] == 0.0f) continue;
         const float weight = std::exp(m[idx] - max_m);
         denominator += weight * l[idx];
-        const float* src = partial.data() + idx * head_dim;
-        for (int64_t d = 0; d < head_dim; ++d) merged[d] += weight * src[d];
+        const float* src = partial.data() + idx * v_dim;
+        for (int64_t d = 0; d < v_dim; ++d) merged[d] += weight * src[d];
       }
-      float* dst = out + (row * group + g) * head_dim;
-      for (int64_t d = 0; d < head_dim; d += kStep)
+      float* dst = out + (row * group + g) * v_dim;
+      for (int64_t d = 0; d < v_dim; d += kStep)
         for (int slot = 0; slot < kStep; ++slot) dst[d + Elements<T>::source_index(slot)] = merged[d + slot] / denominator;
     }
   }
@@ -549,20 +550,29 @@ constexpr int64_t kMinSplitLen = 256;
 // threads. (Handing items out one at a time instead, as threads finish, measured no faster here.)
 constexpr int64_t kItemsPerThread = 4;
 
-// q: [B, n_heads, 1, head_dim]; k, v: [B, n_kv_heads, n_valid, head_dim], contiguous in head_dim, K and
-// V with the same position stride (views of a cache). n_splits <= 0 chooses the number of splits per
-// (sequence, KV head) row. Returns [B, n_heads, 1, head_dim] in q's dtype.
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t n_splits) {
+// The factor the scores are scaled by: `scale` where given, else 1/sqrt(head_dim).
+double score_scale(const std::optional<double>& scale, int64_t head_dim) {
+  return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
+
+// q: [B, n_heads, 1, head_dim]; k: [B, n_kv_heads, n_valid, head_dim], v: [B, n_kv_heads, n_valid, v_dim],
+// contiguous in their last dim, K and V with the same position stride (views of a cache; V may be a
+// slice of K's rows, as MLA's latent is). n_splits <= 0 chooses the number of splits per (sequence, KV
+// head) row; `scale` multiplies the scores (default 1/sqrt(head_dim)). Returns [B, n_heads, 1, v_dim] in
+// q's dtype.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t n_splits,
+                            std::optional<double> scale) {
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "decode_attention runs on CPU");
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be [B, heads, positions, head_dim]");
   TORCH_CHECK(q.size(2) == 1, "decode_attention takes one new query per sequence, got ", q.size(2));
-  TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape");
+  TORCH_CHECK(k.sizes().slice(0, 3) == v.sizes().slice(0, 3), "k and v must have the same batch, heads and positions");
   TORCH_CHECK(k.scalar_type() == v.scalar_type(), "k and v must have the same dtype");
-  const int64_t batch_size = q.size(0), n_heads = q.size(1), head_dim = q.size(3);
+  const int64_t batch_size = q.size(0), n_heads = q.size(1), head_dim = q.size(3), v_dim = v.size(3);
   const int64_t n_kv_heads = k.size(1), n_valid = k.size(2);
   TORCH_CHECK(k.size(0) == batch_size && k.size(3) == head_dim, "k does not match q's batch size or head_dim");
   TORCH_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
   TORCH_CHECK(head_dim % kStep == 0, "head_dim must be a multiple of ", kStep, ", got ", head_dim);
+  TORCH_CHECK(v_dim % kStep == 0, "v's width must be a multiple of ", kStep, ", got ", v_dim);
   TORCH_CHECK(n_valid > 0, "the cache slice is empty");
   TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "k and v must be contiguous in head_dim");
   TORCH_CHECK(k.stride(2) == v.stride(2), "k and v must have the same position stride");
@@ -574,25 +584,25 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
     n_splits = std::max<int64_t>(1, std::min(wanted, n_valid / kMinSplitLen));
   }
   n_splits = std::min(n_splits, n_valid);
-  // float32, pre-scaled by 1/sqrt(head_dim); query head kv_head · group + g uses KV head kv_head
-  const at::Tensor q32 = (q.to(at::kFloat) * (1.0 / std::sqrt(static_cast<double>(head_dim)))).contiguous();
-  at::Tensor out = at::empty({batch_size, n_heads, 1, head_dim}, q.options().dtype(at::kFloat));
+  // float32, pre-scaled; query head kv_head · group + g uses KV head kv_head
+  const at::Tensor q32 = (q.to(at::kFloat) * score_scale(scale, head_dim)).contiguous();
+  at::Tensor out = at::empty({batch_size, n_heads, 1, v_dim}, q.options().dtype(at::kFloat));
   const float* q_data = q32.data_ptr<float>();
   float* out_data = out.data_ptr<float>();
   const int64_t group = n_heads / n_kv_heads;
   switch (k.scalar_type()) {
     case at::kFloat:
       run<float>(q_data, ContiguousSource<float>{k.data_ptr<float>(), v.data_ptr<float>(), shape}, rows, group, head_dim,
-                 n_splits, out_data);
+                 v_dim, n_splits, out_data);
       break;
     case at::kBFloat16:
       run<c10::BFloat16>(q_data,
                          ContiguousSource<c10::BFloat16>{k.data_ptr<c10::BFloat16>(), v.data_ptr<c10::BFloat16>(), shape},
-                         rows, group, head_dim, n_splits, out_data);
+                         rows, group, head_dim, v_dim, n_splits, out_data);
       break;
     case at::kHalf:
       run<c10::Half>(q_data, ContiguousSource<c10::Half>{k.data_ptr<c10::Half>(), v.data_ptr<c10::Half>(), shape}, rows,
-                     group, head_dim, n_splits, out_data);
+                     group, head_dim, v_dim, n_splits, out_data);
       break;
     default:
       TORCH_CHECK(false, "decode_attention takes float32, bfloat16 or float16 caches, got ", k.scalar_type());
@@ -600,29 +610,32 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out.to(q.scalar_type());
 }
 
-// The same step over a paged cache. q: [B, n_heads, 1, head_dim]; k_pool, v_pool: [n_pages, n_kv_heads,
-// page_size, head_dim], contiguous in head_dim, with the same position stride; block_table: [B, width]
-// int64 page indices; starts, stops: [B] int64, the positions [starts[b], stops[b]) sequence b attends
-// (each at least one). n_splits <= 0 chooses the splits per row as decode_attention does, from the
-// longest sequence. Returns [B, n_heads, 1, head_dim] in q's dtype.
+// The same step over a paged cache. q: [B, n_heads, 1, head_dim]; k_pool: [n_pages, n_kv_heads, page_size,
+// head_dim], v_pool: [n_pages, n_kv_heads, page_size, v_dim], contiguous in their last dim, with the same
+// position stride; block_table: [B, width] int64 page indices; starts, stops: [B] int64, the positions
+// [starts[b], stops[b]) sequence b attends (each at least one). n_splits <= 0 chooses the splits per row as
+// decode_attention does, from the longest sequence; `scale` as there. Returns [B, n_heads, 1, v_dim] in q's
+// dtype.
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                                   const at::Tensor& block_table, const at::Tensor& starts, const at::Tensor& stops,
-                                  int64_t n_splits) {
+                                  int64_t n_splits, std::optional<double> scale) {
   TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(),
               "paged_decode_attention runs on CPU");
   TORCH_CHECK(q.dim() == 4 && k_pool.dim() == 4 && v_pool.dim() == 4,
               "q must be [B, heads, 1, head_dim] and the pools [pages, heads, page_size, head_dim]");
   TORCH_CHECK(q.size(2) == 1, "paged_decode_attention takes one new query per sequence, got ", q.size(2));
-  TORCH_CHECK(k_pool.sizes() == v_pool.sizes(), "the K and V pools must have the same shape");
+  TORCH_CHECK(k_pool.sizes().slice(0, 3) == v_pool.sizes().slice(0, 3),
+              "the K and V pools must have the same pages, heads and page size");
   TORCH_CHECK(k_pool.scalar_type() == v_pool.scalar_type(), "the K and V pools must have the same dtype");
   TORCH_CHECK(block_table.scalar_type() == at::kLong && starts.scalar_type() == at::kLong &&
                   stops.scalar_type() == at::kLong,
               "the block table, starts and stops must be int64");
-  const int64_t batch_size = q.size(0), n_heads = q.size(1), head_dim = q.size(3);
+  const int64_t batch_size = q.size(0), n_heads = q.size(1), head_dim = q.size(3), v_dim = v_pool.size(3);
   const int64_t n_kv_heads = k_pool.size(1), page_size = k_pool.size(2);
   TORCH_CHECK(k_pool.size(3) == head_dim, "the pools do not match q's head_dim");
   TORCH_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
   TORCH_CHECK(head_dim % kStep == 0, "head_dim must be a multiple of ", kStep, ", got ", head_dim);
+  TORCH_CHECK(v_dim % kStep == 0, "v's width must be a multiple of ", kStep, ", got ", v_dim);
   TORCH_CHECK(k_pool.stride(3) == 1 && v_pool.stride(3) == 1, "the pools must be contiguous in head_dim");
   TORCH_CHECK(k_pool.stride(2) == v_pool.stride(2), "the pools must have the same position stride");
   TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == batch_size && block_table.size(1) > 0,
@@ -648,8 +661,8 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool,
     n_splits = std::max<int64_t>(1, std::min(wanted, longest / kMinSplitLen));
   }
   n_splits = std::min(n_splits, longest);
-  const at::Tensor q32 = (q.to(at::kFloat) * (1.0 / std::sqrt(static_cast<double>(head_dim)))).contiguous();
-  at::Tensor out = at::empty({batch_size, n_heads, 1, head_dim}, q.options().dtype(at::kFloat));
+  const at::Tensor q32 = (q.to(at::kFloat) * score_scale(scale, head_dim)).contiguous();
+  at::Tensor out = at::empty({batch_size, n_heads, 1, v_dim}, q.options().dtype(at::kFloat));
   const float* q_data = q32.data_ptr<float>();
   float* out_data = out.data_ptr<float>();
   const int64_t group = n_heads / n_kv_heads;
@@ -661,16 +674,16 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool,
   };
   switch (k_pool.scalar_type()) {
     case at::kFloat:
-      run<float>(q_data, source(k_pool.data_ptr<float>(), v_pool.data_ptr<float>()), rows, group, head_dim, n_splits,
-                 out_data);
+      run<float>(q_data, source(k_pool.data_ptr<float>(), v_pool.data_ptr<float>()), rows, group, head_dim, v_dim,
+                 n_splits, out_data);
       break;
     case at::kBFloat16:
       run<c10::BFloat16>(q_data, source(k_pool.data_ptr<c10::BFloat16>(), v_pool.data_ptr<c10::BFloat16>()), rows,
-                         group, head_dim, n_splits, out_data);
+                         group, head_dim, v_dim, n_splits, out_data);
       break;
     case at::kHalf:
       run<c10::Half>(q_data, source(k_pool.data_ptr<c10::Half>(), v_pool.data_ptr<c10::Half>()), rows, group, head_dim,
-                     n_splits, out_data);
+                     v_dim, n_splits, out_data);
       break;
     default:
       TORCH_CHECK(false, "paged_decode_attention takes float32, bfloat16 or float16 pools, got ", k_pool.scalar_type());
@@ -681,10 +694,10 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool,
 }  // namespace
 
 TORCH_LIBRARY(attnbench, m) {
-  m.def("decode_attention(Tensor q, Tensor k, Tensor v, int n_splits=0) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, int n_splits=0, float? scale=None) -> Tensor");
   m.def(
       "paged_decode_attention(Tensor q, Tensor k_pool, Tensor v_pool, Tensor block_table, Tensor starts, "
-      "Tensor stops, int n_splits=0) -> Tensor");
+      "Tensor stops, int n_splits=0, float? scale=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(attnbench, CPU, m) {
