@@ -125,3 +125,25 @@ def test_a_baseline_that_is_no_variant_is_a_one_line_error_naming_the_field(tmp_
         proc.stderr.strip()
         == f"attnbench validate: error: {path}: report.baseline: 'H64-GQA9' is not a variant of this scenario (H64-MHA)"
     )
+
+
+def test_serving_forms_are_compared_with_the_baselines_same_form_and_the_baselines_own_forms_are_left_out() -> None:
+    def form(variant: str, suffix: str, median_s: float, kv: int, **fields: object) -> CellResult:
+        cell = _cell(variant + suffix, median_s, kv_bytes_per_token=kv)
+        return cell.model_copy(update=fields)
+
+    run = _run(
+        form("H128-GQA8", "", 0.010, 16384),
+        form("H128-GQA8", "-P16-T4", 0.030, 16384, page_size=16, q_len=4),
+        form("H128-GQA8", "-longtail-P16", 0.008, 16384, page_size=16, length_mix="longtail"),
+        form("H128-MQA", "", 0.005, 2048),
+        form("H128-MQA", "-P16-T4", 0.006, 2048, page_size=16, q_len=4),
+        form("H128-MQA", "-longtail-P16", 0.004, 2048, page_size=16, length_mix="longtail"),
+    )
+    assert baseline_variant(run) == "H128-GQA8"
+    rows = {row.variant: row for row in verdict_rows(run, "H128-GQA8", 2048, 1)}
+    assert set(rows) == {"H128-MQA", "H128-MQA-P16-T4", "H128-MQA-longtail-P16"}  # no GQA8 form against GQA8
+    assert rows["H128-MQA-P16-T4"].latency is not None
+    assert rows["H128-MQA-P16-T4"].latency.ratio == pytest.approx(0.2, rel=0.05)  # against GQA8-P16-T4, not GQA8
+    assert rows["H128-MQA-longtail-P16"].latency is not None
+    assert rows["H128-MQA-longtail-P16"].latency.ratio == pytest.approx(0.5, rel=0.05)

@@ -28,6 +28,7 @@ from harness.report.provenance import missing_evidence
 from harness.report.savings import kv_per_sequence
 from harness.report.tables import MISSING, TABLEFMT
 from harness.results.schema import CellResult, RunResult, Summary
+from harness.scenario.serving import form_suffix
 from harness.stats.order import CONFIDENCE, median_ci
 
 # Each median's interval level, so that both hold together with probability CONFIDENCE (module doc).
@@ -69,9 +70,22 @@ class VerdictRow:
     conclusion: str
 
 
+def serving_form(cell: CellResult) -> str:
+    """The suffix of the cell's serving form (harness/scenario/serving.py), when its name carries it; else ''."""
+    suffix = form_suffix(cell.page_size, cell.length_mix, cell.q_len, cell.prefill, cell.chunk)
+    return suffix if suffix and cell.variant.endswith(suffix) else ""
+
+
+def base_variant(cell: CellResult) -> str:
+    """The cell's variant without its serving form: ``H128-MQA-CLA2`` for ``H128-MQA-CLA2-longtail-P16``."""
+    suffix = serving_form(cell)
+    return cell.variant[: len(cell.variant) - len(suffix)]
+
+
 def baseline_variant(result: RunResult) -> str | None:
-    """The variant the verdict compares with: the recorded ``report.baseline`` if the run has it, else the first."""
-    variants = list(dict.fromkeys(c.variant for c in result.cells))
+    """The variant the verdict compares with: the recorded ``report.baseline`` if the run has it, else the first
+    (without a serving form's suffix)."""
+    variants = list(dict.fromkeys(base_variant(c) for c in result.cells))
     if not variants:
         return None
     recorded = result.scenario.baseline
@@ -138,15 +152,18 @@ def _conclusion(kv: float | None, batch: float | None, latency: LatencyRatio | N
 
 
 def verdict_rows(result: RunResult, baseline: str, context: int, batch: int) -> list[VerdictRow]:
-    """Every variant other than ``baseline`` against it, at one context and batch size, per dtype and backend."""
+    """Every variant other than ``baseline`` against it, at one context and batch size, per dtype and backend, and
+    per serving form: a variant's paged, ragged or multi-token form against the baseline's same form (what a form
+    costs one variant is the serving tables' question, not the verdict's)."""
     missing = missing_evidence(result)
     cells = {
         (c.variant, c.dtype, c.backend): c for c in result.cells if (c.context_len, c.batch_size) == (context, batch)
     }
     rows = []
     for (variant, dtype, backend), cell in cells.items():
-        base = cells.get((baseline, dtype, backend))
-        if variant == baseline or base is None:
+        form = serving_form(cell)
+        base = cells.get((baseline + form, dtype, backend))
+        if base_variant(cell) == baseline or base is None:
             continue
         if cell.status != "ok" or base.status != "ok":
             statuses = ", ".join(f"{c.variant} {c.status}" for c in (cell, base) if c.status != "ok")
@@ -155,7 +172,7 @@ def verdict_rows(result: RunResult, baseline: str, context: int, batch: int) -> 
             continue
         kv = kv_per_sequence(cell) / kv_per_sequence(base)
         sub_batch = _max_batch_at(result, variant, dtype, backend, context)
-        base_batch = _max_batch_at(result, baseline, dtype, backend, context)
+        base_batch = _max_batch_at(result, baseline + form, dtype, backend, context)
         batch_ratio = sub_batch / base_batch if sub_batch is not None and base_batch else None
         sub_latency = None if cell.metrics is None else cell.metrics.decode_latency_s
         base_latency = None if base.metrics is None else base.metrics.decode_latency_s
@@ -189,7 +206,8 @@ def verdict_section(result: RunResult) -> list[str]:
         "### Verdict",
         "",
         f"Every variant against the baseline `{baseline}` (`report.baseline` in the scenario; default the first "
-        "variant), cell by cell at the same dtype and backend. ×: variant / baseline. Decode latency is the warm "
+        "variant), cell by cell at the same dtype, backend and serving form (a paged, ragged or multi-token form "
+        "against the baseline's same form). ×: variant / baseline. Decode latency is the warm "
         "step's median ratio with its 95% interval [low, high] from the two medians' order-statistic intervals; "
         f"a ratio whose interval includes 1, or whose cells are unstable, failed self-checks or were never "
         f"checked, is *{NOT_DISTINGUISHABLE}*.",

@@ -71,6 +71,21 @@ def with_chunk(variant: Variant, chunk: int) -> Variant:
     return dataclasses.replace(variant, name=f"{variant.name}-chunk{chunk}", chunk=chunk)
 
 
+def form_suffix(
+    page_size: int | None, length_mix: str | None, q_len: int | None, prefill: bool | None, chunk: int | None
+) -> str:
+    """What a serving form adds to its variant's name, from a cell's fields: ``-longtail-P16-T4``,
+    ``-P128-chunk16``, ``-prefill``; empty for a contiguous, uniform, one-token decode. The order the
+    ``with_*`` functions above name a form in: length mix, then pages, then the step."""
+    suffix = f"-{length_mix}" if length_mix else ""
+    suffix += paged_name("", page_size) if page_size is not None else ""
+    if prefill:
+        return suffix + "-prefill"
+    if chunk is not None:
+        return suffix + f"-chunk{chunk}"
+    return suffix + (f"-T{q_len}" if q_len is not None and q_len > 1 else "")
+
+
 def layouts(
     variant: Variant,
     page_sizes: Sequence[int | str] | None,
