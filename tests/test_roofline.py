@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import accounting
-from harness.measure.matmul_peak import load_or_measure_matmul_peak, matmul_cache_path, measure_matmul_peak
+from harness.measure.matmul_peak import (
+    PeakMatmul,
+    load_or_measure_matmul_peak,
+    matmul_cache_path,
+    measure_matmul_peak,
+)
 from harness.report.roofline import MAX_Q_LEN, first_q_len, measured_crossover, predicted_crossover
 from harness.scenario.schema import ModelSpec
 from harness.variants import Variant, sharing_map
@@ -24,18 +30,33 @@ class _Cell:
     dtype = "float32"
 
 
+def quiet(peak: PeakMatmul) -> Callable[[str], PeakMatmul]:
+    """A probe that measured ``peak`` with nothing else running (the cache's behaviour must not hang on the host)."""
+    return lambda device: peak.model_copy(update={"host_other_cores": 0.0})
+
+
 def test_the_matmul_probe_measures_each_cpu_dtype_and_is_reused_until_the_fingerprint_changes(tmp_path: Path) -> None:
     peak = measure_matmul_peak("cpu", repeats=2, side=128)
     assert set(peak.tflops) == {"float32", "bfloat16"} and all(rate > 0 for rate in peak.tflops.values())
+    assert peak.host_other_cores is not None and peak.host_other_cores >= 0
     env = {"target": "cpu-test", "cpu_model": "a"}
-    first = load_or_measure_matmul_peak("cpu-test", "cpu", tmp_path, env=env)
+    first = load_or_measure_matmul_peak("cpu-test", "cpu", tmp_path, env=env, measure=quiet(peak))
     path = matmul_cache_path("cpu-test", tmp_path)
     record = json.loads(path.read_text())
     record["peak"]["tflops"] = {"float32": 123.0}  # what a later run must read back, not measure
     path.write_text(json.dumps(record))
     assert load_or_measure_matmul_peak("cpu-test", "cpu", tmp_path, env=env).tflops == {"float32": 123.0}
-    again = load_or_measure_matmul_peak("cpu-test", "cpu", tmp_path, env={**env, "cpu_model": "b"})
+    again = load_or_measure_matmul_peak("cpu-test", "cpu", tmp_path, env={**env, "cpu_model": "b"}, measure=quiet(peak))
     assert again.tflops != {"float32": 123.0} and set(again.tflops) == set(first.tflops)
+
+
+def test_a_matmul_peak_measured_on_a_busy_host_serves_its_run_only_with_a_warning(tmp_path: Path) -> None:
+    busy = PeakMatmul(tflops={"float32": 0.017}, side=1024, method="m", host_other_cores=1.4)
+    env = {"target": "cpu-test", "cpu_model": "a"}
+    peak = load_or_measure_matmul_peak("cpu-test", "cpu", tmp_path, env=env, measure=lambda device: busy)
+    assert peak.tflops == busy.tflops
+    assert peak.warning is not None and "1.40 cores" in peak.warning and "not cached" in peak.warning
+    assert not matmul_cache_path("cpu-test", tmp_path).exists()  # the next run measures again
 
 
 def test_first_q_len_finds_the_smallest_q_len_that_holds() -> None:

@@ -198,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
     peak_warning = result.environment.get("peak_bandwidth", {}).get("warning")
     if peak_warning:
         print(f"warning: peak bandwidth: {peak_warning}", file=sys.stderr)
+    matmul_warning = (result.environment.get("peak_matmul") or {}).get("warning")
+    if matmul_warning:
+        print(f"warning: peak matmul rate: {matmul_warning}", file=sys.stderr)
     measured = sum(1 for c in result.cells if c.checks)
     for name, cells in outcome.failed_checks.items():
         print(

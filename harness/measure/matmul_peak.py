@@ -9,13 +9,17 @@ bandwidth. On CUDA it is timed with events; float32 runs as PyTorch's default le
 enabled), as the cells' float32 matmuls do.
 
 Cached in ``<cache dir>/<target>/matmul_peak.json`` beside the bandwidth peak, under the same fingerprint
-fields, and measured anew when they change or the probe does.
+fields, and measured anew when they change or the probe does. As for the bandwidth peak, a CPU probe during
+which other work took more than ``CONTENDED_CORES`` of a core is used for its run only, with a warning, and
+not cached: a peak measured on a busy host would understate every later run's (measured: 17 GFLOP/s float32
+cached while three test suites ran, against 60 on the quiet host).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.hardware import fingerprint, is_cuda
 from harness.measure.bandwidth import PEAK_CACHE_KEYS, _best_event_seconds, _best_seconds, default_cache_dir
+from harness.measure.hostload import HostLoadMeter
 from harness.measure.protocol import PeakRequest
+from harness.results.schema import HostLoad
+from harness.results.stability import CONTENDED_CORES
 from harness.results.store import write_text_atomic
 
 # Matrix sides: large enough that one product is far above timer resolution and a GEMM kernel runs at its
@@ -46,6 +53,8 @@ class PeakMatmul(BaseModel):
     tflops: dict[str, float]  # dtype -> 2 n³ / best seconds / 1e12
     side: int  # n of the n × n matrices
     method: str  # how it was measured, in words
+    host_other_cores: float | None = None  # CPU probe: cores other work took meanwhile (None: unknown)
+    warning: str | None = None  # why this peak was not cached (a busy host)
 
 
 def matmul_flops(side: int) -> int:
@@ -58,24 +67,37 @@ def measure_matmul_peak(device: str, repeats: int = REPEATS, side: int | None = 
     cuda = is_cuda(device)
     side = side or (CUDA_SIDE if cuda else CPU_SIDE)
     tflops = {}
-    for name in CUDA_DTYPES if cuda else CPU_DTYPES:
-        dtype = getattr(torch, name)
-        a = torch.randn(side, side, device=device).to(dtype)
-        b = torch.randn(side, side, device=device).to(dtype)
-        out = torch.empty(side, side, device=device, dtype=dtype)
+    with HostLoadMeter() as meter:
+        for name in CUDA_DTYPES if cuda else CPU_DTYPES:
+            dtype = getattr(torch, name)
+            a = torch.randn(side, side, device=device).to(dtype)
+            b = torch.randn(side, side, device=device).to(dtype)
+            out = torch.empty(side, side, device=device, dtype=dtype)
 
-        def product(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out) -> object:
-            return torch.mm(a, b, out=out)
+            def product(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out) -> object:
+                return torch.mm(a, b, out=out)
 
-        seconds = _best_event_seconds(product, repeats) if cuda else _best_seconds(product, repeats)
-        tflops[name] = matmul_flops(side) / seconds / 1e12
+            seconds = _best_event_seconds(product, repeats) if cuda else _best_seconds(product, repeats)
+            tflops[name] = matmul_flops(side) / seconds / 1e12
     if cuda:
         torch.cuda.empty_cache()
+    other = None if cuda or meter.result is None else HostLoad.model_validate(meter.result).other_cores
     timer = "CUDA events" if cuda else f"perf_counter, {torch.get_num_threads()} threads"
     return PeakMatmul(
         tflops=tflops,
         side=side,
         method=f"torch.mm of two {side}x{side} matrices per dtype, 2·n³ FLOPs, best of {repeats}, {timer}",
+        host_other_cores=other,
+    )
+
+
+def contention_warning(peak: PeakMatmul) -> str | None:
+    """Why a CPU peak measured while the host was busy is not cached; None when it was quiet (or unknown)."""
+    if peak.host_other_cores is None or peak.host_other_cores <= CONTENDED_CORES:
+        return None
+    return (
+        f"other work took {peak.host_other_cores:.2f} cores while the matmul probe ran (more than "
+        f"{CONTENDED_CORES:g}); its peak is this run's only and not cached"
     )
 
 
@@ -84,9 +106,15 @@ def matmul_cache_path(target: str, cache_dir: Path) -> Path:
 
 
 def load_or_measure_matmul_peak(
-    target: str, device: str, cache_dir: Path | None = None, *, env: dict[str, Any] | None = None
+    target: str,
+    device: str,
+    cache_dir: Path | None = None,
+    *,
+    env: dict[str, Any] | None = None,
+    measure: Callable[[str], PeakMatmul] = measure_matmul_peak,
 ) -> PeakMatmul:
-    """The cached matmul peak of ``target`` when its fingerprint still matches; otherwise measure and cache it."""
+    """The cached matmul peak of ``target`` when its fingerprint still matches; otherwise measure it, and cache it
+    unless the host was busy meanwhile."""
     env = fingerprint(device) if env is None else env
     path = matmul_cache_path(target, default_cache_dir() if cache_dir is None else cache_dir)
     key = {name: env.get(name) for name in PEAK_CACHE_KEYS} | {"probe_version": PROBE_VERSION}
@@ -96,7 +124,10 @@ def load_or_measure_matmul_peak(
             return PeakMatmul.model_validate(record["peak"])
     except (OSError, ValueError, KeyError, TypeError, ValidationError):
         pass
-    peak = measure_matmul_peak(device)
+    peak = measure(device)
+    warning = contention_warning(peak)
+    if warning is not None:
+        return peak.model_copy(update={"warning": warning})
     record = {"fingerprint": key, "peak": peak.model_dump(), "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
     write_text_atomic(path, json.dumps(record, indent=1) + "\n")
     return peak
