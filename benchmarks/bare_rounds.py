@@ -12,7 +12,9 @@ default scenario's 20 cells, taken one after the other on the same machine:
 
 For each run it prints how many cells the round rule flags, the median and largest round-to-round
 disagreement of the decode and core-attention medians, the reference loop's spread across processes
-(the noise floor every worker records), and the wall time. If the bare loops disagree as often as the
+(the noise floor every worker records), how often a cell's disagreement came with its reference loop
+moving as much between the same two processes (the rank correlation of the two, and how many flagged
+cells had their reference move by more than 10%), and the wall time. If the bare loops disagree as often as the
 harness, the rounds' disagreement is the machine's; if they agree and the harness does not, it is
 the method's. ``--repeats N`` alternates the two N times (bare first on odd repetitions) so that the
 machine's drift falls on both alike.
@@ -106,6 +108,7 @@ def bare_run(seed: int) -> dict[str, Any]:
     grid = cells()
     rounds: dict[str, dict[str, list[list[float]]]] = {}
     references = []
+    cell_references: dict[str, list[float]] = {}
     rng = random.Random(seed)
     for round_index in range(2):
         order = list(grid)
@@ -114,12 +117,19 @@ def bare_run(seed: int) -> dict[str, Any]:
             command = [sys.executable, __file__, "--child", variant, str(batch), str(context)]
             out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
             reading = json.loads(out.stdout)
+            key = f"{variant} b{batch} ctx{context}"
             references.append(reading["reference_s"])
+            cell_references.setdefault(key, []).append(reading["reference_s"])
             for metric, timed in reading["samples"].items():
-                rounds.setdefault(f"{variant} b{batch} ctx{context}", {}).setdefault(metric, []).append(timed)
+                rounds.setdefault(key, {}).setdefault(metric, []).append(timed)
             print(f"\rbare round {round_index + 1}: {done}/{len(order)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return {"rounds": rounds, "references": references, "wall_s": time.perf_counter() - started}
+    return {
+        "rounds": rounds,
+        "references": references,
+        "cell_references": cell_references,
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def harness_run() -> dict[str, Any]:
@@ -140,18 +150,49 @@ def harness_run() -> dict[str, Any]:
     wall = time.perf_counter() - started
     rounds: dict[str, dict[str, list[list[float]]]] = {}
     references = []
+    cell_references: dict[str, list[float]] = {}
     unstable = 0
     for cell in result.cells:
         if cell.metrics is None:
             continue
+        key = f"{cell.variant} b{cell.batch_size} ctx{cell.context_len}"
         unstable += cell.stability is not None and cell.stability.unstable
-        references += [load.reference_s for load in cell.host_load if load.reference_s is not None]
+        per_round = [load.reference_s for load in cell.host_load if load.reference_s is not None]
+        references += per_round
+        cell_references[key] = per_round
         for metric in METRICS:
             summary = getattr(cell.metrics, metric)
             if summary is not None:
-                key = f"{cell.variant} b{cell.batch_size} ctx{cell.context_len}"
                 rounds.setdefault(key, {})[metric] = rounds_of(summary)
-    return {"rounds": rounds, "references": references, "wall_s": wall, "unstable_any_rule": unstable}
+    return {
+        "rounds": rounds,
+        "references": references,
+        "cell_references": cell_references,
+        "wall_s": wall,
+        "unstable_any_rule": unstable,
+    }
+
+
+def ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n (ties share their mean rank)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def rank_correlation(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation of x and y (None with fewer than 3 pairs or a constant side)."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return statistics.correlation(ranks(x), ranks(y))
 
 
 def assess(run: dict[str, Any]) -> dict[str, Any]:
@@ -160,9 +201,13 @@ def assess(run: dict[str, Any]) -> dict[str, Any]:
     from harness.stats.order import median_ci
 
     flagged = 0
+    flagged_with_reference = 0
     disagreements: dict[str, list[float]] = {metric: [] for metric in METRICS}
-    for by_metric in run["rounds"].values():
+    cell_worst: list[float] = []
+    cell_reference_moves: list[float] = []
+    for key, by_metric in run["rounds"].items():
         cell_flagged = False
+        worst = 0.0
         for metric, rounds in by_metric.items():
             rounds = [r for r in rounds if r]
             if len(rounds) < 2:
@@ -170,8 +215,15 @@ def assess(run: dict[str, Any]) -> dict[str, Any]:
             (m1, lo1, hi1), (m2, lo2, hi2) = ((statistics.median(r), *median_ci(r)) for r in rounds[:2])
             difference = abs(m1 - m2) / min(m1, m2)
             disagreements[metric].append(difference)
+            worst = max(worst, difference)
             cell_flagged |= difference > ROUND_DISAGREEMENT and (hi1 < lo2 or hi2 < lo1)
         flagged += cell_flagged
+        refs = run["cell_references"].get(key, [])
+        if len(refs) >= 2:
+            moved = abs(refs[0] - refs[1]) / min(refs[0], refs[1])
+            cell_worst.append(worst)
+            cell_reference_moves.append(moved)
+            flagged_with_reference += cell_flagged and moved > ROUND_DISAGREEMENT
     references = sorted(run["references"])
     deciles = statistics.quantiles(references, n=10, method="inclusive") if len(references) >= 2 else [0.0, 0.0]
     return {
@@ -180,6 +232,8 @@ def assess(run: dict[str, Any]) -> dict[str, Any]:
         "median_disagreement": {m: statistics.median(d) for m, d in disagreements.items() if d},
         "max_disagreement": {m: max(d) for m, d in disagreements.items() if d},
         "reference_p10_p90": (deciles[-1] - deciles[0]) / statistics.median(references) if references else None,
+        "flagged_with_reference_moved": flagged_with_reference,
+        "disagreement_reference_rank_correlation": rank_correlation(cell_worst, cell_reference_moves),
         "wall_s": run["wall_s"],
         "unstable_any_rule": run.get("unstable_any_rule"),
     }
@@ -215,6 +269,10 @@ def main() -> None:
                         for m in METRICS
                     ),
                     f"{found['reference_p10_p90']:.1%}" if found["reference_p10_p90"] is not None else "-",
+                    f"{found['flagged_with_reference_moved']}",
+                    "-"
+                    if found["disagreement_reference_rank_correlation"] is None
+                    else f"{found['disagreement_reference_rank_correlation']:+.2f}",
                     f"{found['wall_s']:.0f} s",
                 ]
             )
@@ -226,6 +284,8 @@ def main() -> None:
         "decode: median / max disagreement",
         "attention: median / max",
         "reference p10-p90",
+        "flagged with reference moved >10%",
+        "rank corr. disagreement / reference move",
         "wall",
     ]
     print(tabulate(rows, headers=headers))
