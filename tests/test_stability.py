@@ -55,6 +55,15 @@ def test_rounds_that_disagree_by_a_fifth_beyond_their_intervals_make_a_cell_unst
     ]
 
 
+def test_a_disagreement_names_how_far_the_reference_loop_moved_between_the_same_rounds_processes() -> None:
+    loads = [QUIET.model_copy(update={"reference_s": 0.0030}), QUIET.model_copy(update={"reference_s": 0.0039})]
+    stability = assess_cell(cell_with(rounds(0.010, 0.012), loads), {"decode_latency_s": 0.05})
+    assert stability.reasons == [
+        "decode_latency_s: rounds 1 and 2 disagree by 20% (medians 10 and 12 ms, 95% intervals disjoint); "
+        "the reference loop moved 30% between the same two rounds' processes"
+    ]
+
+
 def test_rounds_a_few_percent_apart_are_run_to_run_noise_not_instability() -> None:
     assert not assess_cell(cell_with(rounds(0.010, 0.0104)), {"decode_latency_s": 0.05}).unstable
 

@@ -65,7 +65,22 @@ def rounds_of(summary: Summary) -> list[list[float]]:
     return out
 
 
-def _round_disagreement(metric: str, summary: Summary) -> str | None:
+def _reference_move(cell: CellResult, i: int, j: int) -> str:
+    """How far the bare reference loop moved between rounds i and j's processes (0-based), as a clause of the
+    round-disagreement reason; empty when either round has no reference. A move as large as the cell's says the
+    two processes ran on a different machine state (memory placement, the hypervisor, neighbours): the machine,
+    not the method."""
+    loads = cell.host_load
+    if max(i, j) >= len(loads):
+        return ""
+    first, second = loads[i].reference_s, loads[j].reference_s
+    if first is None or second is None or min(first, second) <= 0:
+        return ""
+    moved = abs(first - second) / min(first, second)
+    return f"; the reference loop moved {moved:.0%} between the same two rounds' processes"
+
+
+def _round_disagreement(metric: str, summary: Summary, cell: CellResult | None = None) -> str | None:
     rounds = [r for r in rounds_of(summary) if r]
     intervals = [(statistics.median(r), *median_ci(r)) for r in rounds]
     worst: tuple[float, int, int] | None = None
@@ -81,6 +96,7 @@ def _round_disagreement(metric: str, summary: Summary) -> str | None:
     return (
         f"{metric}: rounds {i + 1} and {j + 1} disagree by {difference:.0%} (medians {intervals[i][0] * 1e3:.4g} and "
         f"{intervals[j][0] * 1e3:.4g} ms, 95% intervals disjoint)"
+        + ("" if cell is None else _reference_move(cell, i, j))
     )
 
 
@@ -131,7 +147,7 @@ def assess_cell(cell: CellResult, typical: dict[str, float]) -> Stability:
             summary = getattr(cell.metrics, metric)
             if summary is None:
                 continue
-            for reason in (_round_disagreement(metric, summary), _spread(metric, summary, typical.get(metric))):
+            for reason in (_round_disagreement(metric, summary, cell), _spread(metric, summary, typical.get(metric))):
                 if reason is not None:
                     reasons.append(reason)
     reasons += contention_reasons(cell)
