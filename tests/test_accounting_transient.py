@@ -172,3 +172,23 @@ def test_a_probes_bytes_per_sequence_match_the_backends_declared_transient(backe
     assert abs(measured - predicted) <= tolerance, detail
     if backend == "eager":  # K/V repeated to 16 heads (and a gathered copy): far beyond one scores tensor
         assert abs(measured - undeclared) > tolerance, detail
+
+
+def test_the_cost_model_reads_a_cells_bytes_per_sequence_with_the_backend_that_ran(tmp_path):
+    from helpers_predict import modelled_run
+
+    from harness.predict.features import observations, variant_of
+
+    run = modelled_run()
+    cell = run.cells[0]
+    model = ModelSpec.model_validate(run.scenario.model)
+    per_sequence = {}
+    for backend in ("eager", "native"):
+        one = run.model_copy(update={"cells": [cell.model_copy(update={"backend_used": backend})]})
+        [seen] = observations(one, tmp_path / "run.json")
+        per_sequence[backend] = seen.features.bytes_per_sequence
+        kernel = kernel_memory(backend, "cpu")
+        assert per_sequence[backend] == acc.bytes_per_sequence(
+            model, variant_of(cell), cell.dtype, cell.context_len, kernel
+        )
+    assert per_sequence["eager"] > per_sequence["native"]
