@@ -25,9 +25,11 @@ sequence's slot holds context_len + C positions (as the chunk's does), the step 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from harness.backends.spec import KernelMemory
 from harness.lengths import MAX_RAGGED_BATCH, iter_lengths, sequence_lengths
 from harness.pages import BLOCK_TABLE_ENTRY_BYTES, pages_per_sequence
 from harness.scenario.schema import ModelSpec
@@ -295,58 +297,150 @@ def attention_flops_per_step(variant: Variant, batch_size: int, context_len: int
     return 2 * variant.n_heads * (variant.score_width + variant.value_width) * pairs
 
 
-def activation_bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str, context_len: int) -> int:
+FLOAT32_BYTES = 4  # the textbook kernels' scores and probabilities are float32 whatever the weights' dtype
+
+
+def step_transient(variant: Variant, kernel: KernelMemory | None, new_tokens: int) -> str | None:
+    """The transient kind (harness/backends/spec.py, TRANSIENTS) a kernel declares for a step of ``new_tokens``
+    per sequence, or None where it declares none."""
+    if kernel is None or kernel.transient is None:
+        return None
+    return kernel.transient.decode if new_tokens == 1 else kernel.transient.multi_token
+
+
+def gathers(variant: Variant, kernel: KernelMemory | None, new_tokens: int) -> bool:
+    """Whether a paged cell's layer attends a gathered copy of its positions (harness/model/attention.py,
+    ``_paged``): a backend without a paged kernel, or a multi-token step, which the paged kernels do not take."""
+    if variant.page_size is None or kernel is None:
+        return False
+    return not kernel.paged_in_place or new_tokens > 1
+
+
+def attention_transient_bytes(
+    variant: Variant, dtype: str, positions: int, new_tokens: int, kernel: KernelMemory | None
+) -> int:
+    """What one sequence's attention holds in one layer beyond its cache, query and output, over ``positions``
+    attended positions for ``new_tokens`` new queries, as its kernel declares (docs/backends.md, *Transient
+    memory*). H = n_heads, scores = H · new_tokens · positions · 4 (float32):
+
+    - undeclared: scores once (the conservative term every kernel was charged before kernels declared theirs);
+    - ``streaming``: nothing that grows with the positions; ``scores``: scores and probabilities, 2 · scores;
+    - ``expanded``: those, and K and V repeated to every query head, H · positions · (score width + value width)
+      in the weights' dtype;
+    - a gathered copy of a paged layer's positions (:func:`gathers`): its K and V, positions · KV heads (MLA: the
+      one latent) · (score width + value width) in the cache's dtype. The copy is [B, positions, heads, width]
+      seen as [B, heads, positions, width], so with several KV heads a ``scores`` kernel's batched matmul copies
+      K, then V, once more into a layout it can batch: positions · KV heads · value width more at its peak.
+    """
+    scores = variant.n_heads * new_tokens * positions * FLOAT32_BYTES
+    kind = step_transient(variant, kernel, new_tokens)
+    widths = variant.score_width + variant.value_width
+    held = {None: scores, "streaming": 0, "scores": 2 * scores}.get(
+        kind, 2 * scores + variant.n_heads * positions * widths * DTYPE_BYTES[dtype]
+    )
+    if gathers(variant, kernel, new_tokens):
+        kv_heads = 1 if variant.mla is not None else variant.n_kv_heads
+        held += positions * kv_heads * widths * kv_element_bytes(variant, dtype)
+        if kind == "scores" and kv_heads > 1:
+            held += positions * kv_heads * variant.value_width * DTYPE_BYTES[dtype]
+    return held
+
+
+def activation_bytes_per_sequence(
+    model: ModelSpec, variant: Variant, dtype: str, context_len: int, kernel: KernelMemory | None = None
+) -> int:
     """Transient memory one sequence needs during a decode step, beside weights and cache.
 
-    The largest live tensors of the step: the logits row, the SwiGLU hidden (gate and up), and one
-    layer's attention scores over the most positions a layer holds (kept in float32), plus residual,
-    normed and projected vectors.
+    The largest live tensors of the step: per new token the logits row, the SwiGLU hidden (gate and up), the
+    residual, normed and projected vectors; and one layer's attention over the most positions a layer holds,
+    as the cell's ``kernel`` declares it (:func:`attention_transient_bytes`; None: the conservative term).
     """
-    width, tokens = DTYPE_BYTES[dtype], step_span(variant, context_len)[1]
-    longest = max(read_len(window, *step_span(variant, context_len)) for window in variant.windows)
-    return tokens * (
+    return _activation_bytes(model, variant, dtype, context_len, step_span(variant, context_len)[1], kernel)
+
+
+def _activation_bytes(
+    model: ModelSpec, variant: Variant, dtype: str, context_len: int, new_tokens: int, kernel: KernelMemory | None
+) -> int:
+    """:func:`activation_bytes_per_sequence` of a sequence that adds ``new_tokens`` positions to context_len's."""
+    width = DTYPE_BYTES[dtype]
+    longest = max(read_len(window, step_span(variant, context_len)[0], new_tokens) for window in variant.windows)
+    per_token = (
         model.vocab_size * width
         + 3 * model.d_ff * width
-        + variant.n_heads * longest * 4
         + (4 * model.d_model + variant.n_heads * (variant.score_width + variant.value_width)) * width
     )
+    return new_tokens * per_token + attention_transient_bytes(variant, dtype, longest, new_tokens, kernel)
 
 
-def bytes_per_sequence(model: ModelSpec, variant: Variant, dtype: str, context_len: int) -> int:
+def bytes_per_sequence(
+    model: ModelSpec, variant: Variant, dtype: str, context_len: int, kernel: KernelMemory | None = None
+) -> int:
     """Memory each further sequence of the batch takes: its cache plus its activations."""
     return kv_bytes_per_sequence(variant, dtype, context_len) + activation_bytes_per_sequence(
-        model, variant, dtype, context_len
+        model, variant, dtype, context_len, kernel
     )
+
+
+def marginal_bytes_per_sequence(
+    model: ModelSpec,
+    variant: Variant,
+    dtype: str,
+    context_len: int,
+    batch_size: int,
+    kernel: KernelMemory | None = None,
+) -> int:
+    """Bytes one more sequence adds near ``batch_size``: :func:`bytes_per_sequence`, except in a paged ragged
+    batch, whose later sequences hold only their own pages: there the mean over the sequences within an eighth
+    of batch_size of it (at least 4 each side), each its pages, block-table row and activations."""
+    if variant.page_size is None or variant.lengths is None or not variant.lengths.ragged:
+        return bytes_per_sequence(model, variant, dtype, context_len, kernel)
+    reach = max(4, batch_size // 8)
+    first, stop = max(1, batch_size - reach), min(MAX_RAGGED_BATCH, batch_size + reach)
+    activations = activation_bytes_per_sequence(model, variant, dtype, context_len, kernel)
+    lengths = itertools.islice(iter_lengths(variant.lengths, context_len), first, stop)
+    held = [_paged_sequence_bytes(variant, dtype, length, context_len) + activations for length in lengths]
+    return sum(held) // len(held)
 
 
 def predicted_max_batch(
-    model: ModelSpec, variant: Variant, dtype: str, context_len: int, budget_bytes: int, workspace_bytes: int = 0
+    model: ModelSpec,
+    variant: Variant,
+    dtype: str,
+    context_len: int,
+    budget_bytes: int,
+    workspace_bytes: int = 0,
+    kernel: KernelMemory | None = None,
 ) -> int:
     """Largest batch the budget should hold (docs/design.md, "Max batch under a budget"):
 
     floor((budget - weights - cache scales - workspace) / (KV bytes per sequence + activations per
     sequence)), the design's formula with a fixed ``workspace_bytes`` (on CUDA cuBLAS's workspace,
-    :func:`fixed_workspace_bytes`) and the per-sequence activations, and the KV bytes per sequence
-    counting each windowed layer's min(cache_len, window) positions. 0 when even the weights do not fit.
+    :func:`fixed_workspace_bytes`) and the per-sequence activations, which count the attention transient the
+    cell's backend declares (``kernel``, harness/backends/spec.py; None: the conservative term), and the KV
+    bytes per sequence counting each windowed layer's min(cache_len, window) positions. 0 when even the
+    weights do not fit.
     """
     free = budget_bytes - weight_bytes(model, variant, dtype) - kv_scale_bytes(variant) - workspace_bytes
     if variant.page_size is not None and variant.lengths is not None and variant.lengths.ragged:
-        return _ragged_paged_max_batch(model, variant, dtype, context_len, free)
+        return _ragged_paged_max_batch(model, variant, dtype, context_len, free, kernel)
     if variant.chunk is not None:
-        # the chunk's sequence brings chunk tokens of activations, every other sequence one token's
-        per_token = activation_bytes_per_sequence(model, variant, dtype, context_len) // variant.chunk
-        free -= (variant.chunk - 1) * per_token
+        # the chunk's sequence brings chunk tokens of activations, every other sequence one decode token's
+        chunk = _activation_bytes(model, variant, dtype, context_len, variant.chunk, kernel)
+        decode = _activation_bytes(model, variant, dtype, context_len, 1, kernel)
+        free -= chunk - decode
         if free <= 0:
             return 0
-        return max(0, free // (kv_bytes_per_sequence(variant, dtype, context_len) + per_token))
-    return max(0, free // bytes_per_sequence(model, variant, dtype, context_len))
+        return max(0, free // (kv_bytes_per_sequence(variant, dtype, context_len) + decode))
+    return max(0, free // bytes_per_sequence(model, variant, dtype, context_len, kernel))
 
 
-def _ragged_paged_max_batch(model: ModelSpec, variant: Variant, dtype: str, context_len: int, free: int) -> int:
+def _ragged_paged_max_batch(
+    model: ModelSpec, variant: Variant, dtype: str, context_len: int, free: int, kernel: KernelMemory | None
+) -> int:
     """A ragged batch in pages: sequences join in batch order (harness/lengths.py) while their pages, block-table
     rows and activations (sized for the longest) fit ``free``; exact, since a larger batch only adds sequences.
     At most MAX_RAGGED_BATCH, the largest ragged batch a scenario may ask for."""
-    activations = activation_bytes_per_sequence(model, variant, dtype, context_len)
+    activations = activation_bytes_per_sequence(model, variant, dtype, context_len, kernel)
     batch, used = 0, 0
     for length in iter_lengths(variant.lengths, context_len):
         used += _paged_sequence_bytes(variant, dtype, length, context_len) + activations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from harness import backends
 from harness.backends import BackendSpec
+from harness.backends.spec import KernelMemory
 from harness.variants import Variant
 
 
@@ -20,6 +21,18 @@ def _spec(backend: str) -> BackendSpec | None:
         return backends.get(backend)
     except KeyError:
         return None
+
+
+def kernel_memory(backend: str, device_type: str | None) -> KernelMemory | None:
+    """What ``backend``'s attention holds on a device of this type, as it declares (harness/backends/spec.py), for
+    the max-batch accounting; None for ``auto`` before it is resolved, or a name nothing registers. Without a
+    device type (``plan``, shards) a backend that runs on one device type only is taken there."""
+    spec = _spec(backend)
+    if spec is None or backend == backends.AUTO:
+        return None
+    if device_type is None and spec.devices is not None and len(spec.devices) == 1:
+        device_type = spec.devices[0]
+    return spec.kernel_memory(device_type)
 
 
 def mla_forms() -> tuple[str, ...]:

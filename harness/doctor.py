@@ -387,6 +387,7 @@ def _oom_findings(runner: Any, device: str) -> list[Finding]:
 def _max_batch_finding(device: str) -> Finding:
     """The runner's max-batch search on a small stack, against the accounting's prediction."""
     from harness import accounting
+    from harness.backend_support import kernel_memory
     from harness.errors import RunFailure
     from harness.run.maxbatch import Probe, search_max_batch
     from harness.run.node import describe
@@ -403,8 +404,9 @@ def _max_batch_finding(device: str) -> Finding:
     except RunFailure:  # without a fingerprint the prediction assumes no fixed workspace
         environment = {}
     workspace = accounting.fixed_workspace_bytes(environment)
-    predicted = accounting.predicted_max_batch(model, variant, "bfloat16", context, budget, workspace)
-    per_sequence = accounting.bytes_per_sequence(model, variant, "bfloat16", context)
+    kernel = kernel_memory("sdpa", "cuda" if is_cuda(device) else "cpu")
+    predicted = accounting.predicted_max_batch(model, variant, "bfloat16", context, budget, workspace, kernel)
+    per_sequence = accounting.bytes_per_sequence(model, variant, "bfloat16", context, kernel)
 
     def request(batch: int) -> CellRequest:
         return CellRequest(

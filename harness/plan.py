@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from harness import accounting
-from harness.backend_support import unsupported_reason
+from harness.backend_support import kernel_memory, unsupported_reason
 from harness.parallel import kv_heads_per_rank, kv_replication, rank_variant, tp_problem
 from harness.scenario import LoadedScenario, expand_cells
 from harness.scenario.schema import ModelSpec
@@ -98,7 +98,9 @@ def plan(loaded: LoadedScenario) -> dict[str, Any]:
                 "attention_bytes_per_step": accounting.attention_bytes_per_step(v, dt, b, ctx),
                 "flops_per_step": accounting.flops_per_step(model, v, b, ctx),
                 "predicted_max_batch": (
-                    accounting.predicted_max_batch(model, v, dt, ctx, budget) if budget is not None else None
+                    accounting.predicted_max_batch(model, v, dt, ctx, budget, kernel=kernel_memory(cell.backend, None))
+                    if budget is not None
+                    else None
                 ),
                 "unsupported": unsupported_reason(cell.backend, v),
             }

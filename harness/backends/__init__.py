@@ -16,9 +16,19 @@ from importlib import metadata
 
 from harness.backends.adapters import ADAPTER_SPECS
 from harness.backends.builtin import BUILTIN
-from harness.backends.spec import BackendSpec, find_module, split_path
+from harness.backends.spec import BackendSpec, Transient, find_module, split_path
 
-__all__ = ["AUTO", "ENTRY_POINT_GROUP", "BackendSpec", "Registry", "get", "name_problem", "names", "registry"]
+__all__ = [
+    "AUTO",
+    "ENTRY_POINT_GROUP",
+    "BackendSpec",
+    "Registry",
+    "Transient",
+    "get",
+    "name_problem",
+    "names",
+    "registry",
+]
 
 ENTRY_POINT_GROUP = "attnbench.backends"
 AUTO = "auto"  # not a backend: the fastest backend that agrees with the reference, chosen per cell

@@ -9,10 +9,13 @@ harness/model/adapters.py.
 
 from __future__ import annotations
 
-from harness.backends.spec import BackendSpec
+from harness.backends.spec import BackendSpec, Transient
 
 ADAPTERS = "harness.model.adapters"
 HALF = ("bfloat16", "float16")
+# Every library here documents a fused kernel: tiles of K/V through on-chip memory with an online softmax, no
+# scores in device memory; the adapters hand it views of the cache (harness/model/adapters.py), never a copy.
+FUSED = {"cuda": Transient(decode="streaming", multi_token="streaming")}
 
 FLASHINFER_DECODE = BackendSpec(
     name="flashinfer",
@@ -25,6 +28,7 @@ FLASHINFER_DECODE = BackendSpec(
     multi_token=False,
     requires=("flashinfer",),
     origin="adapter",
+    transient=FUSED,
     refusals={"mla": "FlashInfer's decode kernel takes K and V of one width; MLA runs on flashinfer-mla or flashmla"},
 )
 FLASHINFER_MLA = BackendSpec(
@@ -39,6 +43,7 @@ FLASHINFER_MLA = BackendSpec(
     graph_capturable=False,  # its wrapper captures only when built for graphs, with fixed buffers
     requires=("flashinfer",),
     origin="adapter",
+    transient=FUSED,
 )
 FLASH_ATTN = BackendSpec(
     name="flash-attn",
@@ -50,6 +55,7 @@ FLASH_ATTN = BackendSpec(
     windows=False,
     requires=("flash_attn",),
     origin="adapter",
+    transient=FUSED,
     refusals={"mla": "flash_attn_with_kvcache takes K and V of one width; MLA runs on flashinfer-mla or flashmla"},
 )
 FLASH_MLA = BackendSpec(
@@ -68,6 +74,7 @@ FLASH_MLA = BackendSpec(
     multi_token=False,
     requires=("flash_mla",),
     origin="adapter",
+    transient=FUSED,
 )
 
 ADAPTER_SPECS: tuple[BackendSpec, ...] = (FLASHINFER_DECODE, FLASHINFER_MLA, FLASH_ATTN, FLASH_MLA)

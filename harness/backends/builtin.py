@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from harness.backends.spec import FP8_KV_DTYPES, BackendSpec
+from harness.backends.spec import FP8_KV_DTYPES, BackendSpec, Transient
 
 ATTENTION = "harness.model.attention"
 
@@ -35,6 +35,8 @@ EAGER = BackendSpec(
     paged=True,
     ragged=True,
     auto_candidate=True,
+    # repeat_interleave copies K and V to every query head; scores and softmax are float32 tensors
+    transient={"*": Transient(decode="expanded", multi_token="expanded")},
 )
 SDPA = BackendSpec(
     name="sdpa",
@@ -43,6 +45,10 @@ SDPA = BackendSpec(
     auto_rank={"cuda": 0, "*": 0},
     auto_candidate=True,
     refusals={"fp8": "scaled_dot_product_attention takes no float8 K and V"},
+    # PyTorch picks the kernel per call: on CPU a decode step runs its flash kernel on the shared heads (results
+    # record sdpa_kernel "flash", no K/V copy). Elsewhere, and for masked multi-token steps, what it holds depends on
+    # the dtype and the kernel chosen (CUDA float32 GQA copies K/V: harness/model/sdpa.py), so nothing is declared.
+    transient={"cpu": Transient(decode="streaming")},
 )
 GROUPED = BackendSpec(
     name="grouped",
@@ -52,6 +58,8 @@ GROUPED = BackendSpec(
     fp8_devices=("cpu",),
     auto_rank={"cpu": 1},
     auto_candidate=True,
+    # no K/V copy; its CPU split-KV decode and its matmul form both hold a row's float32 scores and probabilities
+    transient={"*": Transient(decode="scores", multi_token="scores")},
     refusals={
         "fp8_device": "reads a float8 KV cache chunk by chunk only on CPU; on {device!r} it would widen the whole "
         "cache every step"
@@ -69,6 +77,9 @@ NATIVE = BackendSpec(
     auto_candidate=True,
     unavailable="harness.backends.builtin:native_unavailable",
     paged_kernel=f"{ATTENTION}:native_paged",
+    # a decode step is one pass with an online softmax (MLA's latent read in place too); several new tokens run
+    # grouped's matmul form
+    transient={"cpu": Transient(decode="streaming", multi_token="scores")},
     refusals={"fp8": "the native kernel widens float32, bfloat16 and float16 caches only"},
 )
 FLEX = BackendSpec(
@@ -78,6 +89,7 @@ FLEX = BackendSpec(
     devices=("cuda",),
     mla=(),
     auto_candidate=True,
+    transient={"cuda": Transient(decode="streaming", multi_token="streaming")},  # a fused, compiled kernel
     refusals={
         "fp8": "FlexAttention takes no float8 K and V here",
         "mla": "the flex backend is not verified for MLA's different key and value widths",
@@ -91,6 +103,8 @@ NAIVE = BackendSpec(
     kv_cache=False,
     kv_dtypes=FP8_KV_DTYPES,
     paged=True,
+    # declares nothing: it decompresses the latent into per-head K and V of the naive form's widths, which the
+    # accounting's kinds (over the absorbed form's score and value widths) do not describe
 )
 
 BUILTIN: tuple[BackendSpec, ...] = (EAGER, SDPA, GROUPED, NATIVE, FLEX, NAIVE)

@@ -17,6 +17,34 @@ from typing import Any
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 FP8_KV_DTYPES: tuple[str, ...] = ("float8_e4m3fn", "float8_e5m2")
 HEAD_LAYOUTS: tuple[str, ...] = ("mha", "gqa", "mqa")
+# What a kernel holds while one layer attends, beyond its inputs and its output (docs/backends.md, *Transient
+# memory*): nothing that grows with the positions; float32 scores and probabilities per (query head, new token,
+# position); or those and K and V repeated to every query head, in the weights' dtype.
+TRANSIENTS: tuple[str, ...] = ("streaming", "scores", "expanded")
+
+
+@dataclass(frozen=True)
+class Transient:
+    """The memory a kernel holds while one layer attends, per step form: one new query per sequence
+    (``decode``) or several (``multi_token``: a verification step, a prefill chunk, a prefill). Each is one of
+    TRANSIENTS, or None where undeclared: the accounting then charges its conservative term."""
+
+    decode: str | None = None
+    multi_token: str | None = None
+
+    def __post_init__(self) -> None:
+        for form, kind in (("decode", self.decode), ("multi_token", self.multi_token)):
+            if kind is not None and kind not in TRANSIENTS:
+                raise ValueError(f"transient.{form} {kind!r} is not one of {', '.join(TRANSIENTS)}")
+
+
+@dataclass(frozen=True)
+class KernelMemory:
+    """What one cell's attention holds beside weights and cache, from its backend's declaration on its device:
+    the kernel's ``transient``, and whether the backend's paged kernel reads a paged cache in place."""
+
+    transient: Transient | None  # None: the backend declares nothing (conservative accounting)
+    paged_in_place: bool  # a paged decode step is read through the block table, not from a gathered copy
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,8 @@ class BackendSpec:
     unavailable: str | None = None  # "module:function" () -> str | None: why it cannot run here, torch-free
     refusals: Mapping[str, str] = field(default_factory=dict)  # wording of a refusal: "fp8", "mla"
     paged_kernel: str | None = None  # "module:function" reading a paged cache in place (else a gathered copy)
+    # device type ("*": any other) -> what its kernel holds while one layer attends; none: the conservative term
+    transient: Mapping[str, Transient] = field(default_factory=dict)
     origin: str = "built-in"  # "built-in", the distribution of an entry point, or "scenario"
 
     def runs_on(self, device_type: str) -> bool:
@@ -59,6 +89,14 @@ class BackendSpec:
         if self.devices == ("cpu",):
             return "runs on CPU only"
         return f"runs on {', '.join(self.devices or ())} only"
+
+    def kernel_memory(self, device_type: str | None) -> KernelMemory:
+        """What its kernel holds on a device of this type (None: unknown, only a ``"*"`` declaration counts)."""
+        declared = self.transient.get(device_type) if device_type is not None else None
+        return KernelMemory(
+            transient=declared if declared is not None else self.transient.get("*"),
+            paged_in_place=self.paged_kernel is not None,
+        )
 
     def missing(self) -> str | None:
         """Why it cannot run on this machine at all (a module it needs is not installed, no compiler), or None.

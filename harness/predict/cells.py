@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.backend_support import kernel_memory
 from harness.predict.features import cell_features
 from harness.predict.predictor import TargetModel
 from harness.scenario import Cell, LoadedScenario, expand_cells
@@ -12,8 +13,9 @@ from harness.scenario import Cell, LoadedScenario, expand_cells
 def predict_cell(loaded: LoadedScenario, cell: Cell, model: TargetModel) -> dict[str, Any]:
     """One cell's coordinates with its predicted latencies, bandwidths, peak memory, max batch and bound."""
     scenario = loaded.scenario
+    kernel = kernel_memory(cell.backend, None)
     features = cell_features(
-        scenario.model, cell.variant, cell.dtype, cell.batch_size, cell.context_len, model.workspace_bytes
+        scenario.model, cell.variant, cell.dtype, cell.batch_size, cell.context_len, model.workspace_bytes, kernel
     )
     backend = None if cell.backend == "auto" else cell.backend
     prediction = model.predict(features, cell.dtype, backend, scenario.measure.memory_budget)

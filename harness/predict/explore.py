@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness import accounting
+from harness.backend_support import kernel_memory
 from harness.predict.features import cell_features
 from harness.predict.predictor import TargetModel
 from harness.scenario import Cell, LoadedScenario
@@ -121,8 +122,9 @@ def rank(
     scenario = loaded.scenario
     out = []
     for cell in cells:
+        kernel = kernel_memory(cell.backend, None)
         features = cell_features(
-            scenario.model, cell.variant, cell.dtype, cell.batch_size, cell.context_len, model.workspace_bytes
+            scenario.model, cell.variant, cell.dtype, cell.batch_size, cell.context_len, model.workspace_bytes, kernel
         )
         backend = None if cell.backend == "auto" else cell.backend
         decode = model.latency_model("decode", cell.dtype, backend)

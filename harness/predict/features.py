@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from harness import accounting
+from harness.backend_support import kernel_memory
+from harness.backends.spec import KernelMemory
 from harness.results.schema import CellResult, RunResult
 from harness.scenario.schema import ModelSpec
 from harness.variants import MLAShape, Variant
@@ -36,8 +38,15 @@ class CellFeatures:
 
 
 def cell_features(
-    model: ModelSpec, variant: Variant, dtype: str, batch_size: int, context_len: int, workspace_bytes: int = 0
+    model: ModelSpec,
+    variant: Variant,
+    dtype: str,
+    batch_size: int,
+    context_len: int,
+    workspace_bytes: int = 0,
+    kernel: KernelMemory | None = None,
 ) -> CellFeatures:
+    """The accounting of one cell; ``kernel``: what its backend's attention holds (harness/backends/spec.py)."""
     return CellFeatures(
         n_layers=model.n_layers,
         batch_size=batch_size,
@@ -48,7 +57,7 @@ def cell_features(
         static_bytes=accounting.weight_bytes(model, variant, dtype)
         + accounting.kv_scale_bytes(variant)
         + workspace_bytes,
-        bytes_per_sequence=accounting.bytes_per_sequence(model, variant, dtype, context_len),
+        bytes_per_sequence=accounting.bytes_per_sequence(model, variant, dtype, context_len, kernel),
     )
 
 
@@ -109,6 +118,7 @@ def observations(result: RunResult, path: Path) -> list[Observation]:
     except ValidationError:  # a file whose model table this version does not know: nothing to learn from
         return []
     workspace = accounting.fixed_workspace_bytes(result.environment)
+    device = "cuda" if result.environment.get("device") == "cuda" else "cpu"
     out = []
     for cell in result.cells:
         metrics = cell.metrics
@@ -118,7 +128,8 @@ def observations(result: RunResult, path: Path) -> list[Observation]:
             variant = variant_of(cell)
         except (TypeError, ValueError):  # a shape this version cannot rebuild: nothing to learn from
             continue
-        features = cell_features(model, variant, cell.dtype, cell.batch_size, cell.context_len, workspace)
+        kernel = kernel_memory(cell.backend_used or cell.backend, device)
+        features = cell_features(model, variant, cell.dtype, cell.batch_size, cell.context_len, workspace, kernel)
         max_batch = metrics.max_batch
         out.append(
             Observation(

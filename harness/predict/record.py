@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.accounting import fixed_workspace_bytes
+from harness.backend_support import kernel_memory
 from harness.predict.features import cell_features
 from harness.predict.predictor import TargetModel, target_model, with_errors
 from harness.results.schema import CellResult
@@ -35,7 +36,11 @@ class CellPredictor:
             return result
         scenario = self.loaded.scenario
         workspace = fixed_workspace_bytes(environment)  # the run's own, from its fingerprint
-        features = cell_features(scenario.model, cell.variant, cell.dtype, cell.batch_size, cell.context_len, workspace)
+        device = "cuda" if environment.get("device") == "cuda" else "cpu"
+        kernel = kernel_memory(result.backend_used or cell.backend, device)
+        features = cell_features(
+            scenario.model, cell.variant, cell.dtype, cell.batch_size, cell.context_len, workspace, kernel
+        )
         predicted = model.predict(features, cell.dtype, result.backend_used, scenario.measure.memory_budget)
         max_batch = metrics.max_batch
         measured_max = max_batch.measured if max_batch is not None else None

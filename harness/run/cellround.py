@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from harness import accounting
-from harness.backend_support import unsupported_reason
+from harness.backend_support import kernel_memory, unsupported_reason
 from harness.hardware import is_cuda
 from harness.lengths import sequence_lengths
 from harness.measure.protocol import CellRequest, Entry, Request, Timing
@@ -290,8 +290,10 @@ class _CellRound:
         assert budget is not None  # max_batch is only selected with a budget (MeasureSpec)
         model, v, dtype, context = scenario.model, self.cell.variant, self.cell.dtype, self.cell.context_len
         workspace = accounting.fixed_workspace_bytes(self.environment)
-        predicted = accounting.predicted_max_batch(model, v, dtype, context, budget, workspace)
-        per_sequence = accounting.bytes_per_sequence(model, v, dtype, context)
+        kernel = kernel_memory(backend, self.device_kind)  # the backend that ran: auto's resolved one
+        predicted = accounting.predicted_max_batch(model, v, dtype, context, budget, workspace, kernel)
+        # bytes the next sequence adds near the prediction: the search's first slope and the boundary's unit
+        per_sequence = accounting.marginal_bytes_per_sequence(model, v, dtype, context, max(1, predicted), kernel)
         request = replace(self._request(backend), budget_bytes=budget)
 
         def probe_in_worker(batch: int) -> Probe:

@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from harness import accounting
+from harness.backend_support import kernel_memory
 from harness.errors import UserError
 from harness.results.schema import Shard
 from harness.scenario import Cell, LoadedScenario
@@ -66,7 +67,8 @@ def search_cost_s(loaded: LoadedScenario, cell: Cell) -> float:
     if "max_batch" not in measure.selected_metrics or budget is None:
         return 0.0
     model, context = loaded.scenario.model, cell.context_len
-    predicted = accounting.predicted_max_batch(model, cell.variant, cell.dtype, context, budget)
+    kernel = kernel_memory(cell.backend, None)
+    predicted = accounting.predicted_max_batch(model, cell.variant, cell.dtype, context, budget, kernel=kernel)
     probes = math.ceil(math.log2(predicted + 2)) + 3  # bisection, the boundary's second look
     return probes * (PROCESS_S + budget / NOMINAL_BYTES_PER_S)
 
