@@ -67,9 +67,10 @@ def rounds_of(summary: Summary) -> list[list[float]]:
 
 def _reference_move(cell: CellResult, i: int, j: int) -> str:
     """How far the bare reference loop moved between rounds i and j's processes (0-based), as a clause of the
-    round-disagreement reason; empty when either round has no reference. A move as large as the cell's says the
-    two processes ran on a different machine state (memory placement, the hypervisor, neighbours): the machine,
-    not the method."""
+    round-disagreement reason; empty when either round has no reference. A move as large as the cell's shows the
+    machine itself moved between the two processes; a still reference does not clear the machine (on a 2-core VM
+    bare loops' rounds disagreed as often as the harness's while the reference's moves did not predict which
+    cells: docs/metrics.md, benchmarks/bare_rounds.py)."""
     loads = cell.host_load
     if max(i, j) >= len(loads):
         return ""
