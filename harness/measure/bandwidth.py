@@ -177,7 +177,7 @@ def measure_peak_cpu(buffer_bytes: int | None = None, repeats: int = CPU_REPEATS
             f"cpu: torch float32 sum and mv, the faster (read), and copy_ (read+write counted) "
             f"over {nbytes}-byte buffers, perf_counter, best of {repeats}, {threads} threads"
         ),
-        host_other_cores=None if load.result is None else HostLoad.model_validate(load.result).other_cores,
+        host_other_cores=probe_other_cores(load),
     )
 
 
@@ -294,10 +294,21 @@ def vendor_warning(peak: PeakBandwidth) -> str | None:
     )
 
 
+def probe_other_cores(meter: HostLoadMeter) -> float | None:
+    """Cores other work took while a peak probe ran under ``meter`` (None where it could not be read)."""
+    return None if meter.result is None else HostLoad.model_validate(meter.result).other_cores
+
+
+def host_was_busy(other_cores: float | None) -> bool:
+    """Whether a peak probe's host was too busy for its peak to be cached (the stability rule's threshold)."""
+    return other_cores is not None and other_cores > CONTENDED_CORES
+
+
 def contention_warning(peak: PeakBandwidth) -> str | None:
     """Why a CPU peak measured while the host was busy is not trusted; None when it was quiet (or unknown)."""
-    if peak.host_other_cores is None or peak.host_other_cores <= CONTENDED_CORES:
+    if not host_was_busy(peak.host_other_cores):
         return None
+    assert peak.host_other_cores is not None
     return (
         f"other work took {peak.host_other_cores:.2f} cores while the probe ran (more than {CONTENDED_CORES:g}); "
         f"measured {peak.measured_gbps:.1f} GB/s, not cached, and every bandwidth fraction of this run divides by "

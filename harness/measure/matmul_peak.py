@@ -27,10 +27,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.hardware import fingerprint, is_cuda
-from harness.measure.bandwidth import PEAK_CACHE_KEYS, _best_event_seconds, _best_seconds, default_cache_dir
+from harness.measure.bandwidth import (
+    PEAK_CACHE_KEYS,
+    _best_event_seconds,
+    _best_seconds,
+    default_cache_dir,
+    host_was_busy,
+    probe_other_cores,
+)
 from harness.measure.hostload import HostLoadMeter
 from harness.measure.protocol import PeakRequest
-from harness.results.schema import HostLoad
 from harness.results.stability import CONTENDED_CORES
 from harness.results.store import write_text_atomic
 
@@ -81,7 +87,7 @@ def measure_matmul_peak(device: str, repeats: int = REPEATS, side: int | None = 
             tflops[name] = matmul_flops(side) / seconds / 1e12
     if cuda:
         torch.cuda.empty_cache()
-    other = None if cuda or meter.result is None else HostLoad.model_validate(meter.result).other_cores
+    other = None if cuda else probe_other_cores(meter)
     timer = "CUDA events" if cuda else f"perf_counter, {torch.get_num_threads()} threads"
     return PeakMatmul(
         tflops=tflops,
@@ -93,8 +99,9 @@ def measure_matmul_peak(device: str, repeats: int = REPEATS, side: int | None = 
 
 def contention_warning(peak: PeakMatmul) -> str | None:
     """Why a CPU peak measured while the host was busy is not cached; None when it was quiet (or unknown)."""
-    if peak.host_other_cores is None or peak.host_other_cores <= CONTENDED_CORES:
+    if not host_was_busy(peak.host_other_cores):
         return None
+    assert peak.host_other_cores is not None
     return (
         f"other work took {peak.host_other_cores:.2f} cores while the matmul probe ran (more than "
         f"{CONTENDED_CORES:g}); its peak is this run's only and not cached"
